@@ -1,0 +1,5 @@
+import sys
+
+from tracklog.cli import main
+
+sys.exit(main())

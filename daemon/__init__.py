@@ -1,0 +1,1 @@
+"""The tracklog daemon: server, writer, log store, projections, queries."""

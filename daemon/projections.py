@@ -1,0 +1,192 @@
+"""Projections: pure functions from one logged event to the row changes it causes.
+
+Nothing here touches a database. Live ingest, catch-up at start, `rebuild`, `verify`
+and `replay` all call `project` and hand the changes to `tables.Tables`, so the same
+code decides what every table holds however the event reached it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Union
+
+import msgspec
+from msgspec import Struct
+
+from tracklog.protocol import events as ev
+
+
+class LoggedEvent(Struct, gc=False):
+    """An event as the log holds it, with `data` decoded into its typed struct."""
+
+    seq: int
+    type: str
+    run: str | None
+    ts: float
+    recorded: float
+    data: ev.Data
+    id: str | None = None
+
+
+class Change(Struct, gc=False):
+    """Base of row changes."""
+
+
+class TouchRun(Change):
+    """Any run-scoped event: create the run if new (status running), count the event."""
+
+    run: str
+    seq: int
+    ts: float
+
+
+class SetRunFields(Change):
+    run: str
+    fields: dict[str, Any]
+
+
+class MergeConfig(Change):
+    run: str
+    config: dict[str, Any]
+
+
+class ChangeTags(Change):
+    run: str
+    add: list[str]
+    remove: list[str]
+
+
+class FinishRun(Change):
+    run: str
+    status: str
+    error: str | None
+    finished: float
+
+
+class ResumeRun(Change):
+    run: str
+
+
+class AddPoints(Change):
+    run: str
+    ts: float
+    values: dict[str, float]
+    step: int | None
+    epoch: int | None
+
+
+class AddItem(Change):
+    seq: int
+    run: str
+    ts: float
+    item: ev.ItemData
+
+
+class AddArtifact(Change):
+    seq: int
+    run: str
+    ts: float
+    artifact: ev.ArtifactData
+
+
+class PutCache(Change):
+    key: str
+    value: bytes
+    expires_at: float | None
+    seq: int
+
+
+class DropCache(Change):
+    key: str | None
+
+
+class AddDedupEntry(Change):
+    seq: int
+    run: str | None
+    entry: ev.DedupRecordedData
+
+
+class ClearDedup(Change):
+    namespace: str
+    kind: str | None
+
+
+AnyChange = Union[
+    TouchRun,
+    SetRunFields,
+    MergeConfig,
+    ChangeTags,
+    FinishRun,
+    ResumeRun,
+    AddPoints,
+    AddItem,
+    AddArtifact,
+    PutCache,
+    DropCache,
+    AddDedupEntry,
+    ClearDedup,
+]
+
+_encode_value = msgspec.msgpack.Encoder().encode
+_RUN_FIELDS: Final = ("name", "pipeline", "notes", "parent", "user", "host", "session")
+
+
+def project(event: LoggedEvent) -> list[AnyChange]:
+    """The row changes one event causes, in the order they apply."""
+    data = event.data
+    changes: list[AnyChange] = []
+    run = event.run
+    if run is not None:
+        changes.append(TouchRun(run, event.seq, event.ts))
+    match data:
+        case ev.MetricsData():
+            assert run is not None
+            changes.append(AddPoints(run, event.ts, data.values, data.step, data.epoch))
+        case ev.ItemData():
+            assert run is not None
+            changes.append(AddItem(event.seq, run, event.ts, data))
+        case ev.RunStartedData():
+            assert run is not None
+            fields: dict[str, Any] = {
+                name: value for name in _RUN_FIELDS if (value := getattr(data, name)) is not None
+            }
+            fields["started"] = event.ts
+            changes.append(SetRunFields(run, fields))
+            if data.config:
+                changes.append(MergeConfig(run, data.config))
+            if data.tags:
+                changes.append(ChangeTags(run, list(data.tags), []))
+        case ev.RunUpdatedData():
+            assert run is not None
+            fields = {name: value for name in ("name", "notes") if (value := getattr(data, name)) is not None}
+            if fields:
+                changes.append(SetRunFields(run, fields))
+            if data.config:
+                changes.append(MergeConfig(run, data.config))
+            if data.add_tags or data.remove_tags:
+                changes.append(ChangeTags(run, list(data.add_tags or ()), list(data.remove_tags or ())))
+            if data.status == "running":
+                changes.append(ResumeRun(run))
+        case ev.RunFinishedData():
+            assert run is not None
+            changes.append(FinishRun(run, data.status, data.error, event.ts))
+        case ev.EmptyData():
+            assert run is not None
+            deleted = 1 if event.type == "run.deleted" else 0
+            changes.append(SetRunFields(run, {"deleted": deleted}))
+        case ev.ArtifactData():
+            assert run is not None
+            changes.append(AddArtifact(event.seq, run, event.ts, data))
+        case ev.CachePutData():
+            # Expiry counts from the daemon's clock, so a skewed client cannot make an
+            # entry live forever or die at once.
+            expires = None if data.ttl is None else event.recorded + data.ttl
+            changes.append(PutCache(data.key, _encode_value(data.value), expires, event.seq))
+        case ev.CacheInvalidatedData():
+            changes.append(DropCache(data.key))
+        case ev.DedupRecordedData():
+            changes.append(AddDedupEntry(event.seq, run, data))
+        case ev.DedupClearedData():
+            changes.append(ClearDedup(data.namespace, data.kind))
+        case _:
+            raise TypeError(f"no projection for {type(data).__name__}")
+    return changes

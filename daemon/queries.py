@@ -1,0 +1,174 @@
+"""Read-only queries, answered on read-only connections from a small thread pool.
+
+Each query runs in one read transaction, so its rows and the `seq` it reports come from
+the same snapshot: a subscriber can follow on from that seq with no gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final
+
+import msgspec
+
+from tracklog.protocol import errors
+from tracklog.protocol.limits import MAX_QUERY_LIMIT
+from tracklog.protocol.messages import Query, Result
+
+from .schema import NO_EPOCH
+from .store import connect, read_events
+
+_json_decode = msgspec.json.Decoder().decode
+_msgpack_decode = msgspec.msgpack.Decoder().decode
+READERS: Final = 2
+
+QueryHandler = Callable[[sqlite3.Connection, Query], tuple[list[Any], int | None]]
+
+
+def _epoch(value: int | None) -> int | None:
+    return None if value is None or value == NO_EPOCH else value
+
+
+def _limit(q: Query, default: int) -> int:
+    limit = default if q.limit is None else q.limit
+    if limit < 0 or limit > MAX_QUERY_LIMIT:
+        raise errors.BadQuery(f"limit: expected 0 to {MAX_QUERY_LIMIT}", q.ref)
+    return limit
+
+
+def query_events(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+    from_seq = q.from_seq or 0
+    if from_seq < 0:
+        raise errors.BadQuery("from_seq: expected 0 or more", q.ref)
+    rows = read_events(conn, from_seq, _limit(q, 1000), q.run, q.types)
+    return rows, None
+
+
+_RUN_COLUMNS: Final = (
+    "run, name, pipeline, user, host, session, notes, parent, status, error, config, started, finished,"
+    " created_seq, updated_seq, last_ts, deleted, n_events, n_points, n_items, n_failed, n_artifacts"
+)
+
+
+def run_row(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> dict[str, Any]:
+    out = dict(zip(names, row, strict=True))
+    out["id"] = out.pop("run")
+    out["config"] = _json_decode(out["config"]) if out["config"] else {}
+    out["deleted"] = bool(out["deleted"])
+    return out
+
+
+def query_run(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+    if not q.run:
+        raise errors.BadQuery("run: required for q 'run'", q.ref)
+    cur = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run = ?", (q.run,))
+    row = cur.fetchone()
+    if row is None:
+        raise errors.NotFound(f"run: no run '{q.run}'", q.ref)
+    names = [d[0] for d in cur.description]
+    out = run_row(row, names)
+    out["tags"] = [t for (t,) in conn.execute("SELECT tag FROM run_tags WHERE run = ? ORDER BY tag", (q.run,))]
+    metrics: dict[str, Any] = {}
+    for (name, count, last, last_step, last_epoch, last_ts, mn, mn_step, mn_epoch, mx, mx_step,
+         mx_epoch) in conn.execute(
+        "SELECT name, count, last, last_step, last_epoch, last_ts, min, min_step, min_epoch, max, max_step,"
+        " max_epoch FROM metric_summaries WHERE run = ? ORDER BY name",
+        (q.run,),
+    ):
+        metrics[name] = {
+            "count": count,
+            "last": last,
+            "last_step": last_step,
+            "last_epoch": _epoch(last_epoch),
+            "last_ts": last_ts,
+            "min": mn,
+            "min_step": mn_step,
+            "min_epoch": _epoch(mn_epoch),
+            "max": mx,
+            "max_step": mx_step,
+            "max_epoch": _epoch(mx_epoch),
+        }
+    out["metrics"] = metrics
+    out["artifacts"] = artifacts_of(conn, q.run)
+    return [out], 1
+
+
+def artifacts_of(conn: sqlite3.Connection, run: str) -> list[dict[str, Any]]:
+    return [
+        {"seq": seq, "kind": kind, "path": path, "size": size, "digest": digest,
+         "metadata": _json_decode(meta) if meta else None, "ts": ts}
+        for seq, kind, path, size, digest, meta, ts in conn.execute(
+            "SELECT seq, kind, path, size, digest, metadata, ts FROM artifacts WHERE run = ? ORDER BY seq", (run,)
+        )
+    ]
+
+
+def query_cache(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+    if not q.key:
+        raise errors.BadQuery("key: required for q 'cache'", q.ref)
+    row = conn.execute("SELECT value, expires_at FROM cache WHERE key = ?", (q.key,)).fetchone()
+    if row is None or (row[1] is not None and row[1] <= time.time()):
+        return [], 0
+    return [{"key": q.key, "value": _msgpack_decode(row[0]), "expires_at": row[1]}], 1
+
+
+HANDLERS: Final[dict[str, QueryHandler]] = {
+    "events": query_events,
+    "run": query_run,
+    "cache": query_cache,
+}
+
+
+def answer(conn: sqlite3.Connection, q: Query) -> Result:
+    """Answer one query in one read transaction."""
+    handler = HANDLERS.get(q.q)
+    if handler is None:
+        raise errors.BadQuery(f"q: unknown query '{q.q[:64]}', expected one of {', '.join(sorted(HANDLERS))}", q.ref)
+    conn.execute("BEGIN")
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'applied_seq'").fetchone()
+        seq = int(row[0]) if row and row[0] is not None else 0
+        rows, total = handler(conn, q)
+    except sqlite3.Error as exc:
+        raise errors.InternalError(f"query failed: {exc}", q.ref) from exc
+    finally:
+        conn.execute("COMMIT")
+    return Result(seq=seq, rows=rows, total=total, ref=q.ref)
+
+
+class Readers:
+    """A few threads, each with its own read-only connection."""
+
+    def __init__(self, path: str, threads: int = READERS) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tracklog-reader")
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, readonly=True)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _answer(self, q: Query) -> Result:
+        return answer(self._conn(), q)
+
+    async def query(self, q: Query) -> Result:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._answer, q)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()

@@ -1,0 +1,152 @@
+"""The database's tables: the event log, and the projections rebuilt from it."""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Bump when a projection's shape or meaning changes: the daemon then rebuilds every
+#: projection table from the log at start.
+PROJECTION_VERSION: Final = 1
+
+#: Points per metric chunk. A chunk is sealed when full; only the open one is rewritten.
+CHUNK_POINTS: Final = 1024
+#: Epoch stored for a point logged without one.
+NO_EPOCH: Final = -(2**63)
+
+LOG_DDL: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    seq      INTEGER PRIMARY KEY,
+    id       TEXT,
+    type     TEXT NOT NULL,
+    run      TEXT,
+    ts       REAL NOT NULL,
+    recorded REAL NOT NULL,
+    data     BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events(id) WHERE id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_run ON events(run, seq) WHERE run IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value
+) WITHOUT ROWID;
+"""
+
+#: Projection tables, in the order `verify` compares them, with their sort key.
+PROJECTION_TABLES: Final = {
+    "runs": "run",
+    "run_tags": "run, tag",
+    "items": "seq",
+    "artifacts": "seq",
+    "metric_chunks": "run, name, chunk",
+    "metric_summaries": "run, name",
+    "cache": "key",
+    "dedup_entries": "seq",
+}
+
+PROJECTION_DDL: Final = """
+CREATE TABLE IF NOT EXISTS runs (
+    run          TEXT PRIMARY KEY,
+    name         TEXT,
+    pipeline     TEXT,
+    user         TEXT,
+    host         TEXT,
+    session      TEXT,
+    notes        TEXT,
+    parent       TEXT,
+    status       TEXT NOT NULL,
+    error        TEXT,
+    config       TEXT NOT NULL DEFAULT '{}',
+    started      REAL NOT NULL,
+    finished     REAL,
+    created_seq  INTEGER NOT NULL,
+    updated_seq  INTEGER NOT NULL,
+    last_ts      REAL NOT NULL,
+    deleted      INTEGER NOT NULL DEFAULT 0,
+    n_events     INTEGER NOT NULL DEFAULT 0,
+    n_points     INTEGER NOT NULL DEFAULT 0,
+    n_items      INTEGER NOT NULL DEFAULT 0,
+    n_failed     INTEGER NOT NULL DEFAULT 0,
+    n_artifacts  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
+CREATE TABLE IF NOT EXISTS run_tags (
+    run TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (run, tag)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS run_tags_tag ON run_tags(tag);
+CREATE TABLE IF NOT EXISTS items (
+    seq       INTEGER PRIMARY KEY,
+    run       TEXT NOT NULL,
+    item      TEXT,
+    kind      TEXT,
+    stage     TEXT,
+    iteration INTEGER,
+    status    TEXT NOT NULL,
+    data      TEXT,
+    path      TEXT,
+    model     TEXT,
+    backend   TEXT,
+    duration  REAL,
+    error     TEXT,
+    ts        REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_run ON items(run, status, seq);
+CREATE TABLE IF NOT EXISTS artifacts (
+    seq      INTEGER PRIMARY KEY,
+    run      TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    path     TEXT NOT NULL,
+    size     INTEGER,
+    digest   TEXT,
+    metadata TEXT,
+    ts       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS artifacts_run ON artifacts(run, seq);
+CREATE TABLE IF NOT EXISTS metric_chunks (
+    run       TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    chunk     INTEGER NOT NULL,
+    n         INTEGER NOT NULL,
+    step_min  INTEGER NOT NULL,
+    step_max  INTEGER NOT NULL,
+    steps     BLOB NOT NULL,
+    vals      BLOB NOT NULL,
+    epochs    BLOB NOT NULL,
+    ts        BLOB NOT NULL,
+    PRIMARY KEY (run, name, chunk)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS metric_summaries (
+    run        TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    count      INTEGER NOT NULL,
+    last       REAL,
+    last_step  INTEGER,
+    last_epoch INTEGER,
+    last_ts    REAL,
+    min        REAL,
+    min_step   INTEGER,
+    min_epoch  INTEGER,
+    max        REAL,
+    max_step   INTEGER,
+    max_epoch  INTEGER,
+    PRIMARY KEY (run, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metric_summaries_name ON metric_summaries(name, last);
+CREATE TABLE IF NOT EXISTS cache (
+    key        TEXT PRIMARY KEY,
+    value      BLOB NOT NULL,
+    expires_at REAL,
+    seq        INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dedup_entries (
+    seq       INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    space     TEXT,
+    value     BLOB NOT NULL,
+    run       TEXT,
+    item      TEXT
+);
+CREATE INDEX IF NOT EXISTS dedup_entries_ns ON dedup_entries(namespace, kind);
+"""

@@ -1,0 +1,366 @@
+"""The daemon: WebSocket connections, the handshake, dispatch, HTTP, start and stop.
+
+A connection's handler only moves frames: it decodes with the protocol's Codec, hands
+appends to the writer and queries to the readers, and sends what comes back. Acks go
+out in the order the appends came in; queries answer as they finish, so a slow query
+never holds back an ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import itertools
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Final, assert_never
+
+import msgspec
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from tracklog import __version__
+from tracklog.protocol import errors
+from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT, MAX_FRAME_BYTES, PROTOCOL_VERSION
+from tracklog.protocol.messages import (
+    Ack,
+    Append,
+    Codec,
+    Hello,
+    Query,
+    Subscribe,
+    Unsubscribe,
+    Welcome,
+)
+
+from .queries import Readers
+from .store import AppendResult, Durability
+from .writer import Writer
+
+log = structlog.get_logger("tracklog.server")
+
+#: Appends of one connection waiting for their ack before it stops reading frames.
+MAX_INFLIGHT_APPENDS: Final = 64
+HELLO_TIMEOUT: Final = 30.0
+_json = msgspec.json.Encoder()
+
+
+def default_db_path() -> Path:
+    home = os.environ.get("TRACKLOG_HOME")
+    if home:
+        return Path(home) / "tracklog.db"
+    return Path.home() / ".local" / "share" / "tracklog" / "tracklog.db"
+
+
+@dataclass
+class Settings:
+    db: Path = field(default_factory=default_db_path)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    durability: Durability = "normal"
+    tokens: tuple[str, ...] = ()
+    insecure: bool = False
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Daemon:
+    """One tracklog daemon: start(), then wait for stop(); or `run()` to do both."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not is_loopback(settings.host) and not settings.tokens and not settings.insecure:
+            raise errors.TracklogError(
+                f"refusing to listen on {settings.host} without tokens: set --token, or --insecure"
+            )
+        self.settings = settings
+        self.codec = Codec()
+        self.writer = Writer(str(settings.db), settings.durability)
+        self.readers = Readers(str(settings.db))
+        self.started_at = time.time()
+        self.port = settings.port
+        self.connections = 0
+        self._server: Server | None = None
+        self._stopping = asyncio.Event()
+        self._conn_ids = itertools.count(1)
+        self._pending_acks: dict[int, int] = {}
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        replayed = await self.writer.start()
+        if replayed:
+            log.info("projections caught up from the log", events=replayed)
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.settings.port,
+            process_request=self._process_request,
+            max_size=MAX_FRAME_BYTES,
+            max_queue=64,
+            compression=None,
+            ping_interval=20,
+            ping_timeout=60,
+            server_header=f"tracklog/{__version__}",
+        )
+        sock = next(iter(self._server.sockets))
+        self.port = sock.getsockname()[1]
+        log.info("listening", host=self.settings.host, port=self.port, db=str(self.settings.db), head=self.writer.head)
+
+    async def stop(self) -> None:
+        """Stop accepting, commit and ack what is queued, close connections, checkpoint."""
+        self._stopping.set()
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        await self.writer.drain()
+        # Let handlers send the acks for what was just committed.
+        for _ in range(100):
+            if not any(self._pending_acks.values()):
+                break
+            await asyncio.sleep(0.01)
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+        await self.writer.stop()
+        self.readers.close()
+        log.info("stopped", head=self.writer.head)
+
+    async def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then shut down cleanly."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        notify("READY=1")
+        watchdog = asyncio.create_task(self._watchdog(stop))
+        try:
+            await stop.wait()
+        finally:
+            notify("STOPPING=1")
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            await self.stop()
+
+    async def _watchdog(self, stop: asyncio.Event) -> None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        if not usec:
+            return
+        interval = int(usec) / 2_000_000
+        while not stop.is_set():
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # -- HTTP ---------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/ws":
+            if self.settings.tokens:
+                token = _bearer(request.headers)
+                if token is not None and not self._token_ok(token):
+                    return _json_response(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "bad token"})
+            return None
+        if self.settings.tokens and not self._token_ok(_bearer(request.headers)):
+            return _json_response(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "a bearer token is required"})
+        if path == "/healthz":
+            return _json_response(HTTPStatus.OK, {"status": "ok", "head": self.writer.head})
+        return _json_response(HTTPStatus.NOT_FOUND, {"error": "not_found", "message": f"no such path: {path}"})
+
+    def _token_ok(self, token: str | None) -> bool:
+        if token is None:
+            return False
+        return any(hmac.compare_digest(token.encode(), t.encode()) for t in self.settings.tokens)
+
+    # -- WebSocket ----------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        conn_id = next(self._conn_ids)
+        structlog.contextvars.bind_contextvars(conn_id=conn_id)
+        self.connections += 1
+        try:
+            await self._serve_connection(ws, conn_id)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.connections -= 1
+            self._pending_acks.pop(conn_id, None)
+            structlog.contextvars.unbind_contextvars("conn_id")
+
+    async def _hello(self, ws: ServerConnection) -> bool | None:
+        """Wait for hello; returns the connection's encoding (True: MessagePack) or None if refused."""
+        try:
+            frame = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
+        except TimeoutError:
+            await ws.close(1008, "hello expected")
+            return None
+        binary = isinstance(frame, bytes)
+        try:
+            msg = self.codec.decode(frame)
+        except errors.ProtocolError:
+            msg = None
+        if not isinstance(msg, Hello):
+            await self._send(ws, self.codec.encode_error(errors.HelloRequired("the first message must be hello"), binary), binary)
+            await ws.close(1008, "hello required")
+            return None
+        if self.settings.tokens:
+            token = msg.token if msg.token is not None else _bearer(ws.request.headers if ws.request else Headers())
+            if not self._token_ok(token):
+                await self._send(ws, self.codec.encode_error(errors.Unauthorized("bad or missing token", msg.ref), binary), binary)
+                await ws.close(1008, "unauthorized")
+                return None
+        welcome = Welcome(protocol=PROTOCOL_VERSION, server=f"tracklog/{__version__}", head=self.writer.head)
+        await self._send(ws, self.codec.encode(welcome, binary), binary)
+        log.debug("hello", client=msg.client)
+        return binary
+
+    async def _serve_connection(self, ws: ServerConnection, conn_id: int) -> None:
+        binary = await self._hello(ws)
+        if binary is None:
+            return
+        acks: asyncio.Queue[asyncio.Future[AppendResult | errors.ProtocolError] | None] = asyncio.Queue(
+            MAX_INFLIGHT_APPENDS
+        )
+        self._pending_acks[conn_id] = 0
+        ack_task = asyncio.create_task(self._send_acks(ws, acks, binary, conn_id))
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            async for frame in ws:
+                if self._stopping.is_set():
+                    break
+                try:
+                    msg = self.codec.decode(frame)
+                except errors.ProtocolError as exc:
+                    await self._send(ws, self.codec.encode_error(exc, binary), binary)
+                    continue
+                match msg:
+                    case Append():
+                        if not msg.events:
+                            future = asyncio.get_running_loop().create_future()
+                            future.set_result(AppendResult(_empty_ack(msg), []))
+                        else:
+                            future = await self.writer.submit(msg)
+                        self._pending_acks[conn_id] += 1
+                        await acks.put(future)
+                    case Query():
+                        task = asyncio.create_task(self._answer(ws, msg, binary))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    case Hello():
+                        await self._send(ws, self.codec.encode_error(errors.BadMessage("hello: already said", msg.ref), binary), binary)
+                    case Subscribe() | Unsubscribe():
+                        await self._send(
+                            ws,
+                            self.codec.encode_error(errors.UnknownOp(f"op: '{msg.__struct_config__.tag}' is not served by this daemon yet", msg.ref), binary),
+                            binary,
+                        )
+                    case _:
+                        assert_never(msg)
+        finally:
+            await acks.put(None)
+            # Acks for appends already handed to the writer are still sent if the
+            # connection is open; then the sender ends by itself.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ack_task, 30)
+            if not ack_task.done():
+                ack_task.cancel()
+            for task in list(tasks):
+                task.cancel()
+            for task in list(tasks):
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _send_acks(
+        self,
+        ws: ServerConnection,
+        acks: asyncio.Queue[asyncio.Future[AppendResult | errors.ProtocolError] | None],
+        binary: bool,
+        conn_id: int,
+    ) -> None:
+        closed = False
+        while True:
+            future = await acks.get()
+            if future is None:
+                return
+            result = await future
+            self._pending_acks[conn_id] = self._pending_acks.get(conn_id, 1) - 1
+            if closed:
+                continue
+            frame = (
+                self.codec.encode(result.ack, binary)
+                if isinstance(result, AppendResult)
+                else self.codec.encode_error(result, binary)
+            )
+            try:
+                await self._send(ws, frame, binary)
+            except ConnectionClosed:
+                closed = True  # keep draining: the appends are committed either way
+
+    async def _answer(self, ws: ServerConnection, q: Query, binary: bool) -> None:
+        try:
+            result = await self.readers.query(q)
+            frame = self.codec.encode(result, binary)
+        except errors.ProtocolError as exc:
+            exc.ref = q.ref
+            frame = self.codec.encode_error(exc, binary)
+        except Exception as exc:
+            log.exception("query failed", q=q.q)
+            frame = self.codec.encode_error(errors.InternalError(f"query failed: {type(exc).__name__}", q.ref), binary)
+        with contextlib.suppress(ConnectionClosed):
+            await self._send(ws, frame, binary)
+
+    @staticmethod
+    async def _send(ws: ServerConnection, frame: bytes, binary: bool) -> None:
+        await ws.send(frame, text=not binary)
+
+
+def _empty_ack(msg: Append) -> Ack:
+    return Ack(accepted=0, rejected=msg.rejected, ref=msg.ref)
+
+
+def _bearer(headers: Headers) -> str | None:
+    value = headers.get("Authorization")
+    if value and value.lower().startswith("bearer "):
+        return value[7:].strip()
+    return None
+
+
+def _json_response(status: HTTPStatus, body: Any) -> Response:
+    payload = _json.encode(body)
+    headers = Headers(
+        [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), ("Cache-Control", "no-store")]
+    )
+    return Response(status.value, status.phrase, headers, payload)
+
+
+def notify(state: str) -> None:
+    """Tell systemd (through NOTIFY_SOCKET) about readiness, watchdog pings and stopping."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        print(f"tracklog: cannot notify systemd: {exc}", file=sys.stderr)

@@ -1,0 +1,287 @@
+"""The event log in SQLite: appends with their projections in one transaction, and reads.
+
+`LogStore` is used from one thread only (the writer's, or a command's): it owns the
+write connection. sqlite3 errors are turned into StorageError here and go no further.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+
+from tracklog.protocol import errors
+from tracklog.protocol.events import DATA_CLASSES, Event, event_type
+from tracklog.protocol.messages import Ack, Append, Duplicate, StoredEvent
+
+from .projections import LoggedEvent
+from .schema import LOG_DDL, PROJECTION_DDL, PROJECTION_TABLES, PROJECTION_VERSION
+from .tables import Tables
+
+Durability = Literal["normal", "full"]
+_ID_LOOKUP_CHUNK: Final = 500
+_REPLAY_BATCH: Final = 5_000
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_any = msgspec.msgpack.Decoder().decode
+_DATA_DECODERS: Final = {name: msgspec.msgpack.Decoder(cls) for name, cls in DATA_CLASSES.items()}
+
+
+def connect(path: str | os.PathLike[str], durability: Durability = "normal", readonly: bool = False) -> sqlite3.Connection:
+    """An SQLite connection set up the way tracklog uses it (WAL, autocommit off by hand)."""
+    try:
+        if readonly:
+            uri = Path(path).resolve().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
+            # Fewer, larger checkpoints: the writer commits often.
+            conn.execute("PRAGMA wal_autocheckpoint = 4000")
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA cache_size = -65536")
+        conn.execute("PRAGMA temp_store = MEMORY")
+    except sqlite3.Error as exc:
+        raise errors.StorageError(f"cannot open {path}: {exc}") from exc
+    return conn
+
+
+def decode_data(type_: str, blob: bytes) -> Any:
+    """A logged event's data as its typed struct."""
+    return _DATA_DECODERS[type_].decode(blob)
+
+
+class AppendResult(msgspec.Struct):
+    ack: Ack
+    events: list[StoredEvent]
+
+
+class LogStore:
+    """The log and its projections, behind append / read / rebuild."""
+
+    def __init__(self, path: str | os.PathLike[str], durability: Durability = "normal",
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.conn = connect(path, durability)
+        self.clock = clock
+        self.tables = Tables(self.conn)
+        try:
+            self.conn.executescript(LOG_DDL)
+            self.head = self._read_head()
+        except sqlite3.Error as exc:
+            raise errors.StorageError(f"cannot prepare {path}: {exc}") from exc
+
+    def close(self) -> None:
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self.conn.close()
+
+    def _read_head(self) -> int:
+        row = self.conn.execute("SELECT max(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def meta(self, key: str) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, key: str, value: Any) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # -- start-up ---------------------------------------------------------------
+
+    def catch_up(self) -> int:
+        """Bring the projections level with the log; returns how many events were applied.
+
+        A database from another projection version, or with a projection table
+        missing, is rebuilt from scratch; one whose tables are behind is caught up.
+        """
+        try:
+            version = self.meta("projection_version")
+            present = {
+                r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            missing = [t for t in PROJECTION_TABLES if t not in present]
+            if version != PROJECTION_VERSION or missing:
+                return self.rebuild()
+            applied = int(self.meta("applied_seq") or 0)
+            if applied >= self.head:
+                return 0
+            return self._replay(applied, self.head)
+        except sqlite3.Error as exc:
+            raise errors.StorageError(f"catch-up failed: {exc}") from exc
+
+    def rebuild(self, to_seq: int | None = None) -> int:
+        """Drop every projection table and replay the log (up to `to_seq`) into new ones."""
+        try:
+            self.tables.reset()
+            self.conn.execute("BEGIN IMMEDIATE")
+            for table in PROJECTION_TABLES:
+                self.conn.execute(f"DROP TABLE IF EXISTS {table}")
+            for statement in PROJECTION_DDL.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
+            self._set_meta("projection_version", PROJECTION_VERSION)
+            self._set_meta("applied_seq", 0)
+            self.conn.execute("COMMIT")
+            return self._replay(0, self.head if to_seq is None else min(to_seq, self.head))
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise errors.StorageError(f"rebuild failed: {exc}") from exc
+
+    def _replay(self, after: int, to_seq: int) -> int:
+        applied = 0
+        position = after
+        while position < to_seq:
+            rows = self.conn.execute(
+                "SELECT seq, id, type, run, ts, recorded, data FROM events WHERE seq > ? AND seq <= ?"
+                " ORDER BY seq LIMIT ?",
+                (position, to_seq, _REPLAY_BATCH),
+            ).fetchall()
+            if not rows:
+                break
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for seq, id_, type_, run, ts, recorded, blob in rows:
+                    self.tables.apply_event(LoggedEvent(seq, type_, run, ts, recorded, decode_data(type_, blob), id_))
+                self.tables.flush()
+                position = rows[-1][0]
+                self._set_meta("applied_seq", position)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            applied += len(rows)
+        return applied
+
+    def _rollback(self) -> None:
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self.tables.reset()
+
+    # -- appends ----------------------------------------------------------------
+
+    def append_group(self, appends: Sequence[Append]) -> list[AppendResult | errors.ProtocolError]:
+        """Commit many appends in one transaction (group commit); one result per append.
+
+        If the group fails as a whole, each append is retried in a transaction of its
+        own, so one bad append cannot fail the others.
+        """
+        head = self.head
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            results: list[AppendResult | errors.ProtocolError] = [self._append_one(a) for a in appends]
+            self._finish_group()
+            return results
+        except Exception:
+            self._rollback()
+            self.head = head
+            if len(appends) == 1:
+                return [errors.InternalError("the append could not be committed", appends[0].ref)]
+        out: list[AppendResult | errors.ProtocolError] = []
+        for append in appends:
+            out.extend(self.append_group([append]))
+        return out
+
+    def _finish_group(self) -> None:
+        self.tables.flush()
+        self._set_meta("applied_seq", self.head)
+        self.conn.execute("COMMIT")
+
+    def _append_one(self, append: Append) -> AppendResult:
+        now = self.clock()
+        events = append.events
+        indexes = append.indexes
+        known = self._known_ids([e.id for e in events if e.id is not None])
+        rows: list[tuple[Any, ...]] = []
+        stored: list[StoredEvent] = []
+        duplicates: list[Duplicate] = []
+        first_seq = self.head + 1
+        seq = self.head
+        apply_event = self.tables.apply_event
+        for position, event in enumerate(events):
+            index = position if indexes is None else indexes[position]
+            event_id = event.id
+            if event_id is not None:
+                original = known.get(event_id)
+                if original is not None:
+                    duplicates.append(Duplicate(index, original))
+                    continue
+            seq += 1
+            if event_id is not None:
+                known[event_id] = seq
+            type_ = event_type(event)
+            ts = now if event.ts is None else event.ts
+            data = event.data  # type: ignore[attr-defined]
+            rows.append((seq, event_id, type_, event.run, ts, now, _encode(data)))
+            apply_event(LoggedEvent(seq, type_, event.run, ts, now, data, event_id))
+            stored.append(StoredEvent(seq, type_, data, now, ts, event_id, event.run))
+        if rows:
+            self.conn.executemany(
+                "INSERT INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+            )
+        self.head = seq
+        accepted = len(rows)
+        ack = Ack(
+            accepted=accepted,
+            first_seq=first_seq if accepted else None,
+            last_seq=seq if accepted else None,
+            duplicates=duplicates,
+            rejected=append.rejected,
+            ref=append.ref,
+        )
+        return AppendResult(ack, stored)
+
+    def _known_ids(self, ids: list[str]) -> dict[str, int]:
+        """Seqs of the ids already in the log (including earlier in this transaction)."""
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), _ID_LOOKUP_CHUNK):
+            chunk = ids[start : start + _ID_LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(self.conn.execute(f"SELECT id, seq FROM events WHERE id IN ({marks})", chunk).fetchall())
+        return found
+
+    def append_events(self, events: list[Event]) -> Ack:
+        """Append events outside the server (tests, tools): one append, committed."""
+        result = self.append_group([Append(events=events)])[0]
+        if isinstance(result, errors.ProtocolError):
+            raise result
+        return result.ack
+
+
+def read_events(conn: sqlite3.Connection, from_seq: int = 0, limit: int = 1000, run: str | None = None,
+                types: Sequence[str] | None = None, to_seq: int | None = None) -> list[StoredEvent]:
+    """Events in stored form, with seq greater than from_seq, oldest first."""
+    where = ["seq > ?"]
+    args: list[Any] = [from_seq]
+    if to_seq is not None:
+        where.append("seq <= ?")
+        args.append(to_seq)
+    if run is not None:
+        where.append("run = ?")
+        args.append(run)
+    if types:
+        where.append(f"type IN ({','.join('?' * len(types))})")
+        args.extend(types)
+    args.append(limit)
+    sql = f"SELECT seq, id, type, run, ts, recorded, data FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+    return [
+        StoredEvent(seq, type_, _decode_any(blob), recorded, ts, id_, run_)
+        for seq, id_, type_, run_, ts, recorded, blob in conn.execute(sql, args)
+    ]
+
+
+def iter_table(conn: sqlite3.Connection, table: str, schema: str = "main") -> Iterator[tuple[Any, ...]]:
+    order = PROJECTION_TABLES[table]
+    yield from conn.execute(f"SELECT * FROM {schema}.{table} ORDER BY {order}")

@@ -1,0 +1,370 @@
+"""Applies projection changes to the SQLite tables, batched per transaction.
+
+`Tables` runs on the writer's thread, inside the writer's transaction. Row changes that
+are frequent (metric points, run counters, items, artifacts) are gathered in memory and
+written once per transaction by `flush`; rare ones (a run's fields, tags, the cache) are
+written as they come. The result does not depend on how events were grouped into
+transactions, which is what lets `rebuild` reproduce the live tables byte for byte.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from array import array
+from collections import OrderedDict
+from typing import Any, Final
+
+import msgspec
+
+from . import projections as p
+from .schema import CHUNK_POINTS, NO_EPOCH
+
+_json_encode = msgspec.json.Encoder(order="sorted").encode
+_json_decode = msgspec.json.Decoder().decode
+_msgpack_encode = msgspec.msgpack.Encoder().encode
+
+#: How many metric series keep their open chunk in memory between transactions.
+MAX_CACHED_SERIES: Final = 2048
+_RUN_COLUMNS: Final = frozenset(
+    {"name", "pipeline", "notes", "parent", "user", "host", "session", "started", "deleted"}
+)
+
+
+def json_text(value: Any) -> str | None:
+    """Canonical JSON text for a free-form value (keys sorted), or None."""
+    if value is None:
+        return None
+    return _json_encode(value).decode()
+
+
+class Series:
+    """One metric of one run: its open chunk and its summary."""
+
+    __slots__ = (
+        "chunk",
+        "count",
+        "dirty",
+        "epochs",
+        "last",
+        "last_epoch",
+        "last_step",
+        "last_ts",
+        "max",
+        "max_epoch",
+        "max_step",
+        "min",
+        "min_epoch",
+        "min_step",
+        "name",
+        "run",
+        "sealed",
+        "steps",
+        "ts",
+        "vals",
+    )
+
+    def __init__(self, run: str, name: str) -> None:
+        self.run = run
+        self.name = name
+        self.chunk = 0
+        self.count = 0
+        self.steps = array("q")
+        self.vals = array("d")
+        self.epochs = array("q")
+        self.ts = array("d")
+        self.sealed: list[tuple[Any, ...]] = []
+        self.dirty = False
+        self.last: float | None = None
+        self.last_step: int | None = None
+        self.last_epoch: int | None = None
+        self.last_ts: float | None = None
+        self.min: float | None = None
+        self.min_step: int | None = None
+        self.min_epoch: int | None = None
+        self.max: float | None = None
+        self.max_step: int | None = None
+        self.max_epoch: int | None = None
+
+    def add(self, step: int | None, epoch: int | None, value: float, ts: float) -> None:
+        if step is None:
+            step = self.count  # no step given: the point's index in its series
+        self.steps.append(step)
+        self.vals.append(value)
+        self.epochs.append(NO_EPOCH if epoch is None else epoch)
+        self.ts.append(ts)
+        self.count += 1
+        self.last = value
+        self.last_step = step
+        self.last_epoch = epoch
+        self.last_ts = ts
+        if value == value:  # NaN never becomes a min or a max
+            # Strict comparisons: the first point to reach an extreme keeps it.
+            if self.min is None or value < self.min:
+                self.min, self.min_step, self.min_epoch = value, step, epoch
+            if self.max is None or value > self.max:
+                self.max, self.max_step, self.max_epoch = value, step, epoch
+        self.dirty = True
+        if len(self.steps) == CHUNK_POINTS:
+            self.sealed.append(self.chunk_row())
+            self.chunk += 1
+            self.steps = array("q")
+            self.vals = array("d")
+            self.epochs = array("q")
+            self.ts = array("d")
+
+    def chunk_row(self) -> tuple[Any, ...]:
+        return (
+            self.run,
+            self.name,
+            self.chunk,
+            len(self.steps),
+            min(self.steps),
+            max(self.steps),
+            self.steps.tobytes(),
+            self.vals.tobytes(),
+            self.epochs.tobytes(),
+            self.ts.tobytes(),
+        )
+
+    def summary_row(self) -> tuple[Any, ...]:
+        return (
+            self.run,
+            self.name,
+            self.count,
+            self.last,
+            self.last_step,
+            self.last_epoch,
+            self.last_ts,
+            self.min,
+            self.min_step,
+            self.min_epoch,
+            self.max,
+            self.max_step,
+            self.max_epoch,
+        )
+
+
+class Tables:
+    """The projection tables as the writer sees them, with per-transaction batching."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._series: OrderedDict[tuple[str, str], Series] = OrderedDict()
+        self._known_runs: set[str] = set()
+        self._counters: dict[str, list[Any]] = {}
+        self._items: list[tuple[Any, ...]] = []
+        self._artifacts: list[tuple[Any, ...]] = []
+        self._dirty_series: list[Series] = []
+
+    def reset(self) -> None:
+        """Forget everything cached: call after a rollback."""
+        self._series.clear()
+        self._known_runs.clear()
+        self._counters.clear()
+        self._items.clear()
+        self._artifacts.clear()
+        self._dirty_series.clear()
+
+    def apply_event(self, event: p.LoggedEvent) -> None:
+        for change in p.project(event):
+            self.apply(change)
+
+    def apply(self, change: p.AnyChange) -> None:  # noqa: C901 - one branch per change kind
+        conn = self.conn
+        match change:
+            case p.TouchRun(run, seq, ts):
+                if run not in self._known_runs:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO runs(run, status, started, created_seq, updated_seq, last_ts)"
+                        " VALUES (?, 'running', ?, ?, ?, ?)",
+                        (run, ts, seq, seq, ts),
+                    )
+                    self._known_runs.add(run)
+                counter = self._counters.get(run)
+                if counter is None:
+                    self._counters[run] = [1, 0, 0, 0, 0, seq, ts]
+                else:
+                    counter[0] += 1
+                    counter[5] = seq
+                    counter[6] = ts
+            case p.AddPoints(run, ts, values, step, epoch):
+                for name, value in values.items():
+                    series = self._get_series(run, name)
+                    if not series.dirty:
+                        self._dirty_series.append(series)
+                    series.add(step, epoch, value, ts)
+                self._counters[run][1] += len(values)
+            case p.AddItem(seq, run, ts, item):
+                self._items.append(
+                    (
+                        seq,
+                        run,
+                        item.item,
+                        item.kind,
+                        item.stage,
+                        item.iteration,
+                        item.status,
+                        json_text(item.data),
+                        item.path,
+                        item.model,
+                        item.backend,
+                        item.duration,
+                        item.error,
+                        ts,
+                    )
+                )
+                counter = self._counters[run]
+                counter[2] += 1
+                if item.status == "failed":
+                    counter[3] += 1
+            case p.AddArtifact(seq, run, ts, art):
+                self._artifacts.append(
+                    (seq, run, art.kind, art.path, art.size, art.digest, json_text(art.metadata), ts)
+                )
+                self._counters[run][4] += 1
+            case p.SetRunFields(run, fields):
+                names = [name for name in fields if name in _RUN_COLUMNS]
+                if names:
+                    assignments = ", ".join(f"{name} = ?" for name in names)
+                    conn.execute(
+                        f"UPDATE runs SET {assignments} WHERE run = ?",  # names come from _RUN_COLUMNS
+                        [*(fields[name] for name in names), run],
+                    )
+            case p.MergeConfig(run, config):
+                row = conn.execute("SELECT config FROM runs WHERE run = ?", (run,)).fetchone()
+                merged = _json_decode(row[0]) if row and row[0] else {}
+                merged.update(config)
+                conn.execute("UPDATE runs SET config = ? WHERE run = ?", (json_text(merged), run))
+            case p.ChangeTags(run, add, remove):
+                conn.executemany("INSERT OR IGNORE INTO run_tags(run, tag) VALUES (?, ?)", [(run, t) for t in add])
+                conn.executemany("DELETE FROM run_tags WHERE run = ? AND tag = ?", [(run, t) for t in remove])
+            case p.FinishRun(run, status, error, finished):
+                conn.execute(
+                    "UPDATE runs SET status = ?, error = ?, finished = ? WHERE run = ?",
+                    (status, error, finished, run),
+                )
+            case p.ResumeRun(run):
+                conn.execute(
+                    "UPDATE runs SET status = 'running', error = NULL, finished = NULL WHERE run = ?", (run,)
+                )
+            case p.PutCache(key, value, expires_at, seq):
+                conn.execute(
+                    "INSERT OR REPLACE INTO cache(key, value, expires_at, seq) VALUES (?, ?, ?, ?)",
+                    (key, value, expires_at, seq),
+                )
+            case p.DropCache(key):
+                if key is None:
+                    conn.execute("DELETE FROM cache")
+                else:
+                    conn.execute("DELETE FROM cache WHERE key = ?", (key,))
+            case p.AddDedupEntry(seq, run, entry):
+                conn.execute(
+                    "INSERT INTO dedup_entries(seq, namespace, kind, space, value, run, item)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (seq, entry.namespace, entry.kind, entry.space, _msgpack_encode(entry.value), run, entry.item),
+                )
+            case p.ClearDedup(namespace, kind):
+                if kind is None:
+                    conn.execute("DELETE FROM dedup_entries WHERE namespace = ?", (namespace,))
+                else:
+                    conn.execute(
+                        "DELETE FROM dedup_entries WHERE namespace = ? AND kind = ?", (namespace, kind)
+                    )
+            case _:
+                raise TypeError(f"unknown change {change!r}")
+
+    def flush(self) -> None:
+        """Write what was gathered since the last flush (inside the open transaction)."""
+        conn = self.conn
+        if self._items:
+            conn.executemany(
+                "INSERT INTO items(seq, run, item, kind, stage, iteration, status, data, path, model,"
+                " backend, duration, error, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self._items,
+            )
+            self._items.clear()
+        if self._artifacts:
+            conn.executemany(
+                "INSERT INTO artifacts(seq, run, kind, path, size, digest, metadata, ts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                self._artifacts,
+            )
+            self._artifacts.clear()
+        if self._dirty_series:
+            chunk_rows: list[tuple[Any, ...]] = []
+            summary_rows: list[tuple[Any, ...]] = []
+            for series in self._dirty_series:
+                chunk_rows.extend(series.sealed)
+                series.sealed.clear()
+                if series.steps:
+                    chunk_rows.append(series.chunk_row())
+                summary_rows.append(series.summary_row())
+                series.dirty = False
+            self._dirty_series.clear()
+            conn.executemany(
+                "INSERT OR REPLACE INTO metric_chunks(run, name, chunk, n, step_min, step_max, steps, vals,"
+                " epochs, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                chunk_rows,
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO metric_summaries(run, name, count, last, last_step, last_epoch,"
+                " last_ts, min, min_step, min_epoch, max, max_step, max_epoch)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                summary_rows,
+            )
+            while len(self._series) > MAX_CACHED_SERIES:
+                self._series.popitem(last=False)
+        if self._counters:
+            conn.executemany(
+                "UPDATE runs SET n_events = n_events + ?, n_points = n_points + ?, n_items = n_items + ?,"
+                " n_failed = n_failed + ?, n_artifacts = n_artifacts + ?, updated_seq = ?, last_ts = ?"
+                " WHERE run = ?",
+                [(*c, run) for run, c in self._counters.items()],
+            )
+            self._counters.clear()
+        if len(self._known_runs) > 100_000:
+            self._known_runs.clear()
+
+    def _get_series(self, run: str, name: str) -> Series:
+        key = (run, name)
+        series = self._series.get(key)
+        if series is not None:
+            self._series.move_to_end(key)
+            return series
+        series = Series(run, name)
+        row = self.conn.execute(
+            "SELECT count, last, last_step, last_epoch, last_ts, min, min_step, min_epoch, max, max_step,"
+            " max_epoch FROM metric_summaries WHERE run = ? AND name = ?",
+            key,
+        ).fetchone()
+        if row is not None:
+            (
+                series.count,
+                series.last,
+                series.last_step,
+                series.last_epoch,
+                series.last_ts,
+                series.min,
+                series.min_step,
+                series.min_epoch,
+                series.max,
+                series.max_step,
+                series.max_epoch,
+            ) = row
+            chunk = self.conn.execute(
+                "SELECT chunk, n, steps, vals, epochs, ts FROM metric_chunks WHERE run = ? AND name = ?"
+                " ORDER BY chunk DESC LIMIT 1",
+                key,
+            ).fetchone()
+            if chunk is not None:
+                number, n, steps, vals, epochs, ts = chunk
+                if n >= CHUNK_POINTS:
+                    series.chunk = number + 1
+                else:
+                    series.chunk = number
+                    series.steps.frombytes(steps)
+                    series.vals.frombytes(vals)
+                    series.epochs.frombytes(epochs)
+                    series.ts.frombytes(ts)
+        self._series[key] = series
+        return series

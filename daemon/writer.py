@@ -1,0 +1,132 @@
+"""The writer: one task, one thread, one write connection, group commit.
+
+Appends from every connection queue here. While a transaction commits on the writer's
+thread, new appends gather in the queue; the next transaction takes all of them. So
+there is never lock contention, and the cost of a commit is shared by everything that
+arrived while the previous one ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final
+
+import structlog
+
+from tracklog.protocol import errors
+from tracklog.protocol.messages import Append, StoredEvent
+
+from .store import AppendResult, Durability, LogStore
+
+log = structlog.get_logger("tracklog.writer")
+
+#: Events in one group commit, at most: bounds the latency of the appends in it.
+MAX_GROUP_EVENTS: Final = 50_000
+#: Appends waiting for the writer before connections stop reading (backpressure).
+MAX_QUEUED_APPENDS: Final = 1_000
+
+CommitListener = Callable[[list[StoredEvent]], None]
+
+
+class WriterStats:
+    def __init__(self) -> None:
+        self.events = 0
+        self.appends = 0
+        self.commits = 0
+        self.duplicates = 0
+        self.rejected = 0
+        self.commit_seconds = 0.0
+
+
+class Writer:
+    """Owns the LogStore; everything that writes goes through `submit`."""
+
+    def __init__(self, path: str, durability: Durability = "normal") -> None:
+        self.path = path
+        self.durability: Durability = durability
+        self.head = 0
+        self.stats = WriterStats()
+        self.listeners: list[CommitListener] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracklog-writer")
+        self._queue: asyncio.Queue[tuple[Append, asyncio.Future[AppendResult | errors.ProtocolError]]] = (
+            asyncio.Queue(MAX_QUEUED_APPENDS)
+        )
+        self._store: LogStore | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Open the store and catch its projections up; returns how many events were replayed."""
+        loop = asyncio.get_running_loop()
+        self._store = await loop.run_in_executor(self._executor, LogStore, self.path, self.durability)
+        replayed = await loop.run_in_executor(self._executor, self._store.catch_up)
+        self.head = self._store.head
+        self._task = asyncio.create_task(self._run(), name="tracklog-writer")
+        return replayed
+
+    async def submit(self, append: Append) -> asyncio.Future[AppendResult | errors.ProtocolError]:
+        """Queue an append; the future resolves once it is committed (or failed)."""
+        future: asyncio.Future[AppendResult | errors.ProtocolError] = asyncio.get_running_loop().create_future()
+        await self._queue.put((append, future))
+        return future
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is committed."""
+        await self._queue.join()
+
+    async def stop(self) -> None:
+        """Commit what is queued, then close the store (checkpointing the WAL)."""
+        await self.drain()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._store is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._store.close)
+            self._store = None
+        self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        assert self._store is not None
+        store = self._store
+        while True:
+            batch = [await queue.get()]
+            size = len(batch[0][0].events)
+            while size < MAX_GROUP_EVENTS and not queue.empty():
+                item = queue.get_nowait()
+                batch.append(item)
+                size += len(item[0].events)
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, store.append_group, [a for a, _ in batch])
+            except Exception as exc:  # the store never raises, but a bug must not kill the writer
+                log.exception("group commit failed", error=str(exc))
+                results = [errors.InternalError("commit failed", a.ref) for a, _ in batch]
+            elapsed = time.perf_counter() - started
+            self.head = store.head
+            committed: list[StoredEvent] = []
+            stats = self.stats
+            stats.commits += 1
+            stats.commit_seconds += elapsed
+            for (_, future), result in zip(batch, results, strict=True):
+                if isinstance(result, AppendResult):
+                    committed.extend(result.events)
+                    stats.appends += 1
+                    stats.events += result.ack.accepted
+                    stats.duplicates += len(result.ack.duplicates)
+                    stats.rejected += len(result.ack.rejected)
+                if not future.done():
+                    future.set_result(result)
+                queue.task_done()
+            if committed:
+                for listener in self.listeners:
+                    try:
+                        listener(committed)
+                    except Exception:
+                        log.exception("commit listener failed")

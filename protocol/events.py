@@ -1,0 +1,366 @@
+"""Every event type of the protocol, as tagged `msgspec.Struct`s, and their validation.
+
+An event arrives in client form (`id`, `type`, `run`, `ts`, `data`). Decoding checks
+types; `check_event` then checks what a type cannot say (a run-scoped event needs a
+run, a finite `ts`) and turns the JSON spellings of NaN and the infinities into floats.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Final, Literal, Union
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+from .limits import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_RUN_CHARS
+
+#: Metric, tag and key names: 1 to 250 characters, no control characters.
+Name = Annotated[
+    str,
+    Meta(min_length=1, max_length=MAX_NAME_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$"),
+]
+EventId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
+RunId = Annotated[
+    str, Meta(min_length=1, max_length=MAX_RUN_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+#: JSON cannot carry NaN or the infinities as numbers: they come as these strings.
+NonFinite = Literal["NaN", "Infinity", "-Infinity"]
+Number = Union[float, NonFinite]
+RunStatus = Literal["running", "completed", "failed", "killed", "lost"]
+FinishStatus = Literal["completed", "failed", "killed", "lost"]
+ItemStatus = Literal["ok", "failed", "skipped", "duplicate"]
+
+_NON_FINITE: Final = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+class Data(Struct, forbid_unknown_fields=False, omit_defaults=True):
+    """Base of every event's `data`.
+
+    forbid_unknown_fields=False: unknown fields are ignored (PROTOCOL.md, Transport), so
+    newer clients can send fields an older daemon does not know.
+    omit_defaults=True: the stored form keeps only what was said, which keeps the log
+    small and replay byte-identical.
+    """
+
+
+class RunStartedData(Data):
+    name: str | None = None
+    pipeline: str | None = None
+    config: dict[Name, Any] | None = None
+    tags: list[Name] | None = None
+    notes: str | None = None
+    parent: RunId | None = None
+    user: str | None = None
+    host: str | None = None
+    session: str | None = None
+
+
+class RunUpdatedData(Data):
+    name: str | None = None
+    notes: str | None = None
+    add_tags: list[Name] | None = None
+    remove_tags: list[Name] | None = None
+    config: dict[Name, Any] | None = None
+    #: Written by the daemon when a writer comes back to a run marked `lost`.
+    status: Literal["running"] | None = None
+
+
+class RunFinishedData(Data):
+    status: FinishStatus
+    error: str | None = None
+
+
+class EmptyData(Data):
+    pass
+
+
+class MetricsData(Data):
+    values: Annotated[dict[Name, Number], Meta(min_length=1)]
+    step: int | None = None
+    epoch: int | None = None
+
+
+class ItemData(Data):
+    item: str | None = None
+    kind: str | None = None
+    stage: str | None = None
+    iteration: int | None = None
+    status: ItemStatus = "ok"
+    data: Any = None
+    path: str | None = None
+    model: str | None = None
+    backend: str | None = None
+    duration: float | None = None
+    error: str | None = None
+
+
+class ArtifactData(Data):
+    kind: Name
+    path: Annotated[str, Meta(min_length=1)]
+    size: int | None = None
+    digest: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class CachePutData(Data):
+    key: Name
+    value: Any
+    ttl: float | None = None
+
+
+class CacheInvalidatedData(Data):
+    key: Name | None = None
+
+
+class DedupRecordedData(Data):
+    namespace: Name
+    kind: Literal["hash", "simhash", "embedding"]
+    value: Any
+    item: str | None = None
+    space: str | None = None
+
+
+class DedupClearedData(Data):
+    namespace: Name
+    kind: Literal["hash", "simhash", "embedding"] | None = None
+
+
+class Event(Struct, tag_field="type", forbid_unknown_fields=False, omit_defaults=True, kw_only=True):
+    """An event in client form. Subclasses fix `type` (the tag) and the `data` shape."""
+
+    id: EventId | None = None
+    run: RunId | None = None
+    ts: float | None = None
+
+
+class RunStarted(Event, tag="run.started"):
+    data: RunStartedData = field(default_factory=RunStartedData)
+
+
+class RunUpdated(Event, tag="run.updated"):
+    data: RunUpdatedData = field(default_factory=RunUpdatedData)
+
+
+class RunFinished(Event, tag="run.finished"):
+    data: RunFinishedData
+
+
+class RunDeleted(Event, tag="run.deleted"):
+    data: EmptyData = field(default_factory=EmptyData)
+
+
+class RunRestored(Event, tag="run.restored"):
+    data: EmptyData = field(default_factory=EmptyData)
+
+
+class Metrics(Event, tag="metrics"):
+    data: MetricsData
+
+
+class Item(Event, tag="item"):
+    data: ItemData = field(default_factory=ItemData)
+
+
+class Artifact(Event, tag="artifact"):
+    data: ArtifactData
+
+
+class CachePut(Event, tag="cache.put"):
+    data: CachePutData
+
+
+class CacheInvalidated(Event, tag="cache.invalidated"):
+    data: CacheInvalidatedData = field(default_factory=CacheInvalidatedData)
+
+
+class DedupRecorded(Event, tag="dedup.recorded"):
+    data: DedupRecordedData
+
+
+class DedupCleared(Event, tag="dedup.cleared"):
+    data: DedupClearedData
+
+
+AnyEvent = Union[
+    RunStarted,
+    RunUpdated,
+    RunFinished,
+    RunDeleted,
+    RunRestored,
+    Metrics,
+    Item,
+    Artifact,
+    CachePut,
+    CacheInvalidated,
+    DedupRecorded,
+    DedupCleared,
+]
+
+EVENT_CLASSES: Final[dict[str, type[Event]]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in AnyEvent.__args__  # type: ignore[attr-defined]
+}
+EVENT_TYPES: Final = frozenset(EVENT_CLASSES)
+DATA_CLASSES: Final[dict[str, type[Data]]] = {
+    "run.started": RunStartedData,
+    "run.updated": RunUpdatedData,
+    "run.finished": RunFinishedData,
+    "run.deleted": EmptyData,
+    "run.restored": EmptyData,
+    "metrics": MetricsData,
+    "item": ItemData,
+    "artifact": ArtifactData,
+    "cache.put": CachePutData,
+    "cache.invalidated": CacheInvalidatedData,
+    "dedup.recorded": DedupRecordedData,
+    "dedup.cleared": DedupClearedData,
+}
+#: Types that belong to no run.
+GLOBAL_TYPES: Final = frozenset({"cache.put", "cache.invalidated", "dedup.cleared"})
+#: Types only the daemon writes; a client that sends one is refused.
+DAEMON_TYPES: Final = frozenset({"dedup.recorded"})
+
+
+class InvalidEvent(ValueError):
+    """One event is not valid; the message names the field."""
+
+
+def check_event(event: Event) -> Event:
+    """Check what decoding cannot, and turn NaN spellings into floats, in place.
+
+    Raises InvalidEvent with a message that starts with the field's name.
+    """
+    tag = event.__struct_config__.tag
+    if event.ts is not None and not math.isfinite(event.ts):
+        raise InvalidEvent("ts: expected a finite number")
+    if tag in GLOBAL_TYPES:
+        event.run = None
+    elif event.run is None:
+        raise InvalidEvent(f"run: required for {tag} events")
+    if isinstance(event, Metrics):
+        values = event.data.values
+        for name, value in values.items():
+            if value.__class__ is str:
+                values[name] = _NON_FINITE[value]  # type: ignore[index]
+    return event
+
+
+def event_type(event: Event) -> str:
+    return event.__struct_config__.tag  # type: ignore[return-value]
+
+
+def finite_floats_as_strings(obj: Any) -> Any:
+    """A copy of obj where NaN and the infinities are the strings JSON carries them as."""
+    cls = obj.__class__
+    if cls is float:
+        if obj != obj:
+            return "NaN"
+        if obj == math.inf:
+            return "Infinity"
+        if obj == -math.inf:
+            return "-Infinity"
+        return obj
+    if cls is dict:
+        return {k: finite_floats_as_strings(v) for k, v in obj.items()}
+    if cls is list or cls is tuple:
+        return [finite_floats_as_strings(v) for v in obj]
+    return obj
+
+
+def has_non_finite(obj: Any) -> bool:
+    """Whether obj holds a float that JSON cannot carry as a number."""
+    cls = obj.__class__
+    if cls is float:
+        return not math.isfinite(obj)
+    if cls is dict:
+        return any(has_non_finite(v) for v in obj.values())
+    if cls is list or cls is tuple:
+        return any(has_non_finite(v) for v in obj)
+    return False
+
+
+def explain_validation_error(err: msgspec.ValidationError, raw: Any, prefix: str) -> str:
+    """Turn msgspec's message into `field.path: what was expected`.
+
+    `raw` is the event as plain data, used to name the dict key msgspec shows as `[...]`.
+    """
+    text = str(err)
+    message, _, where = text.partition(" - at `")
+    where = where.rstrip("`")
+    key_in = None
+    if where.startswith("key` in `"):
+        key_in = where[len("key` in `") :]
+        where = key_in
+    path = where[2:] if where.startswith("$.") else where.lstrip("$")
+    if "[...]" in path:
+        path = _name_dict_keys(path, raw)
+    if path.startswith("data."):
+        path = path[5:]
+    elif path == "data":
+        path = ""
+    if message.startswith("Invalid enum value") and path.startswith("values."):
+        msg = "expected a number, or one of 'NaN', 'Infinity', '-Infinity'"
+    else:
+        msg = _friendly(message)
+    if key_in is not None:
+        msg = "key " + msg
+    field_path = ".".join(p for p in (prefix, path) if p)
+    return f"{field_path}: {msg}"
+
+
+def _name_dict_keys(path: str, raw: Any) -> str:
+    """Replace `[...]` in a msgspec path by the first key whose value does not fit."""
+    head, _, tail = path.partition("[...]")
+    node = raw
+    for part in head.split("."):
+        if not part:
+            continue
+        if isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return path.replace("[...]", ".?")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                if value in _NON_FINITE:
+                    continue
+                return f"{head}.{key}{tail}"
+        first = next(iter(node), "?")
+        return f"{head}.{first}{tail}"
+    return path.replace("[...]", ".?")
+
+
+def _friendly(message: str) -> str:
+    if message.startswith("Expected `"):
+        expected, _, got = message[len("Expected `") :].partition("`, got `")
+        got = got.rstrip("`")
+        return f"expected {_friendly_type(expected)}, got {_friendly_type(got)}"
+    if message.startswith("Object missing required field `"):
+        name = message[len("Object missing required field `") :].rstrip("`")
+        return f"missing required field '{name}'"
+    if message.startswith("Invalid enum value"):
+        return "invalid value" + message[len("Invalid enum value") :]
+    return message[0].lower() + message[1:] if message else message
+
+
+_TYPE_WORDS: Final = {
+    "float | str": "a number",
+    "int | float": "a number",
+    "float": "a number",
+    "int | null": "an integer",
+    "int": "an integer",
+    "float | null": "a number",
+    "str": "a string",
+    "str | null": "a string",
+    "object": "an object",
+    "object | null": "an object",
+    "array": "an array",
+    "array | null": "an array",
+    "bool": "a boolean",
+    "null": "null",
+}
+
+
+def _friendly_type(name: str) -> str:
+    return _TYPE_WORDS.get(name, name)

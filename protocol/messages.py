@@ -1,0 +1,365 @@
+"""Wire messages, tagged by `op`, and the codec that turns frames into them and back.
+
+Text frames are JSON, binary frames MessagePack. Decoding is pure: `Codec.decode`
+takes a frame and returns a message, or raises the ProtocolError whose code the reply
+carries. An `append` whose events are partly bad decodes to an `Append` holding the
+good events and a `rejected` entry for each bad one, so nothing else is lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal, Union
+
+import msgspec
+from msgspec import Raw, Struct, field
+
+from . import errors
+from .events import (
+    DAEMON_TYPES,
+    AnyEvent,
+    Event,
+    InvalidEvent,
+    check_event,
+    event_type,
+    explain_validation_error,
+    finite_floats_as_strings,
+)
+from .limits import MAX_DEPTH, MAX_EVENTS_PER_APPEND
+
+
+class Message(Struct, tag_field="op", forbid_unknown_fields=False, omit_defaults=True, kw_only=True):
+    """Base of every wire message.
+
+    tag_field="op": the `op` field names the kind, so one Union decodes them all.
+    forbid_unknown_fields=False: unknown fields are ignored, as the protocol says.
+    omit_defaults=True: optional fields left at their default are not sent.
+    """
+
+
+# -- client to daemon ---------------------------------------------------------------
+
+
+class Hello(Message, tag="hello"):
+    protocol: int = 1
+    client: str | None = None
+    token: str | None = None
+    ref: int | None = None
+
+
+class Rejection(Struct, omit_defaults=True):
+    index: int
+    code: str
+    message: str
+
+
+class Append(Message, tag="append"):
+    events: list[AnyEvent]
+    ref: int | None = None
+    #: Filled by the codec, never read from the wire: events refused one by one.
+    rejected: list[Rejection] = field(default_factory=list)
+    #: Filled by the codec: the index in the append of each event in `events`.
+    indexes: list[int] | None = None
+
+
+class Query(Message, tag="query"):
+    q: str
+    ref: int | None = None
+    filter: str | None = None
+    order_by: list[str] | None = None
+    limit: int | None = None
+    offset: int | None = None
+    deleted: bool | None = None
+    run: str | None = None
+    runs: list[str] | None = None
+    names: list[str] | None = None
+    metrics: list[str] | None = None
+    metric: str | None = None
+    mode: str | None = None
+    max_points: int | None = None
+    step_from: int | None = None
+    step_to: int | None = None
+    stage: str | None = None
+    status: str | None = None
+    text: str | None = None
+    from_seq: int | None = None
+    types: list[str] | None = None
+    key: str | None = None
+
+
+class SubscribeFilter(Struct, forbid_unknown_fields=False, omit_defaults=True):
+    runs: list[str] | None = None
+    types: list[str] | None = None
+    pipelines: list[str] | None = None
+
+
+class Subscribe(Message, tag="subscribe"):
+    ref: int | None = None
+    from_seq: int | None = None
+    filter: SubscribeFilter | None = None
+
+
+class Unsubscribe(Message, tag="unsubscribe"):
+    sub: int
+    ref: int | None = None
+
+
+ClientMessage = Union[Hello, Append, Query, Subscribe, Unsubscribe]
+CLIENT_OPS: Final = frozenset({"hello", "append", "query", "subscribe", "unsubscribe", "check"})
+
+
+# -- daemon to client ---------------------------------------------------------------
+
+
+class Welcome(Message, tag="welcome"):
+    protocol: int
+    server: str
+    head: int
+
+
+class Duplicate(Struct):
+    index: int
+    seq: int
+
+
+class Ack(Message, tag="ack"):
+    accepted: int
+    first_seq: int | None = None
+    last_seq: int | None = None
+    duplicates: list[Duplicate] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    ref: int | None = None
+
+
+class Result(Message, tag="result"):
+    seq: int
+    rows: list[Any]
+    total: int | None = None
+    ref: int | None = None
+
+
+class Subscribed(Message, tag="subscribed"):
+    sub: int
+    head: int
+    ref: int | None = None
+
+
+class StoredEvent(Struct, omit_defaults=False):
+    """An event as the log holds it: client form plus `seq` and `recorded`."""
+
+    seq: int
+    type: str
+    data: Any
+    recorded: float
+    ts: float
+    id: str | None = None
+    run: str | None = None
+
+
+class Events(Message, tag="events"):
+    sub: int
+    events: list[StoredEvent]
+
+
+class Live(Message, tag="live"):
+    sub: int
+    seq: int
+
+
+class Error(Message, tag="error"):
+    code: str
+    message: str
+    ref: int | None = None
+
+
+ServerMessage = Union[Welcome, Ack, Result, Subscribed, Events, Live, Error]
+
+
+class _Envelope(Struct, forbid_unknown_fields=False):
+    op: Any = None
+    ref: Any = None
+
+
+class _RawAppend(Struct, forbid_unknown_fields=False):
+    events: list[Raw]
+    ref: int | None = None
+
+
+def _depth_exceeds(obj: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if node.__class__ is dict:
+            stack.extend((v, depth + 1) for v in node.values())
+        elif node.__class__ is list:
+            stack.extend((v, depth + 1) for v in node)
+    return False
+
+
+def _free_form_too_deep(event: Event) -> str | None:
+    data = getattr(event, "data", None)
+    for name in ("config", "data", "metadata", "value"):
+        value = getattr(data, name, None)
+        if value.__class__ in (dict, list) and _depth_exceeds(value, MAX_DEPTH):
+            return f"{event_type(event)}.{name}: nested deeper than {MAX_DEPTH} levels"
+    return None
+
+
+class Codec:
+    """Decodes client frames and encodes replies; one per process, built once."""
+
+    def __init__(self) -> None:
+        self._json_msg = msgspec.json.Decoder(ClientMessage)
+        self._mp_msg = msgspec.msgpack.Decoder(ClientMessage)
+        self._json_env = msgspec.json.Decoder(_Envelope)
+        self._mp_env = msgspec.msgpack.Decoder(_Envelope)
+        self._json_raw_append = msgspec.json.Decoder(_RawAppend)
+        self._mp_raw_append = msgspec.msgpack.Decoder(_RawAppend)
+        self._json_event = msgspec.json.Decoder(AnyEvent)
+        self._mp_event = msgspec.msgpack.Decoder(AnyEvent)
+        self._json_any = msgspec.json.Decoder()
+        self._mp_any = msgspec.msgpack.Decoder()
+        self._json_enc = msgspec.json.Encoder()
+        self._mp_enc = msgspec.msgpack.Encoder()
+
+    # -- decoding ---------------------------------------------------------------
+
+    def decode(self, frame: bytes | str) -> ClientMessage:
+        """Decode one frame (str: JSON, bytes: MessagePack) into a checked message."""
+        binary = not isinstance(frame, str)
+        try:
+            msg = (self._mp_msg if binary else self._json_msg).decode(frame)
+        except msgspec.ValidationError as exc:
+            return self._decode_slow(frame, binary, exc)
+        except msgspec.DecodeError as exc:
+            raise errors.BadFrame(f"undecodable {'MessagePack' if binary else 'JSON'}: {exc}") from exc
+        except RecursionError as exc:
+            raise errors.BadFrame("frame nested too deeply") from exc
+        if isinstance(msg, Append):
+            msg.rejected = []  # never taken from the wire
+            msg.indexes = None
+            self._check_append(msg)
+        return msg
+
+    def _check_append(self, msg: Append) -> None:
+        if len(msg.events) > MAX_EVENTS_PER_APPEND:
+            raise errors.TooLarge(
+                f"events: {len(msg.events)} events, at most {MAX_EVENTS_PER_APPEND} per append",
+                msg.ref,
+            )
+        good: list[AnyEvent] = []
+        indexes: list[int] = []
+        for index, event in enumerate(msg.events):
+            problem = self._check_event(event)
+            if problem is None:
+                good.append(event)
+                indexes.append(index)
+            else:
+                msg.rejected.append(Rejection(index, errors.INVALID_EVENT, problem))
+        if msg.rejected:
+            msg.events = good
+            msg.indexes = indexes
+
+    @staticmethod
+    def _check_event(event: Event) -> str | None:
+        tag = event_type(event)
+        if tag in DAEMON_TYPES:
+            return f"type: {tag} events are written by the daemon only"
+        try:
+            check_event(event)
+        except InvalidEvent as exc:
+            return f"{tag}.{exc}" if not str(exc).startswith(("run:", "ts:")) else str(exc)
+        return _free_form_too_deep(event)
+
+    def _decode_slow(self, frame: bytes | str, binary: bool, exc: msgspec.ValidationError) -> ClientMessage:
+        try:
+            env = (self._mp_env if binary else self._json_env).decode(frame)
+        except msgspec.ValidationError as exc2:
+            raise errors.BadMessage(f"expected an object with an 'op' field: {exc2}") from exc2
+        except (msgspec.DecodeError, RecursionError) as exc2:
+            raise errors.BadFrame(f"undecodable frame: {exc2}") from exc2
+        ref = env.ref if isinstance(env.ref, int) and not isinstance(env.ref, bool) else None
+        if env.op is None:
+            raise errors.BadMessage("op: missing required field", ref)
+        if not isinstance(env.op, str):
+            raise errors.BadMessage("op: expected a string", ref)
+        if env.op not in CLIENT_OPS:
+            raise errors.UnknownOp(f"op: unknown op '{env.op[:64]}'", ref)
+        if env.op == "append":
+            return self._decode_append_slow(frame, binary, ref)
+        if env.op == "check":
+            raise errors.UnknownOp("op: 'check' is not served by this daemon yet", ref)
+        raise errors.BadMessage(explain_validation_error(exc, None, env.op), ref)
+
+    def _decode_append_slow(self, frame: bytes | str, binary: bool, ref: int | None) -> Append:
+        try:
+            raw = (self._mp_raw_append if binary else self._json_raw_append).decode(frame)
+        except msgspec.ValidationError as exc:
+            raise errors.BadMessage(explain_validation_error(exc, None, "append"), ref) from exc
+        if len(raw.events) > MAX_EVENTS_PER_APPEND:
+            raise errors.TooLarge(
+                f"events: {len(raw.events)} events, at most {MAX_EVENTS_PER_APPEND} per append", ref
+            )
+        event_decoder = self._mp_event if binary else self._json_event
+        any_decoder = self._mp_any if binary else self._json_any
+        good: list[AnyEvent] = []
+        indexes: list[int] = []
+        rejected: list[Rejection] = []
+        for index, item in enumerate(raw.events):
+            try:
+                event = event_decoder.decode(item)
+            except msgspec.ValidationError as exc:
+                rejected.append(Rejection(index, errors.INVALID_EVENT, self._explain(exc, item, any_decoder)))
+                continue
+            problem = self._check_event(event)
+            if problem is None:
+                good.append(event)
+                indexes.append(index)
+            else:
+                rejected.append(Rejection(index, errors.INVALID_EVENT, problem))
+        return Append(events=good, ref=ref, rejected=rejected, indexes=indexes)
+
+    @staticmethod
+    def _explain(exc: msgspec.ValidationError, item: Raw, any_decoder: Any) -> str:
+        plain = any_decoder.decode(item)
+        if not isinstance(plain, dict):
+            return "event: expected an object"
+        tag = plain.get("type")
+        if "type" not in plain:
+            return "type: missing required field"
+        if not isinstance(tag, str):
+            return "type: expected a string"
+        text = str(exc)
+        if text.startswith("Invalid value") and "`$.type`" in text:
+            return f"type: unknown event type '{tag[:64]}'"
+        prefix = tag
+        where = text.partition(" - at `")[2]
+        if where.startswith(("$.run", "$.id", "$.ts")):
+            prefix = ""
+        return explain_validation_error(exc, plain, prefix)
+
+    # -- encoding ---------------------------------------------------------------
+
+    def encode(self, msg: Message, binary: bool) -> bytes:
+        """Encode a reply for a connection (binary: MessagePack, else JSON bytes)."""
+        if binary:
+            return self._mp_enc.encode(msg)
+        if isinstance(msg, Result):
+            msg = Result(seq=msg.seq, rows=finite_floats_as_strings(msg.rows), total=msg.total, ref=msg.ref)
+        elif isinstance(msg, Events):
+            msg = Events(
+                sub=msg.sub,
+                events=[
+                    StoredEvent(e.seq, e.type, finite_floats_as_strings(e.data), e.recorded, e.ts, e.id, e.run)
+                    for e in msg.events
+                ],
+            )
+        return self._json_enc.encode(msg)
+
+    def encode_error(self, exc: errors.ProtocolError, binary: bool) -> bytes:
+        return self.encode(Error(code=exc.code, message=exc.message, ref=exc.ref), binary)
+
+
+def client_message_op(msg: ClientMessage) -> Literal["hello", "append", "query", "subscribe", "unsubscribe"]:
+    return msg.__struct_config__.tag  # type: ignore[return-value]
