@@ -7,6 +7,7 @@ the same snapshot: a subscriber can follow on from that seq with no gap.
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import threading
 import time
@@ -82,7 +83,8 @@ def query_run(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None
     ):
         metrics[name] = {
             "count": count,
-            "last": last,
+            # SQLite stores NaN as NULL; only `last` can be NaN (min and max skip it).
+            "last": math.nan if last is None and count else last,
             "last_step": last_step,
             "last_epoch": _epoch(last_epoch),
             "last_ts": last_ts,

@@ -346,7 +346,8 @@ class Codec:
         if binary:
             return self._mp_enc.encode(msg)
         if isinstance(msg, Result):
-            msg = Result(seq=msg.seq, rows=finite_floats_as_strings(msg.rows), total=msg.total, ref=msg.ref)
+            rows = finite_floats_as_strings(msgspec.to_builtins(msg.rows))
+            msg = Result(seq=msg.seq, rows=rows, total=msg.total, ref=msg.ref)
         elif isinstance(msg, Events):
             msg = Events(
                 sub=msg.sub,

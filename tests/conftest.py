@@ -1,0 +1,175 @@
+"""Shared fixtures: a real `tracklog serve` on a free loopback port, and a small client."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+START_TIMEOUT = 60.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False, help="run soak tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow soak test: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+class DaemonProcess:
+    """`python -m tracklog serve` in a subprocess; knows its port from its own log line."""
+
+    def __init__(self, db: Path, *extra: str) -> None:
+        self.db = db
+        self.extra = extra
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> DaemonProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tracklog", "serve", "--db", str(self.db), "--port", "0", *self.extra],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        while True:
+            try:
+                line = self.lines.get(timeout=START_TIMEOUT)
+            except queue.Empty:
+                self.kill()
+                raise RuntimeError("daemon did not start:\n" + "".join(self.log)) from None
+            if line == "":
+                raise RuntimeError("daemon exited:\n" + "".join(self.log))
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == "listening":
+                self.port = int(record["port"])
+                return self
+
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.log.append(line)
+            self.lines.put(line)
+        self.lines.put("")
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait: the clean shutdown path."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or checkpoint."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "tracklog.db"
+
+
+@pytest.fixture
+def daemon(db_path: Path) -> Iterator[DaemonProcess]:
+    proc = DaemonProcess(db_path).start()
+    try:
+        yield proc
+    finally:
+        if proc.proc is not None and proc.proc.poll() is None:
+            try:
+                proc.stop()
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+class Client:
+    """A minimal protocol client for tests: send a request, get the reply with its ref."""
+
+    def __init__(self, ws: ClientConnection, binary: bool = False) -> None:
+        self.ws = ws
+        self.binary = binary
+        self._refs = itertools.count(1)
+
+    def encode(self, msg: dict[str, Any]) -> str | bytes:
+        return msgspec.msgpack.encode(msg) if self.binary else json.dumps(msg)
+
+    def decode(self, frame: str | bytes) -> Any:
+        return msgspec.msgpack.decode(frame) if isinstance(frame, bytes) else json.loads(frame)
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        await self.ws.send(self.encode(msg))
+
+    async def recv(self, timeout: float = 30) -> Any:
+        import asyncio
+
+        return self.decode(await asyncio.wait_for(self.ws.recv(), timeout))
+
+    async def request(self, msg: dict[str, Any]) -> Any:
+        msg = dict(msg)
+        msg.setdefault("ref", next(self._refs))
+        await self.send(msg)
+        while True:
+            reply = await self.recv()
+            if reply.get("ref") == msg["ref"]:
+                return reply
+
+    async def append(self, events: list[dict[str, Any]]) -> Any:
+        return await self.request({"op": "append", "events": events})
+
+    async def query(self, q: str, **args: Any) -> Any:
+        return await self.request({"op": "query", "q": q, **args})
+
+
+async def open_client(url: str, binary: bool = False, **hello: Any) -> tuple[Client, Any]:
+    ws = await connect(url, max_size=None, open_timeout=30)
+    client = Client(ws, binary)
+    await client.send({"op": "hello", "protocol": 1, "client": "tests", **hello})
+    welcome = await client.recv()
+    return client, welcome
+
+
+@pytest.fixture
+async def client(daemon: DaemonProcess) -> AsyncIterator[Client]:
+    c, welcome = await open_client(daemon.url)
+    assert welcome["op"] == "welcome"
+    try:
+        yield c
+    finally:
+        await c.ws.close()
