@@ -1,0 +1,392 @@
+"""`Tracker` and `Run`: what a pipeline calls. Every `log_*` only queues.
+
+A call checks the types of its arguments (a programming error raises `TypeError` at
+once, with a message naming the argument), stamps the event with the time and a UUIDv7
+id, appends it to the sender's queue and returns. It does no I/O and takes no lock; it
+raises nothing because of the network. Metric calls, the hot path, queue a plain tuple;
+the other events are encoded at the call, which snapshots their data.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import getpass
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal
+
+from tracklog.protocol.events import (
+    Artifact,
+    ArtifactData,
+    Item,
+    ItemData,
+    RunFinished,
+    RunFinishedData,
+    RunStarted,
+    RunStartedData,
+    RunUpdated,
+    RunUpdatedData,
+)
+from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
+
+from . import wire
+from .ids import uuid7
+from .sender import RejectedEvent, Sender, SenderOptions
+from .spool import default_spool_root, endpoint_dir
+
+DEFAULT_URL: Final = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}/ws"
+FinishStatus = Literal["completed", "failed", "killed"]
+ItemStatus = Literal["ok", "failed", "skipped", "duplicate"]
+
+_time = time.time
+_coerce_number = wire.coerce_number
+_coerce_int = wire.coerce_int
+_raw = wire.raw_event
+
+#: Trackers still open (held strongly: an unreferenced tracker's sender still has work);
+#: closed at interpreter exit so what is queued is sent or spooled.
+_open_trackers: set[Tracker] = set()
+#: How long the exit hook waits for acks before spooling the rest.
+EXIT_TIMEOUT: Final = 5.0
+
+
+class Run:
+    """A run to log to. Made by `Tracker.start_run` (a new run) or `Tracker.run` (attach).
+
+    As a context manager, a run it started is finished on leaving the block: `completed`,
+    or `failed` with the exception's text (`killed` for KeyboardInterrupt). An attached
+    run is left running: another process owns its end.
+    """
+
+    __slots__ = ("__weakref__", "_append", "_finished", "_owned", "_sender", "_tracker", "id")
+
+    def __init__(self, tracker: Tracker, run_id: str, owned: bool) -> None:
+        self.id = run_id
+        self._tracker = tracker
+        self._sender = tracker._sender
+        self._append = tracker._sender.queue.append
+        self._owned = owned
+        self._finished = False
+
+    def __repr__(self) -> str:
+        return f"<tracklog.Run {self.id!r}{' finished' if self._finished else ''}>"
+
+    # -- the hot path -----------------------------------------------------------------
+
+    def log_metric(self, name: str, value: float, step: int | None = None, epoch: int | None = None) -> None:
+        """Queue one metric value. Raises TypeError when value is not a number (bool included)."""
+        cls = value.__class__
+        if cls is not float and cls is not int:
+            value = _coerce_number(name, value)
+        if name.__class__ is not str:
+            wire.check_name("metric name", name)
+        if step is not None and step.__class__ is not int:
+            step = _coerce_int("step", step)
+        if epoch is not None and epoch.__class__ is not int:
+            epoch = _coerce_int("epoch", epoch)
+        ts = _time()
+        self._append((uuid7(ts), self.id, ts, {name: value}, step, epoch))
+        if self._sender.sleeping:
+            self._sender.wake()
+
+    def log_metrics(self, values: Mapping[str, float], step: int | None = None, epoch: int | None = None) -> None:
+        """Queue several metric values at one step, as one event."""
+        checked = {}
+        for name, value in values.items():
+            cls = value.__class__
+            if cls is not float and cls is not int:
+                value = _coerce_number(name, value)
+            if name.__class__ is not str:
+                wire.check_name("metric name", name)
+            checked[name] = value
+        if not checked:
+            raise ValueError("log_metrics: values is empty")
+        if step is not None and step.__class__ is not int:
+            step = _coerce_int("step", step)
+        if epoch is not None and epoch.__class__ is not int:
+            epoch = _coerce_int("epoch", epoch)
+        ts = _time()
+        self._append((uuid7(ts), self.id, ts, checked, step, epoch))
+        if self._sender.sleeping:
+            self._sender.wake()
+
+    # -- other events -----------------------------------------------------------------
+
+    def log_item(
+        self,
+        item: str | None = None,
+        *,
+        kind: str | None = None,
+        stage: str | None = None,
+        iteration: int | None = None,
+        status: ItemStatus = "ok",
+        data: Any = None,
+        path: str | os.PathLike[str] | None = None,
+        model: str | None = None,
+        backend: str | None = None,
+        duration: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Queue one processed item (a translation, an image, a record) with how it went."""
+        if iteration is not None:
+            iteration = _coerce_int("iteration", iteration)
+        if duration is not None:
+            duration = wire.check_float("duration", duration)
+        body = ItemData(
+            item=item, kind=kind, stage=stage, iteration=iteration, status=status, data=data,
+            path=os.fspath(path) if path is not None else None, model=model, backend=backend,
+            duration=duration, error=error,
+        )
+        ts = _time()
+        self._put(_raw(Item(id=uuid7(ts), run=self.id, ts=ts, data=body)))
+
+    def log_artifact(
+        self,
+        kind: str,
+        path: str | os.PathLike[str],
+        *,
+        size: int | None = None,
+        digest: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Queue a reference to an artifact (a checkpoint, a plot): its kind and path or URI."""
+        wire.check_name("artifact kind", kind)
+        if size is not None:
+            size = _coerce_int("size", size)
+        body = ArtifactData(
+            kind=kind, path=os.fspath(path), size=size, digest=digest,
+            metadata=dict(metadata) if metadata is not None else None,
+        )
+        ts = _time()
+        self._put(_raw(Artifact(id=uuid7(ts), run=self.id, ts=ts, data=body)))
+
+    def update(
+        self,
+        *,
+        name: str | None = None,
+        notes: str | None = None,
+        add_tags: Iterable[str] | None = None,
+        remove_tags: Iterable[str] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Change the run's name or notes, add or remove tags, merge config keys."""
+        body = RunUpdatedData(
+            name=name, notes=notes,
+            add_tags=_names("add_tags", add_tags), remove_tags=_names("remove_tags", remove_tags),
+            config=dict(config) if config is not None else None,
+        )
+        ts = _time()
+        self._put(_raw(RunUpdated(id=uuid7(ts), run=self.id, ts=ts, data=body)))
+
+    def finish(self, status: FinishStatus = "completed", error: str | None = None) -> None:
+        """Mark the run finished. A second call does nothing."""
+        if self._finished:
+            return
+        if status not in ("completed", "failed", "killed"):
+            raise ValueError(f"status: expected 'completed', 'failed' or 'killed', got {status!r}")
+        self._finished = True
+        ts = _time()
+        self._put(_raw(RunFinished(id=uuid7(ts), run=self.id, ts=ts, data=RunFinishedData(status=status, error=error))))
+        self._tracker._forget(self)
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def _put(self, event: Any) -> None:
+        self._append(event)
+        if self._sender.sleeping:
+            self._sender.wake()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._owned:
+            return
+        if exc is None:
+            self.finish("completed")
+        elif isinstance(exc, KeyboardInterrupt):
+            self.finish("killed", "KeyboardInterrupt")
+        else:
+            self.finish("failed", _error_text(exc))
+
+
+class Tracker:
+    """A connection to the daemon, as far as the pipeline can tell: a queue that never blocks.
+
+    Made by `tracklog.connect()`. Starts the background sender at once; the daemon need
+    not be up. Close it (or leave the process) to send or spool what is queued.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        *,
+        max_queue: int = 100_000,
+        batch_size: int = 1_000,
+        max_inflight: int = 8,
+        linger: float = 0.002,
+        backoff_max: float = 5.0,
+        open_timeout: float = 10.0,
+        client_name: str | None = None,
+    ) -> None:
+        self.url = url or os.environ.get("TRACKLOG_URL") or DEFAULT_URL
+        if token is None:
+            token = os.environ.get("TRACKLOG_TOKEN") or None
+        root = Path(spool_dir) if spool_dir is not None else default_spool_root()
+        if not 1 <= batch_size <= 10_000:
+            raise ValueError("batch_size: expected 1 to 10000 (the daemon's limit per append)")
+        options = SenderOptions(
+            max_queue=max_queue, batch_size=batch_size, max_inflight=max(1, max_inflight), linger=linger,
+            backoff_max=backoff_max, open_timeout=open_timeout,
+            client_name=client_name or f"tracklog-python/{_version()}",
+        )
+        self._sender = Sender(self.url, token, endpoint_dir(root, self.url), options)
+        self._active: list[Run] = []
+        self._lock = threading.Lock()
+        self._sender.start()
+        _open_trackers.add(self)
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where this tracker's spool files live (one folder per daemon address)."""
+        return self._sender.spool.directory
+
+    def start_run(
+        self,
+        name: str | None = None,
+        *,
+        run_id: str | None = None,
+        pipeline: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        tags: Iterable[str] | None = None,
+        notes: str | None = None,
+        parent: str | Run | None = None,
+        user: str | None = None,
+        host: str | None = None,
+        session: str | None = None,
+    ) -> Run:
+        """Start a new run (its id is a UUIDv7 unless given) and make it the active run."""
+        if run_id is not None:
+            wire.check_name("run_id", run_id)
+        ts = _time()
+        rid = run_id or uuid7(ts)
+        body = RunStartedData(
+            name=name, pipeline=pipeline, config=dict(config) if config is not None else None,
+            tags=_names("tags", tags), notes=notes,
+            parent=parent.id if isinstance(parent, Run) else parent,
+            user=user if user is not None else _user(), host=host if host is not None else _HOST,
+            session=session,
+        )
+        run = Run(self, rid, owned=True)
+        run._put(_raw(RunStarted(id=uuid7(ts), run=rid, ts=ts, data=body)))
+        with self._lock:
+            self._active.append(run)
+        return run
+
+    def run(self, run_id: str) -> Run:
+        """Attach to a run that exists or that another process starts (workers, ranks)."""
+        wire.check_name("run_id", run_id)
+        return Run(self, run_id, owned=False)
+
+    @property
+    def active_run(self) -> Run | None:
+        """The most recently started run that is not finished yet."""
+        with self._lock:
+            return self._active[-1] if self._active else None
+
+    def _forget(self, run: Run) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._active.remove(run)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued event is acked by the daemon; False if the timeout comes first."""
+        return self._sender.flush(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush up to timeout, then write what is not acked to the spool and stop the sender."""
+        _open_trackers.discard(self)
+        self._sender.close(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts on the client: queued, in_flight, acked, duplicates, rejected, spooled, and more."""
+        return self._sender.stats()
+
+    @property
+    def errors(self) -> list[RejectedEvent]:
+        """The events the daemon rejected (the last 10,000), with its messages. Never raised."""
+        return list(self._sender.counters.errors)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<tracklog.Tracker {self.url}>"
+
+
+def connect(
+    url: str | None = None,
+    token: str | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> Tracker:
+    """A tracker for the daemon at url (default `$TRACKLOG_URL`, else ws://127.0.0.1:7717/ws).
+
+    token defaults to `$TRACKLOG_TOKEN`; spool_dir to `~/.cache/tracklog/spool`. Keyword
+    options (max_queue, batch_size, max_inflight, linger, backoff_max, open_timeout,
+    client_name) tune the sender.
+    """
+    return Tracker(url, token, spool_dir, **options)
+
+
+def _names(field: str, values: Iterable[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        raise TypeError(f"{field}: expected a list of strings, got a string")
+    out = list(values)
+    for value in out:
+        wire.check_name(field, value)
+    return out
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in some containers
+        return None
+
+
+def _version() -> str:
+    from tracklog import __version__
+
+    return __version__
+
+
+_HOST: Final = socket.gethostname()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for tracker in list(_open_trackers):
+        with contextlib.suppress(Exception):
+            tracker.close(EXIT_TIMEOUT)
