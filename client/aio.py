@@ -48,10 +48,14 @@ class AsyncRun:
     async def _self(self) -> AsyncRun:
         return self
 
-    async def log_metric(self, name: str, value: float, step: int | None = None, epoch: int | None = None) -> None:
+    async def log_metric(
+        self, name: str, value: float, step: int | None = None, epoch: int | None = None
+    ) -> None:
         self._run.log_metric(name, value, step, epoch)
 
-    async def log_metrics(self, values: Mapping[str, float], step: int | None = None, epoch: int | None = None) -> None:
+    async def log_metrics(
+        self, values: Mapping[str, float], step: int | None = None, epoch: int | None = None
+    ) -> None:
         self._run.log_metrics(values, step, epoch)
 
     async def log_item(

@@ -384,7 +384,8 @@ class Sender:
             half = len(events) // 2
             return self._encode(events[:half]) + self._encode(events[half:])
         if len(payload) > MAX_FRAME_BYTES - 1024:
-            self._reject_locally(events[0], codes.TOO_LARGE, f"event: {len(payload)} bytes, over the frame limit")
+            message = f"event: {len(payload)} bytes, over the frame limit"
+            self._reject_locally(events[0], codes.TOO_LARGE, message)
             return []
         return [(payload, len(events))]
 
@@ -512,7 +513,7 @@ class Sender:
     def _backoff(self, attempt: int) -> float:
         """Capped exponential backoff with jitter, so many clients do not come back in step."""
         o = self.options
-        delay = min(o.backoff_max, o.backoff_base * 2 ** min(attempt - 1, 30))
+        delay = min(o.backoff_max, o.backoff_base * 2.0 ** min(attempt - 1, 30))
         return delay * random.uniform(0.5, 1.0)
 
     async def _open(self) -> ClientConnection:
@@ -528,7 +529,8 @@ class Sender:
         try:
             hello = wire.HelloFrame(PROTOCOL_VERSION, self.options.client_name, self.token)
             await ws.send(wire.encode(hello))
-            reply = wire.decode_reply(await asyncio.wait_for(ws.recv(), self.options.open_timeout))
+            frame = await asyncio.wait_for(ws.recv(), self.options.open_timeout)
+            reply = wire.decode_reply(frame.encode() if isinstance(frame, str) else frame)
             if isinstance(reply, Error):
                 raise ConnectionRefusedError(f"{reply.code}: {reply.message}")
             if not isinstance(reply, Welcome):

@@ -76,7 +76,9 @@ class SpoolFile:
     connection and await their ack; [read, size) are still to send.
     """
 
-    def __init__(self, path: Path, fd: int, size: int, acked: int, unacked_events: int, adopted: bool) -> None:
+    def __init__(
+        self, path: Path, fd: int, size: int, acked: int, unacked_events: int, adopted: bool
+    ) -> None:
         self.path = path
         self.fd = fd
         self.size = size
@@ -190,7 +192,10 @@ class SpoolFile:
         length, count, crc = RECORD.unpack(header) if len(header) == RECORD.size else (0, 0, -1)
         payload = os.pread(self.fd, length, self.read + RECORD.size) if crc != -1 else b""
         if crc == -1 or len(payload) != length or zlib.crc32(payload) != crc:
-            log.error("tracklog: %s: unreadable record at offset %d; the rest of the file is dropped", self.path, self.read)
+            log.error(
+                "tracklog: %s: unreadable record at offset %d; the rest of the file is dropped",
+                self.path, self.read,
+            )
             os.ftruncate(self.fd, self.read)
             self.size = self.read
             self.unacked_events = 0

@@ -95,7 +95,9 @@ class Run:
         if self._sender.sleeping:
             self._sender.wake()
 
-    def log_metrics(self, values: Mapping[str, float], step: int | None = None, epoch: int | None = None) -> None:
+    def log_metrics(
+        self, values: Mapping[str, float], step: int | None = None, epoch: int | None = None
+    ) -> None:
         """Queue several metric values at one step, as one event."""
         checked = {}
         for name, value in values.items():
@@ -192,7 +194,8 @@ class Run:
             raise ValueError(f"status: expected 'completed', 'failed' or 'killed', got {status!r}")
         self._finished = True
         ts = _time()
-        self._put(_raw(RunFinished(id=uuid7(ts), run=self.id, ts=ts, data=RunFinishedData(status=status, error=error))))
+        body = RunFinishedData(status=status, error=error)
+        self._put(_raw(RunFinished(id=uuid7(ts), run=self.id, ts=ts, data=body)))
         self._tracker._forget(self)
 
     @property

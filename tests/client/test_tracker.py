@@ -44,7 +44,9 @@ def assert_exactly_once(url: str, run: str, logged: int) -> None:
 # -- the happy path ---------------------------------------------------------------------
 
 
-def test_a_run_and_its_metrics_items_and_artifacts_reach_the_daemon(daemon: DaemonProcess, make_tracker: MakeTracker) -> None:
+def test_a_run_and_its_metrics_items_and_artifacts_reach_the_daemon(
+    daemon: DaemonProcess, make_tracker: MakeTracker
+) -> None:
     tl = make_tracker(daemon.url)
     with tl.start_run("baseline", pipeline="train", config={"lr": 1e-3}, tags=["v1"]) as run:
         run.log_metric("train/loss", 0.42, step=100, epoch=0)
@@ -93,7 +95,9 @@ def test_a_run_started_by_one_tracker_takes_events_from_another_attached_to_it(
     assert query(daemon.url, "run", run=run.id)["rows"][0]["status"] == "completed"
 
 
-def test_rejected_events_land_in_errors_and_are_never_raised(daemon: DaemonProcess, make_tracker: MakeTracker) -> None:
+def test_rejected_events_land_in_errors_and_are_never_raised(
+    daemon: DaemonProcess, make_tracker: MakeTracker
+) -> None:
     tl = make_tracker(daemon.url)
     run = tl.start_run()
     run.log_metric("", 1.0)  # a name must have 1 to 250 characters
@@ -108,7 +112,9 @@ def test_rejected_events_land_in_errors_and_are_never_raised(daemon: DaemonProce
     assert len(stored_events(daemon.url, run=run.id, types=["metrics"])) == 1
 
 
-def test_a_metric_that_is_not_a_number_raises_at_the_call(daemon: DaemonProcess, make_tracker: MakeTracker) -> None:
+def test_a_metric_that_is_not_a_number_raises_at_the_call(
+    daemon: DaemonProcess, make_tracker: MakeTracker
+) -> None:
     run = make_tracker(daemon.url).start_run()
     with pytest.raises(TypeError, match="'loss': expected a number, got a boolean"):
         run.log_metric("loss", True)
@@ -122,7 +128,9 @@ def test_a_metric_that_is_not_a_number_raises_at_the_call(daemon: DaemonProcess,
         run.log_item(data=object())
 
 
-def test_numpy_scalars_and_nan_are_logged_as_numbers(daemon: DaemonProcess, make_tracker: MakeTracker) -> None:
+def test_numpy_scalars_and_nan_are_logged_as_numbers(
+    daemon: DaemonProcess, make_tracker: MakeTracker
+) -> None:
     np = pytest.importorskip("numpy")
     tl = make_tracker(daemon.url)
     run = tl.start_run()
