@@ -91,7 +91,10 @@ class Run:
         if epoch is not None and epoch.__class__ is not int:
             epoch = _coerce_int("epoch", epoch)
         ts = _time()
-        self._append((uuid7(ts), self.id, ts, {name: value}, step, epoch))
+        # Name and value go in the tuple as they are: a tuple of atomic values is soon
+        # untracked by the garbage collector, a dict is not, and a queue of millions of
+        # tracked objects makes every collection slow.
+        self._append((uuid7(ts), self.id, ts, name, value, step, epoch))
         if self._sender.sleeping:
             self._sender.wake()
 

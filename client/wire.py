@@ -21,18 +21,23 @@ from msgspec import Raw, Struct
 
 from tracklog.protocol.messages import ServerMessage
 
-#: A queued metrics event: (id, run, ts, values, step, epoch).
-MetricsTuple = tuple[str, str, float, dict[str, Any], int | None, int | None]
+#: A queued metrics event: (id, run, ts, values, step, epoch) from `log_metrics`, or
+#: (id, run, ts, name, value, step, epoch) from `log_metric`.
+MetricsTuple = tuple[Any, ...]
 
 
-class MetricsData(Struct, omit_defaults=True):
+class MetricsData(Struct, omit_defaults=True, gc=False):
     values: dict[str, Any]
     step: int | None = None
     epoch: int | None = None
 
 
-class MetricsEvent(Struct, tag="metrics", tag_field="type", omit_defaults=True):
-    """A `metrics` event built positionally by the sender (cheaper than keywords)."""
+class MetricsEvent(Struct, tag="metrics", tag_field="type", omit_defaults=True, gc=False):
+    """A `metrics` event built positionally by the sender (cheaper than keywords).
+
+    gc=False: these never take part in reference cycles, and keeping them out of the
+    garbage collector's lists keeps collections short while batches are built.
+    """
 
     id: str
     run: str
@@ -77,6 +82,8 @@ def raw_event(event: Struct) -> Raw:
 
 
 def build_metrics(item: MetricsTuple) -> MetricsEvent:
+    if len(item) == 7:
+        return MetricsEvent(item[0], item[1], item[2], MetricsData({item[3]: item[4]}, item[5], item[6]))
     return MetricsEvent(item[0], item[1], item[2], MetricsData(item[3], item[4], item[5]))
 
 
