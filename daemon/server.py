@@ -128,7 +128,7 @@ class Daemon:
         """Stop accepting, commit and ack what is queued, close connections, checkpoint."""
         self._stopping.set()
         if self._server is not None:
-            self._server.close(close_connections=False)
+            self._server.server.close()  # stop listening; open connections stay for their acks
         await self.writer.drain()
         # Let handlers send the acks for what was just committed.
         for _ in range(100):

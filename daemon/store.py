@@ -16,7 +16,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from tracklog.protocol import errors
-from tracklog.protocol.events import DATA_CLASSES, Event, event_type
+from tracklog.protocol.events import DATA_CLASSES, Event, Metrics, event_type
 from tracklog.protocol.messages import Ack, Append, Duplicate, StoredEvent
 
 from .projections import LoggedEvent
@@ -210,6 +210,8 @@ class LogStore:
         first_seq = self.head + 1
         seq = self.head
         apply_event = self.tables.apply_event
+        add_metrics = self.tables.add_metrics
+        encode = _encode
         for position, event in enumerate(events):
             index = position if indexes is None else indexes[position]
             event_id = event.id
@@ -221,12 +223,17 @@ class LogStore:
             seq += 1
             if event_id is not None:
                 known[event_id] = seq
-            type_ = event_type(event)
             ts = now if event.ts is None else event.ts
             data = event.data  # type: ignore[attr-defined]
-            rows.append((seq, event_id, type_, event.run, ts, now, _encode(data)))
-            apply_event(LoggedEvent(seq, type_, event.run, ts, now, data, event_id))
-            stored.append(StoredEvent(seq, type_, data, now, ts, event_id, event.run))
+            run = event.run
+            if event.__class__ is Metrics:
+                type_ = "metrics"
+                add_metrics(run, seq, ts, data)  # type: ignore[arg-type]
+            else:
+                type_ = event_type(event)
+                apply_event(LoggedEvent(seq, type_, run, ts, now, data, event_id))
+            rows.append((seq, event_id, type_, run, ts, now, encode(data)))
+            stored.append(StoredEvent(seq, type_, data, now, ts, event_id, run))
         if rows:
             self.conn.executemany(
                 "INSERT INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)", rows

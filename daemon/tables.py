@@ -16,6 +16,8 @@ from typing import Any, Final
 
 import msgspec
 
+from tracklog.protocol.events import MetricsData
+
 from . import projections as p
 from .schema import CHUNK_POINTS, NO_EPOCH
 
@@ -88,7 +90,8 @@ class Series:
     def add(self, step: int | None, epoch: int | None, value: float, ts: float) -> None:
         if step is None:
             step = self.count  # no step given: the point's index in its series
-        self.steps.append(step)
+        steps = self.steps
+        steps.append(step)
         self.vals.append(value)
         self.epochs.append(NO_EPOCH if epoch is None else epoch)
         self.ts.append(ts)
@@ -99,12 +102,14 @@ class Series:
         self.last_ts = ts
         if value == value:  # NaN never becomes a min or a max
             # Strict comparisons: the first point to reach an extreme keeps it.
-            if self.min is None or value < self.min:
+            low = self.min
+            if low is None or value < low:
                 self.min, self.min_step, self.min_epoch = value, step, epoch
-            if self.max is None or value > self.max:
+            high = self.max
+            if high is None or value > high:
                 self.max, self.max_step, self.max_epoch = value, step, epoch
         self.dirty = True
-        if len(self.steps) == CHUNK_POINTS:
+        if len(steps) == CHUNK_POINTS:
             self.sealed.append(self.chunk_row())
             self.chunk += 1
             self.steps = array("q")
@@ -166,23 +171,55 @@ class Tables:
         self._dirty_series.clear()
 
     def apply_event(self, event: p.LoggedEvent) -> None:
+        """Apply one logged event: exactly `apply` over `project(event)`."""
+        data = event.data
+        if data.__class__ is MetricsData:
+            # The hot path, inlined: the same as TouchRun then AddPoints (a test holds
+            # the two paths equal), without building the change objects.
+            self.add_metrics(event.run, event.seq, event.ts, data)  # type: ignore[arg-type]
+            return
         for change in p.project(event):
             self.apply(change)
+
+    def add_metrics(self, run: str, seq: int, ts: float, data: MetricsData) -> None:
+        counter = self._counters.get(run)
+        if counter is None:
+            self._touch_new(run, seq, ts)
+            counter = self._counters[run]
+        else:
+            counter[0] += 1
+            counter[5] = seq
+            counter[6] = ts
+        values = data.values
+        counter[1] += len(values)
+        step = data.step
+        epoch = data.epoch
+        cache = self._series
+        for name, value in values.items():
+            series = cache.get((run, name))
+            if series is None:
+                series = self._get_series(run, name)
+            if not series.dirty:
+                self._dirty_series.append(series)
+            series.add(step, epoch, value, ts)
+
+    def _touch_new(self, run: str, seq: int, ts: float) -> None:
+        if run not in self._known_runs:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO runs(run, status, started, created_seq, updated_seq, last_ts)"
+                " VALUES (?, 'running', ?, ?, ?, ?)",
+                (run, ts, seq, seq, ts),
+            )
+            self._known_runs.add(run)
+        self._counters[run] = [1, 0, 0, 0, 0, seq, ts]
 
     def apply(self, change: p.AnyChange) -> None:  # noqa: C901 - one branch per change kind
         conn = self.conn
         match change:
             case p.TouchRun(run, seq, ts):
-                if run not in self._known_runs:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO runs(run, status, started, created_seq, updated_seq, last_ts)"
-                        " VALUES (?, 'running', ?, ?, ?, ?)",
-                        (run, ts, seq, seq, ts),
-                    )
-                    self._known_runs.add(run)
                 counter = self._counters.get(run)
                 if counter is None:
-                    self._counters[run] = [1, 0, 0, 0, 0, seq, ts]
+                    self._touch_new(run, seq, ts)
                 else:
                     counter[0] += 1
                     counter[5] = seq

@@ -8,6 +8,7 @@ run, a finite `ts`) and turns the JSON spellings of NaN and the infinities into 
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Final, Literal, Union
 
 import msgspec
@@ -15,15 +16,17 @@ from msgspec import Meta, Struct, field
 
 from .limits import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_RUN_CHARS
 
-#: Metric, tag and key names: 1 to 250 characters, no control characters.
-Name = Annotated[
-    str,
-    Meta(min_length=1, max_length=MAX_NAME_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$"),
-]
+#: Metric, tag and key names: 1 to 250 characters, no control characters. The length is
+#: checked while decoding; control characters by `check_event`, through a cache of names
+#: already seen (a regex in the decoder would halve its speed, and names repeat).
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS)]
 EventId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
-RunId = Annotated[
-    str, Meta(min_length=1, max_length=MAX_RUN_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")
-]
+RunId = Annotated[str, Meta(min_length=1, max_length=MAX_RUN_CHARS)]
+#: Integers that SQLite and the metric chunks store as int64 (the lowest value is the
+#: chunk's mark for "no epoch", so it is kept out).
+Int64 = Annotated[int, Meta(ge=-(2**63) + 1, le=2**63 - 1)]
+#: Finite floats only where NaN would mean nonsense (a duration, a time to live).
+Finite = Annotated[float, Meta(ge=-1e300, le=1e300)]
 #: JSON cannot carry NaN or the infinities as numbers: they come as these strings.
 NonFinite = Literal["NaN", "Infinity", "-Infinity"]
 Number = Union[float, NonFinite]
@@ -77,28 +80,28 @@ class EmptyData(Data):
 
 class MetricsData(Data):
     values: Annotated[dict[Name, Number], Meta(min_length=1)]
-    step: int | None = None
-    epoch: int | None = None
+    step: Int64 | None = None
+    epoch: Int64 | None = None
 
 
 class ItemData(Data):
     item: str | None = None
     kind: str | None = None
     stage: str | None = None
-    iteration: int | None = None
+    iteration: Int64 | None = None
     status: ItemStatus = "ok"
     data: Any = None
     path: str | None = None
     model: str | None = None
     backend: str | None = None
-    duration: float | None = None
+    duration: Finite | None = None
     error: str | None = None
 
 
 class ArtifactData(Data):
     kind: Name
     path: Annotated[str, Meta(min_length=1)]
-    size: int | None = None
+    size: Int64 | None = None
     digest: str | None = None
     metadata: dict[str, Any] | None = None
 
@@ -106,7 +109,7 @@ class ArtifactData(Data):
 class CachePutData(Data):
     key: Name
     value: Any
-    ttl: float | None = None
+    ttl: Annotated[float, Meta(ge=0, le=1e300)] | None = None
 
 
 class CacheInvalidatedData(Data):
@@ -226,23 +229,72 @@ class InvalidEvent(ValueError):
     """One event is not valid; the message names the field."""
 
 
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_GOOD_NAMES: set[str] = set()
+_GOOD_NAMES_MAX: Final = 100_000
+
+
+def _check_name(name: str, field: str) -> None:
+    if name in _GOOD_NAMES:
+        return
+    if _CONTROL.search(name):
+        raise InvalidEvent(f"{field}: {name[:40]!r} contains a control character")
+    if len(_GOOD_NAMES) >= _GOOD_NAMES_MAX:
+        _GOOD_NAMES.clear()
+    _GOOD_NAMES.add(name)
+
+
+def _check_names(names: Any, field: str) -> None:
+    if names:
+        for name in names:
+            _check_name(name, field)
+
+
 def check_event(event: Event) -> Event:
     """Check what decoding cannot, and turn NaN spellings into floats, in place.
 
-    Raises InvalidEvent with a message that starts with the field's name.
+    Raises InvalidEvent with a message that starts with the field's name (without the
+    event type, which the caller adds: `values.loss: ...`).
     """
-    tag = event.__struct_config__.tag
     if event.ts is not None and not math.isfinite(event.ts):
         raise InvalidEvent("ts: expected a finite number")
+    cls = event.__class__
+    if cls is Metrics:  # the hot path: keep it short
+        run = event.run
+        if run is None:
+            raise InvalidEvent("run: required for metrics events")
+        if run not in _GOOD_NAMES:
+            _check_name(run, "run")
+        values = event.data.values  # type: ignore[attr-defined]
+        for name, value in values.items():
+            if name not in _GOOD_NAMES:
+                _check_name(name, "values")
+            if value.__class__ is str:
+                values[name] = _NON_FINITE[value]
+        return event
+    tag = event.__struct_config__.tag
     if tag in GLOBAL_TYPES:
         event.run = None
     elif event.run is None:
         raise InvalidEvent(f"run: required for {tag} events")
-    if isinstance(event, Metrics):
-        values = event.data.values
-        for name, value in values.items():
-            if value.__class__ is str:
-                values[name] = _NON_FINITE[value]  # type: ignore[index]
+    else:
+        _check_name(event.run, "run")
+    data = event.data  # type: ignore[attr-defined]
+    if cls is RunStarted:
+        if data.parent is not None:
+            _check_name(data.parent, "parent")
+        _check_names(data.tags, "tags")
+        _check_names(data.config, "config")
+    elif cls is RunUpdated:
+        _check_names(data.add_tags, "add_tags")
+        _check_names(data.remove_tags, "remove_tags")
+        _check_names(data.config, "config")
+    elif cls is CachePut or (cls is CacheInvalidated and data.key is not None):
+        _check_name(data.key, "key")
+    elif cls is Artifact:
+        _check_name(data.kind, "kind")
+    elif cls is DedupCleared:
+        _check_name(data.namespace, "namespace")
     return event
 
 
@@ -323,7 +375,7 @@ def _name_dict_keys(path: str, raw: Any) -> str:
     if isinstance(node, dict):
         for key, value in node.items():
             if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-                if value in _NON_FINITE:
+                if isinstance(value, str) and value in _NON_FINITE:
                     continue
                 return f"{head}.{key}{tail}"
         first = next(iter(node), "?")
@@ -332,6 +384,12 @@ def _name_dict_keys(path: str, raw: Any) -> str:
 
 
 def _friendly(message: str) -> str:
+    if message.startswith("Expected `") and "` of length " in message:
+        kind, _, rest = message[len("Expected `") :].partition("` of length ")
+        return f"expected {_friendly_type(kind)} of length {rest}"
+    if message.startswith("Expected `") and "`, got `" not in message:
+        kind, _, rest = message[len("Expected `") :].partition("`")
+        return f"expected {_friendly_type(kind)}{rest}"
     if message.startswith("Expected `"):
         expected, _, got = message[len("Expected `") :].partition("`, got `")
         got = got.rstrip("`")

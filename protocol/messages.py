@@ -19,6 +19,7 @@ from .events import (
     AnyEvent,
     Event,
     InvalidEvent,
+    Metrics,
     check_event,
     event_type,
     explain_validation_error,
@@ -185,15 +186,15 @@ class _RawAppend(Struct, forbid_unknown_fields=False):
 
 
 def _depth_exceeds(obj: Any, limit: int) -> bool:
+    """Whether obj nests maps and lists more than `limit` levels deep (scalars are no level)."""
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         node, depth = stack.pop()
-        if depth > limit:
-            return True
-        if node.__class__ is dict:
-            stack.extend((v, depth + 1) for v in node.values())
-        elif node.__class__ is list:
-            stack.extend((v, depth + 1) for v in node)
+        cls = node.__class__
+        if cls is dict or cls is list:
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (node.values() if cls is dict else node))
     return False
 
 
@@ -263,13 +264,16 @@ class Codec:
 
     @staticmethod
     def _check_event(event: Event) -> str | None:
-        tag = event_type(event)
-        if tag in DAEMON_TYPES:
-            return f"type: {tag} events are written by the daemon only"
         try:
             check_event(event)
         except InvalidEvent as exc:
-            return f"{tag}.{exc}" if not str(exc).startswith(("run:", "ts:")) else str(exc)
+            text = str(exc)
+            return text if text.startswith(("run:", "ts:")) else f"{event_type(event)}.{text}"
+        if event.__class__ is Metrics:
+            return None
+        tag = event_type(event)
+        if tag in DAEMON_TYPES:
+            return f"type: {tag} events are written by the daemon only"
         return _free_form_too_deep(event)
 
     def _decode_slow(self, frame: bytes | str, binary: bool, exc: msgspec.ValidationError) -> ClientMessage:
@@ -352,7 +356,9 @@ class Codec:
             msg = Events(
                 sub=msg.sub,
                 events=[
-                    StoredEvent(e.seq, e.type, finite_floats_as_strings(e.data), e.recorded, e.ts, e.id, e.run)
+                    StoredEvent(
+                        e.seq, e.type, finite_floats_as_strings(msgspec.to_builtins(e.data)), e.recorded, e.ts, e.id, e.run
+                    )
                     for e in msg.events
                 ],
             )

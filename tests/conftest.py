@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.protocol import State
 
 START_TIMEOUT = 60.0
 
@@ -41,6 +42,7 @@ class DaemonProcess:
         self.db = db
         self.extra = extra
         self.proc: subprocess.Popen[str] | None = None
+        self._pump_thread: threading.Thread
         self.port = 0
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
@@ -55,6 +57,8 @@ class DaemonProcess:
 
     def start(self) -> DaemonProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.lines = queue.Queue()
+        self.log = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tracklog", "serve", "--db", str(self.db), "--port", "0", *self.extra],
             stdin=subprocess.DEVNULL,
@@ -63,7 +67,8 @@ class DaemonProcess:
             text=True,
             env=env,
         )
-        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
+        self._pump_thread.start()
         while True:
             try:
                 line = self.lines.get(timeout=START_TIMEOUT)
@@ -92,13 +97,23 @@ class DaemonProcess:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        self._close_pipe()
+        return code
+
+    def _close_pipe(self) -> None:
+        assert self.proc is not None
+        self._pump_thread.join(30)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
     def kill(self) -> None:
         """SIGKILL: no chance to flush or checkpoint."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(30)
+        if self.proc is not None:
+            self._close_pipe()
 
 
 @pytest.fixture
@@ -157,8 +172,22 @@ class Client:
         return await self.request({"op": "query", "q": q, **args})
 
 
+_open_sockets: list[ClientConnection] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients() -> AsyncIterator[None]:
+    """Every connection a test opens through open_client is closed after it."""
+    yield
+    while _open_sockets:
+        ws = _open_sockets.pop()
+        if ws.state is not State.CLOSED:
+            await ws.close()
+
+
 async def open_client(url: str, binary: bool = False, **hello: Any) -> tuple[Client, Any]:
     ws = await connect(url, max_size=None, open_timeout=30)
+    _open_sockets.append(ws)
     client = Client(ws, binary)
     await client.send({"op": "hello", "protocol": 1, "client": "tests", **hello})
     welcome = await client.recv()

@@ -533,12 +533,6 @@ def test_group_where_one_append_fails_to_project_commits_the_others_with_gapless
     assert verify(db)[0] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: protocol/events.py leaves step, epoch, iteration and size unbounded, so an integer "
-    "beyond int64 passes the codec and then fails the whole append in the store (InternalError), "
-    "losing its good events",
-)
 @pytest.mark.parametrize(
     "bad",
     [

@@ -571,12 +571,6 @@ def test_bad_event_between_good_ones_is_rejected_alone_with_its_index_and_a_mess
 
 @ENCODINGS
 @pytest.mark.parametrize("value", [{"a": 1}, [1.0], {}], ids=["map", "list", "empty-map"])
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug: events._name_dict_keys tests `value in _NON_FINITE` on a dict or list metric value, "
-    "which raises TypeError (unhashable) out of Codec.decode instead of rejecting the event",
-)
 def test_metric_value_that_is_a_map_or_list_is_rejected_naming_the_field(binary: bool, value: Any) -> None:
     msg = decode_append([GOOD, {"type": "metrics", "run": "r", "data": {"values": {"loss": value}}}], binary)
     assert [(r.index, r.message.split(":")[0]) for r in msg.rejected] == [(1, "metrics.values.loss")]
@@ -635,21 +629,11 @@ def test_value_nested_exactly_to_the_limit_with_an_empty_list_at_the_bottom_is_a
     assert msg.rejected == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: messages._depth_exceeds counts a scalar leaf as a nesting level, so MAX_DEPTH levels of "
-    "containers holding a number are refused while the same levels ending in an empty list pass",
-)
 def test_value_nested_exactly_to_the_limit_with_a_number_at_the_bottom_is_accepted() -> None:
     msg = decode_append([{"type": "item", "run": "r", "data": {"data": nested(MAX_DEPTH)}}])
     assert msg.rejected == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: protocol/events.py declares step, epoch, iteration and size as unbounded int, so values "
-    "beyond int64 pass decoding although the store (array('q'), SQLite INTEGER) cannot hold them",
-)
 @pytest.mark.parametrize(
     ("event", "field"),
     [
@@ -696,21 +680,11 @@ def test_name_ending_in_a_newline_is_rejected_as_a_control_character(event: Any)
     assert [r.index for r in msg.rejected] == [1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: check_event no longer checks run.started's `parent` run id for control characters since "
-    "the RunId pattern moved out of the type, while the event's own `run` still is checked",
-)
 def test_parent_run_id_with_a_control_character_is_rejected_naming_the_field() -> None:
     msg = decode_append([{"type": "run.started", "run": "r", "data": {"parent": "p\x01"}}])
     assert [r.message.split(":")[0] for r in msg.rejected] == ["run.started.parent"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: events._friendly only understands msgspec's 'Expected `T`, got `U`' form, so length "
-    "errors come out garbled as 'expected str` of length <= 250, got ' (stray backtick, dangling 'got')",
-)
 @pytest.mark.parametrize(
     "event",
     [
@@ -805,11 +779,6 @@ def test_json_encoding_of_events_turns_nan_and_infinities_into_strings() -> None
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Codec.encode runs finite_floats_as_strings on StoredEvent.data, which LogStore fills with a "
-    "typed Data struct, not a dict, so NaN and infinities in live events go out in JSON as null",
-)
 def test_json_encoding_of_events_as_the_store_makes_them_turns_nan_into_strings() -> None:
     data = ev.MetricsData(values={"a": math.nan, "b": math.inf}, step=1)
     stored = StoredEvent(4, "metrics", data, 2.0, 1.0, None, "r")
