@@ -102,6 +102,9 @@ def http_ok(url: str) -> bool:
 def bench_tracklog(n: int, tmp: Path) -> dict[str, Any]:
     import tracklog
 
+    tmp = tmp / f"tracklog-{n}"
+    tmp.mkdir()
+
     port = free_port()
     args = [sys.executable, "-m", "tracklog", "serve", "--db", str(tmp / "tracklog.db"), "--port", str(port),
             "--log-level", "warning"]
@@ -132,7 +135,7 @@ def bench_tracklog(n: int, tmp: Path) -> dict[str, Any]:
     if stats["acked"] - acked_before != n or stored != n + 1_000:
         raise RuntimeError(f"tracklog: {stats['acked'] - acked_before} acked, {stored} stored, expected {n}")
     return {
-        "system": "tracklog",
+        "system": f"tracklog {tracklog.__version__}",
         "events": n,
         "ns_per_call": (logged - start) / n * 1e9,
         "cpu_ns_per_call": cpu / n * 1e9,
@@ -240,6 +243,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--events", type=int, default=200_000, help="tracklog log_metric calls")
+    parser.add_argument("--small-events", type=int, default=50_000,
+                        help="a second tracklog run that fits in the queue (0: skip)")
     parser.add_argument("--mlflow-events", type=int, default=3_000, help="MLflow log_metric calls (each way)")
     parser.add_argument("--mlflow-python", default=os.environ.get("TRACKLOG_BENCH_MLFLOW_PYTHON"),
                         help="an interpreter with mlflow installed, when this one has none")
@@ -252,6 +257,7 @@ def main() -> None:
             print(json.dumps(bench_mlflow(args.mlflow_events, tmp)))
             return
         ours = bench_tracklog(args.events, tmp)
+        small = bench_tracklog(args.small_events, tmp) if args.small_events else None
         theirs = mlflow_result(args, tmp)
     m = machine()
 
@@ -263,13 +269,14 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    rows = [ours] + (theirs if isinstance(theirs, list) else [])
+    rows = [ours] + ([small] if small else []) + (theirs if isinstance(theirs, list) else [])
     for r in rows:
         print(f"{r['system']:<32} {r['events']:>8} {r['ns_per_call']:>10,.0f} {r['cpu_ns_per_call']:>12,.0f} "
               f"{r['e2e_per_s']:>13,.0f} {r['seconds']:>7.2f}")
     print()
-    print(f"tracklog: {ours['spooled']} of the events went through the spool (the queue holds"
-          " 100,000; the caller outran the daemon)" if ours["spooled"] else "tracklog: nothing spooled")
+    for r in [ours] + ([small] if small else []):
+        print(f"tracklog, {r['events']:,} calls: {r['spooled']:,} events went through the spool"
+              + (" (the caller outran the daemon; the queue holds 100,000)" if r["spooled"] else ""))
     if isinstance(theirs, list):
         for r in theirs:
             less = r["ns_per_call"] / ours["ns_per_call"]

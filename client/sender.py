@@ -151,6 +151,7 @@ class Sender:
         self._last_sync = 0.0
         self._spool_broken_until = 0.0
         self._spooled_at_close = 0
+        self._warned_after_close = False
         self._logged_rejections = 0
 
         self._cond = threading.Condition()
@@ -232,6 +233,9 @@ class Sender:
         """Events logged after close have no sender: write them to a spool for the next tracker."""
         if not self.queue or self._thread.is_alive():
             return
+        if not self._warned_after_close:
+            self._warned_after_close = True
+            log.warning("tracklog: log call after close(); the event goes straight to the spool")
         spool = Spool(self.spool.directory)
         try:
             for payload, count in self._take_batches(self.queue, len(self.queue)):
@@ -255,8 +259,8 @@ class Sender:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
+        self._started.set()  # connect() returns now; adopting a large spool can take a while
         self._adopt()
-        self._started.set()
         connector = asyncio.create_task(self._connector(), name="tracklog-connector")
         try:
             await self._pump()
