@@ -72,6 +72,8 @@ class LogStore:
         self.conn = connect(path, durability)
         self.clock = clock
         self.tables = Tables(self.conn)
+        #: Whether appends return their events in stored form (someone listens for them).
+        self.publish = False
         try:
             self.conn.executescript(LOG_DDL)
             self.head = self._read_head()
@@ -212,6 +214,7 @@ class LogStore:
         apply_event = self.tables.apply_event
         add_metrics = self.tables.add_metrics
         encode = _encode
+        publish = self.publish
         for position, event in enumerate(events):
             index = position if indexes is None else indexes[position]
             event_id = event.id
@@ -233,7 +236,8 @@ class LogStore:
                 type_ = event_type(event)
                 apply_event(LoggedEvent(seq, type_, run, ts, now, data, event_id))
             rows.append((seq, event_id, type_, run, ts, now, encode(data)))
-            stored.append(StoredEvent(seq, type_, data, now, ts, event_id, run))
+            if publish:
+                stored.append(StoredEvent(seq, type_, data, now, ts, event_id, run))
         if rows:
             self.conn.executemany(
                 "INSERT INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)", rows

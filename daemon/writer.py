@@ -103,6 +103,7 @@ class Writer:
                 batch.append(item)
                 size += len(item[0].events)
             started = time.perf_counter()
+            store.publish = bool(self.listeners)
             try:
                 results = await loop.run_in_executor(self._executor, store.append_group, [a for a, _ in batch])
             except Exception as exc:  # the store never raises, but a bug must not kill the writer
