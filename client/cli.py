@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="normal: survives a daemon crash; full: survives power loss (slower)")
     s.add_argument("--token", action="append", default=[], help="accepted bearer token (repeatable; also $TRACKLOG_TOKENS, comma-separated)")
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback address without tokens")
+    s.add_argument("--lost-after", type=float, default=300.0, metavar="SECONDS",
+                   help="mark a running run `lost` when no writer has been connected for this long (default 300)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     r = sub.add_parser("rebuild", help="rebuild every table from the log (daemon stopped)")
@@ -57,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tracklog.daemon.server import Settings
 
         tokens = tuple(args.token) + tuple(t for t in os.environ.get("TRACKLOG_TOKENS", "").split(",") if t)
-        settings = Settings(db=db, host=args.host, port=args.port, durability=args.durability, tokens=tokens, insecure=args.insecure)
+        settings = Settings(db=db, host=args.host, port=args.port, durability=args.durability, tokens=tokens, insecure=args.insecure,
+                            lost_after=args.lost_after)
         return commands.serve(settings, args.log_level)
     if args.command == "rebuild":
         return commands.rebuild(db)

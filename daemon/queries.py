@@ -19,7 +19,7 @@ import msgspec
 
 from tracklog.protocol import errors
 from tracklog.protocol.limits import MAX_QUERY_LIMIT
-from tracklog.protocol.messages import Query, Result
+from tracklog.protocol.messages import Query, Result, StoredEvent
 
 from .schema import NO_EPOCH
 from .store import connect, read_events
@@ -119,6 +119,53 @@ def query_cache(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
     return [{"key": q.key, "value": _msgpack_decode(row[0]), "expires_at": row[1]}], 1
 
 
+#: Seqs a catch-up read looks through at most, so a narrow filter over a long log still
+#: answers in bounded time (and reports how far it looked).
+SCAN_WINDOW: Final = 20_000
+
+
+def scan_events(conn: sqlite3.Connection, after: int, limit: int, runs: frozenset[str] | None,
+                types: frozenset[str] | None, pipelines: frozenset[str] | None) -> tuple[list[Any], int, int]:
+    """Matching events after `after`: (events, the seq read up to, the log's head)."""
+    conn.execute("BEGIN")
+    try:
+        head = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+        end = min(head, after + SCAN_WINDOW)
+        where = ["seq > ?", "seq <= ?"]
+        args: list[Any] = [after, end]
+        if runs is not None:
+            where.append(f"run IN ({','.join('?' * len(runs))})")
+            args.extend(runs)
+        if types is not None:
+            where.append(f"type IN ({','.join('?' * len(types))})")
+            args.extend(types)
+        if pipelines is not None:
+            where.append(f"run IN (SELECT run FROM runs WHERE pipeline IN ({','.join('?' * len(pipelines))}))")
+            args.extend(pipelines)
+        args.append(limit)
+        rows = conn.execute(
+            f"SELECT seq, id, type, run, ts, recorded, data FROM events WHERE {' AND '.join(where)}"
+            " ORDER BY seq LIMIT ?",
+            args,
+        ).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    events = [StoredEvent(seq, type_, _msgpack_decode(blob), recorded, ts, id_, run)
+              for seq, id_, type_, run, ts, recorded, blob in rows]
+    scanned_to = events[-1].seq if len(events) >= limit else end
+    return events, scanned_to, head
+
+
+def run_pipelines(conn: sqlite3.Connection) -> tuple[dict[str, str | None], dict[str, str]]:
+    """Every run's pipeline and status, for the hub's filters and the liveness check."""
+    pipelines: dict[str, str | None] = {}
+    statuses: dict[str, str] = {}
+    for run, pipeline, status in conn.execute("SELECT run, pipeline, status FROM runs"):
+        pipelines[run] = pipeline
+        statuses[run] = status
+    return pipelines, statuses
+
+
 HANDLERS: Final[dict[str, QueryHandler]] = {
     "events": query_events,
     "run": query_run,
@@ -167,6 +214,10 @@ class Readers:
 
     async def query(self, q: Query) -> Result:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._answer, q)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn(connection, *args) on a reader thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(self._conn(), *args))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -40,11 +40,15 @@ from tracklog.protocol.messages import (
     Hello,
     Query,
     Subscribe,
+    Subscribed,
     Unsubscribe,
+    Unsubscribed,
     Welcome,
 )
+from tracklog.protocol.events import RunFinished, RunFinishedData, RunUpdated, RunUpdatedData
 
-from .queries import Readers
+from .hub import Filter, Hub, Subscription
+from .queries import Readers, run_pipelines, scan_events
 from .store import AppendResult, Durability
 from .writer import Writer
 
@@ -71,6 +75,8 @@ class Settings:
     durability: Durability = "normal"
     tokens: tuple[str, ...] = ()
     insecure: bool = False
+    #: Seconds a running run may have no connected writer before it is marked `lost`.
+    lost_after: float = 300.0
 
 
 def is_loopback(host: str) -> bool:
@@ -101,11 +107,18 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._conn_ids = itertools.count(1)
         self._pending_acks: dict[int, int] = {}
+        self.hub = Hub(self.codec)
+        #: Which connections have written to each run (for `lost` runs), and the timers.
+        self._run_writers: dict[str, set[int]] = {}
+        self._lost_timers: dict[str, asyncio.Task[None]] = {}
 
     # -- life cycle -------------------------------------------------------------
 
     async def start(self) -> None:
         replayed = await self.writer.start()
+        self.hub.published_seq = self.writer.head
+        self.hub.pipeline_of, self.hub.status_of = await self.readers.call(run_pipelines)
+        self.writer.listeners.append(self.hub.publish)
         if replayed:
             log.info("projections caught up from the log", events=replayed)
         self._server = await serve(
@@ -135,9 +148,18 @@ class Daemon:
             if not any(self._pending_acks.values()):
                 break
             await asyncio.sleep(0.01)
+        timers = list(self._lost_timers.values())
+        for task in timers:
+            task.cancel()
+        for task in timers:
+            with contextlib.suppress(BaseException):
+                await task
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
+        for task in self.hub.stop():
+            with contextlib.suppress(BaseException):
+                await task
         await self.writer.stop()
         self.readers.close()
         log.info("stopped", head=self.writer.head)
@@ -242,6 +264,8 @@ class Daemon:
         self._pending_acks[conn_id] = 0
         ack_task = asyncio.create_task(self._send_acks(ws, acks, binary, conn_id))
         tasks: set[asyncio.Task[None]] = set()
+        subscriptions: dict[int, Subscription] = {}
+        written: set[str] = set()
         try:
             async for frame in ws:
                 if self._stopping.is_set():
@@ -253,6 +277,8 @@ class Daemon:
                     continue
                 match msg:
                     case Append():
+                        if msg.events:
+                            await self._note_writer(conn_id, msg, written)
                         if not msg.events:
                             future = asyncio.get_running_loop().create_future()
                             future.set_result(AppendResult(_empty_ack(msg), []))
@@ -266,15 +292,21 @@ class Daemon:
                         task.add_done_callback(tasks.discard)
                     case Hello():
                         await self._send(ws, self.codec.encode_error(errors.BadMessage("hello: already said", msg.ref), binary), binary)
-                    case Subscribe() | Unsubscribe():
-                        await self._send(
-                            ws,
-                            self.codec.encode_error(errors.UnknownOp(f"op: '{msg.__struct_config__.tag}' is not served by this daemon yet", msg.ref), binary),
-                            binary,
-                        )
+                    case Subscribe():
+                        await self._subscribe(ws, msg, binary, subscriptions)
+                    case Unsubscribe():
+                        sub = subscriptions.pop(msg.sub, None)
+                        if sub is None:
+                            await self._send(ws, self.codec.encode_error(
+                                errors.NotFound(f"sub: no subscription {msg.sub} on this connection", msg.ref), binary), binary)
+                        else:
+                            await self.hub.unsubscribe([sub])
+                            await self._send(ws, self.codec.encode(Unsubscribed(sub=msg.sub, ref=msg.ref), binary), binary)
                     case _:
                         assert_never(msg)
         finally:
+            await self.hub.unsubscribe(subscriptions.values())
+            self._forget_writer(conn_id, written)
             await acks.put(None)
             # Acks for appends already handed to the writer are still sent if the
             # connection is open; then the sender ends by itself.
@@ -287,6 +319,68 @@ class Daemon:
             for task in list(tasks):
                 with contextlib.suppress(BaseException):
                     await task
+
+    # -- subscriptions ----------------------------------------------------------------
+
+    async def _subscribe(self, ws: ServerConnection, msg: Subscribe, binary: bool,
+                         subscriptions: dict[int, Subscription]) -> None:
+        if msg.from_seq is not None and msg.from_seq < 0:
+            await self._send(ws, self.codec.encode_error(errors.BadMessage("subscribe.from_seq: expected 0 or more", msg.ref), binary), binary)
+            return
+        flt = Filter(msg.filter)
+
+        async def send(frame: bytes) -> None:
+            await ws.send(frame, text=not binary)
+
+        async def read_log(after: int, limit: int, f: Filter) -> tuple[list[Any], int, int]:
+            result: tuple[list[Any], int, int] = await self.readers.call(scan_events, after, limit, f.runs, f.types, f.pipelines)
+            return result
+
+        # `subscribed` goes out before the subscription's task can send anything.
+        head = self.hub.published_seq
+        sub_id = self.hub.next_id()
+        await self._send(ws, self.codec.encode(Subscribed(sub=sub_id, head=head, ref=msg.ref), binary), binary)
+        subscriptions[sub_id] = self.hub.subscribe(sub_id, flt, msg.from_seq, binary, send, read_log)
+
+    # -- liveness: runs whose writers are all gone become `lost` -----------------------
+
+    async def _note_writer(self, conn_id: int, msg: Append, written: set[str]) -> None:
+        resumed: list[Any] = []
+        for event in msg.events:
+            run = event.run
+            if run is None or run in written:
+                continue
+            written.add(run)
+            self._run_writers.setdefault(run, set()).add(conn_id)
+            timer = self._lost_timers.pop(run, None)
+            if timer is not None:
+                timer.cancel()
+            if self.hub.status_of.get(run) == "lost":
+                resumed.append(RunUpdated(run=run, data=RunUpdatedData(status="running")))
+        if resumed:
+            await self.writer.submit(Append(events=resumed))
+
+    def _forget_writer(self, conn_id: int, written: set[str]) -> None:
+        for run in written:
+            writers = self._run_writers.get(run)
+            if writers is None:
+                continue
+            writers.discard(conn_id)
+            if not writers:
+                del self._run_writers[run]
+                if not self._stopping.is_set() and run not in self._lost_timers:
+                    self._lost_timers[run] = asyncio.create_task(self._mark_lost_later(run))
+
+    async def _mark_lost_later(self, run: str) -> None:
+        try:
+            await asyncio.sleep(self.settings.lost_after)
+            if run in self._run_writers or self.hub.status_of.get(run) != "running":
+                return
+            log.info("run lost: no writer came back", run=run, after=self.settings.lost_after)
+            await self.writer.submit(Append(events=[RunFinished(run=run, data=RunFinishedData(status="lost"))]))
+        finally:
+            if self._lost_timers.get(run) is asyncio.current_task():
+                del self._lost_timers[run]
 
     async def _send_acks(
         self,

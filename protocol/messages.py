@@ -144,6 +144,13 @@ class Subscribed(Message, tag="subscribed"):
     ref: int | None = None
 
 
+class Unsubscribed(Message, tag="unsubscribed"):
+    """Extension: the answer to `unsubscribe`; no event of `sub` follows it."""
+
+    sub: int
+    ref: int | None = None
+
+
 class StoredEvent(Struct, omit_defaults=False):
     """An event as the log holds it: client form plus `seq` and `recorded`."""
 
@@ -172,7 +179,7 @@ class Error(Message, tag="error"):
     ref: int | None = None
 
 
-ServerMessage = Union[Welcome, Ack, Result, Subscribed, Events, Live, Error]
+ServerMessage = Union[Welcome, Ack, Result, Subscribed, Unsubscribed, Events, Live, Error]
 
 
 class _Envelope(Struct, forbid_unknown_fields=False):

@@ -1,0 +1,251 @@
+"""The hub: live delivery of committed events to subscribers, with the log as overflow.
+
+A subscription reads the log from its `from_seq` until it has caught up, then joins
+live delivery (and says so with `live`). Committed events reach it from the writer
+through `Hub.publish`, which only appends to the subscription's bounded buffer and
+never waits. A subscriber that falls behind by more than its buffer holds is dropped
+from live delivery and reads the log again at its own pace, from the last seq it was
+sent; then it rejoins. Every matching event is sent exactly once, in seq order: the
+subscription never sends a seq at or below the last one it sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final
+
+import msgspec
+import structlog
+
+from tracklog.protocol.messages import Codec, Events, Live, StoredEvent, SubscribeFilter
+
+log = structlog.get_logger("tracklog.hub")
+
+#: Events a subscription may have waiting in memory before it falls back to the log.
+MAX_BUFFERED_EVENTS: Final = 10_000
+#: Events in one `events` message.
+MAX_BATCH: Final = 1_000
+
+#: Reads events after a seq from the log: (after, limit, filter) -> (events, scanned_to, head).
+LogReader = Callable[[int, int, "Filter"], Awaitable[tuple[list[StoredEvent], int, int]]]
+Send = Callable[[bytes], Awaitable[None]]
+
+
+def _field(data: object, name: str) -> Any:
+    """A field of event data, whether a typed struct (live) or a dict (read back)."""
+    if isinstance(data, dict):
+        return data.get(name)
+    return getattr(data, name, None)
+
+
+class Filter:
+    """Which events a subscription wants: any of `runs`, `types`, `pipelines`."""
+
+    __slots__ = ("everything", "pipelines", "runs", "types")
+
+    def __init__(self, spec: SubscribeFilter | None) -> None:
+        self.runs = frozenset(spec.runs) if spec and spec.runs else None
+        self.types = frozenset(spec.types) if spec and spec.types else None
+        self.pipelines = frozenset(spec.pipelines) if spec and spec.pipelines else None
+        self.everything = self.runs is None and self.types is None and self.pipelines is None
+
+    def select(self, events: list[StoredEvent], pipeline_of: dict[str, str | None]) -> list[StoredEvent]:
+        if self.everything:
+            return events
+        runs, types, pipelines = self.runs, self.types, self.pipelines
+        return [
+            e
+            for e in events
+            if (runs is None or e.run in runs)
+            and (types is None or e.type in types)
+            and (pipelines is None or (e.run is not None and pipeline_of.get(e.run) in pipelines))
+        ]
+
+
+class Subscription:
+    """One subscription: its position, its buffer while live, and the task that sends."""
+
+    def __init__(self, hub: Hub, sub_id: int, flt: Filter, after: int, binary: bool, send: Send,
+                 read_log: LogReader, catch_up: bool) -> None:
+        self.hub = hub
+        self.id = sub_id
+        self.filter = flt
+        self.last = after  # the highest seq sent (or known to be before the start)
+        self.binary = binary
+        self._send = send
+        self._read_log = read_log
+        self._catch_up = catch_up
+        self.buffer: deque[list[StoredEvent]] = deque()
+        self.buffered = 0
+        self.live = False
+        self.fell_behind = False
+        self.wake = asyncio.Event()
+        self.sent_events = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def offer(self, events: list[StoredEvent]) -> None:
+        """From Hub.publish: buffer, or fall out of live delivery when the buffer is full."""
+        if self.buffered + len(events) > MAX_BUFFERED_EVENTS:
+            self.hub._detach(self)
+            self.hub.fallbacks += 1
+            self.fell_behind = True
+            self.buffer.clear()
+            self.buffered = 0
+        else:
+            self.buffer.append(events)
+            self.buffered += len(events)
+        self.wake.set()
+
+    async def run(self) -> None:
+        codec = self.hub.codec
+        if not self._catch_up:
+            self.hub._attach(self)
+            await self._send(codec.encode(Live(sub=self.id, seq=self.last), self.binary))
+        while True:
+            if not self.live:
+                await self._read_until_live()
+                await self._send(codec.encode(Live(sub=self.id, seq=self.last), self.binary))
+            await self.wake.wait()
+            self.wake.clear()
+            while self.buffer and not self.fell_behind:
+                batch: list[StoredEvent] = []
+                while self.buffer and len(batch) < MAX_BATCH:
+                    chunk = self.buffer.popleft()
+                    self.buffered -= len(chunk)
+                    batch.extend(e for e in chunk if e.seq > self.last)
+                if batch:
+                    await self._deliver(batch)
+            if self.fell_behind:
+                self.fell_behind = False
+                log.info("subscriber fell behind; reading the log", sub=self.id, seq=self.last)
+
+    async def _read_until_live(self) -> None:
+        """Read the log until caught up with what the hub has published, then attach."""
+        while True:
+            events, scanned_to, head = await self._read_log(self.last, MAX_BATCH, self.filter)
+            if events:
+                await self._deliver(events)
+            position = max(scanned_to, self.last)
+            # Attaching is synchronous with publish (both run on the event loop), so no
+            # event can slip between the last read and live delivery: anything
+            # published up to now is at or below `position`, or we read again.
+            if position >= head and self.hub.published_seq <= position:
+                self.last = position
+                self.hub._attach(self)
+                return
+            self.last = position
+
+    async def _deliver(self, events: list[StoredEvent]) -> None:
+        for start in range(0, len(events), MAX_BATCH):
+            batch = events[start : start + MAX_BATCH]
+            frame = self.hub.encode_events(self.id, batch, self.binary)
+            self.last = batch[-1].seq
+            self.sent_events += len(batch)
+            await self._send(frame)
+
+
+class Hub:
+    """Fans committed events out to subscriptions; owns their tasks."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.published_seq = 0
+        self.pipeline_of: dict[str, str | None] = {}
+        #: Each run's status as of the last publish (for `lost` runs).
+        self.status_of: dict[str, str] = {}
+        self._live: dict[int, Subscription] = {}
+        self._all: dict[int, Subscription] = {}
+        self._next_id = 0
+        self.delivered = 0
+        self.fallbacks = 0
+        self._json_enc = msgspec.json.Encoder()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._all)
+
+    def lag(self) -> int:
+        """The largest number of events a subscriber has waiting in memory."""
+        return max((s.buffered for s in self._all.values()), default=0)
+
+    def publish(self, events: list[StoredEvent]) -> None:
+        """Called by the writer after each commit, on the event loop; never waits."""
+        if not events:
+            return
+        status_of = self.status_of
+        for e in events:
+            run = e.run
+            if run is None:
+                continue
+            if run not in status_of:
+                status_of[run] = "running"
+            if e.type == "run.finished":
+                status_of[run] = _field(e.data, "status")
+            elif e.type == "run.updated" and _field(e.data, "status") == "running":
+                status_of[run] = "running"
+            elif e.type == "run.started":
+                pipeline = _field(e.data, "pipeline")
+                if pipeline is not None:
+                    self.pipeline_of[run] = pipeline
+        self.published_seq = events[-1].seq
+        for sub in list(self._live.values()):
+            selected = sub.filter.select(events, self.pipeline_of)
+            if selected:
+                sub.offer(selected)
+
+    def next_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def subscribe(self, sub_id: int, flt: Filter, from_seq: int | None, binary: bool, send: Send,
+                  read_log: LogReader) -> Subscription:
+        after = self.published_seq if from_seq is None else from_seq
+        sub = Subscription(self, sub_id, flt, after, binary, send, read_log, catch_up=from_seq is not None)
+        self._all[sub.id] = sub
+        sub.task = asyncio.create_task(self._run(sub), name=f"tracklog-sub-{sub.id}")
+        return sub
+
+    async def _run(self, sub: Subscription) -> None:
+        try:
+            await sub.run()
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as exc:
+            if type(exc).__name__ not in ("ConnectionClosedOK", "ConnectionClosedError", "ConnectionClosed"):
+                log.exception("subscription failed", sub=sub.id)
+        finally:
+            self._detach(sub)
+            self._all.pop(sub.id, None)
+            self.delivered += sub.sent_events
+
+    async def unsubscribe(self, subs: Iterable[Subscription]) -> None:
+        tasks = []
+        for sub in subs:
+            self._detach(sub)
+            if sub.task is not None:
+                sub.task.cancel()
+                tasks.append(sub.task)
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    def _attach(self, sub: Subscription) -> None:
+        sub.live = True
+        self._live[sub.id] = sub
+
+    def _detach(self, sub: Subscription) -> None:
+        if self._live.pop(sub.id, None) is not None:
+            sub.live = False
+
+    def encode_events(self, sub_id: int, events: list[StoredEvent], binary: bool) -> bytes:
+        return self.codec.encode(Events(sub=sub_id, events=events), binary)
+
+    def stop(self) -> list[asyncio.Task[None]]:
+        tasks = [s.task for s in self._all.values() if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        return tasks
+
