@@ -36,6 +36,7 @@ from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT, MAX_FRAME_BYTES
 from tracklog.protocol.messages import (
     Ack,
     Append,
+    Check,
     Codec,
     Hello,
     Query,
@@ -49,7 +50,7 @@ from tracklog.protocol.events import RunFinished, RunFinishedData, RunUpdated, R
 
 from .hub import Filter, Hub, Subscription
 from .queries import Readers, run_pipelines, scan_events
-from .store import AppendResult, Durability
+from .store import AppendResult, CheckResult, Durability
 from .writer import Writer
 
 log = structlog.get_logger("tracklog.server")
@@ -131,6 +132,8 @@ class Daemon:
             compression=None,
             ping_interval=20,
             ping_timeout=60,
+            # A client that stopped reading must not hold up shutdown for long.
+            close_timeout=2,
             server_header=f"tracklog/{__version__}",
         )
         sock = next(iter(self._server.sockets))
@@ -290,6 +293,12 @@ class Daemon:
                         task = asyncio.create_task(self._answer(ws, msg, binary))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
+                    case Check():
+                        # Queued here, in the connection's order; answered when committed.
+                        checked = await self.writer.submit_check(msg)
+                        task = asyncio.create_task(self._answer_check(ws, checked, msg.ref, binary))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
                     case Hello():
                         await self._send(ws, self.codec.encode_error(errors.BadMessage("hello: already said", msg.ref), binary), binary)
                     case Subscribe():
@@ -418,6 +427,17 @@ class Daemon:
         except Exception as exc:
             log.exception("query failed", q=q.q)
             frame = self.codec.encode_error(errors.InternalError(f"query failed: {type(exc).__name__}", q.ref), binary)
+        with contextlib.suppress(ConnectionClosed):
+            await self._send(ws, frame, binary)
+
+    async def _answer_check(self, ws: ServerConnection, future: asyncio.Future[CheckResult | errors.ProtocolError],
+                            ref: int | None, binary: bool) -> None:
+        result = await future
+        if isinstance(result, CheckResult):
+            frame = self.codec.encode(result.checked, binary)
+        else:
+            result.ref = ref
+            frame = self.codec.encode_error(result, binary)
         with contextlib.suppress(ConnectionClosed):
             await self._send(ws, frame, binary)
 
