@@ -190,3 +190,49 @@ def project(event: LoggedEvent) -> list[AnyChange]:
         case _:
             raise TypeError(f"no projection for {type(data).__name__}")
     return changes
+
+
+# -- the full-text index ----------------------------------------------------------------
+
+#: Characters of text one search document holds at most: enough to find it by.
+MAX_SEARCH_TEXT: Final = 20_000
+
+
+def _texts(value: Any, out: list[str], budget: list[int], depth: int = 0) -> None:
+    """Collect the strings inside a free-form value (keys of maps too), up to a budget."""
+    if budget[0] <= 0 or depth > 64:
+        return
+    if isinstance(value, str):
+        out.append(value[: budget[0]])
+        budget[0] -= len(out[-1])
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _texts(key, out, budget, depth + 1)
+            _texts(item, out, budget, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _texts(item, out, budget, depth + 1)
+
+
+def item_search_document(item: ev.ItemData) -> tuple[str, str]:
+    """(title, body) of an item's search document: its id and kind; its stage, text data, error."""
+    title = " ".join(t for t in (item.kind, item.item) if t)
+    body: list[str] = [t for t in (item.stage, item.status, item.path, item.model, item.error) if t]
+    _texts(item.data, body, [MAX_SEARCH_TEXT])
+    return title, " ".join(body)[:MAX_SEARCH_TEXT]
+
+
+def artifact_search_document(artifact: ev.ArtifactData) -> tuple[str, str]:
+    """(title, body) of an artifact's search document: its title (from metadata) and kind; its path."""
+    meta = artifact.metadata or {}
+    title = " ".join(str(t) for t in (meta.get("title"), meta.get("name"), artifact.kind) if t)
+    body: list[str] = [artifact.path]
+    _texts(meta, body, [MAX_SEARCH_TEXT])
+    return title, " ".join(body)[:MAX_SEARCH_TEXT]
+
+
+def run_search_document(name: str | None, notes: str | None, pipeline: str | None, tags: list[str]) -> tuple[str, str]:
+    """(title, body) of a run's search document: its name; its notes, pipeline and tags."""
+    body = [t for t in (notes, pipeline) if t]
+    body.extend(tags)
+    return name or "", " ".join(body)[:MAX_SEARCH_TEXT]

@@ -21,6 +21,7 @@ from tracklog.protocol import errors
 from tracklog.protocol.limits import MAX_QUERY_LIMIT
 from tracklog.protocol.messages import Query, Result, StoredEvent
 
+from . import reads
 from .schema import NO_EPOCH
 from .store import connect, read_events
 
@@ -170,6 +171,7 @@ HANDLERS: Final[dict[str, QueryHandler]] = {
     "events": query_events,
     "run": query_run,
     "cache": query_cache,
+    **reads.HANDLERS,
 }
 
 

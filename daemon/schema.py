@@ -6,7 +6,7 @@ from typing import Final
 
 #: Bump when a projection's shape or meaning changes: the daemon then rebuilds every
 #: projection table from the log at start.
-PROJECTION_VERSION: Final = 1
+PROJECTION_VERSION: Final = 2
 
 #: Points per metric chunk. A chunk is sealed when full; only the open one is rewritten.
 CHUNK_POINTS: Final = 1024
@@ -41,6 +41,10 @@ PROJECTION_TABLES: Final = {
     "metric_summaries": "run, name",
     "cache": "key",
     "dedup_entries": "seq",
+    # The documents of the full-text index. The FTS5 index over them (`search`) is not
+    # compared: its segment b-trees depend on the history of inserts and merges, not
+    # only on the documents; it is dropped and rebuilt with the other tables.
+    "search_docs": "doc",
 }
 
 PROJECTION_DDL: Final = """
@@ -149,4 +153,19 @@ CREATE TABLE IF NOT EXISTS dedup_entries (
     item      TEXT
 );
 CREATE INDEX IF NOT EXISTS dedup_entries_ns ON dedup_entries(namespace, kind);
+CREATE TABLE IF NOT EXISTS search_docs (
+    doc   INTEGER PRIMARY KEY,
+    kind  TEXT NOT NULL,
+    run   TEXT NOT NULL,
+    title TEXT NOT NULL,
+    body  TEXT NOT NULL
+);
+DROP TABLE IF EXISTS search;
+CREATE VIRTUAL TABLE search USING fts5(
+    title,
+    body,
+    content = 'search_docs',
+    content_rowid = 'doc',
+    tokenize = 'porter unicode61'
+);
 """

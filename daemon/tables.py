@@ -160,6 +160,9 @@ class Tables:
         self._items: list[tuple[Any, ...]] = []
         self._artifacts: list[tuple[Any, ...]] = []
         self._dirty_series: list[Series] = []
+        #: Search documents of items and artifacts, and runs whose document is to rewrite.
+        self._search_docs: list[tuple[Any, ...]] = []
+        self._search_runs: set[str] = set()
 
     def reset(self) -> None:
         """Forget everything cached: call after a rollback."""
@@ -169,6 +172,8 @@ class Tables:
         self._items.clear()
         self._artifacts.clear()
         self._dirty_series.clear()
+        self._search_docs.clear()
+        self._search_runs.clear()
 
     def apply_event(self, event: p.LoggedEvent) -> None:
         """Apply one logged event: exactly `apply` over `project(event)`."""
@@ -254,11 +259,13 @@ class Tables:
                 counter[2] += 1
                 if item.status == "failed":
                     counter[3] += 1
+                self._search_docs.append((seq, "item", run, *p.item_search_document(item)))
             case p.AddArtifact(seq, run, ts, art):
                 self._artifacts.append(
                     (seq, run, art.kind, art.path, art.size, art.digest, json_text(art.metadata), ts)
                 )
                 self._counters[run][4] += 1
+                self._search_docs.append((seq, "artifact", run, *p.artifact_search_document(art)))
             case p.SetRunFields(run, fields):
                 names = [name for name in fields if name in _RUN_COLUMNS]
                 if names:
@@ -267,6 +274,7 @@ class Tables:
                         f"UPDATE runs SET {assignments} WHERE run = ?",  # names come from _RUN_COLUMNS
                         [*(fields[name] for name in names), run],
                     )
+                    self._search_runs.add(run)
             case p.MergeConfig(run, config):
                 row = conn.execute("SELECT config FROM runs WHERE run = ?", (run,)).fetchone()
                 merged = _json_decode(row[0]) if row and row[0] else {}
@@ -275,6 +283,7 @@ class Tables:
             case p.ChangeTags(run, add, remove):
                 conn.executemany("INSERT OR IGNORE INTO run_tags(run, tag) VALUES (?, ?)", [(run, t) for t in add])
                 conn.executemany("DELETE FROM run_tags WHERE run = ? AND tag = ?", [(run, t) for t in remove])
+                self._search_runs.add(run)
             case p.FinishRun(run, status, error, finished):
                 conn.execute(
                     "UPDATE runs SET status = ?, error = ?, finished = ? WHERE run = ?",
@@ -359,8 +368,61 @@ class Tables:
                 [(*c, run) for run, c in self._counters.items()],
             )
             self._counters.clear()
+        if self._search_docs:
+            self._drop_stale_documents([d[0] for d in self._search_docs])
+            conn.executemany(
+                "INSERT OR REPLACE INTO search_docs(doc, kind, run, title, body) VALUES (?, ?, ?, ?, ?)",
+                self._search_docs,
+            )
+            conn.executemany(
+                "INSERT INTO search(rowid, title, body) VALUES (?, ?, ?)",
+                [(doc, title, body) for doc, _, _, title, body in self._search_docs],
+            )
+            self._search_docs.clear()
+        if self._search_runs:
+            self._write_run_documents()
         if len(self._known_runs) > 100_000:
             self._known_runs.clear()
+
+    def _drop_stale_documents(self, docs: list[int]) -> None:
+        """Take out of the index documents that are already there (only if the tables were
+        set back by hand behind the log: a replay then writes them again)."""
+        conn = self.conn
+        for start in range(0, len(docs), 500):
+            part = docs[start : start + 500]
+            for doc, title, body in conn.execute(
+                f"SELECT doc, title, body FROM search_docs WHERE doc IN ({','.join('?' * len(part))})", part
+            ).fetchall():
+                conn.execute("INSERT INTO search(search, rowid, title, body) VALUES ('delete', ?, ?, ?)", (doc, title, body))
+
+    def _write_run_documents(self) -> None:
+        """Rewrite the search document of each run whose name, notes or tags changed.
+
+        A run's document is numbered -created_seq (items and artifacts use their own seq),
+        and is made from the run's row as it stands, so it does not depend on batching.
+        The FTS5 index holds no copy of the text: to take a document out of it, it is
+        told the old text (the 'delete' command of external-content tables).
+        """
+        conn = self.conn
+        for run in sorted(self._search_runs):
+            row = conn.execute("SELECT created_seq, name, notes, pipeline FROM runs WHERE run = ?", (run,)).fetchone()
+            if row is None:
+                continue
+            created, name, notes, pipeline = row
+            tags = [t for (t,) in conn.execute("SELECT tag FROM run_tags WHERE run = ? ORDER BY tag", (run,))]
+            title, body = p.run_search_document(name, notes, pipeline, tags)
+            doc = -created
+            old = conn.execute("SELECT title, body FROM search_docs WHERE doc = ?", (doc,)).fetchone()
+            if old is not None:
+                if tuple(old) == (title, body):
+                    continue
+                conn.execute("INSERT INTO search(search, rowid, title, body) VALUES ('delete', ?, ?, ?)", (doc, *old))
+            conn.execute(
+                "INSERT OR REPLACE INTO search_docs(doc, kind, run, title, body) VALUES (?, 'run', ?, ?, ?)",
+                (doc, run, title, body),
+            )
+            conn.execute("INSERT INTO search(rowid, title, body) VALUES (?, ?, ?)", (doc, title, body))
+        self._search_runs.clear()
 
     def _get_series(self, run: str, name: str) -> Series:
         key = (run, name)
