@@ -1,0 +1,235 @@
+"""Query latency on a large database, and ingest with and without a query load beside it.
+
+    python bench/queries.py            # 2,000 runs, 2 million points (a few minutes at most)
+    python bench/queries.py --full     # 10,000 runs, 10 million points (the issue's size)
+    python bench/queries.py --db PATH  # keep the database and reuse it on the next run
+
+The database is written through LogStore directly (the daemon's own append path, without
+the socket), then a daemon serves it and every query goes over a WebSocket, end to end:
+a 1-million-point history downsampled to 1,000 points; a `runs` filter on a metric with
+an ordering and a page of 50; `best` over all runs; a full-text search. Then a client
+appends metrics as fast as acks come back, alone and with a second client sending those
+queries back to back, and the two ingest rates are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _daemon import BenchDaemon, machine  # noqa: E402
+
+from tracklog.daemon.store import LogStore  # noqa: E402
+from tracklog.protocol.events import (  # noqa: E402
+    Item,
+    ItemData,
+    Metrics,
+    MetricsData,
+    RunFinished,
+    RunFinishedData,
+    RunStarted,
+    RunStartedData,
+)
+from tracklog.protocol.messages import Append  # noqa: E402
+
+WORDS = ("translation fox river model tensor gradient image caption harbor mountain quantum lattice"
+         " violet cipher orbit meadow signal ember glacier lantern").split()
+BIG_RUN = "big"
+BIG_POINTS = 1_000_000
+
+
+def build(path: Path, runs: int, points: int) -> None:
+    """A database of `runs` runs holding `points` metric points, one run with 1M of them."""
+    rng = random.Random(7)
+    store = LogStore(path)
+    store.catch_up()
+    started = time.perf_counter()
+    batch: list[Any] = []
+    ts = 1_700_000_000.0
+
+    def flush() -> None:
+        if batch:
+            store.append_group([Append(events=list(batch))])
+            batch.clear()
+
+    def add(event: Any) -> None:
+        batch.append(event)
+        if len(batch) >= 10_000:
+            flush()
+
+    add(RunStarted(run=BIG_RUN, ts=ts, data=RunStartedData(name="the long one", pipeline="train", tags=["long"])))
+    for step in range(BIG_POINTS):
+        value = 1.0 / (1 + step / 1000) + rng.random() * 0.01
+        if step == 777_777:
+            value = 50.0  # a spike the downsampling must keep
+        add(Metrics(run=BIG_RUN, ts=ts + step, data=MetricsData(values={"loss": value}, step=step)))
+    rest = max(0, points - BIG_POINTS)
+    per_run = max(3, rest // max(1, runs - 1))
+    steps = per_run // 3
+    for r in range(1, runs):
+        run = f"run-{r:05d}"
+        words = rng.sample(WORDS, 3)
+        add(RunStarted(run=run, ts=ts + r, data=RunStartedData(
+            name=" ".join(words), pipeline=rng.choice(["train", "eval", "sweep"]),
+            config={"lr": rng.choice([0.1, 0.01, 0.001]), "batch": rng.choice([16, 32, 64])},
+            tags=[rng.choice(["baseline", "tuned", "ablation"])], notes=f"notes about {words[0]}")))
+        base = rng.random()
+        for step in range(steps):
+            add(Metrics(run=run, ts=ts + r + step, data=MetricsData(
+                values={"loss": base / (1 + step) + rng.random() * 0.05, "acc": 1 - base / (1 + step),
+                        "lr": 0.1 / (1 + step)},
+                step=step, epoch=step // 100)))
+        for i in range(2):
+            text = " ".join(rng.choice(WORDS) for _ in range(12))
+            add(Item(run=run, ts=ts + r, data=ItemData(item=f"{run}-{i}", kind="translation_result",
+                                                        stage="translate", data={"text": text})))
+        add(RunFinished(run=run, ts=ts + r + steps, data=RunFinishedData(
+            status=rng.choice(["completed", "completed", "failed"]))))
+    flush()
+    store.close()
+    print(f"built {path}: {runs} runs, {BIG_POINTS + (runs - 1) * steps * 3:,} points,"
+          f" {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - started:.0f} s")
+
+
+class Conn:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.ref = 0
+        self.decode = msgspec.msgpack.Decoder().decode
+
+    @classmethod
+    async def open(cls, url: str) -> Conn:
+        ws = await connect(url, max_size=None, compression=None)
+        await ws.send(msgspec.msgpack.encode({"op": "hello", "protocol": 1, "client": "bench-queries"}))
+        await ws.recv()
+        return cls(ws)
+
+    async def query(self, **q: Any) -> Any:
+        self.ref += 1
+        await self.ws.send(msgspec.msgpack.encode({"op": "query", "ref": self.ref, **q}))
+        while True:
+            reply = self.decode(await self.ws.recv())
+            if reply.get("ref") == self.ref:
+                if reply["op"] == "error":
+                    raise RuntimeError(reply)
+                return reply
+
+
+QUERIES: dict[str, dict[str, Any]] = {
+    "metrics: 1M points downsampled to 1,000": {"q": "metrics", "run": BIG_RUN, "names": ["loss"], "max_points": 1000},
+    "runs: metric filter, ordered, page of 50": {
+        "q": "runs", "filter": "metrics.loss < 0.05 and status = 'completed'", "order_by": ["metrics.loss asc"],
+        "limit": 50},
+    "best: min loss over all runs": {"q": "best", "metric": "loss", "mode": "min"},
+    "search: full text": {"q": "search", "text": "fox river", "limit": 20},
+}
+
+
+async def latencies(url: str, repeat: int) -> dict[str, float]:
+    conn = await Conn.open(url)
+    out: dict[str, float] = {}
+    try:
+        for label, q in QUERIES.items():
+            reply = await conn.query(**q)  # warm the page cache
+            if q["q"] == "metrics":
+                row = reply["rows"][0]
+                assert len(row["values"]) <= 1000 and 50.0 in row["values"], "the spike was lost"
+            times = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                await conn.query(**q)
+                times.append(time.perf_counter() - t)
+            out[label] = statistics.median(times) * 1000
+    finally:
+        await conn.ws.close()
+    return out
+
+
+async def ingest(url: str, events: int, with_queries: bool) -> tuple[float, int]:
+    """Events per second for one client appending `events` metric events; and queries answered meanwhile."""
+    frames = [
+        msgspec.msgpack.encode({"op": "append", "ref": k, "events": [
+            {"type": "metrics", "run": f"ingest-{with_queries}", "data": {"values": {"loss": 1.0, "acc": 0.5}, "step": i}}
+            for i in range(k * 1000, (k + 1) * 1000)]})
+        for k in range(events // 1000)
+    ]
+    writer = await Conn.open(url)
+    done = asyncio.Event()
+    answered = 0
+
+    async def load() -> None:
+        nonlocal answered
+        conn = await Conn.open(url)
+        try:
+            while not done.is_set():
+                for q in QUERIES.values():
+                    await conn.query(**q)
+                    answered += 1
+        finally:
+            await conn.ws.close()
+
+    loader = asyncio.create_task(load()) if with_queries else None
+    inflight = asyncio.Semaphore(8)
+
+    async def receive() -> None:
+        for _ in frames:
+            await writer.ws.recv()
+            inflight.release()
+
+    started = time.perf_counter()
+    receiver = asyncio.create_task(receive())
+    for frame in frames:
+        await inflight.acquire()
+        await writer.ws.send(frame)
+    await receiver
+    elapsed = time.perf_counter() - started
+    done.set()
+    if loader is not None:
+        await loader
+    await writer.ws.close()
+    return len(frames) * 1000 / elapsed, answered
+
+
+async def measure(url: str, repeat: int, ingest_events: int) -> None:
+    for label, ms in (await latencies(url, repeat)).items():
+        print(f"  {label:45s} median {ms:7.1f} ms")
+    alone, _ = await ingest(url, ingest_events, False)
+    loaded, answered = await ingest(url, ingest_events, True)
+    print(f"  ingest alone                                  {alone:10,.0f} events/s")
+    print(f"  ingest with a query load ({answered} queries)     {loaded:10,.0f} events/s"
+          f"  ({100 * loaded / alone:.0f}% of alone)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="10,000 runs and 10 million points")
+    parser.add_argument("--runs", type=int, default=None)
+    parser.add_argument("--points", type=int, default=None)
+    parser.add_argument("--db", type=Path, default=None, help="database to build once and reuse")
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--ingest-events", type=int, default=200_000)
+    args = parser.parse_args()
+    runs = args.runs or (10_000 if args.full else 2_000)
+    points = args.points or (10_000_000 if args.full else 2_000_000)
+    print(f"tracklog query benchmark: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="tracklog-bench-") as tmp:
+        db = args.db or Path(tmp) / "bench.db"
+        if not db.exists():
+            build(db, runs, points)
+        with BenchDaemon(db) as daemon:
+            asyncio.run(measure(daemon.url, args.repeat, args.ingest_events))
+
+
+if __name__ == "__main__":
+    main()
