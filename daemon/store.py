@@ -16,9 +16,19 @@ from typing import Any, Final, Literal
 import msgspec
 
 from tracklog.protocol import errors
-from tracklog.protocol.events import DATA_CLASSES, Event, Metrics, event_type
-from tracklog.protocol.messages import Ack, Append, Duplicate, StoredEvent
+from tracklog.protocol.events import DATA_CLASSES, DedupRecordedData, Event, Metrics, event_type
+from tracklog.protocol.messages import (
+    Ack,
+    Append,
+    Check,
+    Checked,
+    CheckOutcome,
+    Duplicate,
+    Match,
+    StoredEvent,
+)
 
+from . import dedup as dd
 from .projections import LoggedEvent
 from .schema import LOG_DDL, PROJECTION_DDL, PROJECTION_TABLES, PROJECTION_VERSION
 from .tables import Tables
@@ -63,6 +73,19 @@ class AppendResult(msgspec.Struct):
     events: list[StoredEvent]
 
 
+class CheckResult(msgspec.Struct):
+    """A check's answer, and the `dedup.recorded` events it wrote (for subscribers)."""
+
+    checked: Checked
+    events: list[StoredEvent]
+
+
+#: What the writer commits in groups: appends, and checks (which may append).
+WriteRequest = Append | Check
+WriteResult = AppendResult | CheckResult | errors.ProtocolError
+_DEDUP_TYPES: Final = frozenset({"dedup.recorded", "dedup.cleared"})
+
+
 class LogStore:
     """The log and its projections, behind append / read / rebuild."""
 
@@ -72,6 +95,8 @@ class LogStore:
         self.conn = connect(path, durability)
         self.clock = clock
         self.tables = Tables(self.conn)
+        #: The near-duplicate indexes, in memory; loaded by `load_dedup` (or the first check).
+        self.dedup = dd.DedupIndexes()
         #: Whether appends return their events in stored form (someone listens for them).
         self.publish = False
         try:
@@ -125,6 +150,7 @@ class LogStore:
         """Drop every projection table and replay the log (up to `to_seq`) into new ones."""
         try:
             self.tables.reset()
+            self.dedup.reset()
             self.conn.execute("BEGIN IMMEDIATE")
             for table in PROJECTION_TABLES:
                 self.conn.execute(f"DROP TABLE IF EXISTS {table}")
@@ -171,27 +197,34 @@ class LogStore:
         except sqlite3.Error:
             pass
         self.tables.reset()
+        self.dedup.rollback()
 
     # -- appends ----------------------------------------------------------------
 
-    def append_group(self, appends: Sequence[Append]) -> list[AppendResult | errors.ProtocolError]:
-        """Commit many appends in one transaction (group commit); one result per append.
+    def append_group(self, appends: Sequence[WriteRequest]) -> list[WriteResult]:
+        """Commit many appends (and checks) in one transaction (group commit); one result each.
 
         If the group fails as a whole, each append is retried in a transaction of its
         own, so one bad append cannot fail the others.
         """
         head = self.head
+        if not self.dedup.loaded and any(a.__class__ is Check for a in appends):
+            self.load_dedup()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            results: list[AppendResult | errors.ProtocolError] = [self._append_one(a) for a in appends]
+            results: list[WriteResult] = [
+                self._append_one(a) if a.__class__ is Append else self._check_one(a)  # type: ignore[arg-type]
+                for a in appends
+            ]
             self._finish_group()
             return results
         except Exception:
             self._rollback()
             self.head = head
             if len(appends) == 1:
-                return [errors.InternalError("the append could not be committed", appends[0].ref)]
-        out: list[AppendResult | errors.ProtocolError] = []
+                what = "append" if appends[0].__class__ is Append else "check"
+                return [errors.InternalError(f"the {what} could not be committed", appends[0].ref)]
+        out: list[WriteResult] = []
         for append in appends:
             out.extend(self.append_group([append]))
         return out
@@ -200,6 +233,91 @@ class LogStore:
         self.tables.flush()
         self._set_meta("applied_seq", self.head)
         self.conn.execute("COMMIT")
+        self.dedup.commit()
+
+    # -- near-duplicate checks --------------------------------------------------
+
+    def load_dedup(self) -> int:
+        """Build the in-memory dedup indexes from the dedup_entries table (outside a transaction)."""
+        try:
+            return self.dedup.load(self.conn)
+        except sqlite3.Error as exc:
+            raise errors.StorageError(f"cannot read dedup_entries: {exc}") from exc
+
+    def _check_one(self, check: Check) -> CheckResult | errors.ProtocolError:
+        """Look each input up and, when asked and new, record it: one atomic step on the writer.
+
+        A later input of the same check (or a later check in the same group) sees what an
+        earlier one recorded, so of two racing checks of one text exactly one records.
+        """
+        kind = check.kind
+        namespace = check.namespace
+        space = check.space if kind == "embedding" else None
+        if check.inputs is None:
+            inputs = [(check.text, check.value, check.vector, check.item)]
+        else:
+            inputs = [(i.text, i.value, i.vector, i.item) for i in check.inputs]
+        keys: list[Any] = []
+        dim = self.dedup.dimension(namespace, space) if space is not None else None
+        for position, (text, value, vector, _) in enumerate(inputs):
+            where = "check" if check.inputs is None else f"check.inputs[{position}]"
+            try:
+                if kind == "hash":
+                    keys.append(dd.sha256_key(text, value, has_value=value is not msgspec.UNSET))
+                elif kind == "simhash":
+                    keys.append(dd.simhash(text if value is msgspec.UNSET else dd.canonical_json(value).decode()))
+                else:
+                    arr = dd.as_unit_vector(vector)  # type: ignore[arg-type]
+                    if dim is None:
+                        dim = arr.shape[0]
+                    elif arr.shape[0] != dim:
+                        raise dd.InvalidCheck(
+                            f"vector: expected {dim} dimensions for space '{space}', got {arr.shape[0]}"
+                        )
+                    keys.append(arr)
+            except dd.InvalidCheck as exc:
+                return errors.BadMessage(f"{where}.{exc}", check.ref)
+        now = self.clock()
+        run = check.run
+        outcomes: list[CheckOutcome] = []
+        rows: list[tuple[Any, ...]] = []
+        stored: list[StoredEvent] = []
+        for key, (_, _, vector, item) in zip(keys, inputs, strict=True):
+            found = self.dedup.find(namespace, kind, key, check.threshold, space)
+            if found is not None:
+                match = Match(found.item, found.run, found.distance, found.seq)
+                outcomes.append(CheckOutcome(True, match))
+                continue
+            if not check.record:
+                outcomes.append(CheckOutcome(False, None))
+                continue
+            self.head += 1
+            seq = self.head
+            value = vector if kind == "embedding" else key
+            data = DedupRecordedData(namespace=namespace, kind=kind, value=value, item=item, space=space)
+            self.tables.apply_event(LoggedEvent(seq, "dedup.recorded", run, now, now, data, None))
+            self.dedup.record(namespace, kind, key, space, (seq, run, item))
+            rows.append((seq, None, "dedup.recorded", run, now, now, _encode(data)))
+            if self.publish:
+                stored.append(StoredEvent(seq, "dedup.recorded", data, now, now, None, run))
+            outcomes.append(CheckOutcome(False, None, seq))
+        if rows:
+            self.conn.executemany(
+                "INSERT INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+            )
+        if check.inputs is None:
+            one = outcomes[0]
+            checked = Checked(duplicate=one.duplicate, match=one.match, seq=self.head, recorded=one.recorded,
+                              ref=check.ref)
+        else:
+            checked = Checked(duplicate=any(o.duplicate for o in outcomes), match=None, seq=self.head,
+                              results=outcomes, ref=check.ref)
+        return CheckResult(checked, stored)
+
+    def _apply_dedup(self, type_: str, seq: int, run: str | None, data: Any) -> None:
+        """Keep the loaded indexes level with a dedup event that came in an append."""
+        if type_ == "dedup.cleared":
+            self.dedup.clear(data.namespace, data.kind)
 
     def _append_one(self, append: Append) -> AppendResult:
         now = self.clock()
@@ -235,6 +353,8 @@ class LogStore:
             else:
                 type_ = event_type(event)
                 apply_event(LoggedEvent(seq, type_, run, ts, now, data, event_id))
+                if type_ in _DEDUP_TYPES and self.dedup.loaded:
+                    self._apply_dedup(type_, seq, run, data)
             rows.append((seq, event_id, type_, run, ts, now, encode(data)))
             if publish:
                 stored.append(StoredEvent(seq, type_, data, now, ts, event_id, run))

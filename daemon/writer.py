@@ -17,9 +17,10 @@ from typing import Final
 import structlog
 
 from tracklog.protocol import errors
-from tracklog.protocol.messages import Append, StoredEvent
+from tracklog.protocol.messages import Append, Check, StoredEvent
 
-from .store import AppendResult, Durability, LogStore
+from .histogram import LatencyHistogram
+from .store import AppendResult, CheckResult, Durability, LogStore, WriteRequest
 
 log = structlog.get_logger("tracklog.writer")
 
@@ -39,6 +40,8 @@ class WriterStats:
         self.duplicates = 0
         self.rejected = 0
         self.commit_seconds = 0.0
+        #: Seconds from an append's submit to its commit (what a client waits for its ack).
+        self.ack_latency = LatencyHistogram()
 
 
 class Writer:
@@ -56,12 +59,14 @@ class Writer:
         )
         self._store: LogStore | None = None
         self._task: asyncio.Task[None] | None = None
+        self._submitted: dict[asyncio.Future[AppendResult | errors.ProtocolError], float] = {}
 
     async def start(self) -> int:
         """Open the store and catch its projections up; returns how many events were replayed."""
         loop = asyncio.get_running_loop()
         self._store = await loop.run_in_executor(self._executor, LogStore, self.path, self.durability)
         replayed = await loop.run_in_executor(self._executor, self._store.catch_up)
+        await loop.run_in_executor(self._executor, self._store.load_dedup)
         self.head = self._store.head
         self._task = asyncio.create_task(self._run(), name="tracklog-writer")
         return replayed
@@ -69,7 +74,14 @@ class Writer:
     async def submit(self, append: Append) -> asyncio.Future[AppendResult | errors.ProtocolError]:
         """Queue an append; the future resolves once it is committed (or failed)."""
         future: asyncio.Future[AppendResult | errors.ProtocolError] = asyncio.get_running_loop().create_future()
+        self._submitted[future] = time.perf_counter()
         await self._queue.put((append, future))
+        return future
+
+    async def submit_check(self, check: Check) -> asyncio.Future[CheckResult | errors.ProtocolError]:
+        """Queue a check behind the appends before it; it is answered (and recorded) in their order."""
+        future: asyncio.Future[CheckResult | errors.ProtocolError] = asyncio.get_running_loop().create_future()
+        await self._queue.put((check, future))  # type: ignore[arg-type]  # the store takes both kinds
         return future
 
     async def drain(self) -> None:
@@ -97,11 +109,11 @@ class Writer:
         store = self._store
         while True:
             batch = [await queue.get()]
-            size = len(batch[0][0].events)
+            size = _weight(batch[0][0])
             while size < MAX_GROUP_EVENTS and not queue.empty():
                 item = queue.get_nowait()
                 batch.append(item)
-                size += len(item[0].events)
+                size += _weight(item[0])
             started = time.perf_counter()
             store.publish = bool(self.listeners)
             try:
@@ -116,7 +128,9 @@ class Writer:
             stats.commits += 1
             stats.commit_seconds += elapsed
             for (_, future), result in zip(batch, results, strict=True):
-                if isinstance(result, AppendResult):
+                if isinstance(result, CheckResult):
+                    committed.extend(result.events)
+                elif isinstance(result, AppendResult):
                     committed.extend(result.events)
                     stats.appends += 1
                     stats.events += result.ack.accepted
@@ -124,6 +138,9 @@ class Writer:
                     stats.rejected += len(result.ack.rejected)
                 if not future.done():
                     future.set_result(result)
+                submitted = self._submitted.pop(future, None)
+                if submitted is not None:
+                    stats.ack_latency.observe(time.perf_counter() - submitted)
                 queue.task_done()
             if committed:
                 for listener in self.listeners:
@@ -131,3 +148,10 @@ class Writer:
                         listener(committed)
                     except Exception:
                         log.exception("commit listener failed")
+
+
+def _weight(request: WriteRequest) -> int:
+    """How much of a group's event budget a request takes (a check: one per input)."""
+    if request.__class__ is Check:
+        return len(request.inputs or ()) + 1  # type: ignore[union-attr]
+    return len(request.events)  # type: ignore[union-attr]

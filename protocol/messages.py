@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Final, Literal, Union
 
 import msgspec
-from msgspec import Raw, Struct, field
+from msgspec import UNSET, Raw, Struct, UnsetType, field
 
 from . import errors
 from .events import (
@@ -20,6 +20,9 @@ from .events import (
     Event,
     InvalidEvent,
     Metrics,
+    Name,
+    RunId,
+    _check_name,
     check_event,
     event_type,
     explain_validation_error,
@@ -104,7 +107,35 @@ class Unsubscribe(Message, tag="unsubscribe"):
     ref: int | None = None
 
 
-ClientMessage = Union[Hello, Append, Query, Subscribe, Unsubscribe]
+class CheckInput(Struct, forbid_unknown_fields=False, omit_defaults=True):
+    """One input of a batch `check` (extension): the input and its item; the rest comes from the check."""
+
+    text: str | None = None
+    value: Any | UnsetType = UNSET
+    vector: list[float] | None = None
+    item: str | None = None
+
+
+class Check(Message, tag="check"):
+    """Near-duplicate check of one input (`text`, `value` or `vector`), or of many (`inputs`)."""
+
+    namespace: Name
+    kind: Literal["hash", "simhash", "embedding"]
+    text: str | None = None
+    #: Any JSON value, null included: UNSET tells an absent value from a null one.
+    value: Any | UnsetType = UNSET
+    vector: list[float] | None = None
+    space: Name | None = None
+    threshold: float | None = None
+    record: bool = True
+    run: RunId | None = None
+    item: str | None = None
+    #: Extension: many inputs in one message, answered by one `checked` with `results`.
+    inputs: list[CheckInput] | None = None
+    ref: int | None = None
+
+
+ClientMessage = Union[Hello, Append, Query, Subscribe, Unsubscribe, Check]
 CLIENT_OPS: Final = frozenset({"hello", "append", "query", "subscribe", "unsubscribe", "check"})
 
 
@@ -151,6 +182,35 @@ class Unsubscribed(Message, tag="unsubscribed"):
     ref: int | None = None
 
 
+class Match(Struct, omit_defaults=False):
+    """The nearest recorded entry of a duplicate: its item, run and distance (and seq, an extension)."""
+
+    item: str | None
+    run: str | None
+    distance: float | int
+    seq: int
+
+
+class CheckOutcome(Struct, omit_defaults=True):
+    """The answer for one input of a batch check; `recorded`: the seq of the `dedup.recorded` it wrote."""
+
+    duplicate: bool
+    match: Match | None
+    recorded: int | None = None
+
+
+class Checked(Message, tag="checked"):
+    """The answer to `check`. `seq`: the log's head after the check. For a batch, `results`
+    holds one outcome per input, `duplicate` says whether any was one, and `match` is null."""
+
+    duplicate: bool
+    match: Match | None
+    seq: int
+    recorded: int | None = None
+    results: list[CheckOutcome] | None = None
+    ref: int | None = None
+
+
 class StoredEvent(Struct, omit_defaults=False):
     """An event as the log holds it: client form plus `seq` and `recorded`."""
 
@@ -179,7 +239,7 @@ class Error(Message, tag="error"):
     ref: int | None = None
 
 
-ServerMessage = Union[Welcome, Ack, Result, Subscribed, Unsubscribed, Events, Live, Error]
+ServerMessage = Union[Welcome, Ack, Result, Subscribed, Unsubscribed, Events, Live, Error, Checked]
 
 
 class _Envelope(Struct, forbid_unknown_fields=False):
@@ -248,6 +308,8 @@ class Codec:
             msg.rejected = []  # never taken from the wire
             msg.indexes = None
             self._check_append(msg)
+        elif isinstance(msg, Check):
+            check_request(msg)
         return msg
 
     def _check_append(self, msg: Append) -> None:
@@ -299,8 +361,6 @@ class Codec:
             raise errors.UnknownOp(f"op: unknown op '{env.op[:64]}'", ref)
         if env.op == "append":
             return self._decode_append_slow(frame, binary, ref)
-        if env.op == "check":
-            raise errors.UnknownOp("op: 'check' is not served by this daemon yet", ref)
         raise errors.BadMessage(explain_validation_error(exc, None, env.op), ref)
 
     def _decode_append_slow(self, frame: bytes | str, binary: bool, ref: int | None) -> Append:
@@ -375,5 +435,68 @@ class Codec:
         return self.encode(Error(code=exc.code, message=exc.message, ref=exc.ref), binary)
 
 
-def client_message_op(msg: ClientMessage) -> Literal["hello", "append", "query", "subscribe", "unsubscribe"]:
+def client_message_op(
+    msg: ClientMessage,
+) -> Literal["hello", "append", "query", "subscribe", "unsubscribe", "check"]:
     return msg.__struct_config__.tag  # type: ignore[return-value]
+
+
+#: Highest SimHash threshold the band index answers exactly.
+MAX_SIMHASH_THRESHOLD: Final = 16
+
+
+def check_request(msg: Check) -> None:
+    """Check what decoding cannot say about a `check`; raises BadMessage naming the field."""
+    ref = msg.ref
+    try:
+        _check_name(msg.namespace, "check.namespace")
+        if msg.run is not None:
+            _check_name(msg.run, "check.run")
+    except InvalidEvent as exc:
+        raise errors.BadMessage(str(exc), ref) from exc
+    threshold = msg.threshold
+    if msg.kind == "simhash" and threshold is not None and (
+        threshold != int(threshold) or not 0 <= threshold <= MAX_SIMHASH_THRESHOLD
+    ):
+        raise errors.BadMessage(
+            f"check.threshold: expected an integer from 0 to {MAX_SIMHASH_THRESHOLD} for simhash", ref
+        )
+    if msg.kind == "embedding":
+        if threshold is not None and not 0 < threshold <= 2:
+            raise errors.BadMessage("check.threshold: expected a cosine distance above 0, at most 2", ref)
+        if msg.space is None:
+            raise errors.BadMessage("check.space: required for kind 'embedding'", ref)
+    single = msg.text is not None or msg.value is not UNSET or msg.vector is not None
+    if msg.inputs is None:
+        _check_input(msg.kind, msg.text, msg.value, msg.vector, "check", ref)
+        return
+    if single:
+        raise errors.BadMessage("check.inputs: give inputs, or one text, value or vector, not both", ref)
+    if not msg.inputs:
+        raise errors.BadMessage("check.inputs: expected at least one input", ref)
+    if len(msg.inputs) > MAX_EVENTS_PER_APPEND:
+        raise errors.TooLarge(f"check.inputs: {len(msg.inputs)} inputs, at most {MAX_EVENTS_PER_APPEND}", ref)
+    for i, one in enumerate(msg.inputs):
+        _check_input(msg.kind, one.text, one.value, one.vector, f"check.inputs[{i}]", ref)
+
+
+def _check_input(kind: str, text: str | None, value: Any, vector: list[float] | None, where: str,
+                 ref: int | None) -> None:
+    has_value = value is not UNSET
+    if kind == "embedding":
+        if vector is None:
+            raise errors.BadMessage(f"{where}.vector: required for kind 'embedding'", ref)
+        if text is not None or has_value:
+            raise errors.BadMessage(f"{where}.{'text' if text is not None else 'value'}: "
+                                    "not used by kind 'embedding' (send vector)", ref)
+        if not vector:
+            raise errors.BadMessage(f"{where}.vector: expected at least one number", ref)
+        return
+    if vector is not None:
+        raise errors.BadMessage(f"{where}.vector: only for kind 'embedding'", ref)
+    if text is None and not has_value:
+        raise errors.BadMessage(f"{where}.text: required for kind '{kind}' (or value)", ref)
+    if text is not None and has_value:
+        raise errors.BadMessage(f"{where}.value: give text or value, not both", ref)
+    if has_value and value.__class__ in (dict, list) and _depth_exceeds(value, MAX_DEPTH):
+        raise errors.BadMessage(f"{where}.value: nested deeper than {MAX_DEPTH} levels", ref)

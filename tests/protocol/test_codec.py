@@ -17,6 +17,7 @@ from tracklog.protocol.limits import MAX_DEPTH, MAX_EVENTS_PER_APPEND, MAX_ID_CH
 from tracklog.protocol.messages import (
     Ack,
     Append,
+    Check,
     Codec,
     Duplicate,
     Events,
@@ -941,10 +942,10 @@ def test_unknown_fields_are_ignored_on_messages_events_and_data(binary: bool) ->
 
 
 @ENCODINGS
-def test_check_op_is_refused_as_not_served_yet_with_the_ref_echoed(binary: bool) -> None:
-    with pytest.raises(errors.UnknownOp, match="check") as info:
-        decode({"op": "check", "ref": 8, "namespace": "n", "kind": "hash", "text": "t"}, binary)
-    assert info.value.ref == 8
+def test_check_op_decodes_into_a_check_with_the_ref(binary: bool) -> None:
+    msg = decode({"op": "check", "ref": 8, "namespace": "n", "kind": "hash", "text": "t"}, binary)
+    assert isinstance(msg, Check)
+    assert msg.ref == 8
 
 
 # -- properties -----------------------------------------------------------------------------

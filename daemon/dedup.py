@@ -1,0 +1,482 @@
+"""Near-duplicate detection: exact hashes, SimHash with a band index, and hnswlib for embeddings.
+
+The indexes live in memory on the writer's thread. They are a projection like the tables:
+every entry comes from a `dedup.recorded` event, and `dedup.cleared` empties a namespace.
+At start they are rebuilt from the `dedup_entries` table (which is itself rebuilt from
+the log), so they never disagree with it. No copy is saved to disk: rebuilding a million
+SimHashes takes seconds; a very large embedding space would take longer (hnswlib inserts
+about 2,000 vectors of 384 dimensions a second per core), and a saved copy checked against
+the table's highest seq is the way to add if that ever matters.
+
+Inside a group commit, a check that records updates the index at once (so a later check
+in the same transaction sees it) and leaves an undo step in a journal; `commit` forgets
+the journal, `rollback` replays it backwards, so the indexes always match what was
+committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sqlite3
+import unicodedata
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Literal
+
+import msgspec
+import numpy as np
+
+DedupKind = Literal["hash", "simhash", "embedding"]
+#: Thresholds when a check gives none (PROTOCOL.md, "check").
+DEFAULT_SIMHASH_THRESHOLD: Final = 3
+DEFAULT_EMBEDDING_THRESHOLD: Final = 0.05
+MAX_SIMHASH_THRESHOLD: Final = 16
+#: Block counts of the SimHash band layouts. A check with threshold t uses the first
+#: layout of more than t blocks: by the pigeonhole principle, a hash within t bits
+#: differs in at most t blocks, so it equals the query on at least one whole block.
+#: Few layouts (built when first needed) keep memory bounded; wide blocks keep the
+#: candidate lists short (at 1M entries, 16-bit blocks hold about 15 entries each).
+BAND_LAYOUTS: Final = (4, 8, 12, 17)
+#: hnswlib parameters. M=32 and ef=128 give recall above 0.99 on random 384-dimension
+#: unit vectors at 200,000 entries (bench/dedup.py), and near-duplicates are easier.
+HNSW_M: Final = 32
+HNSW_EF_CONSTRUCTION: Final = 200
+HNSW_EF: Final = 128
+HNSW_INITIAL_CAPACITY: Final = 1024
+MAX_VECTOR_DIMS: Final = 65_536
+
+_MASK64: Final = (1 << 64) - 1
+_canonical_json = msgspec.json.Encoder(order="sorted").encode
+_msgpack_decode = msgspec.msgpack.Decoder().decode
+
+#: Where a recorded entry came from, for `match`: (seq, run, item).
+Entry = tuple[int, str | None, str | None]
+
+
+class InvalidCheck(ValueError):
+    """A check's input cannot be used; the message starts with the field's name."""
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+
+def canonical_json(value: Any) -> bytes:
+    """A JSON value in canonical form: keys sorted, no spaces (so key order does not matter)."""
+    return _canonical_json(value)
+
+
+def sha256_key(text: str | None = None, value: Any = None, *, has_value: bool = False) -> str:
+    """The `hash` key: SHA-256 (hex) of the text's UTF-8 bytes, or of the value's canonical JSON."""
+    data = canonical_json(value) if has_value else (text or "").encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, lower case, white space collapsed to single spaces and trimmed."""
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def token_hash(token: str) -> int:
+    """A stable 64-bit hash of a token (Python's `hash` changes between processes)."""
+    return int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
+
+
+_BIT_WEIGHTS: Final = np.arange(64, dtype=np.uint64)
+
+
+def simhash(text: str) -> int:
+    """64-bit SimHash of the text's whitespace tokens (each token counts as often as it occurs).
+
+    Bit i is set when more tokens have bit i set than not. An empty text hashes to 0.
+    """
+    tokens = normalize_text(text).split(" ")
+    if tokens == [""]:
+        return 0
+    hashes = np.fromiter((token_hash(t) for t in tokens), dtype=np.uint64, count=len(tokens))
+    bits = (hashes[:, None] >> _BIT_WEIGHTS) & np.uint64(1)
+    ones = bits.sum(axis=0)
+    set_bits = (2 * ones > len(tokens)).astype(np.uint64)
+    return int((set_bits << _BIT_WEIGHTS).sum())
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
+def as_unit_vector(vector: Sequence[float] | np.ndarray, field: str = "vector") -> np.ndarray:
+    """The vector as float32, checked: not empty, finite, not zero (cosine needs a direction)."""
+    arr = np.asarray(vector, dtype=np.float32)
+    if arr.ndim != 1 or arr.size == 0:
+        raise InvalidCheck(f"{field}: expected a non-empty list of numbers")
+    if arr.size > MAX_VECTOR_DIMS:
+        raise InvalidCheck(f"{field}: {arr.size} dimensions, at most {MAX_VECTOR_DIMS}")
+    if not np.isfinite(arr).all():
+        raise InvalidCheck(f"{field}: NaN and infinities are not allowed")
+    norm = float(np.linalg.norm(arr))
+    if norm == 0.0 or not math.isfinite(norm):
+        raise InvalidCheck(f"{field}: a zero vector has no direction")
+    return arr
+
+
+# -- indexes ------------------------------------------------------------------------------
+
+
+def band_blocks(blocks: int) -> list[tuple[int, int]]:
+    """(shift, mask) of each block when 64 bits are cut into `blocks` contiguous blocks."""
+    base, extra = divmod(64, blocks)
+    out = []
+    shift = 0
+    for i in range(blocks):
+        width = base + (1 if i < extra else 0)
+        out.append((shift, (1 << width) - 1))
+        shift += width
+    return out
+
+
+def layout_for(threshold: int) -> int:
+    for blocks in BAND_LAYOUTS:
+        if blocks > threshold:
+            return blocks
+    raise InvalidCheck(f"threshold: at most {MAX_SIMHASH_THRESHOLD} for simhash")
+
+
+class ExactIndex:
+    """SHA-256 keys of one namespace."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def search(self, key: str) -> Entry | None:
+        return self.keys.get(key)
+
+    def add(self, key: str, entry: Entry) -> Callable[[], None] | None:
+        if key in self.keys:
+            return None  # the first recording stays the match
+        self.keys[key] = entry
+        return lambda: self.keys.pop(key, None)  # type: ignore[func-returns-value]
+
+
+class SimHashIndex:
+    """SimHashes of one namespace, with band tables so a lookup never scans every entry.
+
+    Entries are kept in arrays in the order they were recorded (so in seq order); each
+    band table maps a block's value to the positions of the entries that have it.
+    """
+
+    def __init__(self) -> None:
+        self.hashes = np.zeros(1024, dtype=np.uint64)
+        self.entries: list[Entry] = []
+        self._bands: dict[int, list[tuple[int, int, dict[int, list[int]]]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, value: int, entry: Entry) -> Callable[[], None]:
+        position = len(self.entries)
+        if position == len(self.hashes):
+            grown = np.zeros(2 * position, dtype=np.uint64)
+            grown[:position] = self.hashes
+            self.hashes = grown
+        self.hashes[position] = value
+        self.entries.append(entry)
+        for blocks in self._bands.values():
+            for shift, mask, table in blocks:
+                table.setdefault((value >> shift) & mask, []).append(position)
+        return self._pop
+
+    def add_many(self, values: np.ndarray, entries: list[Entry]) -> None:
+        """Bulk load (start-up, benchmarks): the same result as `add` one by one, faster."""
+        n0 = len(self.entries)
+        need = n0 + len(values)
+        if need > len(self.hashes):
+            grown = np.zeros(max(need, 2 * len(self.hashes)), dtype=np.uint64)
+            grown[:n0] = self.hashes[:n0]
+            self.hashes = grown
+        self.hashes[n0:need] = values
+        self.entries.extend(entries)
+        for layout in list(self._bands):
+            if n0 == 0:
+                self._bands[layout] = self._build(layout)
+            else:
+                for position in range(n0, need):
+                    value = int(self.hashes[position])
+                    for shift, mask, table in self._bands[layout]:
+                        table.setdefault((value >> shift) & mask, []).append(position)
+
+    def _pop(self) -> None:
+        """Undo the newest `add` (the journal undoes in reverse order, so it is the last)."""
+        position = len(self.entries) - 1
+        value = int(self.hashes[position])
+        for blocks in self._bands.values():
+            for shift, mask, table in blocks:
+                key = (value >> shift) & mask
+                bucket = table[key]
+                bucket.pop()
+                if not bucket:
+                    del table[key]
+        self.entries.pop()
+        self.hashes[position] = 0
+
+    def _build(self, layout: int) -> list[tuple[int, int, dict[int, list[int]]]]:
+        n = len(self.entries)
+        values = self.hashes[:n]
+        out = []
+        for shift, mask in band_blocks(layout):
+            keys = (values >> np.uint64(shift)) & np.uint64(mask)
+            order = np.argsort(keys, kind="stable")
+            sorted_keys = keys[order]
+            starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]) if n else np.array([], int)
+            table: dict[int, list[int]] = {}
+            bounds = [*starts.tolist(), n]
+            order_list = order.tolist()
+            key_list = sorted_keys[starts].tolist()
+            for i, key in enumerate(key_list):
+                table[key] = order_list[bounds[i] : bounds[i + 1]]
+            out.append((shift, mask, table))
+        return out
+
+    def candidates(self, value: int, threshold: int) -> list[int]:
+        """Positions sharing at least one whole block with value, in the layout for threshold."""
+        layout = layout_for(threshold)
+        blocks = self._bands.get(layout)
+        if blocks is None:
+            blocks = self._bands[layout] = self._build(layout)
+        out: list[int] = []
+        for shift, mask, table in blocks:
+            bucket = table.get((value >> shift) & mask)
+            if bucket:
+                out.extend(bucket)
+        return out
+
+    def search(self, value: int, threshold: int) -> tuple[int, int] | None:
+        """(position, distance) of the nearest entry within threshold; the earliest on a tie."""
+        found = self.candidates(value, threshold)
+        if not found:
+            return None
+        positions = np.fromiter(found, dtype=np.int64, count=len(found))
+        distances = np.bitwise_count(self.hashes[positions] ^ np.uint64(value))
+        best = int(distances.min())
+        if best > threshold:
+            return None
+        return int(positions[distances == best].min()), best
+
+    def brute_force(self, value: int, threshold: int) -> tuple[int, int] | None:
+        """The same answer as `search`, by scanning every entry (tests and benchmarks)."""
+        n = len(self.entries)
+        if n == 0:
+            return None
+        distances = np.bitwise_count(self.hashes[:n] ^ np.uint64(value))
+        best = int(distances.min())
+        if best > threshold:
+            return None
+        return int(np.flatnonzero(distances == best)[0]), best
+
+
+class EmbeddingIndex:
+    """Vectors of one (namespace, space) in an hnswlib index, cosine distance, grown by doubling."""
+
+    def __init__(self, dim: int, capacity: int = HNSW_INITIAL_CAPACITY, m: int = HNSW_M,
+                 ef_construction: int = HNSW_EF_CONSTRUCTION, ef: int = HNSW_EF) -> None:
+        import hnswlib  # the daemon's extra; imported here so the rest of dedup works without it
+
+        self.dim = dim
+        self.index = hnswlib.Index(space="cosine", dim=dim)
+        self.index.init_index(max_elements=capacity, ef_construction=ef_construction, M=m, random_seed=100)
+        self.index.set_ef(ef)
+        self.entries: list[Entry] = []
+        self.live = 0
+
+    def __len__(self) -> int:
+        return self.live
+
+    def _reserve(self, extra: int) -> None:
+        capacity = self.index.get_max_elements()
+        need = len(self.entries) + extra
+        if need > capacity:
+            while capacity < need:
+                capacity *= 2
+            self.index.resize_index(capacity)
+
+    def add(self, vector: np.ndarray, entry: Entry) -> Callable[[], None]:
+        self._check_dim(vector)
+        self._reserve(1)
+        label = len(self.entries)
+        self.index.add_items(vector.reshape(1, -1), [label], num_threads=1)
+        self.entries.append(entry)
+        self.live += 1
+
+        def undo() -> None:
+            self.index.mark_deleted(label)
+            self.live -= 1
+
+        return undo
+
+    def add_many(self, vectors: np.ndarray, entries: list[Entry], num_threads: int = -1) -> None:
+        """Bulk load (start-up, benchmarks), on all cores."""
+        if len(entries) == 0:
+            return
+        self._reserve(len(entries))
+        first = len(self.entries)
+        self.index.add_items(vectors, np.arange(first, first + len(entries)), num_threads=num_threads)
+        self.entries.extend(entries)
+        self.live += len(entries)
+
+    def _check_dim(self, vector: np.ndarray) -> None:
+        if vector.shape[0] != self.dim:
+            raise InvalidCheck(f"vector: expected {self.dim} dimensions for this space, got {vector.shape[0]}")
+
+    def search(self, vector: np.ndarray) -> tuple[int, float] | None:
+        """(label, cosine distance) of the nearest live vector, or None when there is none."""
+        self._check_dim(vector)
+        if self.live == 0:
+            return None
+        labels, distances = self.index.knn_query(vector.reshape(1, -1), k=1, num_threads=1)
+        return int(labels[0][0]), max(0.0, float(distances[0][0]))
+
+
+# -- the registry the store uses ----------------------------------------------------------
+
+
+class Found(msgspec.Struct, gc=False):
+    """The nearest recorded entry of a check: where it came from and how far it is."""
+
+    seq: int
+    run: str | None
+    item: str | None
+    distance: float | int
+
+
+class DedupIndexes:
+    """Every namespace's indexes, with an undo journal for the open transaction."""
+
+    def __init__(self) -> None:
+        self.loaded = False
+        self.exact: dict[str, ExactIndex] = {}
+        self.simhash: dict[str, SimHashIndex] = {}
+        self.embedding: dict[tuple[str, str], EmbeddingIndex] = {}
+        self._journal: list[Callable[[], None]] = []
+
+    # -- transactions ---------------------------------------------------------------
+
+    def commit(self) -> None:
+        self._journal.clear()
+
+    def rollback(self) -> None:
+        while self._journal:
+            self._journal.pop()()
+
+    def reset(self) -> None:
+        """Forget everything (before a rebuild); `load` brings it back."""
+        self.exact.clear()
+        self.simhash.clear()
+        self.embedding.clear()
+        self._journal.clear()
+        self.loaded = False
+
+    # -- reading --------------------------------------------------------------------
+
+    def find(self, namespace: str, kind: DedupKind, key: Any, threshold: float | None = None,
+             space: str | None = None) -> Found | None:
+        """The nearest recorded entry within threshold, or None. key: as `key_of` makes it."""
+        if kind == "hash":
+            exact = self.exact.get(namespace)
+            hit = exact.search(key) if exact is not None else None
+            return None if hit is None else Found(hit[0], hit[1], hit[2], 0)
+        if kind == "simhash":
+            index = self.simhash.get(namespace)
+            t = DEFAULT_SIMHASH_THRESHOLD if threshold is None else int(threshold)
+            found = index.search(key, t) if index is not None else None
+            if found is None:
+                return None
+            seq, run, item = index.entries[found[0]]  # type: ignore[union-attr]
+            return Found(seq, run, item, found[1])
+        emb = self.embedding.get((namespace, space or ""))
+        if emb is None:
+            return None
+        near = emb.search(key)
+        t = DEFAULT_EMBEDDING_THRESHOLD if threshold is None else float(threshold)
+        if near is None or not near[1] < t:
+            return None
+        seq, run, item = emb.entries[near[0]]
+        return Found(seq, run, item, near[1])
+
+    def dimension(self, namespace: str, space: str) -> int | None:
+        emb = self.embedding.get((namespace, space))
+        return None if emb is None else emb.dim
+
+    # -- writing --------------------------------------------------------------------
+
+    def record(self, namespace: str, kind: str, value: Any, space: str | None, entry: Entry) -> None:
+        """Add one recorded entry (a `dedup.recorded` event's data)."""
+        undo: Callable[[], None] | None
+        if kind == "hash":
+            exact = self.exact.get(namespace)
+            if exact is None:
+                exact = self.exact[namespace] = ExactIndex()
+                self._journal.append(lambda: self.exact.pop(namespace, None))  # type: ignore[arg-type,return-value]
+            undo = exact.add(value, entry)
+        elif kind == "simhash":
+            index = self.simhash.get(namespace)
+            if index is None:
+                index = self.simhash[namespace] = SimHashIndex()
+                self._journal.append(lambda: self.simhash.pop(namespace, None))  # type: ignore[arg-type,return-value]
+            undo = index.add(int(value), entry)
+        else:
+            vector = as_unit_vector(value)
+            key = (namespace, space or "")
+            emb = self.embedding.get(key)
+            if emb is None:
+                emb = self.embedding[key] = EmbeddingIndex(vector.shape[0])
+                self._journal.append(lambda: self.embedding.pop(key, None))  # type: ignore[arg-type,return-value]
+            undo = emb.add(vector, entry)
+        if undo is not None:
+            self._journal.append(undo)
+
+    def clear(self, namespace: str, kind: str | None) -> None:
+        """Forget a namespace's entries (of one kind, or all kinds)."""
+        if kind in (None, "hash") and namespace in self.exact:
+            old_exact = self.exact.pop(namespace)
+            self._journal.append(lambda: self.exact.__setitem__(namespace, old_exact))
+        if kind in (None, "simhash") and namespace in self.simhash:
+            old_sim = self.simhash.pop(namespace)
+            self._journal.append(lambda: self.simhash.__setitem__(namespace, old_sim))
+        if kind in (None, "embedding"):
+            for key in [k for k in self.embedding if k[0] == namespace]:
+                old_emb = self.embedding.pop(key)
+                self._journal.append(lambda key=key, old_emb=old_emb: self.embedding.__setitem__(key, old_emb))  # type: ignore[misc]
+
+    def load(self, conn: sqlite3.Connection) -> int:
+        """Rebuild every index from the dedup_entries table; returns how many entries were read."""
+        self.reset()
+        count = 0
+        simhash_rows: dict[str, tuple[list[int], list[Entry]]] = {}
+        vector_rows: dict[tuple[str, str], tuple[list[Any], list[Entry]]] = {}
+        for seq, namespace, kind, space, blob, run, item in conn.execute(
+            "SELECT seq, namespace, kind, space, value, run, item FROM dedup_entries ORDER BY seq"
+        ):
+            count += 1
+            value = _msgpack_decode(blob)
+            entry: Entry = (seq, run, item)
+            if kind == "hash":
+                self.exact.setdefault(namespace, ExactIndex()).add(value, entry)
+            elif kind == "simhash":
+                values, entries = simhash_rows.setdefault(namespace, ([], []))
+                values.append(int(value))
+                entries.append(entry)
+            elif kind == "embedding":
+                vectors, entries = vector_rows.setdefault((namespace, space or ""), ([], []))
+                vectors.append(value)
+                entries.append(entry)
+        for namespace, (values, entries) in simhash_rows.items():
+            index = self.simhash[namespace] = SimHashIndex()
+            index.add_many(np.array(values, dtype=np.uint64), entries)
+        for key, (vectors, entries) in vector_rows.items():
+            matrix = np.asarray(vectors, dtype=np.float32)
+            emb = self.embedding[key] = EmbeddingIndex(matrix.shape[1], capacity=max(HNSW_INITIAL_CAPACITY, len(entries)))
+            emb.add_many(matrix, entries)
+        self._journal.clear()
+        self.loaded = True
+        return count

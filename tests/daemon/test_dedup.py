@@ -1,0 +1,280 @@
+"""Near-duplicate indexes (daemon/dedup.py) and checks through the log store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tracklog.daemon import dedup as dd
+from tracklog.daemon.store import CheckResult, LogStore
+from tracklog.protocol import errors
+from tracklog.protocol.events import DedupCleared, DedupClearedData
+from tracklog.protocol.messages import Check, CheckInput
+
+# -- keys -------------------------------------------------------------------------------
+
+
+def test_simhash_ignores_case_width_and_runs_of_white_space() -> None:
+    assert dd.simhash("The  quick\tbrown\nFOX") == dd.simhash("the quick brown fox")
+    assert dd.simhash("ｆｕｌｌ width") == dd.simhash("full width")  # NFKC
+
+
+def test_simhash_of_an_empty_text_is_zero() -> None:
+    assert dd.simhash("") == 0
+    assert dd.simhash("   \n") == 0
+
+
+def test_simhash_is_stable_across_processes() -> None:
+    # blake2b token hashes, not Python's salted hash(): a fixed value for a fixed text.
+    assert dd.simhash("hello big world") == 943157930321360379
+
+
+def test_simhash_of_texts_differing_in_one_word_is_near() -> None:
+    words = [f"word{i}" for i in range(60)]
+    a = " ".join(words)
+    b = " ".join([*words[:-1], "other"])
+    assert dd.hamming(dd.simhash(a), dd.simhash(b)) <= 8
+    assert dd.hamming(dd.simhash(a), dd.simhash("an entirely unrelated sentence about cats")) > 8
+
+
+def test_sha256_key_takes_values_in_canonical_form() -> None:
+    assert dd.sha256_key(value={"b": 1, "a": [1, 2]}, has_value=True) == dd.sha256_key(
+        value={"a": [1, 2], "b": 1}, has_value=True
+    )
+    assert dd.canonical_json({"b": 1, "a": 2}) == b'{"a":2,"b":1}'
+    assert dd.sha256_key("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_band_blocks_cover_all_64_bits_once() -> None:
+    for blocks in dd.BAND_LAYOUTS:
+        covered = 0
+        for shift, mask in dd.band_blocks(blocks):
+            assert covered & (mask << shift) == 0
+            covered |= mask << shift
+        assert covered == (1 << 64) - 1
+
+
+# -- SimHash index against brute force ---------------------------------------------------
+
+hashes = st.integers(min_value=0, max_value=(1 << 64) - 1)
+
+
+def _near(base: int, flips: list[int]) -> int:
+    for bit in flips:
+        base ^= 1 << bit
+    return base
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    base=hashes,
+    others=st.lists(st.tuples(hashes, st.lists(st.integers(0, 63), max_size=20)), min_size=0, max_size=60),
+    query_flips=st.lists(st.integers(0, 63), max_size=20),
+    threshold=st.integers(0, dd.MAX_SIMHASH_THRESHOLD),
+)
+def test_indexed_simhash_search_equals_brute_force(
+    base: int, others: list[tuple[int, list[int]]], query_flips: list[int], threshold: int
+) -> None:
+    index = dd.SimHashIndex()
+    # Half the entries are near `base`, so the query (also near it) has neighbours at
+    # every distance, not only far random ones.
+    for i, (other, flips) in enumerate(others):
+        index.add(_near(base, flips) if i % 2 else other, (i + 1, None, None))
+    query = _near(base, query_flips)
+    assert index.search(query, threshold) == index.brute_force(query, threshold)
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(hashes, min_size=1, max_size=80), threshold=st.integers(0, dd.MAX_SIMHASH_THRESHOLD))
+def test_bulk_loaded_simhash_index_answers_like_one_built_entry_by_entry(values: list[int], threshold: int) -> None:
+    one_by_one = dd.SimHashIndex()
+    for i, v in enumerate(values):
+        one_by_one.add(v, (i, None, None))
+    bulk = dd.SimHashIndex()
+    bulk.add_many(np.array(values, dtype=np.uint64), [(i, None, None) for i in range(len(values))])
+    for v in values:
+        q = v ^ 0b101
+        assert bulk.search(q, threshold) == one_by_one.search(q, threshold) == bulk.brute_force(q, threshold)
+
+
+def test_simhash_index_undo_removes_the_newest_entry_from_every_band() -> None:
+    index = dd.SimHashIndex()
+    index.add(0xFFFF, (1, None, None))
+    assert index.search(0xFFFF, 3) == (0, 0)  # builds the 4-block layout
+    undo = index.add(0xFFFF0000, (2, None, None))
+    undo()
+    assert len(index) == 1
+    assert index.search(0xFFFF0000, 3) is None
+    assert set(index.candidates(0xFFFF0000, 3)) == {0}  # only the old entry, through its zero blocks
+
+
+def test_a_threshold_above_16_is_refused() -> None:
+    with pytest.raises(dd.InvalidCheck, match="threshold"):
+        dd.layout_for(17)
+
+
+# -- embeddings ----------------------------------------------------------------------
+
+
+def test_embedding_index_finds_a_near_vector_and_grows_past_its_capacity() -> None:
+    rng = np.random.default_rng(7)
+    index = dd.EmbeddingIndex(8, capacity=4)
+    vectors = rng.normal(size=(20, 8)).astype(np.float32)
+    for i, v in enumerate(vectors):
+        index.add(v, (i + 1, "r", f"i{i}"))
+    assert index.index.get_max_elements() >= 20
+    label, distance = index.search(vectors[13] * 3.0)  # type: ignore[misc]
+    assert label == 13
+    assert distance < 1e-5
+
+
+def test_a_vector_of_the_wrong_dimension_is_refused_by_name() -> None:
+    index = dd.EmbeddingIndex(3)
+    index.add(np.array([1, 0, 0], dtype=np.float32), (1, None, None))
+    with pytest.raises(dd.InvalidCheck, match=r"^vector: expected 3 dimensions"):
+        index.search(np.array([1, 0], dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("vector", "problem"),
+    [([], "non-empty"), ([0.0, 0.0], "zero vector"), ([1.0, float("nan")], "NaN"), ([[1.0]], "non-empty")],
+)
+def test_unusable_vectors_are_refused_with_the_field_named(vector: list[float], problem: str) -> None:
+    with pytest.raises(dd.InvalidCheck, match=f"^vector: .*{problem}"):
+        dd.as_unit_vector(vector)
+
+
+def test_an_undone_embedding_is_never_a_match() -> None:
+    index = dd.EmbeddingIndex(2)
+    undo = index.add(np.array([1, 0], dtype=np.float32), (1, None, None))
+    undo()
+    assert index.search(np.array([1, 0], dtype=np.float32)) is None
+
+
+def test_rollback_of_the_registry_restores_cleared_namespaces_and_drops_new_entries() -> None:
+    reg = dd.DedupIndexes()
+    reg.record("ns", "hash", "k1", None, (1, None, None))
+    reg.commit()
+    reg.record("ns", "hash", "k2", None, (2, None, None))
+    reg.clear("ns", None)
+    reg.record("ns", "simhash", 5, None, (3, None, None))
+    reg.rollback()
+    assert reg.find("ns", "hash", "k1") is not None
+    assert reg.find("ns", "hash", "k2") is None
+    assert "ns" not in reg.simhash
+
+
+# -- checks through the store ------------------------------------------------------------
+
+
+def _check(kind: str = "simhash", ref: int | None = None, **kw: object) -> Check:
+    return Check(namespace=kw.pop("namespace", "ns"), kind=kind, ref=ref, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LogStore:
+    s = LogStore(tmp_path / "t.db")
+    s.catch_up()
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def _checked(result: object) -> CheckResult:
+    assert isinstance(result, CheckResult), result
+    return result
+
+
+def test_of_two_checks_of_one_text_in_one_group_only_the_first_records(store: LogStore) -> None:
+    a, b = store.append_group([_check(text="the same text", ref=1), _check(text="the  same TEXT", ref=2)])
+    first, second = _checked(a).checked, _checked(b).checked
+    assert (first.duplicate, first.recorded) == (False, 1)
+    assert second.duplicate
+    assert second.match is not None and second.match.seq == 1 and second.match.distance == 0
+    assert store.head == 1
+
+
+def test_a_later_input_of_a_batch_sees_what_an_earlier_one_recorded(store: LogStore) -> None:
+    inputs = [CheckInput(text="a b c d", item="x"), CheckInput(text="e f g h", item="y"),
+              CheckInput(text="A B C D", item="z")]
+    checked = _checked(store.append_group([_check(inputs=inputs)])[0]).checked
+    assert checked.results is not None
+    assert [r.duplicate for r in checked.results] == [False, False, True]
+    assert checked.results[2].match is not None and checked.results[2].match.item == "x"
+    assert checked.duplicate and checked.match is None
+
+
+def test_a_check_without_record_appends_nothing(store: LogStore) -> None:
+    checked = _checked(store.append_group([_check("hash", text="t", record=False)])[0]).checked
+    assert not checked.duplicate and checked.recorded is None
+    assert store.head == 0
+    again = _checked(store.append_group([_check("hash", text="t")])[0]).checked
+    assert not again.duplicate
+
+
+def test_a_failed_group_leaves_no_entry_in_the_index(store: LogStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail() -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(store.tables, "flush", fail)
+    results = store.append_group([_check("hash", text="t", ref=1)])
+    assert isinstance(results[0], errors.InternalError)
+    monkeypatch.undo()
+    assert store.dedup.find("ns", "hash", dd.sha256_key("t")) is None
+    checked = _checked(store.append_group([_check("hash", text="t")])[0]).checked
+    assert not checked.duplicate and checked.recorded == 1
+
+
+def test_a_wrong_dimension_in_a_batch_is_refused_with_its_index_and_records_nothing(store: LogStore) -> None:
+    inputs = [CheckInput(vector=[1.0, 0.0]), CheckInput(vector=[1.0, 0.0, 0.0])]
+    result = store.append_group([_check("embedding", space="s", inputs=inputs, ref=9)])[0]
+    assert isinstance(result, errors.BadMessage)
+    assert result.message.startswith("check.inputs[1].vector: expected 2 dimensions")
+    assert store.head == 0
+
+
+def test_embedding_checks_in_a_tiny_space_find_near_vectors_below_the_threshold(store: LogStore) -> None:
+    store.append_group([_check("embedding", space="s", vector=[1.0, 0.0, 0.0], item="a")])
+    near = _checked(store.append_group([_check("embedding", space="s", vector=[1.0, 0.05, 0.0])])[0]).checked
+    far = _checked(store.append_group([_check("embedding", space="s", vector=[0.0, 1.0, 0.0])])[0]).checked
+    other_space = _checked(store.append_group([_check("embedding", space="t", vector=[1.0, 0.0])])[0]).checked
+    assert near.duplicate and near.match is not None and near.match.item == "a"
+    assert near.match.distance < 0.05
+    assert not far.duplicate
+    assert not other_space.duplicate
+
+
+def test_dedup_cleared_forgets_only_its_kind_when_given_one(store: LogStore) -> None:
+    store.append_group([_check("hash", text="t"), _check("simhash", text="t")])
+    store.append_events([DedupCleared(data=DedupClearedData(namespace="ns", kind="hash"))])
+    hashed = _checked(store.append_group([_check("hash", text="t", record=False)])[0]).checked
+    simmed = _checked(store.append_group([_check("simhash", text="t", record=False)])[0]).checked
+    assert not hashed.duplicate
+    assert simmed.duplicate
+
+
+def test_indexes_loaded_from_the_table_answer_like_the_live_ones(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    live = LogStore(path)
+    live.catch_up()
+    live.append_group([_check("simhash", text="one two three", item="a"),
+                       _check("hash", value={"k": 1}, item="b"),
+                       _check("embedding", space="s", vector=[0.0, 1.0], item="c")])
+    live.append_events([DedupCleared(data=DedupClearedData(namespace="gone"))])
+    live.close()
+    again = LogStore(path)
+    try:
+        again.catch_up()
+        assert again.load_dedup() == 3
+        results = again.append_group([_check("simhash", text="ONE two three", record=False),
+                                      _check("hash", value={"k": 1}, record=False),
+                                      _check("embedding", space="s", vector=[0.0, 2.0], record=False)])
+        items = [_checked(r).checked.match.item for r in results]  # type: ignore[union-attr]
+        assert items == ["a", "b", "c"]
+        again.rebuild()
+        assert again.load_dedup() == 3
+    finally:
+        again.close()
