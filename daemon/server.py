@@ -49,6 +49,7 @@ from tracklog.protocol.messages import (
 from tracklog.protocol.events import RunFinished, RunFinishedData, RunUpdated, RunUpdatedData
 
 from .hub import Filter, Hub, Subscription
+from .http import HttpApi
 from .queries import Readers, run_pipelines, scan_events
 from .store import AppendResult, CheckResult, Durability
 from .writer import Writer
@@ -101,6 +102,7 @@ class Daemon:
         self.codec = Codec()
         self.writer = Writer(str(settings.db), settings.durability)
         self.readers = Readers(str(settings.db))
+        self.http = HttpApi(self)
         self.started_at = time.time()
         self.port = settings.port
         self.connections = 0
@@ -196,7 +198,7 @@ class Daemon:
 
     # -- HTTP ---------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/ws":
             if self.settings.tokens:
@@ -208,7 +210,7 @@ class Daemon:
             return _json_response(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "a bearer token is required"})
         if path == "/healthz":
             return _json_response(HTTPStatus.OK, {"status": "ok", "head": self.writer.head})
-        return _json_response(HTTPStatus.NOT_FOUND, {"error": "not_found", "message": f"no such path: {path}"})
+        return await self.http.respond(request)
 
     def _token_ok(self, token: str | None) -> bool:
         if token is None:
