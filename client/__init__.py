@@ -10,6 +10,9 @@
 __version__ = "0.1.0"
 
 from .aio import AsyncRun, AsyncTracker
+from .cache import Cache, cache_key
+from .dedup import CheckResult, Match
+from .requests import DaemonUnavailable, RequestTimeout
 from .sender import RejectedEvent
 from .shortcuts import (
     active_run,
@@ -33,11 +36,17 @@ __all__ = [
     "DEFAULT_URL",
     "AsyncRun",
     "AsyncTracker",
+    "Cache",
+    "CheckResult",
+    "DaemonUnavailable",
+    "Match",
     "RejectedEvent",
+    "RequestTimeout",
     "Run",
     "Tracker",
     "__version__",
     "active_run",
+    "cache_key",
     "close",
     "connect",
     "errors",

@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -35,8 +35,10 @@ from tracklog.protocol.events import (
 )
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
 
-from . import wire
+from . import dedup, wire
+from .cache import Cache
 from .ids import uuid7
+from .requests import Requests
 from .sender import RejectedEvent, Sender, SenderOptions
 from .spool import default_spool_root, endpoint_dir
 
@@ -205,6 +207,43 @@ class Run:
     def finished(self) -> bool:
         return self._finished
 
+    # -- near-duplicate checks (these wait for the daemon: see client/dedup.py) -------
+
+    def check_hash(self, text_or_value: Any, *, namespace: str, record: bool = True, item: str | None = None,
+                   timeout: float | None = None) -> dedup.CheckResult:
+        """Exact check: a string by its UTF-8 bytes, any other value by its canonical JSON."""
+        return dedup.check(self, "hash", text_or_value, namespace=namespace, threshold=None, space=None,
+                           record=record, item=item, timeout=timeout)
+
+    def check_simhash(self, text: str, *, namespace: str, threshold: int = 3, record: bool = True,
+                      item: str | None = None, timeout: float | None = None) -> dedup.CheckResult:
+        """Near-duplicate text: a duplicate within `threshold` bits (0 to 16) of SimHash."""
+        return dedup.check(self, "simhash", text, namespace=namespace, threshold=threshold, space=None,
+                           record=record, item=item, timeout=timeout)
+
+    def check_embedding(self, vector: Any, *, space: str, namespace: str, threshold: float = 0.05,
+                        record: bool = True, item: str | None = None,
+                        timeout: float | None = None) -> dedup.CheckResult:
+        """Near-duplicate embedding: a duplicate below `threshold` cosine distance in its space."""
+        return dedup.check(self, "embedding", vector, namespace=namespace, threshold=threshold, space=space,
+                           record=record, item=item, timeout=timeout)
+
+    def check_many(self, inputs: Sequence[Any], *, kind: dedup.Kind, namespace: str,
+                   threshold: float | None = None, space: str | None = None, record: bool = True,
+                   items: Sequence[str | None] | None = None,
+                   timeout: float | None = None) -> list[dedup.CheckResult]:
+        """Check many inputs in few messages; a later input sees what an earlier one recorded."""
+        return dedup.check_many(self, kind, inputs, namespace=namespace, threshold=threshold, space=space,
+                                record=record, items=items, timeout=timeout)
+
+    def filter_duplicates(self, records: Iterable[Any], *, namespace: str, **options: Any) -> Iterator[Any]:
+        """Yield the new records; log each duplicate as an item with status `duplicate`.
+
+        Options: key, kind, threshold, space, item, stage, batch_size, on_unavailable,
+        timeout (see `tracklog.dedup.filter_duplicates`).
+        """
+        return dedup.filter_duplicates(self, records, namespace=namespace, **options)
+
     def _put(self, event: Any) -> None:
         self._append(event)
         if self._sender.sleeping:
@@ -259,6 +298,9 @@ class Tracker:
             client_name=client_name or f"tracklog-python/{_version()}",
         )
         self._sender = Sender(self.url, token, endpoint_dir(root, self.url), options)
+        #: Checks and the cache wait for answers: they use a connection of their own.
+        self._requests = Requests(self.url, token, options.client_name)
+        self.cache = Cache(self)
         self._active: list[Run] = []
         self._lock = threading.Lock()
         self._sender.start()
@@ -323,6 +365,7 @@ class Tracker:
     def close(self, timeout: float = 5.0) -> None:
         """Flush up to timeout, then write what is not acked to the spool and stop the sender."""
         _open_trackers.discard(self)
+        self._requests.close()
         self._sender.close(timeout)
 
     def stats(self) -> dict[str, Any]:

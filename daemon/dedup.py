@@ -31,12 +31,14 @@ DedupKind = Literal["hash", "simhash", "embedding"]
 DEFAULT_SIMHASH_THRESHOLD: Final = 3
 DEFAULT_EMBEDDING_THRESHOLD: Final = 0.05
 MAX_SIMHASH_THRESHOLD: Final = 16
-#: Block counts of the SimHash band layouts. A check with threshold t uses the first
-#: layout of more than t blocks: by the pigeonhole principle, a hash within t bits
-#: differs in at most t blocks, so it equals the query on at least one whole block.
-#: Few layouts (built when first needed) keep memory bounded; wide blocks keep the
-#: candidate lists short (at 1M entries, 16-bit blocks hold about 15 entries each).
-BAND_LAYOUTS: Final = (4, 8, 12, 17)
+#: The SimHash band index cuts the 64 bits into 4 blocks of 16 bits (multi-index hashing,
+#: after Norouzi et al.). A hash within t bits of the query differs in at most t bits
+#: spread over 4 blocks, so in some block it is within floor(t / 4) bits of the query's
+#: block: probing every key that close to each query block finds every neighbour, exact
+#: for any t. For t <= 3 that is the plain pigeonhole case (4 exact lookups); at 1M
+#: entries a 16-bit bucket holds about 15 entries, so candidate lists stay short.
+BLOCKS: Final = 4
+BLOCK_BITS: Final = 16
 #: hnswlib parameters. M=32 and ef=128 give recall above 0.99 on random 384-dimension
 #: unit vectors at 200,000 entries (bench/dedup.py), and near-duplicates are easier.
 HNSW_M: Final = 32
@@ -81,7 +83,9 @@ def token_hash(token: str) -> int:
     return int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
 
 
-_BIT_WEIGHTS: Final = np.arange(64, dtype=np.uint64)
+#: Token hashes already computed (vocabularies repeat); cleared when it grows too large.
+_TOKEN_HASHES: dict[str, int] = {}
+_MAX_CACHED_TOKENS: Final = 1_000_000
 
 
 def simhash(text: str) -> int:
@@ -92,11 +96,20 @@ def simhash(text: str) -> int:
     tokens = normalize_text(text).split(" ")
     if tokens == [""]:
         return 0
-    hashes = np.fromiter((token_hash(t) for t in tokens), dtype=np.uint64, count=len(tokens))
-    bits = (hashes[:, None] >> _BIT_WEIGHTS) & np.uint64(1)
-    ones = bits.sum(axis=0)
-    set_bits = (2 * ones > len(tokens)).astype(np.uint64)
-    return int((set_bits << _BIT_WEIGHTS).sum())
+    cache = _TOKEN_HASHES
+    hashes = []
+    for token in tokens:
+        h = cache.get(token)
+        if h is None:
+            h = token_hash(token)
+            if len(cache) >= _MAX_CACHED_TOKENS:
+                cache.clear()
+            cache[token] = h
+        hashes.append(h)
+    as_bytes = np.array(hashes, dtype="<u8").view(np.uint8)
+    ones = np.unpackbits(as_bytes, bitorder="little").reshape(-1, 64).sum(axis=0, dtype=np.int64)
+    majority = np.packbits(2 * ones > len(tokens), bitorder="little")
+    return int.from_bytes(majority.tobytes(), "little")
 
 
 def hamming(a: int, b: int) -> int:
@@ -121,7 +134,7 @@ def as_unit_vector(vector: Sequence[float] | np.ndarray, field: str = "vector") 
 # -- indexes ------------------------------------------------------------------------------
 
 
-def band_blocks(blocks: int) -> list[tuple[int, int]]:
+def band_blocks(blocks: int = BLOCKS) -> list[tuple[int, int]]:
     """(shift, mask) of each block when 64 bits are cut into `blocks` contiguous blocks."""
     base, extra = divmod(64, blocks)
     out = []
@@ -133,11 +146,21 @@ def band_blocks(blocks: int) -> list[tuple[int, int]]:
     return out
 
 
-def layout_for(threshold: int) -> int:
-    for blocks in BAND_LAYOUTS:
-        if blocks > threshold:
-            return blocks
-    raise InvalidCheck(f"threshold: at most {MAX_SIMHASH_THRESHOLD} for simhash")
+def _probe_masks(radius: int) -> list[int]:
+    """Every 16-bit XOR mask of at most `radius` bits (the keys a probe visits around a block)."""
+    masks = [m for m in range(1 << BLOCK_BITS) if m.bit_count() <= radius]
+    masks.sort(key=int.bit_count)
+    return masks
+
+
+_PROBES: Final = [_probe_masks(r) for r in range(MAX_SIMHASH_THRESHOLD // BLOCKS + 1)]
+
+
+def probe_radius(threshold: int) -> int:
+    """How far from each query block a neighbour within threshold must be in at least one block."""
+    if not 0 <= threshold <= MAX_SIMHASH_THRESHOLD:
+        raise InvalidCheck(f"threshold: expected 0 to {MAX_SIMHASH_THRESHOLD} for simhash")
+    return threshold // BLOCKS
 
 
 class ExactIndex:
@@ -163,13 +186,13 @@ class SimHashIndex:
     """SimHashes of one namespace, with band tables so a lookup never scans every entry.
 
     Entries are kept in arrays in the order they were recorded (so in seq order); each
-    band table maps a block's value to the positions of the entries that have it.
+    of the 4 band tables maps a 16-bit block's value to the positions that have it.
     """
 
     def __init__(self) -> None:
         self.hashes = np.zeros(1024, dtype=np.uint64)
         self.entries: list[Entry] = []
-        self._bands: dict[int, list[tuple[int, int, dict[int, list[int]]]]] = {}
+        self._bands: list[tuple[int, dict[int, list[int]]]] = [(shift, {}) for shift, _ in band_blocks()]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -182,9 +205,8 @@ class SimHashIndex:
             self.hashes = grown
         self.hashes[position] = value
         self.entries.append(entry)
-        for blocks in self._bands.values():
-            for shift, mask, table in blocks:
-                table.setdefault((value >> shift) & mask, []).append(position)
+        for shift, table in self._bands:
+            table.setdefault((value >> shift) & 0xFFFF, []).append(position)
         return self._pop
 
     def add_many(self, values: np.ndarray, entries: list[Entry]) -> None:
@@ -197,58 +219,48 @@ class SimHashIndex:
             self.hashes = grown
         self.hashes[n0:need] = values
         self.entries.extend(entries)
-        for layout in list(self._bands):
-            if n0 == 0:
-                self._bands[layout] = self._build(layout)
-            else:
-                for position in range(n0, need):
-                    value = int(self.hashes[position])
-                    for shift, mask, table in self._bands[layout]:
-                        table.setdefault((value >> shift) & mask, []).append(position)
+        if len(values) == 0:
+            return
+        for shift, table in self._bands:
+            keys = (values >> np.uint64(shift)) & np.uint64(0xFFFF)
+            order = np.argsort(keys, kind="stable")
+            sorted_keys = keys[order]
+            starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+            bounds = [*starts.tolist(), len(values)]
+            positions = (order + n0).tolist()
+            for i, key in enumerate(sorted_keys[starts].tolist()):
+                chunk = positions[bounds[i] : bounds[i + 1]]
+                bucket = table.get(key)
+                if bucket is None:
+                    table[key] = chunk
+                else:
+                    bucket.extend(chunk)
 
     def _pop(self) -> None:
         """Undo the newest `add` (the journal undoes in reverse order, so it is the last)."""
         position = len(self.entries) - 1
         value = int(self.hashes[position])
-        for blocks in self._bands.values():
-            for shift, mask, table in blocks:
-                key = (value >> shift) & mask
-                bucket = table[key]
-                bucket.pop()
-                if not bucket:
-                    del table[key]
+        for shift, table in self._bands:
+            key = (value >> shift) & 0xFFFF
+            bucket = table[key]
+            bucket.pop()
+            if not bucket:
+                del table[key]
         self.entries.pop()
         self.hashes[position] = 0
 
-    def _build(self, layout: int) -> list[tuple[int, int, dict[int, list[int]]]]:
-        n = len(self.entries)
-        values = self.hashes[:n]
-        out = []
-        for shift, mask in band_blocks(layout):
-            keys = (values >> np.uint64(shift)) & np.uint64(mask)
-            order = np.argsort(keys, kind="stable")
-            sorted_keys = keys[order]
-            starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]) if n else np.array([], int)
-            table: dict[int, list[int]] = {}
-            bounds = [*starts.tolist(), n]
-            order_list = order.tolist()
-            key_list = sorted_keys[starts].tolist()
-            for i, key in enumerate(key_list):
-                table[key] = order_list[bounds[i] : bounds[i + 1]]
-            out.append((shift, mask, table))
-        return out
-
     def candidates(self, value: int, threshold: int) -> list[int]:
-        """Positions sharing at least one whole block with value, in the layout for threshold."""
-        layout = layout_for(threshold)
-        blocks = self._bands.get(layout)
-        if blocks is None:
-            blocks = self._bands[layout] = self._build(layout)
+        """Positions within floor(threshold / 4) bits of the query in at least one block."""
+        masks = _PROBES[probe_radius(threshold)]
         out: list[int] = []
-        for shift, mask, table in blocks:
-            bucket = table.get((value >> shift) & mask)
-            if bucket:
-                out.extend(bucket)
+        extend = out.extend
+        for shift, table in self._bands:
+            get = table.get
+            block = (value >> shift) & 0xFFFF
+            for mask in masks:
+                bucket = get(block ^ mask)
+                if bucket:
+                    extend(bucket)
         return out
 
     def search(self, value: int, threshold: int) -> tuple[int, int] | None:

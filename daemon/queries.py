@@ -111,11 +111,12 @@ def artifacts_of(conn: sqlite3.Connection, run: str) -> list[dict[str, Any]]:
     ]
 
 
-def query_cache(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+def query_cache(conn: sqlite3.Connection, q: Query, now: float | None = None) -> tuple[list[Any], int | None]:
+    """The entry under q.key, unless absent or expired at `now` (default: the time now)."""
     if not q.key:
         raise errors.BadQuery("key: required for q 'cache'", q.ref)
     row = conn.execute("SELECT value, expires_at FROM cache WHERE key = ?", (q.key,)).fetchone()
-    if row is None or (row[1] is not None and row[1] <= time.time()):
+    if row is None or (row[1] is not None and row[1] <= (time.time() if now is None else now)):
         return [], 0
     return [{"key": q.key, "value": _msgpack_decode(row[0]), "expires_at": row[1]}], 1
 
@@ -175,8 +176,8 @@ HANDLERS: Final[dict[str, QueryHandler]] = {
 }
 
 
-def answer(conn: sqlite3.Connection, q: Query) -> Result:
-    """Answer one query in one read transaction."""
+def answer(conn: sqlite3.Connection, q: Query, clock: Callable[[], float] = time.time) -> Result:
+    """Answer one query in one read transaction; `clock` decides what has expired in the cache."""
     handler = HANDLERS.get(q.q)
     if handler is None:
         raise errors.BadQuery(f"q: unknown query '{q.q[:64]}', expected one of {', '.join(sorted(HANDLERS))}", q.ref)
@@ -184,7 +185,7 @@ def answer(conn: sqlite3.Connection, q: Query) -> Result:
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = 'applied_seq'").fetchone()
         seq = int(row[0]) if row and row[0] is not None else 0
-        rows, total = handler(conn, q)
+        rows, total = query_cache(conn, q, clock()) if handler is query_cache else handler(conn, q)
     except sqlite3.Error as exc:
         raise errors.InternalError(f"query failed: {exc}", q.ref) from exc
     finally:
@@ -195,8 +196,9 @@ def answer(conn: sqlite3.Connection, q: Query) -> Result:
 class Readers:
     """A few threads, each with its own read-only connection."""
 
-    def __init__(self, path: str, threads: int = READERS) -> None:
+    def __init__(self, path: str, threads: int = READERS, clock: Callable[[], float] = time.time) -> None:
         self.path = path
+        self.clock = clock
         self._local = threading.local()
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tracklog-reader")
         self._connections: list[sqlite3.Connection] = []
@@ -212,7 +214,7 @@ class Readers:
         return conn
 
     def _answer(self, q: Query) -> Result:
-        return answer(self._conn(), q)
+        return answer(self._conn(), q, self.clock)
 
     async def query(self, q: Query) -> Result:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._answer, q)

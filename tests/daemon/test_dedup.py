@@ -50,7 +50,7 @@ def test_sha256_key_takes_values_in_canonical_form() -> None:
 
 
 def test_band_blocks_cover_all_64_bits_once() -> None:
-    for blocks in dd.BAND_LAYOUTS:
+    for blocks in (dd.BLOCKS, 5, 17):
         covered = 0
         for shift, mask in dd.band_blocks(blocks):
             assert covered & (mask << shift) == 0
@@ -104,7 +104,7 @@ def test_bulk_loaded_simhash_index_answers_like_one_built_entry_by_entry(values:
 def test_simhash_index_undo_removes_the_newest_entry_from_every_band() -> None:
     index = dd.SimHashIndex()
     index.add(0xFFFF, (1, None, None))
-    assert index.search(0xFFFF, 3) == (0, 0)  # builds the 4-block layout
+    assert index.search(0xFFFF, 3) == (0, 0)
     undo = index.add(0xFFFF0000, (2, None, None))
     undo()
     assert len(index) == 1
@@ -112,9 +112,13 @@ def test_simhash_index_undo_removes_the_newest_entry_from_every_band() -> None:
     assert set(index.candidates(0xFFFF0000, 3)) == {0}  # only the old entry, through its zero blocks
 
 
+def test_probes_visit_every_16_bit_key_within_the_radius_and_no_other() -> None:
+    assert [len(dd._PROBES[r]) for r in range(5)] == [1, 17, 137, 697, 2517]
+
+
 def test_a_threshold_above_16_is_refused() -> None:
     with pytest.raises(dd.InvalidCheck, match="threshold"):
-        dd.layout_for(17)
+        dd.probe_radius(17)
 
 
 # -- embeddings ----------------------------------------------------------------------

@@ -1,0 +1,216 @@
+"""Near-duplicate checks: latency and checks/s of the indexes at size, against brute force.
+
+    python bench/dedup.py [--simhash 1000000] [--vectors 200000] [--dims 384] [--queries 2000]
+                          [--e2e-texts 20000] [--e2e-vectors 5000]
+
+1. SimHash: `--simhash` random 64-bit hashes in one namespace's band index (built in
+   process through daemon/dedup.py, as the daemon builds it at start). Each query is a
+   recorded hash with 0 to 3 bits flipped (a near-duplicate) or a fresh random hash (new);
+   every answer is compared with a numpy scan of all entries.
+2. Embeddings: `--vectors` random unit vectors of `--dims` dimensions in an hnswlib index
+   with the daemon's parameters. Queries are recorded vectors plus small noise (near
+   duplicates) and fresh random unit vectors (new; their nearest neighbour is the hard
+   case for recall). Recall@1 is measured against an exact scan (numpy matrix product).
+3. End to end through a daemon on loopback: checks that record, one at a time (round
+   trip latency) and in batches of 500 (checks/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import numpy as np
+from websockets.asyncio.client import connect
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _daemon import BenchDaemon, machine  # noqa: E402
+
+from tracklog.daemon import dedup as dd  # noqa: E402
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+def describe(name: str, seconds: list[float]) -> str:
+    us = [s * 1e6 for s in seconds]
+    return (f"{name}: p50 {pct(us, 0.5):8.1f} us  p99 {pct(us, 0.99):8.1f} us  mean {statistics.fmean(us):8.1f} us"
+            f"  -> {len(us) / sum(seconds):10,.0f} checks/s")
+
+
+def bench_simhash(n: int, queries: int, rng: np.random.Generator) -> None:
+    print(f"\n== SimHash, {n:,} recorded entries, {queries:,} queries (half near-duplicates)")
+    values = rng.integers(0, np.iinfo(np.uint64).max, size=n, dtype=np.uint64, endpoint=True)
+    index = dd.SimHashIndex()
+    started = time.perf_counter()
+    index.add_many(values, [(i + 1, None, None) for i in range(n)])
+    print(f"build (bulk load into 4 bands of 16 bits): {time.perf_counter() - started:.1f} s")
+    qs: list[int] = []
+    for i in range(queries):
+        if i % 2 == 0:
+            q = int(values[rng.integers(n)])
+            for bit in rng.choice(64, size=int(rng.integers(0, 4)), replace=False):
+                q ^= 1 << int(bit)
+        else:
+            q = int(rng.integers(0, np.iinfo(np.uint64).max, dtype=np.uint64, endpoint=True))
+        qs.append(q)
+    text = " ".join(f"token{int(t)}" for t in rng.integers(0, 50_000, size=120))
+    t_text = []
+    for _ in range(500):
+        t0 = time.perf_counter()
+        dd.simhash(text)
+        t_text.append(time.perf_counter() - t0)
+    print(describe("simhash() of a 120-token text", t_text))
+    for threshold in (3, 8, 16):
+        radius = dd.probe_radius(threshold)
+        count = queries if threshold == 3 else max(200, queries // 10)
+        indexed: list[float] = []
+        answers = []
+        for q in qs[:count]:
+            t0 = time.perf_counter()
+            answers.append(index.search(q, threshold))
+            indexed.append(time.perf_counter() - t0)
+        brute: list[float] = []
+        mismatches = 0
+        for q, got in zip(qs[:count], answers, strict=True):
+            t0 = time.perf_counter()
+            want = index.brute_force(q, threshold)
+            brute.append(time.perf_counter() - t0)
+            mismatches += got != want
+        dups = sum(a is not None for a in answers)
+        print(f"-- threshold {threshold} (probing {len(dd._PROBES[radius])} keys per block), {count} queries, "
+              f"{dups} duplicates found, {mismatches} answers differ from brute force")
+        print("   " + describe("band index ", indexed))
+        print("   " + describe("brute force", brute))
+
+
+def bench_embeddings(n: int, dims: int, queries: int, rng: np.random.Generator, efs: list[int]) -> None:
+    print(f"\n== Embeddings, {n:,} vectors of {dims} dims, hnswlib M={dd.HNSW_M} "
+          f"ef_construction={dd.HNSW_EF_CONSTRUCTION} ef={dd.HNSW_EF}")
+    data = rng.normal(size=(n, dims)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    index = dd.EmbeddingIndex(dims)
+    started = time.perf_counter()
+    index.add_many(data, [(i + 1, None, None) for i in range(n)])
+    print(f"build: {time.perf_counter() - started:.1f} s")
+    half = queries // 2
+    picks = rng.integers(0, n, size=half)
+    near = data[picks] + rng.normal(scale=0.01, size=(half, dims)).astype(np.float32)
+    fresh = rng.normal(size=(queries - half, dims)).astype(np.float32)
+    fresh /= np.linalg.norm(fresh, axis=1, keepdims=True)
+    truth: dict[str, tuple[list[int], list[float], list[float]]] = {}
+    for name, qs in (("near-duplicates", near), ("fresh random", fresh)):
+        best_of: list[int] = []
+        dist_of: list[float] = []
+        brute: list[float] = []
+        for q in qs:
+            t0 = time.perf_counter()
+            sims = data @ (q / np.linalg.norm(q))
+            best = int(np.argmax(sims))
+            brute.append(time.perf_counter() - t0)
+            best_of.append(best)
+            dist_of.append(1.0 - float(sims[best]))
+        truth[name] = (best_of, dist_of, brute)
+    for ef in efs:
+        index.index.set_ef(ef)
+        print(f"-- ef={ef}{' (the daemon default)' if ef == dd.HNSW_EF else ''}")
+        for name, qs in (("near-duplicates", near), ("fresh random", fresh)):
+            best_of, dist_of, brute = truth[name]
+            lat: list[float] = []
+            got = []
+            for q in qs:
+                t0 = time.perf_counter()
+                got.append(index.search(q))
+                lat.append(time.perf_counter() - t0)
+            hits = sum(g is not None and g[0] == b for g, b in zip(got, best_of, strict=True))
+            same = sum((g is not None and g[1] < dd.DEFAULT_EMBEDDING_THRESHOLD) == (d < dd.DEFAULT_EMBEDDING_THRESHOLD)
+                       for g, d in zip(got, dist_of, strict=True))
+            print(f"   {name}: recall@1 {hits / len(qs):.4f}, same duplicate decision as brute force "
+                  f"{same / len(qs):.4f} ({len(qs)} queries)")
+            print("      " + describe("hnswlib    ", lat))
+            if ef == efs[0]:
+                print("      " + describe("brute force", brute))
+
+
+async def bench_end_to_end(texts: int, vectors: int, dims: int, rng: np.random.Generator) -> None:
+    print(f"\n== End to end through the daemon (loopback, MessagePack): {texts:,} texts, {vectors:,} vectors")
+    enc = msgspec.msgpack.encode
+    dec = msgspec.msgpack.decode
+    with tempfile.TemporaryDirectory() as tmp, BenchDaemon(Path(tmp) / "bench.db") as daemon:
+        async with connect(daemon.url, max_size=None) as ws:
+            await ws.send(enc({"op": "hello", "protocol": 1, "client": "bench"}))
+            await ws.recv()
+            words = [f"w{i}" for i in range(5000)]
+            docs = [" ".join(words[j] for j in rng.integers(0, 5000, size=40)) for _ in range(texts)]
+            started = time.perf_counter()
+            for start in range(0, texts, 500):
+                inputs = [{"text": d, "item": str(start + k)} for k, d in enumerate(docs[start : start + 500])]
+                await ws.send(enc({"op": "check", "ref": start, "namespace": "bench", "kind": "simhash",
+                                   "inputs": inputs}))
+                reply = dec(await ws.recv())
+                assert reply["op"] == "checked", reply
+            elapsed = time.perf_counter() - started
+            print(f"simhash, batches of 500, recording: {texts / elapsed:,.0f} checks/s")
+            single: list[float] = []
+            for i in range(1000):
+                t0 = time.perf_counter()
+                await ws.send(enc({"op": "check", "ref": i, "namespace": "bench", "kind": "simhash",
+                                   "text": docs[i] if i % 2 else f"new text {i}"}))
+                reply = dec(await ws.recv())
+                single.append(time.perf_counter() - t0)
+                assert reply["op"] == "checked"
+            print(describe(f"simhash, one check per round trip, {texts:,} recorded", single))
+            vecs = rng.normal(size=(vectors, dims)).astype(np.float32)
+            vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+            started = time.perf_counter()
+            for start in range(0, vectors, 500):
+                inputs = [{"vector": v.tolist()} for v in vecs[start : start + 500]]
+                await ws.send(enc({"op": "check", "ref": start, "namespace": "bench", "kind": "embedding",
+                                   "space": "e", "inputs": inputs}))
+                reply = dec(await ws.recv())
+                assert reply["op"] == "checked", reply
+            elapsed = time.perf_counter() - started
+            print(f"embedding, batches of 500, recording: {vectors / elapsed:,.0f} checks/s")
+            single = []
+            for i in range(500):
+                v = vecs[i] + rng.normal(scale=0.01, size=dims).astype(np.float32)
+                t0 = time.perf_counter()
+                await ws.send(enc({"op": "check", "ref": i, "namespace": "bench", "kind": "embedding",
+                                   "space": "e", "vector": v.tolist(), "record": False}))
+                reply = dec(await ws.recv())
+                single.append(time.perf_counter() - t0)
+                assert reply["op"] == "checked" and reply["duplicate"], reply
+            print(describe(f"embedding, one check per round trip, {vectors:,} recorded", single))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--simhash", type=int, default=1_000_000)
+    parser.add_argument("--vectors", type=int, default=200_000)
+    parser.add_argument("--dims", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--e2e-texts", type=int, default=20_000)
+    parser.add_argument("--e2e-vectors", type=int, default=5_000)
+    parser.add_argument("--ef", type=int, action="append", help="hnswlib ef at query time (repeatable)")
+    parser.add_argument("--skip", choices=["simhash", "embeddings", "e2e"], action="append", default=[])
+    args = parser.parse_args()
+    print(machine())
+    rng = np.random.default_rng(2026)
+    if "simhash" not in args.skip:
+        bench_simhash(args.simhash, args.queries, rng)
+    if "embeddings" not in args.skip:
+        bench_embeddings(args.vectors, args.dims, args.queries, rng, args.ef or [dd.HNSW_EF])
+    if "e2e" not in args.skip:
+        asyncio.run(bench_end_to_end(args.e2e_texts, args.e2e_vectors, args.dims, rng))
+
+
+if __name__ == "__main__":
+    main()
