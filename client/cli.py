@@ -10,6 +10,8 @@ from pathlib import Path
 
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
 
+from . import cli_queries
+
 
 def _default_db() -> Path:
     home = os.environ.get("TRACKLOG_HOME")
@@ -44,11 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", type=Path, default=None)
     p.add_argument("--to", type=int, required=True, metavar="SEQ", help="last seq to include")
     p.add_argument("--out", type=Path, required=True, help="path of the new database")
+
+    cli_queries.add_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in cli_queries.COMMANDS:
+        return cli_queries.run(args)
     db = args.db if getattr(args, "db", None) is not None else _default_db()
     try:
         from tracklog.daemon import commands

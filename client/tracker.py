@@ -38,6 +38,7 @@ from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
 from . import dedup, wire
 from .cache import Cache
 from .ids import uuid7
+from .queries import MetricHistories, QueryClient, Rows
 from .requests import Requests
 from .sender import RejectedEvent, Sender, SenderOptions
 from .spool import default_spool_root, endpoint_dir
@@ -377,6 +378,55 @@ class Tracker:
         """The events the daemon rejected (the last 10,000), with its messages. Never raised."""
         return list(self._sender.counters.errors)
 
+    # -- questions: each opens a short-lived connection of its own (client/queries.py) ----
+
+    def _questions(self) -> QueryClient:
+        return QueryClient(self.url, self._sender.token, self._sender.options.client_name)
+
+    def runs(self, filter: str | None = None, order_by: str | Iterable[str] | None = None,
+             limit: int | None = None, offset: int | None = None, deleted: bool | None = None) -> Rows:
+        """Run summaries matching a filter (PROTOCOL.md's grammar), ordered, a page at a time."""
+        return self._questions().runs(filter, order_by, limit, offset, deleted)
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """One run: fields, config, tags, counts, each metric's last/min/max, artifacts."""
+        return self._questions().get_run(run_id)
+
+    def metrics(self, run: str | Run, names: Iterable[str] | None = None, max_points: int | None = None,
+                step_from: int | None = None, step_to: int | None = None) -> MetricHistories:
+        """Metric histories of a run, columnar; max_points downsamples keeping each bucket's extremes."""
+        return self._questions().metrics(_run_id(run), names, max_points, step_from, step_to)
+
+    def compare(self, runs: Iterable[str | Run], metrics: Iterable[str] | None = None) -> Rows:
+        """Per run and metric: last, min, max, where they were reached, count, epochs."""
+        return self._questions().compare([_run_id(r) for r in runs], metrics)
+
+    def best(self, metric: str, mode: Literal["min", "max"] = "min", filter: str | None = None) -> dict[str, Any] | None:
+        """The run with the best value of metric ever logged (the earlier run on a tie), or None."""
+        return self._questions().best(metric, mode, filter)
+
+    def items(self, run: str | Run | None = None, stage: str | None = None, status: str | None = None,
+              limit: int | None = None, offset: int | None = None) -> Rows:
+        """Items, oldest first, of a run or of all."""
+        return self._questions().items(None if run is None else _run_id(run), stage, status, limit, offset)
+
+    def artifacts(self, run: str | Run) -> Rows:
+        """A run's artifacts."""
+        return self._questions().artifacts(_run_id(run))
+
+    def search(self, text: str, limit: int | None = None) -> Rows:
+        """Runs, items and artifacts matching the words of text (stemmed), best first, with snippets."""
+        return self._questions().search(text, limit)
+
+    def events(self, from_seq: int = 0, limit: int | None = None, run: str | Run | None = None,
+               types: Iterable[str] | None = None) -> Rows:
+        """Events in stored form with seq above from_seq, oldest first."""
+        return self._questions().events(from_seq, limit, None if run is None else _run_id(run), types)
+
+    def daemon_stats(self) -> dict[str, Any]:
+        """The daemon's counts, sizes and ingest rate (`stats()` is this client's own counters)."""
+        return self._questions().stats()
+
     def __enter__(self) -> Tracker:
         return self
 
@@ -411,6 +461,10 @@ def _names(field: str, values: Iterable[str] | None) -> list[str] | None:
     for value in out:
         wire.check_name(field, value)
     return out
+
+
+def _run_id(run: str | Run) -> str:
+    return run.id if isinstance(run, Run) else run
 
 
 def _error_text(exc: BaseException) -> str:

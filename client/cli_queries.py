@@ -1,0 +1,436 @@
+"""The command line for people: runs, show, metrics, compare, best, items, search, stats,
+export, sql and schema. Each prints an aligned table, or JSON with --json.
+
+All but sql and schema ask the daemon at --url (default $TRACKLOG_URL); sql and schema
+open the database file itself, read-only, and never import the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import sqlite3
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from tracklog.protocol import errors
+from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
+
+from .queries import QueryClient
+
+DEFAULT_URL: Final = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}/ws"
+SPARK: Final = "▁▂▃▄▅▆▇█"
+MAX_CELL: Final = 60
+
+
+# -- output -----------------------------------------------------------------------------
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        return f"{value:.6g}"
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, ensure_ascii=False)
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+    """Print rows under headers in columns padded to their widest cell."""
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, text in enumerate(row):
+            widths[i] = max(widths[i], len(text))
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(), file=out)
+    for row in cells:
+        print("  ".join(t.ljust(w) for t, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def pairs(items: Sequence[tuple[str, Any]], out: TextIO) -> None:
+    width = max((len(k) for k, _ in items), default=0)
+    for key, value in items:
+        print(f"{key.ljust(width)}  {cell(value)}", file=out)
+
+
+def as_json(value: Any, out: TextIO) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False, default=str, allow_nan=True), file=out)
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def sparkline(values: Sequence[float], width: int = 60) -> str:
+    """A one-line chart of values; each column shows its bucket's most extreme value."""
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not finite:
+        return ""
+    low, high = min(finite), max(finite)
+    n = len(values)
+    columns = min(width, n)
+    out = []
+    for c in range(columns):
+        bucket = [v for v in values[c * n // columns : (c + 1) * n // columns] if isinstance(v, (int, float)) and math.isfinite(v)]
+        if not bucket:
+            out.append(" ")
+            continue
+        mean = sum(finite) / len(finite)
+        value = max(bucket, key=lambda v: abs(v - mean))
+        level = 0 if high == low else round((value - low) / (high - low) * (len(SPARK) - 1))
+        out.append(SPARK[level])
+    return "".join(out)
+
+
+# -- commands that ask the daemon -------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> QueryClient:
+    return QueryClient(args.url, args.token, "tracklog-cli")
+
+
+def cmd_runs(args: argparse.Namespace, out: TextIO) -> int:
+    rows = _client(args).runs(args.filter, args.order_by, args.limit, args.offset, args.deleted or None)
+    if args.json:
+        as_json({"seq": rows.seq, "total": rows.total, "runs": list(rows)}, out)
+        return 0
+    table(
+        ["ID", "NAME", "STATUS", "PIPELINE", "STARTED", "METRICS"],
+        [[r["id"], r["name"], r["status"], r["pipeline"], when(r["started"]),
+          " ".join(f"{k}={cell(v)}" for k, v in list(r.get("metrics", {}).items())[:4])] for r in rows],
+        out,
+    )
+    print(f"{len(rows)} of {rows.total} runs", file=out)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
+    run = _client(args).get_run(args.run)
+    if args.json:
+        as_json(run, out)
+        return 0
+    fields = ["id", "name", "status", "error", "pipeline", "user", "host", "session", "parent", "notes"]
+    pairs([(f, run.get(f)) for f in fields if run.get(f) is not None]
+          + [("started", when(run["started"])), ("finished", when(run.get("finished"))),
+             ("tags", ", ".join(run.get("tags", []))), ("config", run.get("config")),
+             ("events", run["n_events"]), ("points", run["n_points"]), ("items", run["n_items"]),
+             ("failed items", run["n_failed"]), ("artifacts", run["n_artifacts"])], out)
+    if run.get("metrics"):
+        print(file=out)
+        table(["METRIC", "COUNT", "LAST", "MIN", "MIN STEP", "MAX", "MAX STEP"],
+              [[name, m["count"], m["last"], m["min"], m["min_step"], m["max"], m["max_step"]]
+               for name, m in run["metrics"].items()], out)
+    if run.get("artifacts"):
+        print(file=out)
+        table(["KIND", "PATH", "SIZE"], [[a["kind"], a["path"], a["size"]] for a in run["artifacts"]], out)
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
+    names = args.names.split(",") if args.names else None
+    histories = _client(args).metrics(args.run, names, args.max_points)
+    if args.json:
+        as_json(dict(histories), out)
+        return 0
+    rows = []
+    for name, h in histories.items():
+        values = [v for v in h["values"] if isinstance(v, (int, float))]
+        finite = [v for v in values if math.isfinite(v)]
+        row: list[Any] = [name, len(values), h["steps"][-1] if h["steps"] else None, values[-1] if values else None,
+                          min(finite) if finite else None, max(finite) if finite else None]
+        if args.plot:
+            row.append(sparkline(values, args.width))
+        rows.append(row)
+    headers = ["METRIC", "POINTS", "LAST STEP", "LAST", "MIN", "MAX"] + (["PLOT"] if args.plot else [])
+    table(headers, rows, out)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
+    metrics = args.metrics.split(",") if args.metrics else None
+    rows = _client(args).compare(args.runs, metrics)
+    if args.json:
+        as_json(list(rows), out)
+        return 0
+    table(["RUN", "METRIC", "LAST", "MIN", "MIN AT", "MAX", "MAX AT", "COUNT", "EPOCHS"],
+          [[r["run"], r["metric"], r["last"], r["min"], _at(r["min_step"], r["min_epoch"]), r["max"],
+            _at(r["max_step"], r["max_epoch"]), r["count"], r["epochs"]] for r in rows], out)
+    return 0
+
+
+def _at(step: int | None, epoch: int | None) -> str:
+    if step is None:
+        return ""
+    return f"step {step}" + (f" (epoch {epoch})" if epoch is not None else "")
+
+
+def cmd_best(args: argparse.Namespace, out: TextIO) -> int:
+    best = _client(args).best(args.metric, args.mode, args.filter)
+    if args.json:
+        as_json(best, out)
+        return 0 if best else 1
+    if best is None:
+        print(f"no run has logged {args.metric}", file=sys.stderr)
+        return 1
+    pairs([("run", best["run"]), ("name", best["name"]), (args.mode + " " + args.metric, best["value"]),
+           ("at", _at(best["step"], best["epoch"]))], out)
+    return 0
+
+
+def cmd_items(args: argparse.Namespace, out: TextIO) -> int:
+    rows = _client(args).items(args.run, args.stage, args.status, args.limit, args.offset)
+    if args.json:
+        as_json({"total": rows.total, "items": list(rows)}, out)
+        return 0
+    table(["SEQ", "ITEM", "KIND", "STAGE", "STATUS", "DURATION", "ERROR"],
+          [[i["seq"], i["item"], i["kind"], i["stage"], i["status"], i["duration"], i["error"]] for i in rows], out)
+    print(f"{len(rows)} of {rows.total} items", file=out)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
+    rows = _client(args).search(args.text, args.limit)
+    if args.json:
+        as_json(list(rows), out)
+        return 0
+    table(["KIND", "RUN", "TITLE", "SNIPPET"], [[r["kind"], r["run"], r["title"], r["snippet"]] for r in rows], out)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
+    stats = _client(args).stats()
+    if args.json:
+        as_json(stats, out)
+        return 0
+    pairs([(k, v) for k, v in stats.items() if k not in ("top_tags", "recent_runs")], out)
+    if stats.get("top_tags"):
+        print(file=out)
+        table(["TAG", "RUNS"], [[t["tag"], t["runs"]] for t in stats["top_tags"]], out)
+    return 0
+
+
+def http_base(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return f"{scheme}://{parts.netloc}"
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    path = f"/api/runs/{urllib.parse.quote(args.run, safe='')}/export/{urllib.parse.quote(args.format, safe='')}"
+    request = urllib.request.Request(http_base(args.url) + path)
+    if args.token:
+        request.add_header("Authorization", f"Bearer {args.token}")
+    try:
+        with urllib.request.urlopen(request, timeout=300) as reply:
+            body = reply.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            try:
+                message = json.loads(exc.read())["message"]
+            except (ValueError, KeyError):
+                message = str(exc)
+        print(f"tracklog export: {message}", file=sys.stderr)
+        return 1
+    if args.output in (None, "-"):
+        out.write(body.decode())
+    else:
+        Path(args.output).write_bytes(body)
+        print(f"wrote {args.output} ({len(body)} bytes)", file=sys.stderr)
+    return 0
+
+
+# -- commands that read the database file -----------------------------------------------
+
+#: PRAGMAs that only describe the schema; any other PRAGMA with a value is refused.
+READ_PRAGMAS: Final = frozenset({
+    "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list",
+    "function_list", "module_list", "pragma_list", "collation_list", "database_list", "compile_options",
+})
+_SCHEMA_COLUMNS: Final = frozenset({"type", "name", "tbl_name", "rootpage", "sql"})
+_ALLOWED: Final = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
+                             sqlite3.SQLITE_RECURSIVE})
+
+
+def read_only_authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None) -> int:
+    """Let statements read; refuse writes, schema changes, ATTACH and PRAGMAs that change things."""
+    if action in _ALLOWED:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA:
+        if arg2 is None or (arg1 or "").lower() in READ_PRAGMAS:
+            return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_UPDATE and arg1 == "sqlite_master" and source is None and arg2 in _SCHEMA_COLUMNS:
+        # SQLite asks this while it loads the schema for a pragma function such as
+        # pragma_table_info(); the connection is opened read-only, so nothing is written.
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def open_read_only(db: Path) -> sqlite3.Connection:
+    if not db.exists():
+        raise FileNotFoundError(f"no database at {db}")
+    conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
+    conn.set_authorizer(read_only_authorizer)
+    return conn
+
+
+def cmd_sql(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        conn = open_read_only(args.db)
+    except (FileNotFoundError, sqlite3.Error) as exc:
+        print(f"tracklog sql: {exc}", file=sys.stderr)
+        return 2
+    try:
+        cur = conn.execute(args.statement)
+        headers = [d[0] for d in cur.description or []]
+        rows = cur.fetchmany(args.limit + 1)
+    except sqlite3.Error as exc:
+        print(f"tracklog sql: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    more = len(rows) > args.limit
+    rows = rows[: args.limit]
+    if args.json:
+        as_json([dict(zip(headers, (v.hex() if isinstance(v, bytes) else v for v in row), strict=True)) for row in rows], out)
+        return 0
+    table(headers, [[f"<{len(v)} bytes>" if isinstance(v, bytes) else v for v in row] for row in rows], out)
+    if more:
+        print(f"(first {args.limit} rows; --limit for more)", file=out)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        conn = open_read_only(args.db)
+    except (FileNotFoundError, sqlite3.Error) as exc:
+        print(f"tracklog schema: {exc}", file=sys.stderr)
+        return 2
+    try:
+        objects = conn.execute(
+            "SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
+            " ORDER BY CASE type WHEN 'table' THEN 0 ELSE 1 END, name"
+        ).fetchall()
+        if args.ddl:
+            for _, _, sql in objects:
+                print(sql.rstrip(";") + ";", file=out)
+            return 0
+        tables = {}
+        for kind, name, _ in objects:
+            if kind != "table":
+                continue
+            tables[name] = [{"name": c[1], "type": c[2], "notnull": bool(c[3]), "pk": c[5]}
+                            for c in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))]
+    finally:
+        conn.close()
+    as_json(tables, out)
+    return 0
+
+
+# -- the parsers ------------------------------------------------------------------------
+
+COMMANDS: Final[dict[str, Callable[[argparse.Namespace, TextIO], int]]] = {
+    "runs": cmd_runs, "show": cmd_show, "metrics": cmd_metrics, "compare": cmd_compare, "best": cmd_best,
+    "items": cmd_items, "search": cmd_search, "stats": cmd_stats, "export": cmd_export, "sql": cmd_sql,
+    "schema": cmd_schema,
+}
+
+
+def _default_db() -> Path:
+    home = os.environ.get("TRACKLOG_HOME")
+    if home:
+        return Path(home) / "tracklog.db"
+    return Path.home() / ".local" / "share" / "tracklog" / "tracklog.db"
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the commands of this module to the `tracklog` subcommand parsers."""
+
+    def remote(name: str, help_text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+        p.add_argument("--url", default=os.environ.get("TRACKLOG_URL") or DEFAULT_URL,
+                       help="the daemon (default $TRACKLOG_URL or %(default)s)")
+        p.add_argument("--token", default=os.environ.get("TRACKLOG_TOKEN") or None, help="bearer token ($TRACKLOG_TOKEN)")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        return p
+
+    p = remote("runs", "list runs: --filter \"metrics.loss < 0.5 and status = 'completed'\"")
+    p.add_argument("--filter", default=None)
+    p.add_argument("--order-by", action="append", default=None, metavar="FIELD [asc|desc]")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--offset", type=int, default=None)
+    p.add_argument("--deleted", action="store_true", help="include deleted runs")
+
+    p = remote("show", "one run: fields, config, tags, metric summaries, artifacts")
+    p.add_argument("run")
+
+    p = remote("metrics", "a run's metric histories")
+    p.add_argument("run")
+    p.add_argument("--names", default=None, help="comma-separated metric names")
+    p.add_argument("--max-points", type=int, default=1000, help="downsample to this many points (default 1000)")
+    p.add_argument("--plot", action="store_true", help="draw a sparkline of each metric")
+    p.add_argument("--width", type=int, default=60, help="sparkline width (default 60)")
+
+    p = remote("compare", "compare runs metric by metric")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--metrics", default=None, help="comma-separated metric names")
+
+    p = remote("best", "the best run by a metric")
+    p.add_argument("metric")
+    p.add_argument("--mode", choices=["min", "max"], default="min")
+    p.add_argument("--filter", default=None)
+
+    p = remote("items", "a run's items")
+    p.add_argument("run")
+    p.add_argument("--stage", default=None)
+    p.add_argument("--status", default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--offset", type=int, default=None)
+
+    p = remote("search", "full-text search over runs, items and artifacts")
+    p.add_argument("text")
+    p.add_argument("--limit", type=int, default=None)
+
+    remote("stats", "the daemon's counts, sizes and ingest rate")
+
+    p = remote("export", "download a run with its metrics, items and artifacts")
+    p.add_argument("run")
+    p.add_argument("--format", choices=["json", "jsonl", "csv", "xml"], default="json")
+    p.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
+
+    for name, help_text in (("sql", "run a read-only SQL statement on the database"),
+                            ("schema", "the database's tables and columns (JSON), or --ddl")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--db", type=Path, default=None, help="database path (default: $TRACKLOG_HOME/tracklog.db)")
+        if name == "sql":
+            p.add_argument("statement")
+            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+            p.add_argument("--limit", type=int, default=1000, help="rows to print at most (default 1000)")
+        else:
+            p.add_argument("--ddl", action="store_true", help="print the CREATE statements")
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    if getattr(args, "db", None) is None and args.command in ("sql", "schema"):
+        args.db = _default_db()
+    try:
+        return COMMANDS[args.command](args, out)
+    except errors.ProtocolError as exc:
+        print(f"tracklog {args.command}: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except (OSError, TimeoutError) as exc:
+        print(f"tracklog {args.command}: cannot reach the daemon at {getattr(args, 'url', '?')}: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,138 @@
+"""Asking the daemon questions: `query` ops over a short-lived connection, answers as plain objects.
+
+Each call opens its own synchronous WebSocket (websockets.sync.client), says hello, asks,
+and closes. Questions are rare next to metric calls, and this keeps them apart from the
+background sender: a slow query never holds up a batch of appends or its acks, and the
+sender's connection keeps one simple job. On loopback the extra handshake costs about
+a millisecond. MessagePack carries NaN and the infinities as they are.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+from websockets.sync.client import connect
+
+from tracklog.protocol import errors
+from tracklog.protocol.limits import PROTOCOL_VERSION
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+_refs = itertools.count(1)
+
+
+class Rows(list):  # type: ignore[type-arg]
+    """Rows of an answer (plain dicts), with the `seq` they reflect and the `total` that matched."""
+
+    seq: int = 0
+    total: int | None = None
+
+    def to_pandas(self) -> Any:
+        """The rows as a pandas DataFrame (pandas is optional: ImportError without it)."""
+        import pandas as pd
+
+        return pd.DataFrame(list(self))
+
+
+class MetricHistories(dict):  # type: ignore[type-arg]
+    """Metric name -> {"steps", "values", "epochs", "ts"} (columnar lists), with the answer's seq."""
+
+    seq: int = 0
+
+    def to_pandas(self) -> Any:
+        """One row per point: name, step, epoch, value, ts (pandas is optional)."""
+        import pandas as pd
+
+        frames = [
+            pd.DataFrame({"name": name, "step": h["steps"], "epoch": h["epochs"], "value": h["values"], "ts": h["ts"]})
+            for name, h in self.items()
+        ]
+        if not frames:
+            return pd.DataFrame(columns=["name", "step", "epoch", "value", "ts"])
+        return pd.concat(frames, ignore_index=True)
+
+
+class QueryClient:
+    """Sends one query per connection to the daemon at url; raises the protocol's errors."""
+
+    def __init__(self, url: str, token: str | None = None, client_name: str = "tracklog-python", timeout: float = 30.0):
+        self.url = url
+        self.token = token
+        self.client_name = client_name
+        self.timeout = timeout
+
+    def query(self, q: str, **args: Any) -> Rows:
+        """Ask `q` with its arguments (None ones left out); the rows, or a ProtocolError."""
+        ref = next(_refs)
+        message = {"op": "query", "q": q, "ref": ref, **{k: v for k, v in args.items() if v is not None}}
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        with connect(self.url, open_timeout=self.timeout, close_timeout=2, max_size=None,
+                     additional_headers=headers, compression=None) as ws:
+            ws.send(_encode({"op": "hello", "protocol": PROTOCOL_VERSION, "client": self.client_name,
+                             "token": self.token}))
+            welcome = _decode(ws.recv(self.timeout))
+            if welcome.get("op") == "error":
+                raise errors.error_for_code(welcome.get("code", ""), welcome.get("message", ""))
+            ws.send(_encode(message))
+            while True:
+                reply = _decode(ws.recv(self.timeout))
+                if reply.get("ref") != ref:
+                    continue
+                if reply.get("op") == "error":
+                    raise errors.error_for_code(reply.get("code", ""), reply.get("message", ""), ref)
+                rows = Rows(reply.get("rows") or [])
+                rows.seq = reply.get("seq", 0)
+                rows.total = reply.get("total")
+                return rows
+
+    # -- the questions, one method each ------------------------------------------------
+
+    def runs(self, filter: str | None = None, order_by: str | Iterable[str] | None = None, limit: int | None = None,
+             offset: int | None = None, deleted: bool | None = None) -> Rows:
+        return self.query("runs", filter=filter, order_by=_list(order_by), limit=limit, offset=offset, deleted=deleted)
+
+    def get_run(self, run: str) -> dict[str, Any]:
+        return dict(self.query("run", run=run)[0])
+
+    def metrics(self, run: str, names: Iterable[str] | None = None, max_points: int | None = None,
+                step_from: int | None = None, step_to: int | None = None) -> MetricHistories:
+        rows = self.query("metrics", run=run, names=_list(names), max_points=max_points, step_from=step_from,
+                          step_to=step_to)
+        out = MetricHistories({r["name"]: {k: r[k] for k in ("steps", "values", "epochs", "ts")} for r in rows})
+        out.seq = rows.seq
+        return out
+
+    def compare(self, runs: Iterable[str], metrics: Iterable[str] | None = None) -> Rows:
+        return self.query("compare", runs=list(runs), metrics=_list(metrics))
+
+    def best(self, metric: str, mode: str = "min", filter: str | None = None) -> dict[str, Any] | None:
+        rows = self.query("best", metric=metric, mode=mode, filter=filter)
+        return dict(rows[0]) if rows else None
+
+    def items(self, run: str | None = None, stage: str | None = None, status: str | None = None,
+              limit: int | None = None, offset: int | None = None) -> Rows:
+        return self.query("items", run=run, stage=stage, status=status, limit=limit, offset=offset)
+
+    def artifacts(self, run: str) -> Rows:
+        return self.query("artifacts", run=run)
+
+    def search(self, text: str, limit: int | None = None) -> Rows:
+        return self.query("search", text=text, limit=limit)
+
+    def events(self, from_seq: int = 0, limit: int | None = None, run: str | None = None,
+               types: Iterable[str] | None = None) -> Rows:
+        return self.query("events", from_seq=from_seq, limit=limit, run=run, types=_list(types))
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.query("stats")[0])
+
+
+def _list(values: str | Iterable[str] | Mapping[str, Any] | None) -> list[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        return [values]
+    return list(values)
