@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 
 from .sender import RejectedEvent
+from .subscribe import AsyncSubscription
 from .tracker import FinishStatus, ItemStatus, Run, Tracker
 
 
@@ -132,6 +133,18 @@ class AsyncTracker:
     def sync(self) -> Tracker:
         """The underlying threaded `Tracker`."""
         return self._tracker
+
+    def subscribe(
+        self,
+        from_seq: int | None = None,
+        runs: Iterable[str] | None = None,
+        types: Iterable[str] | None = None,
+        pipelines: Iterable[str] | None = None,
+        idle_timeout: float | None = None,
+    ) -> AsyncSubscription:
+        """`async for event in tl.subscribe(...)`: as `Tracker.subscribe`, for asyncio."""
+        sync = self._tracker.subscribe(from_seq, runs, types, pipelines, idle_timeout)
+        return AsyncSubscription(sync.url, sync.state, idle_timeout)
 
     def start_run(self, name: str | None = None, **fields: Any) -> AsyncRun:
         """Start a run (only queues its `run.started`); see `Tracker.start_run`."""

@@ -12,6 +12,8 @@ from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
 
 from . import cli_queries
 
+from .console import add_tail_parser, tail
+
 
 def _default_db() -> Path:
     home = os.environ.get("TRACKLOG_HOME")
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="compare the live tables with a rebuild from the log; exit 1 on a difference")
     v.add_argument("--db", type=Path, default=None)
 
+    add_tail_parser(sub)
+
     p = sub.add_parser("replay", help="write the state as of a seq into a new database")
     p.add_argument("--db", type=Path, default=None)
     p.add_argument("--to", type=int, required=True, metavar="SEQ", help="last seq to include")
@@ -51,10 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that talk to a daemon over the wire: they never import the daemon.
+CLIENT_COMMANDS = {"tail": tail}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in cli_queries.COMMANDS:
         return cli_queries.run(args)
+    if args.command in CLIENT_COMMANDS:
+        return CLIENT_COMMANDS[args.command](args)
     db = args.db if getattr(args, "db", None) is not None else _default_db()
     try:
         from tracklog.daemon import commands

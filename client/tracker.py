@@ -42,6 +42,7 @@ from .queries import MetricHistories, QueryClient, Rows
 from .requests import Requests
 from .sender import RejectedEvent, Sender, SenderOptions
 from .spool import default_spool_root, endpoint_dir
+from .subscribe import Subscription, SubscriptionState
 
 DEFAULT_URL: Final = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}/ws"
 FinishStatus = Literal["completed", "failed", "killed"]
@@ -307,6 +308,25 @@ class Tracker:
         self._sender.start()
         _open_trackers.add(self)
 
+    def subscribe(
+        self,
+        from_seq: int | None = None,
+        runs: Iterable[str] | None = None,
+        types: Iterable[str] | None = None,
+        pipelines: Iterable[str] | None = None,
+        idle_timeout: float | None = None,
+    ) -> Subscription:
+        """Follow the log: an iterator of matching events, each once, in seq order.
+
+        `from_seq`: events after it (0: the whole log; None: from now on). It reconnects
+        and resumes by itself; `idle_timeout` ends the iteration after that many seconds
+        without an event.
+        """
+        state = SubscriptionState(
+            from_seq, _opt_list(runs), _opt_list(types), _opt_list(pipelines), self._sender.token
+        )
+        return Subscription(self.url, state, idle_timeout)
+
     @property
     def spool_dir(self) -> Path:
         """Where this tracker's spool files live (one folder per daemon address)."""
@@ -450,6 +470,10 @@ def connect(
     client_name) tune the sender.
     """
     return Tracker(url, token, spool_dir, **options)
+
+
+def _opt_list(values: Iterable[str] | None) -> list[str] | None:
+    return None if values is None else [values] if isinstance(values, str) else list(values)
 
 
 def _names(field: str, values: Iterable[str] | None) -> list[str] | None:

@@ -141,6 +141,9 @@ class Client:
         self.ws = ws
         self.binary = binary
         self._refs = itertools.count(1)
+        #: Messages that arrived while `request` waited for its reply (subscription
+        #: events, say): `recv` returns them first, in order.
+        self.unclaimed: list[Any] = []
 
     def encode(self, msg: dict[str, Any]) -> str | bytes:
         return msgspec.msgpack.encode(msg) if self.binary else json.dumps(msg)
@@ -152,6 +155,11 @@ class Client:
         await self.ws.send(self.encode(msg))
 
     async def recv(self, timeout: float = 30) -> Any:
+        if self.unclaimed:
+            return self.unclaimed.pop(0)
+        return await self._recv(timeout)
+
+    async def _recv(self, timeout: float = 30) -> Any:
         import asyncio
 
         return self.decode(await asyncio.wait_for(self.ws.recv(), timeout))
@@ -161,9 +169,10 @@ class Client:
         msg.setdefault("ref", next(self._refs))
         await self.send(msg)
         while True:
-            reply = await self.recv()
+            reply = await self._recv()
             if reply.get("ref") == msg["ref"]:
                 return reply
+            self.unclaimed.append(reply)
 
     async def append(self, events: list[dict[str, Any]]) -> Any:
         return await self.request({"op": "append", "events": events})

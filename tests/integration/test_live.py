@@ -16,19 +16,24 @@ def metric(i: int, run: str = "r1") -> dict[str, Any]:
     return {"id": f"{run}-{i}", "type": "metrics", "run": run, "data": {"values": {"loss": 1 / (i + 1)}, "step": i}}
 
 
-async def collect(client: Client, sub: int, count: int, timeout: float = 60) -> tuple[list[dict[str, Any]], list[int]]:
+async def collect(client: Client, sub: int, count: int, timeout: float = 10) -> tuple[list[dict[str, Any]], list[int]]:
     """Events of `sub` until `count` have arrived; also the seqs at which `live` came."""
     events: list[dict[str, Any]] = []
     lives: list[int] = []
     deadline = time.monotonic() + timeout
     stash: list[dict[str, Any]] = client.__dict__.setdefault("stash", [])
     while len(events) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"sub {sub}: got {events} lives {lives}, stash {stash}")
         mine = [m for m in stash if m.get("sub") == sub]
         if mine:
             msg = mine[0]
             stash.remove(msg)
         else:
-            msg = await client.recv(timeout=max(0.1, deadline - time.monotonic()))
+            try:
+                msg = await client.recv(timeout=max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                raise AssertionError(f"sub {sub}: got {events} lives {lives}, stash {stash}") from None
             if msg.get("sub") != sub:
                 stash.append(msg)  # another subscription's: kept for its own collect
                 continue

@@ -1,0 +1,253 @@
+"""Following the log: `Tracker.subscribe` and `AsyncTracker.subscribe`.
+
+A subscription is an iterator of events in stored form (dicts with `seq`, `type`, `run`,
+`ts`, `recorded`, `id`, `data`). It keeps its own connection, and when that drops it
+reconnects with backoff and subscribes again from the last seq it yielded, so a consumer
+sees every matching event once, in order, across daemon restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Final
+
+import msgspec
+from websockets.asyncio.client import connect as async_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.sync.client import connect as sync_connect
+
+from tracklog.protocol.errors import error_for_code
+from tracklog.protocol.limits import PROTOCOL_VERSION
+
+_encode = msgspec.msgpack.encode
+_decode = msgspec.msgpack.Decoder().decode
+BACKOFF_START: Final = 0.05
+BACKOFF_MAX: Final = 5.0
+_RETRYABLE = (ConnectionClosed, OSError, InvalidHandshake, TimeoutError)
+
+
+class SubscriptionState:
+    """What a subscription knows, shared by the sync and async forms (no I/O here)."""
+
+    def __init__(self, from_seq: int | None, runs: list[str] | None, types: list[str] | None,
+                 pipelines: list[str] | None, token: str | None) -> None:
+        #: The seq of the last event yielded; None until the position is known.
+        self.last_seq = from_seq
+        self.filter = {k: v for k, v in (("runs", runs), ("types", types), ("pipelines", pipelines)) if v}
+        self.token = token
+        #: True once the daemon said `live` (caught up), until the next reconnect.
+        self.live = False
+        self.reconnects = 0
+        self.pending: deque[dict[str, Any]] = deque()
+        self._refs = itertools.count(1)
+
+    def hello(self) -> bytes:
+        msg: dict[str, Any] = {"op": "hello", "protocol": PROTOCOL_VERSION, "client": "tracklog-subscribe"}
+        if self.token:
+            msg["token"] = self.token
+        return _encode(msg)
+
+    def subscribe(self) -> bytes:
+        msg: dict[str, Any] = {"op": "subscribe", "ref": next(self._refs), "from_seq": self.last_seq}
+        if self.filter:
+            msg["filter"] = self.filter
+        return _encode(msg)
+
+    def receive(self, frame: bytes | str) -> None:
+        """Take one frame from the daemon: queue new events, note position and `live`."""
+        msg = _decode(frame) if isinstance(frame, bytes) else msgspec.json.decode(frame)
+        op = msg.get("op")
+        if op == "events":
+            last = self.last_seq if self.last_seq is not None else -1
+            for event in msg["events"]:
+                if event["seq"] > last:  # never twice, even across a resubscribe
+                    self.pending.append(event)
+                    last = event["seq"]
+        elif op == "subscribed":
+            if self.last_seq is None:
+                self.last_seq = msg["head"]  # "from now on": resume from here after a drop
+        elif op == "live":
+            self.live = True
+        elif op == "error":
+            raise error_for_code(msg.get("code", "internal"), msg.get("message", ""), msg.get("ref"))
+        elif op == "welcome":
+            pass
+
+    def take(self) -> dict[str, Any]:
+        event = self.pending.popleft()
+        self.last_seq = event["seq"]
+        return event
+
+
+def _backoff(attempt: int) -> float:
+    return min(BACKOFF_MAX, BACKOFF_START * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+class Subscription:
+    """A blocking iterator over matching events; `close()` (or `with`) ends it.
+
+    `idle_timeout`: stop iterating when nothing arrives for that long (None: wait forever).
+    """
+
+    def __init__(self, url: str, state: SubscriptionState, idle_timeout: float | None = None,
+                 reconnect: bool = True) -> None:
+        self.url = url
+        self.state = state
+        self.idle_timeout = idle_timeout
+        self.reconnect = reconnect
+        self._ws: Any = None
+        self._closed = False
+
+    @property
+    def last_seq(self) -> int | None:
+        return self.state.last_seq
+
+    @property
+    def live(self) -> bool:
+        return self.state.live
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        attempt = 0
+        idle_since = time.monotonic()
+        while True:
+            if self.state.pending:
+                return self.state.take()
+            if self._closed:
+                raise StopIteration
+            try:
+                if self._ws is None:
+                    self._open()
+                wait = None
+                if self.idle_timeout is not None:
+                    wait = self.idle_timeout - (time.monotonic() - idle_since)
+                    if wait <= 0:
+                        raise StopIteration
+                try:
+                    frame = self._ws.recv(timeout=wait)
+                except TimeoutError:
+                    raise StopIteration from None
+                self.state.receive(frame)
+                attempt = 0
+            except _RETRYABLE:
+                self._drop()
+                if not self.reconnect or self._closed:
+                    raise StopIteration from None
+                time.sleep(_backoff(attempt))
+                attempt += 1
+
+    def _open(self) -> None:
+        # Entered at once: a websockets connection used without `with` is deprecated.
+        ws = sync_connect(self.url, open_timeout=10, max_size=None, compression=None).__enter__()
+        try:
+            ws.send(self.state.hello())
+            self.state.receive(ws.recv(timeout=30))
+            ws.send(self.state.subscribe())
+        except BaseException:
+            ws.close()
+            raise
+        self._ws = ws
+        self.state.live = False
+
+    def _drop(self) -> None:
+        if self._ws is not None:
+            self.state.reconnects += 1
+            try:
+                self._ws.close()
+            except Exception:
+                pass
+            self._ws = None
+
+    def close(self) -> None:
+        self._closed = True
+        if self._ws is not None:
+            self._ws.close()
+            self._ws = None
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncSubscription:
+    """The asyncio form: `async for event in tl.subscribe(...)`."""
+
+    def __init__(self, url: str, state: SubscriptionState, idle_timeout: float | None = None,
+                 reconnect: bool = True) -> None:
+        self.url = url
+        self.state = state
+        self.idle_timeout = idle_timeout
+        self.reconnect = reconnect
+        self._ws: Any = None
+        self._closed = False
+
+    @property
+    def last_seq(self) -> int | None:
+        return self.state.last_seq
+
+    @property
+    def live(self) -> bool:
+        return self.state.live
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            if self.state.pending:
+                return self.state.take()
+            if self._closed:
+                raise StopAsyncIteration
+            try:
+                if self._ws is None:
+                    ws = await async_connect(self.url, open_timeout=10, max_size=None, compression=None)
+                    try:
+                        await ws.send(self.state.hello())
+                        self.state.receive(await asyncio.wait_for(ws.recv(), 30))
+                        await ws.send(self.state.subscribe())
+                    except BaseException:
+                        await ws.close()
+                        raise
+                    self._ws = ws
+                    self.state.live = False
+                try:
+                    frame = await asyncio.wait_for(self._ws.recv(), self.idle_timeout)
+                except TimeoutError:
+                    raise StopAsyncIteration from None
+                self.state.receive(frame)
+                attempt = 0
+            except _RETRYABLE:
+                if self._ws is not None:
+                    self.state.reconnects += 1
+                    try:
+                        await self._ws.close()
+                    except Exception:
+                        pass
+                    self._ws = None
+                if not self.reconnect or self._closed:
+                    raise StopAsyncIteration from None
+                await asyncio.sleep(_backoff(attempt))
+                attempt += 1
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
+
+    async def __aenter__(self) -> AsyncSubscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
