@@ -21,7 +21,7 @@ from tracklog.protocol.messages import Query
 
 from .filters import compile_filter
 from .schema import NO_EPOCH
-from .series import extremes_index, read_series
+from .series import downsample_from_tiers, extremes_index, read_series
 
 _json_decode = msgspec.json.Decoder().decode
 
@@ -128,6 +128,13 @@ def query_metrics(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | 
     rows: list[dict[str, Any]] = []
     for name in names:
         if name not in known:
+            continue
+        tiered = None
+        if q.max_points is not None and known[name] > q.max_points:
+            tiered = downsample_from_tiers(conn, run, name, q.max_points, q.step_from, q.step_to)
+        if tiered is not None:
+            series, points = tiered
+            rows.append({"run": run, "name": name, "points": points, "downsampled": True, **series.columns()})
             continue
         series = read_series(conn, run, name, q.step_from, q.step_to)
         points = len(series)

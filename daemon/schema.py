@@ -6,7 +6,7 @@ from typing import Final
 
 #: Bump when a projection's shape or meaning changes: the daemon then rebuilds every
 #: projection table from the log at start.
-PROJECTION_VERSION: Final = 2
+PROJECTION_VERSION: Final = 3
 
 #: Points per metric chunk. A chunk is sealed when full; only the open one is rewritten.
 CHUNK_POINTS: Final = 1024
@@ -39,6 +39,7 @@ PROJECTION_TABLES: Final = {
     "artifacts": "seq",
     "metric_chunks": "run, name, chunk",
     "metric_summaries": "run, name",
+    "metric_tiers": "run, name, chunk",
     "cache": "key",
     "dedup_entries": "seq",
     # The documents of the full-text index. The FTS5 index over them (`search`) is not
@@ -120,6 +121,27 @@ CREATE TABLE IF NOT EXISTS metric_chunks (
     ts        BLOB NOT NULL,
     PRIMARY KEY (run, name, chunk)
 ) WITHOUT ROWID;
+-- Each chunk's lowest and highest value and where they are: a long history downsamples
+-- from these rows without reading its points.
+CREATE TABLE IF NOT EXISTS metric_tiers (
+    run      TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    chunk    INTEGER NOT NULL,
+    n        INTEGER NOT NULL,
+    step_min INTEGER NOT NULL,
+    step_max INTEGER NOT NULL,
+    lo       REAL,
+    lo_at    INTEGER,
+    lo_step  INTEGER,
+    lo_epoch INTEGER,
+    lo_ts    REAL,
+    hi       REAL,
+    hi_at    INTEGER,
+    hi_step  INTEGER,
+    hi_epoch INTEGER,
+    hi_ts    REAL,
+    PRIMARY KEY (run, name, chunk)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS metric_summaries (
     run        TEXT NOT NULL,
     name       TEXT NOT NULL,
@@ -137,6 +159,9 @@ CREATE TABLE IF NOT EXISTS metric_summaries (
     PRIMARY KEY (run, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS metric_summaries_name ON metric_summaries(name, last);
+-- `best` reads the lowest or highest value of a metric straight off these.
+CREATE INDEX IF NOT EXISTS metric_summaries_min ON metric_summaries(name, min);
+CREATE INDEX IF NOT EXISTS metric_summaries_max ON metric_summaries(name, max);
 CREATE TABLE IF NOT EXISTS cache (
     key        TEXT PRIMARY KEY,
     value      BLOB NOT NULL,

@@ -103,3 +103,62 @@ def extremes_index(values: F64, max_points: int) -> npt.NDArray[np.intp]:
     base = np.arange(buckets) * size
     index = np.unique(np.concatenate([base + low, base + high]))
     return index[index < n]
+
+
+def downsample_from_tiers(
+    conn: sqlite3.Connection, run: str, name: str, max_points: int,
+    step_from: int | None = None, step_to: int | None = None,
+) -> tuple[Series, int] | None:
+    """Downsample a long series from its chunks' precomputed extremes, reading no points.
+
+    Buckets are runs of whole chunks; from each, the lowest and the highest point are
+    kept, as `extremes_index` does point by point. Returns (series, points in range), or
+    None when the tiers cannot answer: too few chunks per bucket to gain anything, or a
+    step range that cuts through a chunk (those are read point by point instead).
+    """
+    sql = ("SELECT n, step_min, step_max, lo, lo_at, lo_step, lo_epoch, lo_ts, hi, hi_at, hi_step, hi_epoch, hi_ts"
+           " FROM metric_tiers WHERE run = ? AND name = ?")
+    args: list[Any] = [run, name]
+    if step_from is not None:
+        sql += " AND step_max >= ?"
+        args.append(step_from)
+    if step_to is not None:
+        sql += " AND step_min <= ?"
+        args.append(step_to)
+    rows = conn.execute(sql + " ORDER BY chunk", args).fetchall()
+    buckets = max(1, max_points // 2)
+    if len(rows) < 2 * buckets:
+        return None
+    if (step_from is not None and any(r[1] < step_from for r in rows)) or (
+        step_to is not None and any(r[2] > step_to for r in rows)
+    ):
+        return None
+    columns = list(zip(*rows, strict=True))
+    total = int(sum(columns[0]))
+    per = -(-len(rows) // buckets)
+    size = buckets * per
+
+    def grid(values: tuple[Any, ...], fill: float) -> F64:
+        out = np.full(size, fill)
+        out[: len(values)] = [fill if v is None else v for v in values]
+        return out.reshape(buckets, per)
+
+    low = grid(columns[3], np.inf).argmin(axis=1)
+    high = grid(columns[8], -np.inf).argmax(axis=1)
+    base = np.arange(buckets) * per
+    picks: dict[tuple[int, int], tuple[int, float, int, float]] = {}
+    for chunks, value_col in ((base + low, 3), (base + high, 8)):
+        for chunk in chunks.tolist():
+            if chunk >= len(rows) or rows[chunk][value_col] is None:
+                continue
+            row = rows[chunk]
+            at, step, epoch, ts = row[value_col + 1 : value_col + 5]
+            picks[(chunk, at)] = (step, row[value_col], epoch, ts)
+    ordered = [picks[key] for key in sorted(picks)]
+    series = Series(
+        np.array([p[0] for p in ordered], np.int64),
+        np.array([p[1] for p in ordered], np.float64),
+        np.array([p[2] for p in ordered], np.int64),
+        np.array([p[3] for p in ordered], np.float64),
+    )
+    return series, total

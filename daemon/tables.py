@@ -15,6 +15,7 @@ from collections import OrderedDict
 from typing import Any, Final
 
 import msgspec
+import numpy as np
 
 from tracklog.protocol.events import MetricsData
 
@@ -30,6 +31,23 @@ MAX_CACHED_SERIES: Final = 2048
 _RUN_COLUMNS: Final = frozenset(
     {"name", "pipeline", "notes", "parent", "user", "host", "session", "started", "deleted"}
 )
+
+
+def tier_row(chunk: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A chunk's lowest and highest value, with their index, step, epoch and ts (NaN skipped)."""
+    run, name, number, n, step_min, step_max, steps, vals, epochs, ts = chunk
+    values = np.frombuffer(vals, np.float64)
+    if np.isnan(values).all():
+        return (run, name, number, n, step_min, step_max, *(None,) * 10)
+    out: list[Any] = [run, name, number, n, step_min, step_max]
+    for at in (int(np.nanargmin(values)), int(np.nanargmax(values))):
+        out.extend((
+            float(values[at]), at,
+            int(np.frombuffer(steps, np.int64, 1, at * 8)[0]),
+            int(np.frombuffer(epochs, np.int64, 1, at * 8)[0]),
+            float(np.frombuffer(ts, np.float64, 1, at * 8)[0]),
+        ))
+    return tuple(out)
 
 
 def json_text(value: Any) -> str | None:
@@ -351,6 +369,12 @@ class Tables:
                 "INSERT OR REPLACE INTO metric_chunks(run, name, chunk, n, step_min, step_max, steps, vals,"
                 " epochs, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 chunk_rows,
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO metric_tiers(run, name, chunk, n, step_min, step_max, lo, lo_at, lo_step,"
+                " lo_epoch, lo_ts, hi, hi_at, hi_step, hi_epoch, hi_ts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [tier_row(row) for row in chunk_rows],
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO metric_summaries(run, name, count, last, last_step, last_epoch,"
