@@ -431,6 +431,13 @@ class Codec:
             )
         return self._json_enc.encode(msg)
 
+    def encode_stored(self, e: StoredEvent, binary: bool) -> bytes:
+        """One event in stored form, as it stands inside an `events` message."""
+        if binary:
+            return self._mp_enc.encode(e)
+        data = finite_floats_as_strings(msgspec.to_builtins(e.data))
+        return self._json_enc.encode(StoredEvent(e.seq, e.type, data, e.recorded, e.ts, e.id, e.run))
+
     def encode_error(self, exc: errors.ProtocolError, binary: bool) -> bytes:
         return self.encode(Error(code=exc.code, message=exc.message, ref=exc.ref), binary)
 
