@@ -28,10 +28,9 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _daemon import BenchDaemon, machine  # noqa: E402
-
-from tracklog.daemon.store import LogStore  # noqa: E402
-from tracklog.protocol.events import (  # noqa: E402
+from _daemon import BenchDaemon, machine
+from tracklog.daemon.store import LogStore
+from tracklog.protocol.events import (
     Item,
     ItemData,
     Metrics,
@@ -41,10 +40,30 @@ from tracklog.protocol.events import (  # noqa: E402
     RunStarted,
     RunStartedData,
 )
-from tracklog.protocol.messages import Append  # noqa: E402
+from tracklog.protocol.messages import Append
 
-WORDS = ("translation fox river model tensor gradient image caption harbor mountain quantum lattice"
-         " violet cipher orbit meadow signal ember glacier lantern").split()
+WORDS = [
+    "translation",
+    "fox",
+    "river",
+    "model",
+    "tensor",
+    "gradient",
+    "image",
+    "caption",
+    "harbor",
+    "mountain",
+    "quantum",
+    "lattice",
+    "violet",
+    "cipher",
+    "orbit",
+    "meadow",
+    "signal",
+    "ember",
+    "glacier",
+    "lantern",
+]
 BIG_RUN = "big"
 BIG_POINTS = 1_000_000
 
@@ -68,7 +87,11 @@ def build(path: Path, runs: int, points: int) -> None:
         if len(batch) >= 10_000:
             flush()
 
-    add(RunStarted(run=BIG_RUN, ts=ts, data=RunStartedData(name="the long one", pipeline="train", tags=["long"])))
+    add(
+        RunStarted(
+            run=BIG_RUN, ts=ts, data=RunStartedData(name="the long one", pipeline="train", tags=["long"])
+        )
+    )
     for step in range(BIG_POINTS):
         value = 1.0 / (1 + step / 1000) + rng.random() * 0.01
         if step == 777_777:
@@ -80,26 +103,60 @@ def build(path: Path, runs: int, points: int) -> None:
     for r in range(1, runs):
         run = f"run-{r:05d}"
         words = rng.sample(WORDS, 3)
-        add(RunStarted(run=run, ts=ts + r, data=RunStartedData(
-            name=" ".join(words), pipeline=rng.choice(["train", "eval", "sweep"]),
-            config={"lr": rng.choice([0.1, 0.01, 0.001]), "batch": rng.choice([16, 32, 64])},
-            tags=[rng.choice(["baseline", "tuned", "ablation"])], notes=f"notes about {words[0]}")))
+        add(
+            RunStarted(
+                run=run,
+                ts=ts + r,
+                data=RunStartedData(
+                    name=" ".join(words),
+                    pipeline=rng.choice(["train", "eval", "sweep"]),
+                    config={"lr": rng.choice([0.1, 0.01, 0.001]), "batch": rng.choice([16, 32, 64])},
+                    tags=[rng.choice(["baseline", "tuned", "ablation"])],
+                    notes=f"notes about {words[0]}",
+                ),
+            )
+        )
         base = rng.random()
         for step in range(steps):
-            add(Metrics(run=run, ts=ts + r + step, data=MetricsData(
-                values={"loss": base / (1 + step) + rng.random() * 0.05, "acc": 1 - base / (1 + step),
-                        "lr": 0.1 / (1 + step)},
-                step=step, epoch=step // 100)))
+            add(
+                Metrics(
+                    run=run,
+                    ts=ts + r + step,
+                    data=MetricsData(
+                        values={
+                            "loss": base / (1 + step) + rng.random() * 0.05,
+                            "acc": 1 - base / (1 + step),
+                            "lr": 0.1 / (1 + step),
+                        },
+                        step=step,
+                        epoch=step // 100,
+                    ),
+                )
+            )
         for i in range(2):
             text = " ".join(rng.choice(WORDS) for _ in range(12))
-            add(Item(run=run, ts=ts + r, data=ItemData(item=f"{run}-{i}", kind="translation_result",
-                                                        stage="translate", data={"text": text})))
-        add(RunFinished(run=run, ts=ts + r + steps, data=RunFinishedData(
-            status=rng.choice(["completed", "completed", "failed"]))))
+            add(
+                Item(
+                    run=run,
+                    ts=ts + r,
+                    data=ItemData(
+                        item=f"{run}-{i}", kind="translation_result", stage="translate", data={"text": text}
+                    ),
+                )
+            )
+        add(
+            RunFinished(
+                run=run,
+                ts=ts + r + steps,
+                data=RunFinishedData(status=rng.choice(["completed", "completed", "failed"])),
+            )
+        )
     flush()
     store.close()
-    print(f"built {path}: {runs} runs, {BIG_POINTS + (runs - 1) * steps * 3:,} points,"
-          f" {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - started:.0f} s")
+    print(
+        f"built {path}: {runs} runs, {BIG_POINTS + (runs - 1) * steps * 3:,} points,"
+        f" {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - started:.0f} s"
+    )
 
 
 class Conn:
@@ -127,10 +184,18 @@ class Conn:
 
 
 QUERIES: dict[str, dict[str, Any]] = {
-    "metrics: 1M points downsampled to 1,000": {"q": "metrics", "run": BIG_RUN, "names": ["loss"], "max_points": 1000},
+    "metrics: 1M points downsampled to 1,000": {
+        "q": "metrics",
+        "run": BIG_RUN,
+        "names": ["loss"],
+        "max_points": 1000,
+    },
     "runs: metric filter, ordered, page of 50": {
-        "q": "runs", "filter": "metrics.loss < 0.05 and status = 'completed'", "order_by": ["metrics.loss asc"],
-        "limit": 50},
+        "q": "runs",
+        "filter": "metrics.loss < 0.05 and status = 'completed'",
+        "order_by": ["metrics.loss asc"],
+        "limit": 50,
+    },
     "best: min loss over all runs": {"q": "best", "metric": "loss", "mode": "min"},
     "search: full text": {"q": "search", "text": "fox river", "limit": 20},
 }
@@ -159,9 +224,20 @@ async def latencies(url: str, repeat: int) -> dict[str, float]:
 async def ingest(url: str, events: int, with_queries: bool) -> tuple[float, int]:
     """Events per second for one client appending `events` metric events; and queries answered meanwhile."""
     frames = [
-        msgspec.msgpack.encode({"op": "append", "ref": k, "events": [
-            {"type": "metrics", "run": f"ingest-{with_queries}", "data": {"values": {"loss": 1.0, "acc": 0.5}, "step": i}}
-            for i in range(k * 1000, (k + 1) * 1000)]})
+        msgspec.msgpack.encode(
+            {
+                "op": "append",
+                "ref": k,
+                "events": [
+                    {
+                        "type": "metrics",
+                        "run": f"ingest-{with_queries}",
+                        "data": {"values": {"loss": 1.0, "acc": 0.5}, "step": i},
+                    }
+                    for i in range(k * 1000, (k + 1) * 1000)
+                ],
+            }
+        )
         for k in range(events // 1000)
     ]
     writer = await Conn.open(url)
@@ -207,12 +283,16 @@ async def measure(url: str, repeat: int, ingest_events: int) -> None:
     alone, _ = await ingest(url, ingest_events, False)
     loaded, answered = await ingest(url, ingest_events, True)
     print(f"  ingest alone                                  {alone:10,.0f} events/s")
-    print(f"  ingest with a query load ({answered} queries)     {loaded:10,.0f} events/s"
-          f"  ({100 * loaded / alone:.0f}% of alone)")
+    print(
+        f"  ingest with a query load ({answered} queries)     {loaded:10,.0f} events/s"
+        f"  ({100 * loaded / alone:.0f}% of alone)"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--full", action="store_true", help="10,000 runs and 10 million points")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--points", type=int, default=None)

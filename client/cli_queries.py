@@ -85,7 +85,11 @@ def sparkline(values: Sequence[float], width: int = 60) -> str:
     columns = min(width, n)
     out = []
     for c in range(columns):
-        bucket = [v for v in values[c * n // columns : (c + 1) * n // columns] if isinstance(v, (int, float)) and math.isfinite(v)]
+        bucket = [
+            v
+            for v in values[c * n // columns : (c + 1) * n // columns]
+            if isinstance(v, (int, float)) and math.isfinite(v)
+        ]
         if not bucket:
             out.append(" ")
             continue
@@ -110,8 +114,17 @@ def cmd_runs(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     table(
         ["ID", "NAME", "STATUS", "PIPELINE", "STARTED", "METRICS"],
-        [[r["id"], r["name"], r["status"], r["pipeline"], when(r["started"]),
-          " ".join(f"{k}={cell(v)}" for k, v in list(r.get("metrics", {}).items())[:4])] for r in rows],
+        [
+            [
+                r["id"],
+                r["name"],
+                r["status"],
+                r["pipeline"],
+                when(r["started"]),
+                " ".join(f"{k}={cell(v)}" for k, v in list(r.get("metrics", {}).items())[:4]),
+            ]
+            for r in rows
+        ],
         out,
     )
     print(f"{len(rows)} of {rows.total} runs", file=out)
@@ -124,16 +137,31 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
         as_json(run, out)
         return 0
     fields = ["id", "name", "status", "error", "pipeline", "user", "host", "session", "parent", "notes"]
-    pairs([(f, run.get(f)) for f in fields if run.get(f) is not None]
-          + [("started", when(run["started"])), ("finished", when(run.get("finished"))),
-             ("tags", ", ".join(run.get("tags", []))), ("config", run.get("config")),
-             ("events", run["n_events"]), ("points", run["n_points"]), ("items", run["n_items"]),
-             ("failed items", run["n_failed"]), ("artifacts", run["n_artifacts"])], out)
+    pairs(
+        [(f, run.get(f)) for f in fields if run.get(f) is not None]
+        + [
+            ("started", when(run["started"])),
+            ("finished", when(run.get("finished"))),
+            ("tags", ", ".join(run.get("tags", []))),
+            ("config", run.get("config")),
+            ("events", run["n_events"]),
+            ("points", run["n_points"]),
+            ("items", run["n_items"]),
+            ("failed items", run["n_failed"]),
+            ("artifacts", run["n_artifacts"]),
+        ],
+        out,
+    )
     if run.get("metrics"):
         print(file=out)
-        table(["METRIC", "COUNT", "LAST", "MIN", "MIN STEP", "MAX", "MAX STEP"],
-              [[name, m["count"], m["last"], m["min"], m["min_step"], m["max"], m["max_step"]]
-               for name, m in run["metrics"].items()], out)
+        table(
+            ["METRIC", "COUNT", "LAST", "MIN", "MIN STEP", "MAX", "MAX STEP"],
+            [
+                [name, m["count"], m["last"], m["min"], m["min_step"], m["max"], m["max_step"]]
+                for name, m in run["metrics"].items()
+            ],
+            out,
+        )
     if run.get("artifacts"):
         print(file=out)
         table(["KIND", "PATH", "SIZE"], [[a["kind"], a["path"], a["size"]] for a in run["artifacts"]], out)
@@ -150,8 +178,14 @@ def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
     for name, h in histories.items():
         values = [v for v in h["values"] if isinstance(v, (int, float))]
         finite = [v for v in values if math.isfinite(v)]
-        row: list[Any] = [name, len(values), h["steps"][-1] if h["steps"] else None, values[-1] if values else None,
-                          min(finite) if finite else None, max(finite) if finite else None]
+        row: list[Any] = [
+            name,
+            len(values),
+            h["steps"][-1] if h["steps"] else None,
+            values[-1] if values else None,
+            min(finite) if finite else None,
+            max(finite) if finite else None,
+        ]
         if args.plot:
             row.append(sparkline(values, args.width))
         rows.append(row)
@@ -166,9 +200,24 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         as_json(list(rows), out)
         return 0
-    table(["RUN", "METRIC", "LAST", "MIN", "MIN AT", "MAX", "MAX AT", "COUNT", "EPOCHS"],
-          [[r["run"], r["metric"], r["last"], r["min"], _at(r["min_step"], r["min_epoch"]), r["max"],
-            _at(r["max_step"], r["max_epoch"]), r["count"], r["epochs"]] for r in rows], out)
+    table(
+        ["RUN", "METRIC", "LAST", "MIN", "MIN AT", "MAX", "MAX AT", "COUNT", "EPOCHS"],
+        [
+            [
+                r["run"],
+                r["metric"],
+                r["last"],
+                r["min"],
+                _at(r["min_step"], r["min_epoch"]),
+                r["max"],
+                _at(r["max_step"], r["max_epoch"]),
+                r["count"],
+                r["epochs"],
+            ]
+            for r in rows
+        ],
+        out,
+    )
     return 0
 
 
@@ -186,8 +235,15 @@ def cmd_best(args: argparse.Namespace, out: TextIO) -> int:
     if best is None:
         print(f"no run has logged {args.metric}", file=sys.stderr)
         return 1
-    pairs([("run", best["run"]), ("name", best["name"]), (args.mode + " " + args.metric, best["value"]),
-           ("at", _at(best["step"], best["epoch"]))], out)
+    pairs(
+        [
+            ("run", best["run"]),
+            ("name", best["name"]),
+            (args.mode + " " + args.metric, best["value"]),
+            ("at", _at(best["step"], best["epoch"])),
+        ],
+        out,
+    )
     return 0
 
 
@@ -196,8 +252,11 @@ def cmd_items(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         as_json({"total": rows.total, "items": list(rows)}, out)
         return 0
-    table(["SEQ", "ITEM", "KIND", "STAGE", "STATUS", "DURATION", "ERROR"],
-          [[i["seq"], i["item"], i["kind"], i["stage"], i["status"], i["duration"], i["error"]] for i in rows], out)
+    table(
+        ["SEQ", "ITEM", "KIND", "STAGE", "STATUS", "DURATION", "ERROR"],
+        [[i["seq"], i["item"], i["kind"], i["stage"], i["status"], i["duration"], i["error"]] for i in rows],
+        out,
+    )
     print(f"{len(rows)} of {rows.total} items", file=out)
     return 0
 
@@ -207,7 +266,11 @@ def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         as_json(list(rows), out)
         return 0
-    table(["KIND", "RUN", "TITLE", "SNIPPET"], [[r["kind"], r["run"], r["title"], r["snippet"]] for r in rows], out)
+    table(
+        ["KIND", "RUN", "TITLE", "SNIPPET"],
+        [[r["kind"], r["run"], r["title"], r["snippet"]] for r in rows],
+        out,
+    )
     return 0
 
 
@@ -230,7 +293,9 @@ def http_base(url: str) -> str:
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
-    path = f"/api/runs/{urllib.parse.quote(args.run, safe='')}/export/{urllib.parse.quote(args.format, safe='')}"
+    path = (
+        f"/api/runs/{urllib.parse.quote(args.run, safe='')}/export/{urllib.parse.quote(args.format, safe='')}"
+    )
     request = urllib.request.Request(http_base(args.url) + path)
     if args.token:
         request.add_header("Authorization", f"Bearer {args.token}")
@@ -256,23 +321,43 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
 # -- commands that read the database file -----------------------------------------------
 
 #: PRAGMAs that only describe the schema; any other PRAGMA with a value is refused.
-READ_PRAGMAS: Final = frozenset({
-    "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list",
-    "function_list", "module_list", "pragma_list", "collation_list", "database_list", "compile_options",
-})
+READ_PRAGMAS: Final = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "function_list",
+        "module_list",
+        "pragma_list",
+        "collation_list",
+        "database_list",
+        "compile_options",
+    }
+)
 _SCHEMA_COLUMNS: Final = frozenset({"type", "name", "tbl_name", "rootpage", "sql"})
-_ALLOWED: Final = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
-                             sqlite3.SQLITE_RECURSIVE})
+_ALLOWED: Final = frozenset(
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+)
 
 
-def read_only_authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None) -> int:
+def read_only_authorizer(
+    action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None
+) -> int:
     """Let statements read; refuse writes, schema changes, ATTACH and PRAGMAs that change things."""
     if action in _ALLOWED:
         return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA:
-        if arg2 is None or (arg1 or "").lower() in READ_PRAGMAS:
-            return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_UPDATE and arg1 == "sqlite_master" and source is None and arg2 in _SCHEMA_COLUMNS:
+    if action == sqlite3.SQLITE_PRAGMA and (arg2 is None or (arg1 or "").lower() in READ_PRAGMAS):
+        return sqlite3.SQLITE_OK
+    if (
+        action == sqlite3.SQLITE_UPDATE
+        and arg1 == "sqlite_master"
+        and source is None
+        and arg2 in _SCHEMA_COLUMNS
+    ):
         # SQLite asks this while it loads the schema for a pragma function such as
         # pragma_table_info(); the connection is opened read-only, so nothing is written.
         return sqlite3.SQLITE_OK
@@ -305,7 +390,13 @@ def cmd_sql(args: argparse.Namespace, out: TextIO) -> int:
     more = len(rows) > args.limit
     rows = rows[: args.limit]
     if args.json:
-        as_json([dict(zip(headers, (v.hex() if isinstance(v, bytes) else v for v in row), strict=True)) for row in rows], out)
+        as_json(
+            [
+                dict(zip(headers, (v.hex() if isinstance(v, bytes) else v for v in row), strict=True))
+                for row in rows
+            ],
+            out,
+        )
         return 0
     table(headers, [[f"<{len(v)} bytes>" if isinstance(v, bytes) else v for v in row] for row in rows], out)
     if more:
@@ -332,8 +423,10 @@ def cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
         for kind, name, _ in objects:
             if kind != "table":
                 continue
-            tables[name] = [{"name": c[1], "type": c[2], "notnull": bool(c[3]), "pk": c[5]}
-                            for c in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))]
+            tables[name] = [
+                {"name": c[1], "type": c[2], "notnull": bool(c[3]), "pk": c[5]}
+                for c in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))
+            ]
     finally:
         conn.close()
     as_json(tables, out)
@@ -343,8 +436,16 @@ def cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
 # -- the parsers ------------------------------------------------------------------------
 
 COMMANDS: Final[dict[str, Callable[[argparse.Namespace, TextIO], int]]] = {
-    "runs": cmd_runs, "show": cmd_show, "metrics": cmd_metrics, "compare": cmd_compare, "best": cmd_best,
-    "items": cmd_items, "search": cmd_search, "stats": cmd_stats, "export": cmd_export, "sql": cmd_sql,
+    "runs": cmd_runs,
+    "show": cmd_show,
+    "metrics": cmd_metrics,
+    "compare": cmd_compare,
+    "best": cmd_best,
+    "items": cmd_items,
+    "search": cmd_search,
+    "stats": cmd_stats,
+    "export": cmd_export,
+    "sql": cmd_sql,
     "schema": cmd_schema,
 }
 
@@ -361,9 +462,14 @@ def add_parsers(sub: Any) -> None:
 
     def remote(name: str, help_text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-        p.add_argument("--url", default=os.environ.get("TRACKLOG_URL") or DEFAULT_URL,
-                       help="the daemon (default $TRACKLOG_URL or %(default)s)")
-        p.add_argument("--token", default=os.environ.get("TRACKLOG_TOKEN") or None, help="bearer token ($TRACKLOG_TOKEN)")
+        p.add_argument(
+            "--url",
+            default=os.environ.get("TRACKLOG_URL") or DEFAULT_URL,
+            help="the daemon (default $TRACKLOG_URL or %(default)s)",
+        )
+        p.add_argument(
+            "--token", default=os.environ.get("TRACKLOG_TOKEN") or None, help="bearer token ($TRACKLOG_TOKEN)"
+        )
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return p
 
@@ -380,7 +486,9 @@ def add_parsers(sub: Any) -> None:
     p = remote("metrics", "a run's metric histories")
     p.add_argument("run")
     p.add_argument("--names", default=None, help="comma-separated metric names")
-    p.add_argument("--max-points", type=int, default=1000, help="downsample to this many points (default 1000)")
+    p.add_argument(
+        "--max-points", type=int, default=1000, help="downsample to this many points (default 1000)"
+    )
     p.add_argument("--plot", action="store_true", help="draw a sparkline of each metric")
     p.add_argument("--width", type=int, default=60, help="sparkline width (default 60)")
 
@@ -411,10 +519,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--format", choices=["json", "jsonl", "csv", "xml"], default="json")
     p.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
 
-    for name, help_text in (("sql", "run a read-only SQL statement on the database"),
-                            ("schema", "the database's tables and columns (JSON), or --ddl")):
+    for name, help_text in (
+        ("sql", "run a read-only SQL statement on the database"),
+        ("schema", "the database's tables and columns (JSON), or --ddl"),
+    ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--db", type=Path, default=None, help="database path (default: $TRACKLOG_HOME/tracklog.db)")
+        p.add_argument(
+            "--db", type=Path, default=None, help="database path (default: $TRACKLOG_HOME/tracklog.db)"
+        )
         if name == "sql":
             p.add_argument("statement")
             p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -432,5 +544,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         print(f"tracklog {args.command}: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     except (OSError, TimeoutError) as exc:
-        print(f"tracklog {args.command}: cannot reach the daemon at {getattr(args, 'url', '?')}: {exc}", file=sys.stderr)
+        print(
+            f"tracklog {args.command}: cannot reach the daemon at {getattr(args, 'url', '?')}: {exc}",
+            file=sys.stderr,
+        )
         return 2

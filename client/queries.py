@@ -14,10 +14,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
-from websockets.sync.client import connect
-
 from tracklog.protocol import errors
 from tracklog.protocol.limits import PROTOCOL_VERSION
+from websockets.sync.client import connect
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -47,7 +46,9 @@ class MetricHistories(dict):  # type: ignore[type-arg]
         import pandas as pd
 
         frames = [
-            pd.DataFrame({"name": name, "step": h["steps"], "epoch": h["epochs"], "value": h["values"], "ts": h["ts"]})
+            pd.DataFrame(
+                {"name": name, "step": h["steps"], "epoch": h["epochs"], "value": h["values"], "ts": h["ts"]}
+            )
             for name, h in self.items()
         ]
         if not frames:
@@ -58,7 +59,9 @@ class MetricHistories(dict):  # type: ignore[type-arg]
 class QueryClient:
     """Sends one query per connection to the daemon at url; raises the protocol's errors."""
 
-    def __init__(self, url: str, token: str | None = None, client_name: str = "tracklog-python", timeout: float = 30.0):
+    def __init__(
+        self, url: str, token: str | None = None, client_name: str = "tracklog-python", timeout: float = 30.0
+    ):
         self.url = url
         self.token = token
         self.client_name = client_name
@@ -69,10 +72,24 @@ class QueryClient:
         ref = next(_refs)
         message = {"op": "query", "q": q, "ref": ref, **{k: v for k, v in args.items() if v is not None}}
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        with connect(self.url, open_timeout=self.timeout, close_timeout=2, max_size=None,
-                     additional_headers=headers, compression=None) as ws:
-            ws.send(_encode({"op": "hello", "protocol": PROTOCOL_VERSION, "client": self.client_name,
-                             "token": self.token}))
+        with connect(
+            self.url,
+            open_timeout=self.timeout,
+            close_timeout=2,
+            max_size=None,
+            additional_headers=headers,
+            compression=None,
+        ) as ws:
+            ws.send(
+                _encode(
+                    {
+                        "op": "hello",
+                        "protocol": PROTOCOL_VERSION,
+                        "client": self.client_name,
+                        "token": self.token,
+                    }
+                )
+            )
             welcome = _decode(ws.recv(self.timeout))
             if welcome.get("op") == "error":
                 raise errors.error_for_code(welcome.get("code", ""), welcome.get("message", ""))
@@ -90,18 +107,40 @@ class QueryClient:
 
     # -- the questions, one method each ------------------------------------------------
 
-    def runs(self, filter: str | None = None, order_by: str | Iterable[str] | None = None, limit: int | None = None,
-             offset: int | None = None, deleted: bool | None = None) -> Rows:
-        return self.query("runs", filter=filter, order_by=_list(order_by), limit=limit, offset=offset, deleted=deleted)
+    def runs(
+        self,
+        filter: str | None = None,
+        order_by: str | Iterable[str] | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        deleted: bool | None = None,
+    ) -> Rows:
+        return self.query(
+            "runs", filter=filter, order_by=_list(order_by), limit=limit, offset=offset, deleted=deleted
+        )
 
     def get_run(self, run: str) -> dict[str, Any]:
         return dict(self.query("run", run=run)[0])
 
-    def metrics(self, run: str, names: Iterable[str] | None = None, max_points: int | None = None,
-                step_from: int | None = None, step_to: int | None = None) -> MetricHistories:
-        rows = self.query("metrics", run=run, names=_list(names), max_points=max_points, step_from=step_from,
-                          step_to=step_to)
-        out = MetricHistories({r["name"]: {k: r[k] for k in ("steps", "values", "epochs", "ts")} for r in rows})
+    def metrics(
+        self,
+        run: str,
+        names: Iterable[str] | None = None,
+        max_points: int | None = None,
+        step_from: int | None = None,
+        step_to: int | None = None,
+    ) -> MetricHistories:
+        rows = self.query(
+            "metrics",
+            run=run,
+            names=_list(names),
+            max_points=max_points,
+            step_from=step_from,
+            step_to=step_to,
+        )
+        out = MetricHistories(
+            {r["name"]: {k: r[k] for k in ("steps", "values", "epochs", "ts")} for r in rows}
+        )
         out.seq = rows.seq
         return out
 
@@ -112,8 +151,14 @@ class QueryClient:
         rows = self.query("best", metric=metric, mode=mode, filter=filter)
         return dict(rows[0]) if rows else None
 
-    def items(self, run: str | None = None, stage: str | None = None, status: str | None = None,
-              limit: int | None = None, offset: int | None = None) -> Rows:
+    def items(
+        self,
+        run: str | None = None,
+        stage: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> Rows:
         return self.query("items", run=run, stage=stage, status=status, limit=limit, offset=offset)
 
     def artifacts(self, run: str) -> Rows:
@@ -122,8 +167,13 @@ class QueryClient:
     def search(self, text: str, limit: int | None = None) -> Rows:
         return self.query("search", text=text, limit=limit)
 
-    def events(self, from_seq: int = 0, limit: int | None = None, run: str | None = None,
-               types: Iterable[str] | None = None) -> Rows:
+    def events(
+        self,
+        from_seq: int = 0,
+        limit: int | None = None,
+        run: str | None = None,
+        types: Iterable[str] | None = None,
+    ) -> Rows:
         return self.query("events", from_seq=from_seq, limit=limit, run=run, types=_list(types))
 
     def stats(self) -> dict[str, Any]:

@@ -111,7 +111,9 @@ def tokenize(text: str) -> list[Token]:
             tokens.append(Token("quoted", text[start:i], "".join(parts), start))
         elif c.isdigit() or (c in "+-." and i + 1 < n and (text[i + 1].isdigit() or text[i + 1] == ".")):
             i += 1
-            while i < n and (text[i].isdigit() or text[i] in ".eE" or (text[i] in "+-" and text[i - 1] in "eE")):
+            while i < n and (
+                text[i].isdigit() or text[i] in ".eE" or (text[i] in "+-" and text[i - 1] in "eE")
+            ):
                 i += 1
             raw = text[start:i]
             try:
@@ -167,7 +169,9 @@ class Compiled:
         if alias is None:
             alias = f"m{len(self._metric_alias)}"
             self._metric_alias[name] = alias
-            self.joins.append(f"LEFT JOIN metric_summaries {alias} ON {alias}.run = r.run AND {alias}.name = ?")
+            self.joins.append(
+                f"LEFT JOIN metric_summaries {alias} ON {alias}.run = r.run AND {alias}.name = ?"
+            )
             self.join_params.append(name)
         return alias
 
@@ -283,7 +287,12 @@ class _Parser:
                 return "config", "json_extract(r.config, ?)", [_config_path(name)], tok.position
             if for_order:
                 raise bad("cannot order by a tag", tok.position)
-            return "tag", "EXISTS (SELECT 1 FROM run_tags t WHERE t.run = r.run AND t.tag = ?)", [name], tok.position
+            return (
+                "tag",
+                "EXISTS (SELECT 1 FROM run_tags t WHERE t.run = r.run AND t.tag = ?)",
+                [name],
+                tok.position,
+            )
         column = RUN_FIELDS.get(word.lower())
         if column is None:
             raise bad(
@@ -329,7 +338,9 @@ class _Parser:
             negate = True
             self.i += 1
             if not self._is_word("in", "like"):
-                raise bad(f"unexpected {_shown(self.tok)}, expected 'in' or 'like' after 'not'", self.tok.position)
+                raise bad(
+                    f"unexpected {_shown(self.tok)}, expected 'in' or 'like' after 'not'", self.tok.position
+                )
         if self._is_word("in"):
             self.i += 1
             if self.tok.kind != "lparen":
@@ -363,7 +374,9 @@ class _Parser:
             params.append(value)
             return f"{expr} {'NOT LIKE' if negate else 'LIKE'} ? ESCAPE '\\'"
         if tok.kind != "op":
-            raise bad(f"unexpected {_shown(tok)}, expected an operator (= != < <= > >= like in)", tok.position)
+            raise bad(
+                f"unexpected {_shown(tok)}, expected an operator (= != < <= > >= like in)", tok.position
+            )
         self.i += 1
         op = _OPERATORS[tok.text]
         value, position = self.value(kind)
@@ -381,7 +394,9 @@ def _timestamp(text: str, position: int) -> float:
     try:
         moment = dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise bad(f"expected a time as a number or an ISO date like '2026-01-31', got '{text[:40]}'", position) from None
+        raise bad(
+            f"expected a time as a number or an ISO date like '2026-01-31', got '{text[:40]}'", position
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return moment.timestamp()
@@ -409,7 +424,7 @@ def _order_term(spec: str, index: int, out: Compiled) -> str:
         raise errors.BadQuery(f"order_by[{index}]: longer than 1000 characters")
     try:
         parser = _Parser(spec, out)
-        kind, expr, params, _ = parser.field_ref(for_order=True)
+        _, expr, params, _ = parser.field_ref(for_order=True)
         direction = "ASC"
         if parser._is_word("asc", "desc"):
             direction = parser.tok.text.upper()

@@ -8,6 +8,7 @@ protocol uses, so both paths share one implementation and one set of errors.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -22,12 +23,11 @@ from typing import Any, Final
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import msgspec
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
-
 from tracklog.protocol import errors
 from tracklog.protocol.events import finite_floats_as_strings
 from tracklog.protocol.messages import Query
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 
 from . import reads
 from .filters import compile_filter
@@ -53,9 +53,16 @@ def json_response(status: HTTPStatus, body: Any) -> Response:
     return _response(status, payload, "application/json")
 
 
-def _response(status: HTTPStatus, payload: bytes, content_type: str, extra: Sequence[tuple[str, str]] = ()) -> Response:
+def _response(
+    status: HTTPStatus, payload: bytes, content_type: str, extra: Sequence[tuple[str, str]] = ()
+) -> Response:
     headers = Headers(
-        [("Content-Type", content_type), ("Content-Length", str(len(payload))), ("Cache-Control", "no-store"), *extra]
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(payload))),
+            ("Cache-Control", "no-store"),
+            *extra,
+        ]
     )
     return Response(status.value, status.phrase, headers, payload)
 
@@ -126,7 +133,10 @@ def runs_query(params: Params) -> Query:
             day = dt.date.fromisoformat(date)
         except ValueError:
             raise BadParameter(f"date: expected YYYY-MM-DD, got '{date[:40]}'") from None
-        clauses.append(f"started >= {_quoted(day.isoformat())} and started < {_quoted((day + dt.timedelta(days=1)).isoformat())}")
+        clauses.append(
+            f"started >= {_quoted(day.isoformat())}"
+            f" and started < {_quoted((day + dt.timedelta(days=1)).isoformat())}"
+        )
     order_by = params.texts("order_by")
     if order_by:
         compile_filter(None, order_by)
@@ -151,7 +161,9 @@ def gather_export(conn: sqlite3.Connection, run: str) -> dict[str, Any]:
         metrics = reads.query_metrics(conn, Query(q="metrics", run=run))[0]
         items: list[Any] = []
         while True:
-            page = reads.query_items(conn, Query(q="items", run=run, limit=reads.MAX_ITEMS, offset=len(items)))[0]
+            page = reads.query_items(
+                conn, Query(q="items", run=run, limit=reads.MAX_ITEMS, offset=len(items))
+            )[0]
             items.extend(page)
             if len(page) < reads.MAX_ITEMS:
                 break
@@ -175,9 +187,25 @@ def export_jsonl(data: dict[str, Any]) -> bytes:
     run_id = data["run"]["id"]
     out.write(_json.encode(_plain({"record": "run", **data["run"]})) + b"\n")
     for series in data["metrics"]:
-        for step, value, epoch, ts in zip(series["steps"], series["values"], series["epochs"], series["ts"], strict=True):
-            out.write(_json.encode(_plain({"record": "metric", "run": run_id, "name": series["name"], "step": step,
-                                           "epoch": epoch, "value": value, "ts": ts})) + b"\n")
+        for step, value, epoch, ts in zip(
+            series["steps"], series["values"], series["epochs"], series["ts"], strict=True
+        ):
+            out.write(
+                _json.encode(
+                    _plain(
+                        {
+                            "record": "metric",
+                            "run": run_id,
+                            "name": series["name"],
+                            "step": step,
+                            "epoch": epoch,
+                            "value": value,
+                            "ts": ts,
+                        }
+                    )
+                )
+                + b"\n"
+            )
     for item in data["items"]:
         out.write(_json.encode(_plain({"record": "item", **item})) + b"\n")
     for artifact in data["artifacts"]:
@@ -185,7 +213,20 @@ def export_jsonl(data: dict[str, Any]) -> bytes:
     return out.getvalue()
 
 
-CSV_COLUMNS: Final = ("record", "run", "name", "step", "epoch", "value", "ts", "kind", "stage", "status", "path", "data")
+CSV_COLUMNS: Final = (
+    "record",
+    "run",
+    "name",
+    "step",
+    "epoch",
+    "value",
+    "ts",
+    "kind",
+    "stage",
+    "status",
+    "path",
+    "data",
+)
 
 
 def export_csv(data: dict[str, Any]) -> bytes:
@@ -195,17 +236,59 @@ def export_csv(data: dict[str, Any]) -> bytes:
     writer.writerow(CSV_COLUMNS)
     run_id = data["run"]["id"]
     for series in data["metrics"]:
-        for step, value, epoch, ts in zip(series["steps"], series["values"], series["epochs"], series["ts"], strict=True):
-            writer.writerow(("metric", run_id, series["name"], step, "" if epoch is None else epoch, repr(value), repr(ts),
-                             "", "", "", "", ""))
+        for step, value, epoch, ts in zip(
+            series["steps"], series["values"], series["epochs"], series["ts"], strict=True
+        ):
+            writer.writerow(
+                (
+                    "metric",
+                    run_id,
+                    series["name"],
+                    step,
+                    "" if epoch is None else epoch,
+                    repr(value),
+                    repr(ts),
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                )
+            )
     for item in data["items"]:
-        writer.writerow(("item", run_id, item["item"] or "", item["iteration"] or "", "", item["duration"] or "",
-                         repr(item["ts"]), item["kind"] or "", item["stage"] or "", item["status"], item["path"] or "",
-                         "" if item["data"] is None else _json.encode(_plain(item["data"])).decode()))
+        writer.writerow(
+            (
+                "item",
+                run_id,
+                item["item"] or "",
+                item["iteration"] or "",
+                "",
+                item["duration"] or "",
+                repr(item["ts"]),
+                item["kind"] or "",
+                item["stage"] or "",
+                item["status"],
+                item["path"] or "",
+                "" if item["data"] is None else _json.encode(_plain(item["data"])).decode(),
+            )
+        )
     for art in data["artifacts"]:
-        writer.writerow(("artifact", run_id, art["digest"] or "", "", "", art["size"] if art["size"] is not None else "",
-                         repr(art["ts"]), art["kind"], "", "", art["path"],
-                         "" if art["metadata"] is None else _json.encode(_plain(art["metadata"])).decode()))
+        writer.writerow(
+            (
+                "artifact",
+                run_id,
+                art["digest"] or "",
+                "",
+                "",
+                art["size"] if art["size"] is not None else "",
+                repr(art["ts"]),
+                art["kind"],
+                "",
+                "",
+                art["path"],
+                "" if art["metadata"] is None else _json.encode(_plain(art["metadata"])).decode(),
+            )
+        )
     return out.getvalue().encode()
 
 
@@ -227,7 +310,9 @@ def export_xml(data: dict[str, Any]) -> bytes:
     metrics = ET.SubElement(root, "metrics")
     for series in data["metrics"]:
         node = ET.SubElement(metrics, "metric", {"name": _xml_text(series["name"])})
-        for step, value, epoch, ts in zip(series["steps"], series["values"], series["epochs"], series["ts"], strict=True):
+        for step, value, epoch, ts in zip(
+            series["steps"], series["values"], series["epochs"], series["ts"], strict=True
+        ):
             attrs = {"step": str(step), "value": repr(value), "ts": repr(ts)}
             if epoch is not None:
                 attrs["epoch"] = str(epoch)
@@ -238,7 +323,9 @@ def export_xml(data: dict[str, Any]) -> bytes:
     artifacts = ET.SubElement(root, "artifacts")
     for art in data["artifacts"]:
         ET.SubElement(artifacts, "artifact", {k: _xml_text(v) for k, v in art.items() if v is not None})
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8", xml_declaration=False)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(
+        root, encoding="utf-8", xml_declaration=False
+    )
 
 
 EXPORTERS: Final[dict[str, Callable[[dict[str, Any]], bytes]]] = {
@@ -251,7 +338,8 @@ EXPORTERS: Final[dict[str, Callable[[dict[str, Any]], bytes]]] = {
 
 def content_disposition(run: str, fmt: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", run)[:100] or "run"
-    return f"attachment; filename=\"run-{safe}.{fmt}\"; filename*=UTF-8''{quote('run-' + run + '.' + fmt, safe='')}"
+    encoded = quote(f"run-{run}.{fmt}", safe="")
+    return f"attachment; filename=\"run-{safe}.{fmt}\"; filename*=UTF-8''{encoded}"
 
 
 # -- the router -------------------------------------------------------------------------
@@ -269,7 +357,9 @@ class HttpApi:
         try:
             params = Params(parts.query)
             if path == "/metrics":
-                return _response(HTTPStatus.OK, self.prometheus().encode(), "text/plain; version=0.0.4; charset=utf-8")
+                return _response(
+                    HTTPStatus.OK, self.prometheus().encode(), "text/plain; version=0.0.4; charset=utf-8"
+                )
             if path == "/api/stats":
                 result = await self.daemon.readers.query(Query(q="stats"))
                 row = dict(result.rows[0])
@@ -277,12 +367,16 @@ class HttpApi:
                 return json_response(HTTPStatus.OK, row)
             if path in ("/api/runs", "/api/runs/"):
                 result = await self.daemon.readers.query(runs_query(params))
-                return json_response(HTTPStatus.OK, {"seq": result.seq, "total": result.total, "runs": result.rows})
+                return json_response(
+                    HTTPStatus.OK, {"seq": result.seq, "total": result.total, "runs": result.rows}
+                )
             if path.startswith("/api/runs/"):
                 return await self._run_path(path.removeprefix("/api/runs/"), params)
         except errors.ProtocolError as exc:
             return error_response(exc)
-        return json_response(HTTPStatus.NOT_FOUND, {"error": "not_found", "message": f"no such path: {path[:200]}"})
+        return json_response(
+            HTTPStatus.NOT_FOUND, {"error": "not_found", "message": f"no such path: {path[:200]}"}
+        )
 
     async def _run_path(self, rest: str, params: Params) -> Response:
         segments = rest.split("/")
@@ -295,25 +389,44 @@ class HttpApi:
             result = await readers.query(Query(q="run", run=run))
             return json_response(HTTPStatus.OK, {"seq": result.seq, "run": result.rows[0]})
         if tail == ["metrics"]:
-            q = Query(q="metrics", run=run, names=params.texts("names"),
-                      max_points=params.integer("max_points", 2), step_from=params.integer("step_from"),
-                      step_to=params.integer("step_to"))
+            q = Query(
+                q="metrics",
+                run=run,
+                names=params.texts("names"),
+                max_points=params.integer("max_points", 2),
+                step_from=params.integer("step_from"),
+                step_to=params.integer("step_to"),
+            )
             result = await readers.query(q)
             return json_response(HTTPStatus.OK, {"seq": result.seq, "metrics": result.rows})
         if tail == ["items"]:
             await readers.query(Query(q="artifacts", run=run))  # 404 for an unknown run
-            q = Query(q="items", run=run, stage=params.text("stage"), status=params.text("status"),
-                      limit=params.integer("limit", 0, reads.MAX_ITEMS), offset=params.integer("offset", 0))
+            q = Query(
+                q="items",
+                run=run,
+                stage=params.text("stage"),
+                status=params.text("status"),
+                limit=params.integer("limit", 0, reads.MAX_ITEMS),
+                offset=params.integer("offset", 0),
+            )
             result = await readers.query(q)
-            return json_response(HTTPStatus.OK, {"seq": result.seq, "total": result.total, "items": result.rows})
+            return json_response(
+                HTTPStatus.OK, {"seq": result.seq, "total": result.total, "items": result.rows}
+            )
         if len(tail) == 2 and tail[0] == "export":
             fmt = tail[1]
             if fmt not in EXPORTERS:
-                raise BadParameter(f"format: '{fmt[:40]}' is not supported; expected one of {', '.join(EXPORTERS)}")
+                raise BadParameter(
+                    f"format: '{fmt[:40]}' is not supported; expected one of {', '.join(EXPORTERS)}"
+                )
             data = await readers.call(gather_export, run)
             payload = EXPORTERS[fmt](data)
-            return _response(HTTPStatus.OK, payload, EXPORT_TYPES[fmt],
-                             [("Content-Disposition", content_disposition(run, fmt))])
+            return _response(
+                HTTPStatus.OK,
+                payload,
+                EXPORT_TYPES[fmt],
+                [("Content-Disposition", content_disposition(run, fmt))],
+            )
         raise errors.NotFound(f"no such path: /api/runs/{rest[:200]}")
 
     # -- metrics ----------------------------------------------------------------------
@@ -344,28 +457,42 @@ class HttpApi:
         metric("tracklog_events_appended_total", "counter", "Events committed to the log.", stats.events)
         metric("tracklog_appends_total", "counter", "Append messages committed.", stats.appends)
         metric("tracklog_commits_total", "counter", "Group commits.", stats.commits)
-        metric("tracklog_duplicate_events_total", "counter", "Events not appended again (known id).", stats.duplicates)
+        metric(
+            "tracklog_duplicate_events_total",
+            "counter",
+            "Events not appended again (known id).",
+            stats.duplicates,
+        )
         metric("tracklog_rejected_events_total", "counter", "Events rejected as invalid.", stats.rejected)
-        metric("tracklog_commit_seconds_total", "counter", "Time spent in group commits.", stats.commit_seconds)
+        metric(
+            "tracklog_commit_seconds_total", "counter", "Time spent in group commits.", stats.commit_seconds
+        )
         histogram = getattr(stats, "ack_latency", None)
         if histogram is not None:
-            lines.extend(histogram.exposition(
-                "tracklog_ack_latency_seconds", "Time from an append reaching the writer to its commit."))
+            lines.extend(
+                histogram.exposition(
+                    "tracklog_ack_latency_seconds", "Time from an append reaching the writer to its commit."
+                )
+            )
         metric("tracklog_head_seq", "gauge", "Seq of the newest committed event.", daemon.writer.head)
         metric("tracklog_connections", "gauge", "Open WebSocket connections.", daemon.connections)
-        metric("tracklog_subscribers", "gauge", "Live subscriptions.", hub.subscribers if hub is not None else 0)
+        metric(
+            "tracklog_subscribers", "gauge", "Live subscriptions.", hub.subscribers if hub is not None else 0
+        )
         lag = hub.lag() if hub is not None and hasattr(hub, "lag") else 0
         metric("tracklog_subscriber_lag_events", "gauge", "Most events a subscriber has waiting.", lag)
-        metric("tracklog_database_bytes", "gauge", "Size of the database file and its WAL.", database_bytes(str(daemon.settings.db)))
+        metric(
+            "tracklog_database_bytes",
+            "gauge",
+            "Size of the database file and its WAL.",
+            database_bytes(str(daemon.settings.db)),
+        )
         return "\n".join(lines) + "\n"
 
 
 def database_bytes(path: str) -> int:
     total = 0
     for suffix in ("", "-wal"):
-        try:
+        with contextlib.suppress(OSError):
             total += os.path.getsize(path + suffix)
-        except OSError:
-            pass
     return total
-

@@ -15,7 +15,6 @@ from typing import Any, Final
 
 import msgspec
 import numpy as np
-
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Query
 
@@ -101,10 +100,14 @@ def query_runs(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | Non
         for r in runs:
             r["tags"] = []
             r["metrics"] = {}
-        for run, tag in conn.execute(f"SELECT run, tag FROM run_tags WHERE run IN ({_marks(ids)}) ORDER BY run, tag", ids):
+        for run, tag in conn.execute(
+            f"SELECT run, tag FROM run_tags WHERE run IN ({_marks(ids)}) ORDER BY run, tag", ids
+        ):
             by_id[run]["tags"].append(tag)
         for run, name, last, count in conn.execute(
-            f"SELECT run, name, last, count FROM metric_summaries WHERE run IN ({_marks(ids)}) ORDER BY run, name", ids
+            f"SELECT run, name, last, count FROM metric_summaries WHERE run IN ({_marks(ids)})"
+            " ORDER BY run, name",
+            ids,
         ):
             by_id[run]["metrics"][name] = math.nan if last is None and count else last
     return runs, total
@@ -122,7 +125,9 @@ def query_metrics(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | 
         raise errors.BadQuery("step_from: greater than step_to", q.ref)
     known = {
         name: count
-        for name, count in conn.execute("SELECT name, count FROM metric_summaries WHERE run = ? ORDER BY name", (run,))
+        for name, count in conn.execute(
+            "SELECT name, count FROM metric_summaries WHERE run = ? ORDER BY name", (run,)
+        )
     }
     names = list(known) if q.names is None else list(dict.fromkeys(q.names))
     rows: list[dict[str, Any]] = []
@@ -142,8 +147,15 @@ def query_metrics(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | 
             series = series.take(extremes_index(series.values, q.max_points))
         elif points > MAX_SERIES_POINTS:
             raise errors.BadQuery(f"metrics: {name} has {points} points; ask with max_points", q.ref)
-        rows.append({"run": run, "name": name, "points": points, "downsampled": len(series) < points,
-                     **series.columns()})
+        rows.append(
+            {
+                "run": run,
+                "name": name,
+                "points": points,
+                "downsampled": len(series) < points,
+                **series.columns(),
+            }
+        )
     return rows, len(rows)
 
 
@@ -165,8 +177,12 @@ def _summary_dict(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _epoch_count(conn: sqlite3.Connection, run: str, name: str) -> int:
-    blobs = [b for (b,) in conn.execute(
-        "SELECT epochs FROM metric_chunks WHERE run = ? AND name = ? ORDER BY chunk", (run, name))]
+    blobs = [
+        b
+        for (b,) in conn.execute(
+            "SELECT epochs FROM metric_chunks WHERE run = ? AND name = ? ORDER BY chunk", (run, name)
+        )
+    ]
     if not blobs:
         return 0
     epochs = np.frombuffer(b"".join(blobs), np.int64)
@@ -181,22 +197,35 @@ def query_compare(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | 
         raise errors.BadQuery("runs: required for q 'compare' (a list of run ids)", q.ref)
     if len(runs) > MAX_RUNS:
         raise errors.BadQuery(f"runs: at most {MAX_RUNS}", q.ref)
-    names_of = {run: name for run, name in conn.execute(f"SELECT run, name FROM runs WHERE run IN ({_marks(runs)})", runs)}
+    names_of = {
+        run: name
+        for run, name in conn.execute(f"SELECT run, name FROM runs WHERE run IN ({_marks(runs)})", runs)
+    }
     for run in runs:
         if run not in names_of:
             raise errors.NotFound(f"runs: no run '{run[:128]}'", q.ref)
     rows: list[dict[str, Any]] = []
     wanted = q.metrics if q.metrics is not None else q.names
     for run in runs:
-        sql = ("SELECT name, count, last, last_step, last_epoch, min, min_step, min_epoch, max, max_step, max_epoch"
-               " FROM metric_summaries WHERE run = ?")
+        sql = (
+            "SELECT name, count, last, last_step, last_epoch, min, min_step, min_epoch, max, max_step,"
+            " max_epoch"
+            " FROM metric_summaries WHERE run = ?"
+        )
         args: list[Any] = [run]
         if wanted is not None:
             sql += f" AND name IN ({_marks(wanted)})"
             args.extend(wanted)
         for name, *summary in conn.execute(sql + " ORDER BY name", args):
-            rows.append({"run": run, "run_name": names_of[run], "metric": name, **_summary_dict(tuple(summary)),
-                         "epochs": _epoch_count(conn, run, name)})
+            rows.append(
+                {
+                    "run": run,
+                    "run_name": names_of[run],
+                    "metric": name,
+                    **_summary_dict(tuple(summary)),
+                    "epochs": _epoch_count(conn, run, name),
+                }
+            )
     return rows, len(rows)
 
 
@@ -223,15 +252,40 @@ def query_best(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | Non
         return [], 0
     run = _run_dict(row[:-4])
     value, step, epoch, count = row[-4:]
-    return [{"run": run["id"], "name": run["name"], "metric": q.metric, "mode": mode, "value": value,
-             "step": step, "epoch": _epoch(epoch), "count": count, "summary": run}], 1
+    return [
+        {
+            "run": run["id"],
+            "name": run["name"],
+            "metric": q.metric,
+            "mode": mode,
+            "value": value,
+            "step": step,
+            "epoch": _epoch(epoch),
+            "count": count,
+            "summary": run,
+        }
+    ], 1
 
 
 # -- items and artifacts -----------------------------------------------------------
 
 
-ITEM_COLUMNS: Final = ("seq", "run", "item", "kind", "stage", "iteration", "status", "data", "path", "model",
-                       "backend", "duration", "error", "ts")
+ITEM_COLUMNS: Final = (
+    "seq",
+    "run",
+    "item",
+    "kind",
+    "stage",
+    "iteration",
+    "status",
+    "data",
+    "path",
+    "model",
+    "backend",
+    "duration",
+    "error",
+    "ts",
+)
 
 
 def item_dict(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -252,17 +306,27 @@ def query_items(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
     clause = " WHERE " + " AND ".join(where) if where else ""
     total = conn.execute(f"SELECT count(*) FROM items{clause}", args).fetchone()[0]
     rows = conn.execute(
-        f"SELECT {', '.join(ITEM_COLUMNS)} FROM items{clause} ORDER BY seq LIMIT ? OFFSET ?", [*args, limit, offset]
+        f"SELECT {', '.join(ITEM_COLUMNS)} FROM items{clause} ORDER BY seq LIMIT ? OFFSET ?",
+        [*args, limit, offset],
     ).fetchall()
     return [item_dict(r) for r in rows], total
 
 
 def artifact_rows(conn: sqlite3.Connection, run: str) -> list[dict[str, Any]]:
     return [
-        {"seq": seq, "run": run, "kind": kind, "path": path, "size": size, "digest": digest,
-         "metadata": _json_decode(meta) if meta else None, "ts": ts}
+        {
+            "seq": seq,
+            "run": run,
+            "kind": kind,
+            "path": path,
+            "size": size,
+            "digest": digest,
+            "metadata": _json_decode(meta) if meta else None,
+            "ts": ts,
+        }
         for seq, kind, path, size, digest, meta, ts in conn.execute(
-            "SELECT seq, kind, path, size, digest, metadata, ts FROM artifacts WHERE run = ? ORDER BY seq", (run,)
+            "SELECT seq, kind, path, size, digest, metadata, ts FROM artifacts WHERE run = ? ORDER BY seq",
+            (run,),
         )
     ]
 
@@ -311,8 +375,14 @@ def query_search(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | N
     ).fetchall()
     out = []
     for doc, kind, run, run_name, title, snippet, score in rows:
-        row: dict[str, Any] = {"kind": kind, "run": run, "run_name": run_name, "title": title,
-                               "snippet": snippet, "score": -score}
+        row: dict[str, Any] = {
+            "kind": kind,
+            "run": run,
+            "run_name": run_name,
+            "title": title,
+            "snippet": snippet,
+            "score": -score,
+        }
         if kind != "run":
             row["seq"] = doc
         out.append(row)
@@ -345,14 +415,26 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
     """Counts by status and kind, the most used tags, recent runs, sizes and the ingest rate."""
     head = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
     now = time.time()
-    runs_by_status = dict(conn.execute("SELECT status, count(*) FROM runs WHERE deleted = 0 GROUP BY status ORDER BY status"))
+    runs_by_status = dict(
+        conn.execute("SELECT status, count(*) FROM runs WHERE deleted = 0 GROUP BY status ORDER BY status")
+    )
     items_by_status = dict(conn.execute("SELECT status, count(*) FROM items GROUP BY status ORDER BY status"))
     artifacts_by_kind = dict(conn.execute("SELECT kind, count(*) FROM artifacts GROUP BY kind ORDER BY kind"))
-    tags = [{"tag": t, "runs": n} for t, n in conn.execute(
-        "SELECT tag, count(*) AS n FROM run_tags GROUP BY tag ORDER BY n DESC, tag LIMIT 10")]
-    recent = [{"id": run, "name": name, "status": status, "last_ts": last_ts} for run, name, status, last_ts in conn.execute(
-        "SELECT run, name, status, last_ts FROM runs WHERE deleted = 0 ORDER BY last_ts DESC LIMIT 10")]
-    points, deleted = conn.execute("SELECT coalesce(sum(n_points), 0), coalesce(sum(deleted), 0) FROM runs").fetchone()
+    tags = [
+        {"tag": t, "runs": n}
+        for t, n in conn.execute(
+            "SELECT tag, count(*) AS n FROM run_tags GROUP BY tag ORDER BY n DESC, tag LIMIT 10"
+        )
+    ]
+    recent = [
+        {"id": run, "name": name, "status": status, "last_ts": last_ts}
+        for run, name, status, last_ts in conn.execute(
+            "SELECT run, name, status, last_ts FROM runs WHERE deleted = 0 ORDER BY last_ts DESC LIMIT 10"
+        )
+    ]
+    points, deleted = conn.execute(
+        "SELECT coalesce(sum(n_points), 0), coalesce(sum(deleted), 0) FROM runs"
+    ).fetchone()
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     page_count = conn.execute("PRAGMA page_count").fetchone()[0]
     path = conn.execute("PRAGMA database_list").fetchone()[2]
@@ -363,7 +445,9 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
         except OSError:
             wal = 0
     try:
-        log_bytes = conn.execute("SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN ('events', 'events_id', 'events_run')").fetchone()[0]
+        log_bytes = conn.execute(
+            "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN ('events', 'events_id', 'events_run')"
+        ).fetchone()[0]
     except sqlite3.Error:  # dbstat is compiled in most builds, not all
         log_bytes = None
     row = {

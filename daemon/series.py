@@ -106,18 +106,25 @@ def extremes_index(values: F64, max_points: int) -> npt.NDArray[np.intp]:
 
 
 def downsample_from_tiers(
-    conn: sqlite3.Connection, run: str, name: str, max_points: int,
-    step_from: int | None = None, step_to: int | None = None,
+    conn: sqlite3.Connection,
+    run: str,
+    name: str,
+    max_points: int,
+    step_from: int | None = None,
+    step_to: int | None = None,
 ) -> tuple[Series, int] | None:
     """Downsample a long series from its chunks' precomputed extremes, reading no points.
 
     Buckets are runs of whole chunks; from each, the lowest and the highest point are
     kept, as `extremes_index` does point by point. Returns (series, points in range), or
-    None when the tiers cannot answer: too few chunks per bucket to gain anything, or a
+    None when the tiers cannot answer: no more chunks than buckets, or a
     step range that cuts through a chunk (those are read point by point instead).
     """
-    sql = ("SELECT n, step_min, step_max, lo, lo_at, lo_step, lo_epoch, lo_ts, hi, hi_at, hi_step, hi_epoch, hi_ts"
-           " FROM metric_tiers WHERE run = ? AND name = ?")
+    sql = (
+        "SELECT n, step_min, step_max, lo, lo_at, lo_step, lo_epoch, lo_ts,"
+        " hi, hi_at, hi_step, hi_epoch, hi_ts"
+        " FROM metric_tiers WHERE run = ? AND name = ?"
+    )
     args: list[Any] = [run, name]
     if step_from is not None:
         sql += " AND step_max >= ?"
@@ -127,8 +134,8 @@ def downsample_from_tiers(
         args.append(step_to)
     rows = conn.execute(sql + " ORDER BY chunk", args).fetchall()
     buckets = max(1, max_points // 2)
-    if len(rows) < 2 * buckets:
-        return None
+    if len(rows) <= buckets:
+        return None  # a chunk per bucket or less: reading the points gives a finer answer
     if (step_from is not None and any(r[1] < step_from for r in rows)) or (
         step_to is not None and any(r[2] > step_to for r in rows)
     ):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tracklog.daemon import commands
 from tracklog.daemon.reads import query_metrics
 from tracklog.daemon.schema import CHUNK_POINTS
@@ -32,8 +31,10 @@ def db(tmp_path: Path) -> Iterator[Path]:
     values[SPIKE_AT] = 100.0
     values[20_000] = -100.0
     values[5] = math.nan
-    events = [Metrics(run="r", ts=1000.0 + i, data=MetricsData(values={"v": v}, step=i, epoch=i // 5000))
-              for i, v in enumerate(values)]
+    events = [
+        Metrics(run="r", ts=1000.0 + i, data=MetricsData(values={"v": v}, step=i, epoch=i // 5000))
+        for i, v in enumerate(values)
+    ]
     for start in range(0, len(events), 7_000):  # chunks span transactions
         store.append_group([Append(events=events[start : start + 7_000])])
     store.close()
@@ -63,7 +64,9 @@ def test_tiers_give_way_to_a_point_read_when_buckets_are_smaller_than_two_chunks
 def test_the_metrics_query_answers_the_same_spikes_either_way(db: Path) -> None:
     with sqlite3.connect(db) as conn:
         tiered = query_metrics(conn, Query(q="metrics", run="r", max_points=10))[0][0]
-        exact = query_metrics(conn, Query(q="metrics", run="r", max_points=10, step_from=0, step_to=POINTS))[0][0]
+        exact = query_metrics(conn, Query(q="metrics", run="r", max_points=10, step_from=0, step_to=POINTS))[
+            0
+        ][0]
     for row in (tiered, exact):
         assert row["points"] == POINTS and len(row["values"]) <= 10
         assert max(row["values"]) == 100.0 and min(row["values"]) == -100.0

@@ -8,30 +8,46 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 import pytest
-
 import tracklog
-from tests.conftest import Client, DaemonProcess
 from tracklog.cli_queries import read_only_authorizer, sparkline
+
+from tests.conftest import Client, DaemonProcess
 
 
 def tracklog_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tracklog", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tracklog", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 async def some_runs(client: Client) -> None:
-    await client.append([
-        {"type": "run.started", "run": "a", "data": {"name": "alpha", "pipeline": "train", "tags": ["base"]}},
-        {"type": "run.started", "run": "b", "data": {"name": "beta", "pipeline": "train"}},
-        *[{"type": "metrics", "run": r, "data": {"values": {"loss": v}, "step": i, "epoch": 0}}
-          for r, vals in (("a", [3.0, 2.0, 1.0]), ("b", [5.0, 0.5, 4.0])) for i, v in enumerate(vals)],
-        {"type": "item", "run": "a", "data": {"item": "i1", "kind": "caption", "data": "a quick brown fox"}},
-        {"type": "artifact", "run": "a", "data": {"kind": "plot", "path": "/p/loss.png"}},
-    ])
+    await client.append(
+        [
+            {
+                "type": "run.started",
+                "run": "a",
+                "data": {"name": "alpha", "pipeline": "train", "tags": ["base"]},
+            },
+            {"type": "run.started", "run": "b", "data": {"name": "beta", "pipeline": "train"}},
+            *[
+                {"type": "metrics", "run": r, "data": {"values": {"loss": v}, "step": i, "epoch": 0}}
+                for r, vals in (("a", [3.0, 2.0, 1.0]), ("b", [5.0, 0.5, 4.0]))
+                for i, v in enumerate(vals)
+            ],
+            {
+                "type": "item",
+                "run": "a",
+                "data": {"item": "i1", "kind": "caption", "data": "a quick brown fox"},
+            },
+            {"type": "artifact", "run": "a", "data": {"kind": "plot", "path": "/p/loss.png"}},
+        ]
+    )
 
 
-async def test_tracker_questions_return_plain_objects(daemon: DaemonProcess, client: Client, tmp_path: Path) -> None:
+async def test_tracker_questions_return_plain_objects(
+    daemon: DaemonProcess, client: Client, tmp_path: Path
+) -> None:
     await some_runs(client)
     with tracklog.connect(daemon.url, spool_dir=tmp_path / "spool") as tracker:
         runs = tracker.runs(filter="metrics.loss < 5", order_by="metrics.loss desc")
@@ -83,14 +99,22 @@ async def test_cli_export_writes_a_file(daemon: DaemonProcess, client: Client, t
     assert missing.returncode == 1 and "no run" in missing.stderr
 
 
-async def test_cli_sql_reads_and_refuses_writes_attach_and_pragma_changes(client: Client, db_path: Path) -> None:
+async def test_cli_sql_reads_and_refuses_writes_attach_and_pragma_changes(
+    client: Client, db_path: Path
+) -> None:
     await some_runs(client)
     ok = tracklog_cli("sql", "--db", str(db_path), "SELECT run, name FROM runs ORDER BY run", "--json")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout) == [{"run": "a", "name": "alpha"}, {"run": "b", "name": "beta"}]
-    for statement in ("DELETE FROM runs", "UPDATE runs SET name = 'x'", "DROP TABLE runs",
-                      "ATTACH DATABASE ':memory:' AS x", "PRAGMA journal_mode = DELETE", "CREATE TABLE t(x)",
-                      "SELECT 1; DELETE FROM runs"):
+    for statement in (
+        "DELETE FROM runs",
+        "UPDATE runs SET name = 'x'",
+        "DROP TABLE runs",
+        "ATTACH DATABASE ':memory:' AS x",
+        "PRAGMA journal_mode = DELETE",
+        "CREATE TABLE t(x)",
+        "SELECT 1; DELETE FROM runs",
+    ):
         refused = tracklog_cli("sql", "--db", str(db_path), statement)
         assert refused.returncode != 0, statement
     assert tracklog_cli("sql", "--db", str(db_path), "PRAGMA table_info(runs)").returncode == 0
@@ -118,5 +142,3 @@ def test_the_authorizer_allows_reads_and_denies_everything_else() -> None:
 def test_a_sparkline_keeps_a_spike_and_spans_the_range() -> None:
     line = sparkline([1.0] * 500 + [9.0] + [1.0] * 499 + [float("nan")], width=20)
     assert len(line) == 20 and line.count("█") == 1 and set(line) == {"▁", "█"}
-
-

@@ -22,31 +22,54 @@ def points(run: str, name: str, values: list[float], epoch: int | None = None) -
 
 
 async def three_runs(client: Client) -> None:
-    await client.append([
-        started("a", "alpha run", pipeline="train", tags=["baseline"], config={"lr": 0.1}, notes="first try"),
-        started("b", "beta run", pipeline="train", tags=["tuned"], config={"lr": 0.01}),
-        started("c", "gamma run", pipeline="eval"),
-        *points("a", "loss", [3.0, 1.0, 2.0]),
-        *points("b", "loss", [4.0, 1.0, 0.5]),
-        *points("c", "loss", [1.0]),
-        {"type": "run.finished", "run": "a", "data": {"status": "completed"}},
-        {"type": "run.finished", "run": "b", "data": {"status": "failed", "error": "boom"}},
-        {"type": "item", "run": "a", "data": {"item": "i1", "kind": "translation_result", "stage": "translate",
-                                               "data": {"text": "the running foxes jumped"}}},
-        {"type": "item", "run": "a", "data": {"item": "i2", "kind": "output_image", "status": "failed"}},
-        {"type": "artifact", "run": "b", "data": {"kind": "checkpoint", "path": "/ckpt/beta-final.pt"}},
-    ])
+    await client.append(
+        [
+            started(
+                "a", "alpha run", pipeline="train", tags=["baseline"], config={"lr": 0.1}, notes="first try"
+            ),
+            started("b", "beta run", pipeline="train", tags=["tuned"], config={"lr": 0.01}),
+            started("c", "gamma run", pipeline="eval"),
+            *points("a", "loss", [3.0, 1.0, 2.0]),
+            *points("b", "loss", [4.0, 1.0, 0.5]),
+            *points("c", "loss", [1.0]),
+            {"type": "run.finished", "run": "a", "data": {"status": "completed"}},
+            {"type": "run.finished", "run": "b", "data": {"status": "failed", "error": "boom"}},
+            {
+                "type": "item",
+                "run": "a",
+                "data": {
+                    "item": "i1",
+                    "kind": "translation_result",
+                    "stage": "translate",
+                    "data": {"text": "the running foxes jumped"},
+                },
+            },
+            {"type": "item", "run": "a", "data": {"item": "i2", "kind": "output_image", "status": "failed"}},
+            {"type": "artifact", "run": "b", "data": {"kind": "checkpoint", "path": "/ckpt/beta-final.pt"}},
+        ]
+    )
 
 
 async def test_runs_filters_orders_pages_and_reports_the_total_and_seq(client: Client) -> None:
     await three_runs(client)
-    reply = await client.query("runs", filter="metrics.loss < 2.5 and pipeline = 'train'",
-                               order_by=["metrics.loss asc"], limit=1)
+    reply = await client.query(
+        "runs", filter="metrics.loss < 2.5 and pipeline = 'train'", order_by=["metrics.loss asc"], limit=1
+    )
     assert reply["op"] == "result" and reply["total"] == 2 and reply["seq"] == 15
     [row] = reply["rows"]
-    assert (row["id"], row["tags"], row["metrics"], row["config"]) == ("b", ["tuned"], {"loss": 0.5}, {"lr": 0.01})
-    page2 = await client.query("runs", filter="metrics.loss < 2.5 and pipeline = 'train'",
-                               order_by=["metrics.loss asc"], limit=1, offset=1)
+    assert (row["id"], row["tags"], row["metrics"], row["config"]) == (
+        "b",
+        ["tuned"],
+        {"loss": 0.5},
+        {"lr": 0.01},
+    )
+    page2 = await client.query(
+        "runs",
+        filter="metrics.loss < 2.5 and pipeline = 'train'",
+        order_by=["metrics.loss asc"],
+        limit=1,
+        offset=1,
+    )
     assert [r["id"] for r in page2["rows"]] == ["a"]
 
 
@@ -94,8 +117,9 @@ async def test_compare_reports_where_extremes_were_reached_and_epochs(client: Cl
     await three_runs(client)
     await client.append(points("a", "acc", [0.1, 0.9]) + points("a", "acc", [0.5], epoch=1))
     rows = (await client.query("compare", runs=["a", "b"], metrics=["loss"]))["rows"]
-    assert [(r["run"], r["min"], r["min_step"], r["max"], r["max_step"], r["last"], r["count"]) for r in rows] == [
-        ("a", 1.0, 1, 3.0, 0, 2.0, 3), ("b", 0.5, 2, 4.0, 0, 0.5, 3)]
+    assert [
+        (r["run"], r["min"], r["min_step"], r["max"], r["max_step"], r["last"], r["count"]) for r in rows
+    ] == [("a", 1.0, 1, 3.0, 0, 2.0, 3), ("b", 0.5, 2, 4.0, 0, 0.5, 3)]
     acc = (await client.query("compare", runs=["a"], metrics=["acc"]))["rows"][0]
     assert acc["epochs"] == 1 and acc["max"] == 0.9
 
