@@ -121,6 +121,11 @@ class Daemon:
         replayed = await self.writer.start()
         self.hub.published_seq = self.writer.head
         self.hub.pipeline_of, self.hub.status_of = await self.readers.call(run_pipelines)
+        # Runs left running by the last daemon have no writer yet: each gets the grace
+        # period for one to come back, like a run whose writers just disconnected.
+        for run, status in self.hub.status_of.items():
+            if status == "running":
+                self._lost_timers[run] = asyncio.create_task(self._mark_lost_later(run))
         self.writer.listeners.append(self.hub.publish)
         if replayed:
             log.info("projections caught up from the log", events=replayed)

@@ -63,6 +63,25 @@ def connect(path: str | os.PathLike[str], durability: Durability = "normal", rea
     return conn
 
 
+def ddl_statements(script: str) -> list[str]:
+    """The statements of a DDL script, one by one, so they can run inside a transaction
+    (executescript would commit first). Statements end where SQLite says they are complete,
+    so a `;` inside a comment or a string does not cut one."""
+    statements: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                statements.append(current)
+            current = ""
+    if current.strip() and not all(
+        part.strip().startswith("--") or not part.strip() for part in current.splitlines()
+    ):
+        raise ValueError(f"incomplete statement at the end of the script: {current.strip()[:80]}")
+    return statements
+
+
 def decode_data(type_: str, blob: bytes) -> Any:
     """A logged event's data as its typed struct."""
     return _DATA_DECODERS[type_].decode(blob)
@@ -154,9 +173,8 @@ class LogStore:
             self.conn.execute("BEGIN IMMEDIATE")
             for table in PROJECTION_TABLES:
                 self.conn.execute(f"DROP TABLE IF EXISTS {table}")
-            for statement in PROJECTION_DDL.split(";"):
-                if statement.strip():
-                    self.conn.execute(statement)
+            for statement in ddl_statements(PROJECTION_DDL):
+                self.conn.execute(statement)
             self._set_meta("projection_version", PROJECTION_VERSION)
             self._set_meta("applied_seq", 0)
             self.conn.execute("COMMIT")

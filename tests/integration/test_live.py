@@ -179,3 +179,19 @@ async def test_a_run_whose_writers_all_leave_is_marked_lost_and_resumes_when_one
         assert types == ["run.started", "metrics", "run.finished", "run.updated", "metrics", "run.finished"]
     finally:
         proc.stop()
+
+
+async def test_a_run_left_running_by_a_stopped_daemon_is_marked_lost_if_no_writer_returns(tmp_path: Path) -> None:
+    proc = DaemonProcess(tmp_path / "t.db", "--lost-after", "0.2").start()
+    try:
+        writer, _ = await open_client(proc.url)
+        await writer.append([{"type": "run.started", "run": "orphan", "data": {}}, metric(0, "orphan")])
+        proc.stop()  # the connection closes while the daemon stops: no timer then
+        proc.start()
+        reader, _ = await open_client(proc.url)
+        deadline = time.monotonic() + 60
+        while (await reader.query("run", run="orphan"))["rows"][0]["status"] != "lost":
+            assert time.monotonic() < deadline, "run never marked lost after the restart"
+            await asyncio.sleep(0.05)
+    finally:
+        proc.stop()

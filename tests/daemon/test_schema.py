@@ -1,0 +1,28 @@
+"""The DDL is run statement by statement inside the rebuild's transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tracklog.daemon.schema import PROJECTION_DDL, PROJECTION_TABLES
+from tracklog.daemon.store import ddl_statements
+
+
+def test_a_semicolon_inside_a_comment_does_not_cut_a_statement() -> None:
+    script = "-- first; with a semicolon\nCREATE TABLE a (x INTEGER);\n-- and; another\nCREATE INDEX a_x ON a(x);\n"
+    statements = ddl_statements(script)
+    assert len(statements) == 2
+    conn = sqlite3.connect(":memory:")
+    for statement in statements:
+        conn.execute(statement)
+    assert conn.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall() == [("a",), ("a_x",)]
+    conn.close()
+
+
+def test_the_projection_ddl_creates_every_projection_table() -> None:
+    conn = sqlite3.connect(":memory:")
+    for statement in ddl_statements(PROJECTION_DDL):
+        conn.execute(statement)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    conn.close()
+    assert set(PROJECTION_TABLES) <= names
