@@ -30,9 +30,8 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _daemon import BenchDaemon, machine  # noqa: E402
-
-from tracklog.daemon import dedup as dd  # noqa: E402
+from _daemon import BenchDaemon, machine
+from tracklog.daemon import dedup as dd
 
 
 def pct(values: list[float], p: float) -> float:
@@ -92,12 +91,12 @@ def bench_simhash(n: int, queries: int, rng: np.random.Generator) -> None:
         print("   " + describe("brute force", brute))
 
 
-def bench_embeddings(n: int, dims: int, queries: int, rng: np.random.Generator, efs: list[int]) -> None:
-    print(f"\n== Embeddings, {n:,} vectors of {dims} dims, hnswlib M={dd.HNSW_M} "
+def bench_embeddings(n: int, dims: int, queries: int, rng: np.random.Generator, efs: list[int], m: int) -> None:
+    print(f"\n== Embeddings, {n:,} vectors of {dims} dims, hnswlib M={m} "
           f"ef_construction={dd.HNSW_EF_CONSTRUCTION} ef={dd.HNSW_EF}")
     data = rng.normal(size=(n, dims)).astype(np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
-    index = dd.EmbeddingIndex(dims)
+    index = dd.EmbeddingIndex(dims, m=m)
     started = time.perf_counter()
     index.add_many(data, [(i + 1, None, None) for i in range(n)])
     print(f"build: {time.perf_counter() - started:.1f} s")
@@ -106,8 +105,13 @@ def bench_embeddings(n: int, dims: int, queries: int, rng: np.random.Generator, 
     near = data[picks] + rng.normal(scale=0.01, size=(half, dims)).astype(np.float32)
     fresh = rng.normal(size=(queries - half, dims)).astype(np.float32)
     fresh /= np.linalg.norm(fresh, axis=1, keepdims=True)
+    # Noise that puts queries around the threshold (cosine distance about 0.03 to 0.07),
+    # where a wrong nearest neighbour would change the decision.
+    scale = rng.uniform(0.012, 0.02, size=(half, 1)).astype(np.float32)
+    boundary = data[rng.integers(0, n, size=half)] + scale * rng.normal(size=(half, dims)).astype(np.float32)
+    sets = (("near-duplicates", near), ("at the threshold", boundary), ("fresh random", fresh))
     truth: dict[str, tuple[list[int], list[float], list[float]]] = {}
-    for name, qs in (("near-duplicates", near), ("fresh random", fresh)):
+    for name, qs in sets:
         best_of: list[int] = []
         dist_of: list[float] = []
         brute: list[float] = []
@@ -122,7 +126,7 @@ def bench_embeddings(n: int, dims: int, queries: int, rng: np.random.Generator, 
     for ef in efs:
         index.index.set_ef(ef)
         print(f"-- ef={ef}{' (the daemon default)' if ef == dd.HNSW_EF else ''}")
-        for name, qs in (("near-duplicates", near), ("fresh random", fresh)):
+        for name, qs in sets:
             best_of, dist_of, brute = truth[name]
             lat: list[float] = []
             got = []
@@ -133,8 +137,9 @@ def bench_embeddings(n: int, dims: int, queries: int, rng: np.random.Generator, 
             hits = sum(g is not None and g[0] == b for g, b in zip(got, best_of, strict=True))
             same = sum((g is not None and g[1] < dd.DEFAULT_EMBEDDING_THRESHOLD) == (d < dd.DEFAULT_EMBEDDING_THRESHOLD)
                        for g, d in zip(got, dist_of, strict=True))
+            dups = sum(d < dd.DEFAULT_EMBEDDING_THRESHOLD for d in dist_of)
             print(f"   {name}: recall@1 {hits / len(qs):.4f}, same duplicate decision as brute force "
-                  f"{same / len(qs):.4f} ({len(qs)} queries)")
+                  f"{same / len(qs):.4f} ({len(qs)} queries, {dups} true duplicates)")
             print("      " + describe("hnswlib    ", lat))
             if ef == efs[0]:
                 print("      " + describe("brute force", brute))
@@ -199,6 +204,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--e2e-texts", type=int, default=20_000)
     parser.add_argument("--e2e-vectors", type=int, default=5_000)
+    parser.add_argument("--m", type=int, default=dd.HNSW_M, help="hnswlib M (links per node)")
     parser.add_argument("--ef", type=int, action="append", help="hnswlib ef at query time (repeatable)")
     parser.add_argument("--skip", choices=["simhash", "embeddings", "e2e"], action="append", default=[])
     args = parser.parse_args()
@@ -207,7 +213,7 @@ def main() -> None:
     if "simhash" not in args.skip:
         bench_simhash(args.simhash, args.queries, rng)
     if "embeddings" not in args.skip:
-        bench_embeddings(args.vectors, args.dims, args.queries, rng, args.ef or [dd.HNSW_EF])
+        bench_embeddings(args.vectors, args.dims, args.queries, rng, args.ef or [dd.HNSW_EF], args.m)
     if "e2e" not in args.skip:
         asyncio.run(bench_end_to_end(args.e2e_texts, args.e2e_vectors, args.dims, rng))
 

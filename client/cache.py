@@ -8,6 +8,7 @@ so every pipeline and every run on the machine shares them, and they outlive pro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Mapping
@@ -15,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
-
 from tracklog.protocol.messages import Ack, Result
 
 from . import wire
@@ -130,11 +130,9 @@ class Cache:
         if value is not _MISSING:
             return value  # type: ignore[no-any-return]
         value = compute()
-        try:
+        with contextlib.suppress(DaemonUnavailable):
             self.set(key, value, ttl, timeout=timeout)
-        except DaemonUnavailable:
-            pass
-        return value  # type: ignore[no-any-return]
+        return value
 
     def _append(self, type_: str, data: dict[str, Any], timeout: float | None) -> None:
         ts = time.time()

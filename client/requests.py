@@ -11,18 +11,18 @@ lock makes threads take turns. The connection opens on first use and is kept.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
 from typing import Any, Final
 
 import msgspec
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
-from websockets.sync.client import ClientConnection, connect
-
 from tracklog.protocol import errors
 from tracklog.protocol.limits import MAX_FRAME_BYTES, PROTOCOL_VERSION
 from tracklog.protocol.messages import Error, Welcome
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.sync.client import ClientConnection, connect
 
 from . import wire
 
@@ -114,10 +114,8 @@ class Requests:
     def _drop(self) -> None:
         ws, self._ws = self._ws, None
         if ws is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection: nothing more to do
                 ws.close()
-            except Exception:  # closing a broken connection: nothing more to do
-                pass
 
     def close(self) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import msgspec
 import numpy as np
+
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Query
 
@@ -99,7 +100,9 @@ def query_runs(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | Non
     ]
     found = {
         row[0]: row
-        for row in conn.execute(f"SELECT {RUN_SUMMARY_COLUMNS} FROM runs AS r WHERE r.run IN ({_marks(ids)})", ids)
+        for row in conn.execute(
+            f"SELECT {RUN_SUMMARY_COLUMNS} FROM runs AS r WHERE r.run IN ({_marks(ids)})", ids
+        )
     }
     runs = [_run_dict(found[run]) for run in ids]
     if runs:
@@ -419,6 +422,30 @@ def _ingest_rate(conn: sqlite3.Connection, head: int, now: float, window: float 
     return (head - low + 1) / window
 
 
+#: Databases up to this size have their log measured page by page (dbstat walks every page).
+EXACT_LOG_BYTES_UNDER: Final = 64 * 1024 * 1024
+
+
+def _log_bytes(conn: sqlite3.Connection, head: int, database_bytes: int) -> tuple[int | None, bool]:
+    """The log's size in bytes, and whether it is exact: measured on small databases,
+    estimated from the newest 1,000 events on large ones (measuring takes seconds there)."""
+    if database_bytes <= EXACT_LOG_BYTES_UNDER:
+        try:
+            row = conn.execute(
+                "SELECT coalesce(sum(pgsize), 0) FROM dbstat"
+                " WHERE name IN ('events', 'events_id', 'events_run')"
+            ).fetchone()
+            return int(row[0]), True
+        except sqlite3.Error:  # dbstat is compiled in most builds, not all
+            pass
+    row = conn.execute(
+        "SELECT avg(length(data) + coalesce(length(id), 0) + coalesce(length(run), 0) + length(type) + 40)"
+        " FROM events WHERE seq > ?",
+        (head - 1000,),
+    ).fetchone()
+    return (int(row[0] * head) if row and row[0] is not None else 0), False
+
+
 def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
     """Counts by status and kind, the most used tags, recent runs, sizes and the ingest rate."""
     head = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
@@ -452,12 +479,7 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
             wal = os.path.getsize(path + "-wal")
         except OSError:
             wal = 0
-    try:
-        log_bytes = conn.execute(
-            "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN ('events', 'events_id', 'events_run')"
-        ).fetchone()[0]
-    except sqlite3.Error:  # dbstat is compiled in most builds, not all
-        log_bytes = None
+    log_bytes, log_exact = _log_bytes(conn, head, page_size * page_count)
     row = {
         "head": head,
         "events": head,
@@ -475,6 +497,7 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
         "database_bytes": page_size * page_count,
         "wal_bytes": wal,
         "log_bytes": log_bytes,
+        "log_bytes_exact": log_exact,
         "ingest_rate": _ingest_rate(conn, head, now),
         "time": now,
     }

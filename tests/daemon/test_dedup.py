@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from tracklog.daemon import dedup as dd
 from tracklog.daemon.store import CheckResult, LogStore
 from tracklog.protocol import errors
@@ -20,7 +19,7 @@ from tracklog.protocol.messages import Check, CheckInput
 
 def test_simhash_ignores_case_width_and_runs_of_white_space() -> None:
     assert dd.simhash("The  quick\tbrown\nFOX") == dd.simhash("the quick brown fox")
-    assert dd.simhash("ｆｕｌｌ width") == dd.simhash("full width")  # NFKC
+    assert dd.simhash("\uff46\uff55\uff4c\uff4c width") == dd.simhash("full width")  # NFKC: full-width letters
 
 
 def test_simhash_of_an_empty_text_is_zero() -> None:

@@ -164,3 +164,4 @@ async def test_stats_counts_runs_items_artifacts_and_tags(client: Client) -> Non
     assert stats["artifacts_by_kind"] == {"checkpoint": 1}
     assert stats["head"] == 15 and stats["metric_points"] == 7 and stats["database_bytes"] > 0
     assert stats["ingest_rate"] > 0
+    assert stats["log_bytes"] > 0 and stats["log_bytes_exact"] is True
