@@ -13,6 +13,7 @@ from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
 from . import cli_queries
 
 from .console import add_tail_parser, tail
+from .watch import add_watch_parser, watch
 
 
 def _default_db() -> Path:
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--db", type=Path, default=None)
 
     add_tail_parser(sub)
+    add_watch_parser(sub)
 
     p = sub.add_parser("replay", help="write the state as of a seq into a new database")
     p.add_argument("--db", type=Path, default=None)
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Commands that talk to a daemon over the wire: they never import the daemon.
-CLIENT_COMMANDS = {"tail": tail}
+CLIENT_COMMANDS = {"tail": tail, "watch": watch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

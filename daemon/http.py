@@ -32,6 +32,7 @@ from websockets.http11 import Request, Response
 from . import reads
 from .filters import compile_filter
 from .queries import query_run
+from .webconsole import console_response, is_console_path
 
 _json = msgspec.json.Encoder()
 
@@ -356,6 +357,10 @@ class HttpApi:
         path = parts.path
         try:
             params = Params(parts.query)
+            if is_console_path(path):
+                page = console_response(path, params.text("token"))
+                if page is not None:
+                    return page
             if path == "/metrics":
                 return _response(
                     HTTPStatus.OK, self.prometheus().encode(), "text/plain; version=0.0.4; charset=utf-8"

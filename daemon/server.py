@@ -50,6 +50,7 @@ from tracklog.protocol.events import RunFinished, RunFinishedData, RunUpdated, R
 
 from .hub import Filter, Hub, Subscription
 from .http import HttpApi
+from .webconsole import console_token
 from .queries import Readers, run_pipelines, scan_events
 from .store import AppendResult, CheckResult, Durability
 from .writer import Writer
@@ -211,7 +212,7 @@ class Daemon:
                 if token is not None and not self._token_ok(token):
                     return _json_response(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "bad token"})
             return None
-        if self.settings.tokens and not self._token_ok(_bearer(request.headers)):
+        if self.settings.tokens and not self._token_ok(_bearer(request.headers) or console_token(request.path)):
             return _json_response(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "a bearer token is required"})
         if path == "/healthz":
             return _json_response(HTTPStatus.OK, {"status": "ok", "head": self.writer.head})
