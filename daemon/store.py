@@ -155,7 +155,8 @@ class LogStore:
             present = {
                 r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             }
-            missing = [t for t in PROJECTION_TABLES if t not in present]
+            # The FTS5 index `search` is not compared by verify, but it is a projection too.
+            missing = [t for t in (*PROJECTION_TABLES, "search") if t not in present]
             if version != PROJECTION_VERSION or missing:
                 return self.rebuild()
             applied = int(self.meta("applied_seq") or 0)

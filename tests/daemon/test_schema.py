@@ -26,3 +26,16 @@ def test_the_projection_ddl_creates_every_projection_table() -> None:
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
     assert set(PROJECTION_TABLES) <= names
+
+
+def test_a_database_missing_only_the_full_text_index_is_rebuilt_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tracklog.daemon.store import LogStore
+    from tracklog.protocol.events import RunStarted, RunStartedData
+
+    store = LogStore(tmp_path / "t.db")
+    store.catch_up()
+    store.append_events([RunStarted(run="r", data=RunStartedData(name="findable words"))])
+    store.conn.execute("DROP TABLE search")
+    assert store.catch_up() == 1
+    assert store.conn.execute("SELECT count(*) FROM search WHERE search MATCH 'findable'").fetchone()[0] == 1
+    store.close()
