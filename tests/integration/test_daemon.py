@@ -429,3 +429,18 @@ async def test_sigterm_drains_acks_and_exits_cleanly(daemon: DaemonProcess, clie
     acks = [await client.recv() for _ in range(10)]
     assert all(a["op"] == "ack" for a in acks)
     assert daemon.stop() == 0
+
+
+async def test_a_client_that_never_reads_its_acks_does_not_hold_up_other_writers(daemon: DaemonProcess) -> None:
+    async with connect(daemon.url, max_queue=1, max_size=None, close_timeout=1) as rude:
+        await rude.send(json.dumps({"op": "hello", "protocol": 1}))
+        await rude.recv()
+        # Many appends whose acks it never reads: its acks back up on its own connection.
+        for k in range(200):
+            await rude.send(json.dumps({"op": "append", "ref": k, "events": [metric(k * 50 + i, run="rude") for i in range(50)]}))
+        polite, _ = await open_client(daemon.url)
+        for k in range(20):
+            ack = await polite.append([metric(k * 10 + i, run="polite") for i in range(10)])
+            assert ack["accepted"] == 10
+        run = (await polite.query("run", run="polite"))["rows"][0]
+        assert run["n_events"] == 200
