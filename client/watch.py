@@ -10,6 +10,7 @@ terminal or a daemon.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import math
 import os
@@ -50,6 +51,12 @@ STATUS_STYLES: Final = {
 
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.Decoder().decode
+
+
+def _frame(frame: str | bytes) -> dict[str, Any]:
+    """A message from the daemon: MessagePack (what `hello` asked for), or JSON text."""
+    msg: dict[str, Any] = _decode(frame) if isinstance(frame, bytes) else msgspec.json.decode(frame)
+    return msg
 
 
 # -- state ----------------------------------------------------------------------------------
@@ -299,13 +306,18 @@ class Feed:
             if self.token:
                 hello["token"] = self.token
             ws.send(_encode(hello))
-            self._check(_decode(ws.recv(timeout=30)))
+            self._check(_frame(ws.recv(timeout=30)))
             if not self.loaded:
-                query: dict[str, Any] = {"op": "query", "ref": next(self._refs), "q": "runs", "limit": MAX_RUNS}
+                query: dict[str, Any] = {
+                    "op": "query",
+                    "ref": next(self._refs),
+                    "q": "runs",
+                    "limit": MAX_RUNS,
+                }
                 if self.state.pipeline:
                     query["filter"] = "pipeline = '" + self.state.pipeline.replace("'", "''") + "'"
                 ws.send(_encode(query))
-                reply = self._check(_decode(ws.recv(timeout=60)))
+                reply = self._check(_frame(ws.recv(timeout=60)))
                 self.state.load_runs(reply["rows"], reply["seq"])
                 self.loaded = True
             sub: dict[str, Any] = {"op": "subscribe", "ref": next(self._refs), "from_seq": self.state.seq}
@@ -339,7 +351,7 @@ class Feed:
                 self._dropped(exc)
                 return
         try:
-            msg = self._check(_decode(self._ws.recv(timeout=timeout)))
+            msg = self._check(_frame(self._ws.recv(timeout=timeout)))
         except TimeoutError:
             return
         except _RETRYABLE as exc:
@@ -354,10 +366,8 @@ class Feed:
 
     def _dropped(self, exc: BaseException) -> None:
         if self._ws is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._ws.close()
-            except Exception:
-                pass
             self._ws = None
         self.state.connected = self.state.live = False
         self.state.note = f"reconnecting ({type(exc).__name__})"
@@ -375,10 +385,14 @@ class Feed:
 
 def add_watch_parser(sub: Any) -> None:
     w = sub.add_parser("watch", help="a live full-screen view of runs")
-    w.add_argument("--url", default=None, help="daemon address (default $TRACKLOG_URL or ws://127.0.0.1:7717/ws)")
+    w.add_argument(
+        "--url", default=None, help="daemon address (default $TRACKLOG_URL or ws://127.0.0.1:7717/ws)"
+    )
     w.add_argument("--token", default=None, help="bearer token (default $TRACKLOG_TOKEN)")
     w.add_argument("--pipeline", default=None, metavar="P", help="only runs of this pipeline")
-    w.add_argument("--refresh", type=float, default=4.0, metavar="PER_SECOND", help="redraws per second (default 4)")
+    w.add_argument(
+        "--refresh", type=float, default=4.0, metavar="PER_SECOND", help="redraws per second (default 4)"
+    )
 
 
 def watch(args: argparse.Namespace) -> int:

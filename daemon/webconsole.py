@@ -59,7 +59,13 @@ def console_token(target: str) -> str | None:
 @functools.cache
 def _read(name: str) -> bytes | None:
     """A file of the static folder by plain name (no folders, so no way out of it)."""
-    if not name or "/" in name or "\\" in name or name.startswith(".") or Path(name).suffix not in CONTENT_TYPES:
+    if (
+        not name
+        or "/" in name
+        or "\\" in name
+        or name.startswith(".")
+        or Path(name).suffix not in CONTENT_TYPES
+    ):
         return None
     try:
         return (STATIC_DIR / name).read_bytes()

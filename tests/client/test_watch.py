@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import sys
 from typing import Any
 
 import pytest
@@ -18,7 +19,9 @@ from tracklog.watch import WatchState, format_age, render, sparkline
 NOW = 1_800_000_000.0
 
 
-def event(seq: int, type_: str, run: str, data: dict[str, Any] | None = None, ts: float = NOW) -> dict[str, Any]:
+def event(
+    seq: int, type_: str, run: str, data: dict[str, Any] | None = None, ts: float = NOW
+) -> dict[str, Any]:
     return {"seq": seq, "type": type_, "run": run, "ts": ts, "recorded": ts, "id": None, "data": data or {}}
 
 
@@ -26,9 +29,17 @@ def fixed_state() -> WatchState:
     state = WatchState()
     state.load_runs(
         [
-            {"id": "r-old", "name": "baseline", "pipeline": "train", "status": "completed",
-             "started": NOW - 7200, "finished": NOW - 3600, "n_items": 12, "n_failed": 0,
-             "metrics": {"loss": 0.25}},
+            {
+                "id": "r-old",
+                "name": "baseline",
+                "pipeline": "train",
+                "status": "completed",
+                "started": NOW - 7200,
+                "finished": NOW - 3600,
+                "n_items": 12,
+                "n_failed": 0,
+                "metrics": {"loss": 0.25},
+            },
         ],
         seq=10,
     )
@@ -44,7 +55,9 @@ def fixed_state() -> WatchState:
     events.append(event(seq, "run.started", "r-bad", {"name": "translate", "pipeline": "nlp"}, ts=NOW - 30))
     events.append(event(seq + 1, "item", "r-bad", {"status": "failed", "error": "timeout"}, ts=NOW - 10))
     events.append(event(seq + 2, "metrics", "r-bad", {"values": {"bleu": 12.5}}, ts=NOW - 9))
-    events.append(event(seq + 3, "run.finished", "r-bad", {"status": "failed", "error": "CUDA OOM"}, ts=NOW - 8))
+    events.append(
+        event(seq + 3, "run.finished", "r-bad", {"status": "failed", "error": "CUDA OOM"}, ts=NOW - 8)
+    )
     for e in events:
         state.apply(e)
     state.connected = state.live = True
@@ -118,4 +131,19 @@ def test_sparklines_scale_between_the_extremes_and_leave_gaps_for_nan() -> None:
 
 
 def test_ages_read_in_the_largest_sensible_units() -> None:
-    assert [format_age(s) for s in (5, 95, 3 * 3600 + 120, 2 * 86400 + 3600)] == ["5s", "1m35s", "3h02m", "2d01h"]
+    assert [format_age(s) for s in (5, 95, 3 * 3600 + 120, 2 * 86400 + 3600)] == [
+        "5s",
+        "1m35s",
+        "3h02m",
+        "2d01h",
+    ]
+
+
+def test_without_rich_watch_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tracklog.cli import main
+
+    monkeypatch.setitem(sys.modules, "rich.live", None)  # importing it now raises ImportError
+    assert main(["watch", "--url", "ws://127.0.0.1:9/ws"]) == 2
+    assert "pip install 'tracklog[daemon]'" in capsys.readouterr().err

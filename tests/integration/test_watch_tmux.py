@@ -39,7 +39,9 @@ class Pane:
         env = dict(os.environ, TERM="xterm-256color")
         subprocess.run(
             [*self.base, "new-session", "-d", "-s", "watch", "-x", "140", "-y", "32", shlex.join(command)],
-            check=True, env=env, timeout=30,
+            check=True,
+            env=env,
+            timeout=30,
         )
 
     def capture(self) -> str:
@@ -59,7 +61,12 @@ class Pane:
             await asyncio.sleep(0.1)
 
     def alive(self) -> bool:
-        return subprocess.run([*self.base, "has-session", "-t", "watch"], capture_output=True, timeout=30).returncode == 0
+        return (
+            subprocess.run(
+                [*self.base, "has-session", "-t", "watch"], capture_output=True, timeout=30
+            ).returncode
+            == 0
+        )
 
     def close(self) -> None:
         subprocess.run([*self.base, "kill-server"], capture_output=True, timeout=30)
@@ -76,23 +83,31 @@ def metrics(run: str, start: int, count: int) -> list[dict[str, Any]]:
     ]
 
 
-async def test_watch_in_tmux_shows_runs_as_they_start_grow_and_fail(daemon: DaemonProcess, client: Client) -> None:
-    await client.append([{"type": "run.started", "run": "r-before", "data": {"name": "earlier", "pipeline": "etl"}}])
+async def test_watch_in_tmux_shows_runs_as_they_start_grow_and_fail(
+    daemon: DaemonProcess, client: Client
+) -> None:
+    await client.append(
+        [{"type": "run.started", "run": "r-before", "data": {"name": "earlier", "pipeline": "etl"}}]
+    )
     pane = Pane([sys.executable, "-m", "tracklog", "watch", "--url", daemon.url, "--refresh", "10"])
     try:
         await pane.wait_for(lambda t: "earlier" in t and " live " in t, "the run from the initial query")
         await client.append(
-            [{"type": "run.started", "run": "r-tmux", "data": {"name": "tmux-run", "pipeline": "etl"}},
-             *metrics("r-tmux", 0, 12),
-             *[{"type": "item", "run": "r-tmux", "data": {"item": f"i{i}"}} for i in range(8)]]
+            [
+                {"type": "run.started", "run": "r-tmux", "data": {"name": "tmux-run", "pipeline": "etl"}},
+                *metrics("r-tmux", 0, 12),
+                *[{"type": "item", "run": "r-tmux", "data": {"item": f"i{i}"}} for i in range(8)],
+            ]
         )
         text = await pane.wait_for(lambda t: "0.1667" in line_with(t, "tmux-run"), "the run's last loss")
         row = line_with(text, "tmux-run")
         assert "running" in row and "etl" in row and "loss" in row and "▁" in row and "█" in row
 
         await client.append(
-            [{"type": "item", "run": "r-tmux", "data": {"status": "failed", "error": "bad input"}},
-             {"type": "run.finished", "run": "r-tmux", "data": {"status": "failed", "error": "exploded"}}]
+            [
+                {"type": "item", "run": "r-tmux", "data": {"status": "failed", "error": "bad input"}},
+                {"type": "run.finished", "run": "r-tmux", "data": {"status": "failed", "error": "exploded"}},
+            ]
         )
         text = await pane.wait_for(lambda t: "failed" in line_with(t, "tmux-run"), "the failure")
         assert "(1 failed)" in line_with(text, "tmux-run") and "exploded" in text

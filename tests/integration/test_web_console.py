@@ -37,8 +37,12 @@ DEADLINE_MS = 30_000
 SCREENSHOT_DIR = Path(os.environ.get("TRACKLOG_SCREENSHOTS", "/tmp/tracklog-screenshots"))
 
 needs_browser = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (apt-get install chromium)"),
-    pytest.mark.skipif(async_playwright is None, reason="Playwright for Python is not installed (pip install playwright)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium (apt-get install chromium)"
+    ),
+    pytest.mark.skipif(
+        async_playwright is None, reason="Playwright for Python is not installed (pip install playwright)"
+    ),
 ]
 
 
@@ -69,13 +73,21 @@ def test_the_console_files_are_served_with_their_content_types(daemon: DaemonPro
 
 
 def test_an_unknown_or_escaping_static_path_is_not_found(daemon: DaemonProcess) -> None:
-    for path in ("/static/nope.js", "/static/../http.py", "/static/%2e%2e/http.py", "/static/", "/static/.x.js"):
+    for path in (
+        "/static/nope.js",
+        "/static/../http.py",
+        "/static/%2e%2e/http.py",
+        "/static/",
+        "/static/.x.js",
+    ):
         status, _, body = get(daemon.http + path)
         assert status == 404, path
         assert json.loads(body)["error"] == "not_found"
 
 
-def test_with_tokens_the_console_takes_the_token_from_the_url_and_passes_it_to_its_assets(db_path: Path) -> None:
+def test_with_tokens_the_console_takes_the_token_from_the_url_and_passes_it_to_its_assets(
+    db_path: Path,
+) -> None:
     proc = DaemonProcess(db_path, "--token", "s3cret").start()
     try:
         assert get(proc.http + "/")[0] == 401
@@ -119,7 +131,11 @@ async def open_console(browser: Browser, url: str) -> Page:
 
 def metrics(run: str, start: int, count: int) -> list[dict[str, Any]]:
     return [
-        {"type": "metrics", "run": run, "data": {"values": {"loss": 1.0 / (1 + i), "acc": i / (i + 5)}, "step": i}}
+        {
+            "type": "metrics",
+            "run": run,
+            "data": {"values": {"loss": 1.0 / (1 + i), "acc": i / (i + 5)}, "step": i},
+        }
         for i in range(start, start + count)
     ]
 
@@ -164,8 +180,13 @@ async def test_the_page_shows_a_run_as_it_starts_and_its_chart_grows_as_metrics_
 ) -> None:
     page = await open_console(browser, daemon.http + "/")
     await client.append(
-        [{"type": "run.started", "run": "r-web", "data": {"name": "web-run", "pipeline": "pipe",
-                                                          "config": {"lr": 0.01, "layers": 4}}}]
+        [
+            {
+                "type": "run.started",
+                "run": "r-web",
+                "data": {"name": "web-run", "pipeline": "pipe", "config": {"lr": 0.01, "layers": 4}},
+            }
+        ]
     )
     row = await page.wait_for_selector('#runs tr[data-run="r-web"]')
     assert row is not None and "web-run" in await row.inner_text()
@@ -189,7 +210,7 @@ async def test_the_page_shows_a_run_as_it_starts_and_its_chart_grows_as_metrics_
         ]
     )
     await page.wait_for_selector('#run-status[data-status="failed"]')
-    await page.wait_for_selector('#items tbody tr:nth-child(2)')
+    await page.wait_for_selector("#items tbody tr:nth-child(2)")
     assert await page.get_attribute("#items tbody tr:first-child", "data-status") == "failed"
     assert "/ckpt/40.pt" in await page.inner_text("#artifacts")
     assert '"lr": 0.01' in await page.inner_text("#config")
@@ -215,7 +236,9 @@ async def test_the_page_resumes_from_the_last_seq_it_saw_after_the_daemon_restar
     port = proc.port
     try:
         c, _welcome = await open_client(proc.url)
-        await c.append([{"type": "run.started", "run": "r-re", "data": {"name": "restart-run"}}, *metrics("r-re", 0, 10)])
+        await c.append(
+            [{"type": "run.started", "run": "r-re", "data": {"name": "restart-run"}}, *metrics("r-re", 0, 10)]
+        )
         page = await open_console(browser, proc.http + "/#run/r-re")
         await wait_points(page, "loss", 10)
         await c.ws.close()
@@ -236,3 +259,21 @@ async def test_the_page_resumes_from_the_last_seq_it_saw_after_the_daemon_restar
     finally:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.stop()
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_browser, id="chromium")])
+async def test_with_tokens_the_page_from_a_token_url_says_hello_with_it_and_follows_runs(
+    _: None, db_path: Path, browser: Browser
+) -> None:
+    proc = DaemonProcess(db_path, "--token", "s3cret").start()
+    try:
+        page = await open_console(browser, proc.http + "/?token=s3cret")
+        c, welcome = await open_client(proc.url, token="s3cret")
+        assert welcome["op"] == "welcome"
+        await c.append([{"type": "run.started", "run": "r-tok", "data": {"name": "with-token"}}])
+        await page.wait_for_selector('#runs tr[data-run="r-tok"]')
+        assert page.errors == []  # type: ignore[attr-defined]
+        await page.close()
+        await c.ws.close()
+    finally:
+        proc.stop()
