@@ -362,7 +362,7 @@
     s.box.dataset.points = String(values.length);
     s.last.textContent = values.length ? fmt(values[values.length - 1]) : "";
     const ctx = canvas.getContext("2d");
-    const W = canvas.width, H = canvas.height, L = 48, R = 8, T = 8, B = 20;
+    const W = canvas.width, H = canvas.height, L = 64, R = 8, T = 8, B = 20;
     ctx.clearRect(0, 0, W, H);
     let lo = Infinity, hi = -Infinity, x0 = Infinity, x1 = -Infinity;
     for (let i = 0; i < values.length; i++) {
