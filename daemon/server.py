@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Final, assert_never
 
 import msgspec
@@ -46,7 +47,7 @@ from tracklog.protocol.messages import (
     Unsubscribed,
     Welcome,
 )
-from tracklog.protocol.events import RunFinished, RunFinishedData, RunUpdated, RunUpdatedData
+from tracklog.protocol.events import RunFinished, RunFinishedData
 
 from .hub import Filter, Hub, Subscription
 from .http import HttpApi
@@ -101,7 +102,7 @@ class Daemon:
             )
         self.settings = settings
         self.codec = Codec()
-        self.writer = Writer(str(settings.db), settings.durability)
+        self.writer = Writer(str(settings.db), settings.durability, self.codec)
         self.readers = Readers(str(settings.db))
         self.http = HttpApi(self)
         self.started_at = time.time()
@@ -273,14 +274,20 @@ class Daemon:
             MAX_INFLIGHT_APPENDS
         )
         self._pending_acks[conn_id] = 0
-        ack_task = asyncio.create_task(self._send_acks(ws, acks, binary, conn_id))
+        written: set[str] = set()
+        ack_task = asyncio.create_task(self._send_acks(ws, acks, binary, conn_id, written))
         tasks: set[asyncio.Task[None]] = set()
         subscriptions: dict[int, Subscription] = {}
-        written: set[str] = set()
         try:
             async for frame in ws:
                 if self._stopping.is_set():
                     break
+                if self.codec.is_append(frame):
+                    # Decoded on the writer's thread with the rest of its group.
+                    future = await self.writer.submit_frame(frame)
+                    self._pending_acks[conn_id] += 1
+                    await acks.put(future)
+                    continue
                 try:
                     msg = self.codec.decode(frame)
                 except errors.ProtocolError as exc:
@@ -323,7 +330,6 @@ class Daemon:
                         assert_never(msg)
         finally:
             await self.hub.unsubscribe(subscriptions.values())
-            self._forget_writer(conn_id, written)
             await acks.put(None)
             # Acks for appends already handed to the writer are still sent if the
             # connection is open; then the sender ends by itself.
@@ -331,6 +337,8 @@ class Daemon:
                 await asyncio.wait_for(ack_task, 30)
             if not ack_task.done():
                 ack_task.cancel()
+            # After the acks: the ack sender is what records the runs this connection wrote.
+            self._forget_writer(conn_id, written)
             for task in list(tasks):
                 task.cancel()
             for task in list(tasks):
@@ -362,20 +370,22 @@ class Daemon:
     # -- liveness: runs whose writers are all gone become `lost` -----------------------
 
     async def _note_writer(self, conn_id: int, msg: Append, written: set[str]) -> None:
-        resumed: list[Any] = []
-        for event in msg.events:
-            run = event.run
-            if run is None or run in written:
+        await self._note_runs(conn_id, {e.run for e in msg.events if e.run is not None}, written)
+
+    async def _note_runs(self, conn_id: int, runs: Iterable[str], written: set[str]) -> None:
+        """This connection writes to these runs, so none of them is without a writer.
+
+        (A run already marked `lost` is resumed by the store, in the transaction of the
+        events that come for it.)
+        """
+        for run in runs:
+            if run in written:
                 continue
             written.add(run)
             self._run_writers.setdefault(run, set()).add(conn_id)
             timer = self._lost_timers.pop(run, None)
             if timer is not None:
                 timer.cancel()
-            if self.hub.status_of.get(run) == "lost":
-                resumed.append(RunUpdated(run=run, data=RunUpdatedData(status="running")))
-        if resumed:
-            await self.writer.submit(Append(events=resumed))
 
     def _forget_writer(self, conn_id: int, written: set[str]) -> None:
         for run in written:
@@ -405,6 +415,7 @@ class Daemon:
         acks: asyncio.Queue[asyncio.Future[AppendResult | errors.ProtocolError] | None],
         binary: bool,
         conn_id: int,
+        written: set[str],
     ) -> None:
         closed = False
         while True:
@@ -413,6 +424,8 @@ class Daemon:
                 return
             result = await future
             self._pending_acks[conn_id] = self._pending_acks.get(conn_id, 1) - 1
+            if isinstance(result, AppendResult) and result.runs:
+                await self._note_runs(conn_id, result.runs, written)
             if closed:
                 continue
             frame = (

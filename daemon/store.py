@@ -16,7 +16,15 @@ from typing import Any, Final, Literal
 import msgspec
 
 from tracklog.protocol import errors
-from tracklog.protocol.events import DATA_CLASSES, DedupRecordedData, Event, Metrics, event_type
+from tracklog.protocol.events import (
+    DATA_CLASSES,
+    DedupRecordedData,
+    Event,
+    Metrics,
+    RunUpdated,
+    RunUpdatedData,
+    event_type,
+)
 from tracklog.protocol.messages import (
     Ack,
     Append,
@@ -90,6 +98,8 @@ def decode_data(type_: str, blob: bytes) -> Any:
 class AppendResult(msgspec.Struct):
     ack: Ack
     events: list[StoredEvent]
+    #: The runs the append wrote to (set by the writer for frames it decoded itself).
+    runs: frozenset[str] = frozenset()
 
 
 class CheckResult(msgspec.Struct):
@@ -339,6 +349,30 @@ class LogStore:
             self.dedup.clear(data.namespace, data.kind)
 
     def _append_one(self, append: Append) -> AppendResult:
+        resumed = self._resume_lost_runs(append)
+        result = self._append_new(append)
+        if resumed:
+            result.events[:0] = resumed
+        return result
+
+    def _resume_lost_runs(self, append: Append) -> list[StoredEvent]:
+        """A run marked `lost` that gets events again is running again: append
+        `run.updated {status: running}` for it just before them, in the same transaction."""
+        runs = {e.run for e in append.events if e.run is not None}
+        if not runs:
+            return []
+        marks = ",".join("?" * len(runs))
+        lost = [
+            r for (r,) in self.conn.execute(
+                f"SELECT run FROM runs WHERE status = 'lost' AND run IN ({marks})", list(runs)
+            )
+        ]
+        if not lost:
+            return []
+        resume = Append(events=[RunUpdated(run=r, data=RunUpdatedData(status="running")) for r in sorted(lost)])
+        return self._append_new(resume).events
+
+    def _append_new(self, append: Append) -> AppendResult:
         now = self.clock()
         if append.events:
             fresh = self._append_fresh(append, now)

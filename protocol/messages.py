@@ -312,6 +312,14 @@ class Codec:
             check_request(msg)
         return msg
 
+    def is_append(self, frame: bytes | str) -> bool:
+        """Whether a frame is an `append` (cheap: reads only `op`; False if undecodable)."""
+        try:
+            env = (self._json_env if isinstance(frame, str) else self._mp_env).decode(frame)
+        except (msgspec.DecodeError, RecursionError):
+            return False
+        return env.op == "append"
+
     def _check_append(self, msg: Append) -> None:
         if len(msg.events) > MAX_EVENTS_PER_APPEND:
             raise errors.TooLarge(
