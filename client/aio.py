@@ -104,6 +104,25 @@ class AsyncRun:
     async def finish(self, status: FinishStatus = "completed", error: str | None = None) -> None:
         self._run.finish(status, error)
 
+    # Checks wait for the daemon's answer: they run on a worker thread, so the event loop
+    # goes on while they wait.
+
+    async def check_hash(self, text_or_value: Any, **options: Any) -> Any:
+        """As `Run.check_hash`, awaited."""
+        return await asyncio.to_thread(self._run.check_hash, text_or_value, **options)
+
+    async def check_simhash(self, text: str, **options: Any) -> Any:
+        """As `Run.check_simhash`, awaited."""
+        return await asyncio.to_thread(self._run.check_simhash, text, **options)
+
+    async def check_embedding(self, vector: Any, **options: Any) -> Any:
+        """As `Run.check_embedding`, awaited."""
+        return await asyncio.to_thread(self._run.check_embedding, vector, **options)
+
+    async def check_many(self, inputs: Any, **options: Any) -> Any:
+        """As `Run.check_many`, awaited."""
+        return await asyncio.to_thread(self._run.check_many, inputs, **options)
+
     async def __aenter__(self) -> AsyncRun:
         return self
 

@@ -46,3 +46,16 @@ async def test_an_async_run_that_raises_is_marked_failed(daemon: Daemon, spool_d
         assert await tl.flush(WAIT)
     row = await asyncio.to_thread(query, daemon.url, "run", run=run.id)
     assert (row["rows"][0]["status"], row["rows"][0]["error"]) == ("failed", "RuntimeError: out of memory")
+
+
+async def test_async_run_checks_wait_for_the_answer_without_blocking_the_loop(daemon: Daemon, spool_dir: Path) -> None:
+    async with tracklog.AsyncTracker(daemon.url, spool_dir=spool_dir) as tl:
+        run = await tl.start_run(name="async checks")
+        first = await run.check_hash("the same text", namespace="aio")
+        second = await run.check_hash("the same text", namespace="aio")
+        near = await run.check_simhash("the quick brown fox jumps over the lazy dog", namespace="aio")
+        again = await run.check_simhash("the quick brown fox jumps over the lazy  dog", namespace="aio")
+        many = await run.check_many(["a", "b", "a"], kind="hash", namespace="aio-many")
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert (near.duplicate, again.duplicate) == (False, True)
+    assert [r.duplicate for r in many] == [False, False, True]
