@@ -35,7 +35,6 @@ from tracklog import __version__
 from tracklog.protocol import errors
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT, MAX_FRAME_BYTES, PROTOCOL_VERSION
 from tracklog.protocol.messages import (
-    Ack,
     Append,
     Check,
     Codec,
@@ -295,13 +294,9 @@ class Daemon:
                     continue
                 match msg:
                     case Append():
-                        if msg.events:
-                            await self._note_writer(conn_id, msg, written)
-                        if not msg.events:
-                            future = asyncio.get_running_loop().create_future()
-                            future.set_result(AppendResult(_empty_ack(msg), []))
-                        else:
-                            future = await self.writer.submit(msg)
+                        # Not reached: `is_append` sends every append frame to the writer
+                        # above. Kept on the same path should the two ever disagree.
+                        future = await self.writer.submit_frame(frame)
                         self._pending_acks[conn_id] += 1
                         await acks.put(future)
                     case Query():
@@ -368,9 +363,6 @@ class Daemon:
         subscriptions[sub_id] = self.hub.subscribe(sub_id, flt, msg.from_seq, binary, send, read_log)
 
     # -- liveness: runs whose writers are all gone become `lost` -----------------------
-
-    async def _note_writer(self, conn_id: int, msg: Append, written: set[str]) -> None:
-        await self._note_runs(conn_id, {e.run for e in msg.events if e.run is not None}, written)
 
     async def _note_runs(self, conn_id: int, runs: Iterable[str], written: set[str]) -> None:
         """This connection writes to these runs, so none of them is without a writer.
@@ -465,10 +457,6 @@ class Daemon:
     @staticmethod
     async def _send(ws: ServerConnection, frame: bytes, binary: bool) -> None:
         await ws.send(frame, text=not binary)
-
-
-def _empty_ack(msg: Append) -> Ack:
-    return Ack(accepted=0, rejected=msg.rejected, ref=msg.ref)
 
 
 def _bearer(headers: Headers) -> str | None:
