@@ -99,9 +99,13 @@ async def test_watch_in_tmux_shows_runs_as_they_start_grow_and_fail(
                 *[{"type": "item", "run": "r-tmux", "data": {"item": f"i{i}"}} for i in range(8)],
             ]
         )
-        text = await pane.wait_for(lambda t: "0.1667" in line_with(t, "tmux-run"), "the run's last loss")
+        # tmux may capture a half-drawn screen: wait for the whole row that is asserted, not one part.
+        grown = ("0.1667", "running", "etl", "loss", "▁", "█")
+        text = await pane.wait_for(
+            lambda t: all(part in line_with(t, "tmux-run") for part in grown), "the run's last loss"
+        )
         row = line_with(text, "tmux-run")
-        assert "running" in row and "etl" in row and "loss" in row and "▁" in row and "█" in row
+        assert all(part in row for part in grown)
 
         await client.append(
             [
@@ -109,7 +113,9 @@ async def test_watch_in_tmux_shows_runs_as_they_start_grow_and_fail(
                 {"type": "run.finished", "run": "r-tmux", "data": {"status": "failed", "error": "exploded"}},
             ]
         )
-        text = await pane.wait_for(lambda t: "failed" in line_with(t, "tmux-run"), "the failure")
+        text = await pane.wait_for(
+            lambda t: "(1 failed)" in line_with(t, "tmux-run") and "exploded" in t, "the failure"
+        )
         assert "(1 failed)" in line_with(text, "tmux-run") and "exploded" in text
         SCREEN_DIR.mkdir(parents=True, exist_ok=True)
         (SCREEN_DIR / "watch-tmux.txt").write_text(text)
