@@ -107,6 +107,20 @@ def _client(args: argparse.Namespace) -> QueryClient:
     return QueryClient(args.url, args.token, "tracklog-cli")
 
 
+def _resolve(args: argparse.Namespace, ref: str) -> str:
+    """The id of the run `ref` names (an id, a unique id prefix or a name); when a name is
+    shared by several runs, say on stderr that the latest was taken."""
+    found = _client(args).resolve(ref)
+    _note_resolved(found)
+    return str(found["id"])
+
+
+def _note_resolved(found: dict[str, Any]) -> None:
+    if found.get("by") == "name" and found.get("same_name", 0) > 1:
+        count, name = found["same_name"], found["ref"]
+        print(f"tracklog: {count} runs are named {name!r}; using the latest, {found['id']}", file=sys.stderr)
+
+
 def cmd_runs(args: argparse.Namespace, out: TextIO) -> int:
     rows = _client(args).runs(args.filter, args.order_by, args.limit, args.offset, args.deleted or None)
     if args.json:
@@ -132,13 +146,14 @@ def cmd_runs(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
-    run = _client(args).get_run(args.run)
+    run = _client(args).get_run(_resolve(args, args.run))
     if args.json:
         as_json(run, out)
         return 0
     fields = ["id", "name", "status", "error", "pipeline", "user", "host", "session", "parent", "notes"]
     pairs(
         [(f, run.get(f)) for f in fields if run.get(f) is not None]
+        + ([("deleted", "yes (tracklog restore to undo)")] if run.get("deleted") else [])
         + [
             ("started", when(run["started"])),
             ("finished", when(run.get("finished"))),
@@ -170,7 +185,7 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
     names = args.names.split(",") if args.names else None
-    histories = _client(args).metrics(args.run, names, args.max_points)
+    histories = _client(args).metrics(_resolve(args, args.run), names, args.max_points)
     if args.json:
         as_json(dict(histories), out)
         return 0
@@ -196,15 +211,17 @@ def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     metrics = args.metrics.split(",") if args.metrics else None
-    rows = _client(args).compare(args.runs, metrics)
+    runs = [_resolve(args, ref) for ref in args.runs]
+    rows = _client(args).compare(runs, metrics, args.deleted or None)
     if args.json:
         as_json(list(rows), out)
         return 0
     table(
-        ["RUN", "METRIC", "LAST", "MIN", "MIN AT", "MAX", "MAX AT", "COUNT", "EPOCHS"],
+        ["RUN", "NAME", "METRIC", "LAST", "MIN", "MIN AT", "MAX", "MAX AT", "COUNT", "EPOCHS"],
         [
             [
                 r["run"],
+                r.get("run_name"),
                 r["metric"],
                 r["last"],
                 r["min"],
@@ -228,7 +245,7 @@ def _at(step: int | None, epoch: int | None) -> str:
 
 
 def cmd_best(args: argparse.Namespace, out: TextIO) -> int:
-    best = _client(args).best(args.metric, args.mode, args.filter)
+    best = _client(args).best(args.metric, args.mode, args.filter, args.deleted or None)
     if args.json:
         as_json(best, out)
         return 0 if best else 1
@@ -248,7 +265,7 @@ def cmd_best(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_items(args: argparse.Namespace, out: TextIO) -> int:
-    rows = _client(args).items(args.run, args.stage, args.status, args.limit, args.offset)
+    rows = _client(args).items(_resolve(args, args.run), args.stage, args.status, args.limit, args.offset)
     if args.json:
         as_json({"total": rows.total, "items": list(rows)}, out)
         return 0
@@ -262,20 +279,20 @@ def cmd_items(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
-    rows = _client(args).search(args.text, args.limit)
+    rows = _client(args).search(args.text, args.limit, args.deleted or None)
     if args.json:
         as_json(list(rows), out)
         return 0
     table(
-        ["KIND", "RUN", "TITLE", "SNIPPET"],
-        [[r["kind"], r["run"], r["title"], r["snippet"]] for r in rows],
+        ["KIND", "RUN", "NAME", "TITLE", "SNIPPET"],
+        [[r["kind"], r["run"], r.get("run_name"), r["title"], r["snippet"]] for r in rows],
         out,
     )
     return 0
 
 
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
-    stats = _client(args).stats()
+    stats = _client(args).stats(args.deleted or None)
     if args.json:
         as_json(stats, out)
         return 0
@@ -293,9 +310,8 @@ def http_base(url: str) -> str:
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
-    path = (
-        f"/api/runs/{urllib.parse.quote(args.run, safe='')}/export/{urllib.parse.quote(args.format, safe='')}"
-    )
+    run = _resolve(args, args.run)
+    path = f"/api/runs/{urllib.parse.quote(run, safe='')}/export/{urllib.parse.quote(args.format, safe='')}"
     request = urllib.request.Request(http_base(args.url) + path)
     if args.token:
         request.add_header("Authorization", f"Bearer {args.token}")
@@ -315,6 +331,31 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     else:
         Path(args.output).write_bytes(body)
         print(f"wrote {args.output} ({len(body)} bytes)", file=sys.stderr)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
+    return _mark(args, out, deleted=True)
+
+
+def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
+    return _mark(args, out, deleted=False)
+
+
+def _mark(args: argparse.Namespace, out: TextIO, deleted: bool) -> int:
+    """Delete or restore each run named: an event in the log, committed when this prints."""
+    done = []
+    for ref in args.runs:
+        found = _client(args).set_deleted(ref, deleted)
+        _note_resolved(found)
+        done.append(found)
+    if args.json:
+        as_json([{"id": f["id"], "name": f["name"], "deleted": deleted} for f in done], out)
+        return 0
+    verb = "deleted" if deleted else "restored"
+    for found in done:
+        name = f" ({found['name']})" if found.get("name") else ""
+        print(f"{verb} {found['id']}{name}", file=out)
     return 0
 
 
@@ -445,6 +486,8 @@ COMMANDS: Final[dict[str, Callable[[argparse.Namespace, TextIO], int]]] = {
     "search": cmd_search,
     "stats": cmd_stats,
     "export": cmd_export,
+    "delete": cmd_delete,
+    "restore": cmd_restore,
     "sql": cmd_sql,
     "schema": cmd_schema,
 }
@@ -480,11 +523,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--offset", type=int, default=None)
     p.add_argument("--deleted", action="store_true", help="include deleted runs")
 
+    run_help = "a run id, a unique id prefix, or a run name (the latest run with it)"
     p = remote("show", "one run: fields, config, tags, metric summaries, artifacts")
-    p.add_argument("run")
+    p.add_argument("run", help=run_help)
 
     p = remote("metrics", "a run's metric histories")
-    p.add_argument("run")
+    p.add_argument("run", help=run_help)
     p.add_argument("--names", default=None, help="comma-separated metric names")
     p.add_argument(
         "--max-points", type=int, default=1000, help="downsample to this many points (default 1000)"
@@ -493,16 +537,18 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--width", type=int, default=60, help="sparkline width (default 60)")
 
     p = remote("compare", "compare runs metric by metric")
-    p.add_argument("runs", nargs="+")
+    p.add_argument("runs", nargs="+", metavar="RUN", help=run_help)
     p.add_argument("--metrics", default=None, help="comma-separated metric names")
+    p.add_argument("--deleted", action="store_true", help="allow deleted runs")
 
     p = remote("best", "the best run by a metric")
     p.add_argument("metric")
     p.add_argument("--mode", choices=["min", "max"], default="min")
     p.add_argument("--filter", default=None)
+    p.add_argument("--deleted", action="store_true", help="include deleted runs")
 
     p = remote("items", "a run's items")
-    p.add_argument("run")
+    p.add_argument("run", help=run_help)
     p.add_argument("--stage", default=None)
     p.add_argument("--status", default=None)
     p.add_argument("--limit", type=int, default=None)
@@ -511,11 +557,19 @@ def add_parsers(sub: Any) -> None:
     p = remote("search", "full-text search over runs, items and artifacts")
     p.add_argument("text")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--deleted", action="store_true", help="include deleted runs")
 
-    remote("stats", "the daemon's counts, sizes and ingest rate")
+    p = remote("stats", "the daemon's counts, sizes and ingest rate")
+    p.add_argument("--deleted", action="store_true", help="count deleted runs too")
+
+    p = remote("delete", "mark runs deleted (hidden from runs, compare, best, search, stats; undo: restore)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help=run_help)
+
+    p = remote("restore", "bring deleted runs back (their status is kept)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help=run_help)
 
     p = remote("export", "download a run with its metrics, items and artifacts")
-    p.add_argument("run")
+    p.add_argument("run", help=run_help)
     p.add_argument("--format", choices=["json", "jsonl", "csv", "xml"], default="json")
     p.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
 

@@ -532,15 +532,22 @@ class Tracker:
         """Metric histories of a run, columnar; max_points downsamples keeping each bucket's extremes."""
         return self._questions().metrics(_run_id(run), names, max_points, step_from, step_to)
 
-    def compare(self, runs: Iterable[str | Run], metrics: Iterable[str] | None = None) -> Rows:
-        """Per run and metric: last, min, max, where they were reached, count, epochs."""
-        return self._questions().compare([_run_id(r) for r in runs], metrics)
+    def compare(
+        self, runs: Iterable[str | Run], metrics: Iterable[str] | None = None, deleted: bool | None = None
+    ) -> Rows:
+        """Per run and metric: last, min, max, where they were reached, count, epochs.
+        A deleted run is not_found unless `deleted` is true."""
+        return self._questions().compare([_run_id(r) for r in runs], metrics, deleted)
 
     def best(
-        self, metric: str, mode: Literal["min", "max"] = "min", filter: str | None = None
+        self,
+        metric: str,
+        mode: Literal["min", "max"] = "min",
+        filter: str | None = None,
+        deleted: bool | None = None,
     ) -> dict[str, Any] | None:
         """The run with the best value of metric ever logged (the earlier run on a tie), or None."""
-        return self._questions().best(metric, mode, filter)
+        return self._questions().best(metric, mode, filter, deleted)
 
     def items(
         self,
@@ -557,9 +564,24 @@ class Tracker:
         """A run's artifacts."""
         return self._questions().artifacts(_run_id(run))
 
-    def search(self, text: str, limit: int | None = None) -> Rows:
+    def search(self, text: str, limit: int | None = None, deleted: bool | None = None) -> Rows:
         """Runs, items and artifacts matching the words of text (stemmed), best first, with snippets."""
-        return self._questions().search(text, limit)
+        return self._questions().search(text, limit, deleted)
+
+    def resolve_run(self, run: str | Run) -> dict[str, Any]:
+        """Which run a reference names: a full id, a unique id prefix, or a name (the latest
+        run with it). `{ref, id, name, deleted, by, same_name}`; NotFound or BadQuery."""
+        return self._questions().resolve(_run_id(run))
+
+    def delete_run(self, run: str | Run) -> str:
+        """Mark a run deleted (a `run.deleted` event): it leaves runs, compare, best, search
+        and stats unless they are asked for deleted runs; its status and data stay, and
+        `restore_run` brings it back. Waits for the daemon; returns the run's id."""
+        return str(self._questions().set_deleted(_run_id(run), True)["id"])
+
+    def restore_run(self, run: str | Run) -> str:
+        """Undo `delete_run` (a `run.restored` event); returns the run's id."""
+        return str(self._questions().set_deleted(_run_id(run), False)["id"])
 
     def events(
         self,
