@@ -1,8 +1,8 @@
 """The command line for people: runs, show, metrics, compare, best, items, search, stats,
 export, sql and schema. Each prints an aligned table, or JSON with --json.
 
-All but sql and schema ask the daemon at --url (default $TRACKLOG_URL); sql and schema
-open the database file itself, read-only, and never import the daemon.
+Every command asks the daemon at --url (default $TRACKLOG_URL); sql and schema can also
+open a database file itself with --db (read-only, offline), without importing the daemon.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Final, TextIO
 
 from tracklog.protocol import errors
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
+from tracklog.protocol.readonly_sql import SCHEMA_COLUMNS_SQL, SCHEMA_DDL_SQL, read_only_authorizer
 
 from .queries import QueryClient
 
@@ -70,9 +71,26 @@ def as_json(value: Any, out: TextIO) -> None:
 
 
 def when(ts: float | None) -> str:
+    """A Unix time for people: ISO 8601 in local time, with its offset
+    (`2026-01-31 14:05:09+01:00`)."""
     if ts is None:
         return ""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return dt.datetime.fromtimestamp(ts).astimezone().isoformat(sep=" ", timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return str(ts)
+
+
+def is_time_field(key: str) -> bool:
+    """Fields that hold a Unix time in the daemon's answers (`time`, `started`, `last_ts`, ...)."""
+    return key in ("time", "ts", "started", "finished", "recorded") or key.endswith(("_ts", "_at", "_time"))
+
+
+def for_people(key: str, value: Any) -> Any:
+    """A field's value as a table shows it: times as `when`, the rest as they are."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and is_time_field(key):
+        return when(value)
+    return value
 
 
 def sparkline(values: Sequence[float], width: int = 60) -> str:
@@ -296,10 +314,17 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         as_json(stats, out)
         return 0
-    pairs([(k, v) for k, v in stats.items() if k not in ("top_tags", "recent_runs")], out)
+    pairs([(k, for_people(k, v)) for k, v in stats.items() if k not in ("top_tags", "recent_runs")], out)
     if stats.get("top_tags"):
         print(file=out)
         table(["TAG", "RUNS"], [[t["tag"], t["runs"]] for t in stats["top_tags"]], out)
+    if stats.get("recent_runs"):
+        print(file=out)
+        table(
+            ["RECENT RUN", "NAME", "STATUS", "LAST ACTIVE"],
+            [[r["id"], r.get("name"), r.get("status"), when(r.get("last_ts"))] for r in stats["recent_runs"]],
+            out,
+        )
     return 0
 
 
@@ -361,49 +386,6 @@ def _mark(args: argparse.Namespace, out: TextIO, deleted: bool) -> int:
 
 # -- commands that read the database file -----------------------------------------------
 
-#: PRAGMAs that only describe the schema; any other PRAGMA with a value is refused.
-READ_PRAGMAS: Final = frozenset(
-    {
-        "table_info",
-        "table_xinfo",
-        "table_list",
-        "index_list",
-        "index_info",
-        "index_xinfo",
-        "foreign_key_list",
-        "function_list",
-        "module_list",
-        "pragma_list",
-        "collation_list",
-        "database_list",
-        "compile_options",
-    }
-)
-_SCHEMA_COLUMNS: Final = frozenset({"type", "name", "tbl_name", "rootpage", "sql"})
-_ALLOWED: Final = frozenset(
-    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
-)
-
-
-def read_only_authorizer(
-    action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None
-) -> int:
-    """Let statements read; refuse writes, schema changes, ATTACH and PRAGMAs that change things."""
-    if action in _ALLOWED:
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and (arg2 is None or (arg1 or "").lower() in READ_PRAGMAS):
-        return sqlite3.SQLITE_OK
-    if (
-        action == sqlite3.SQLITE_UPDATE
-        and arg1 == "sqlite_master"
-        and source is None
-        and arg2 in _SCHEMA_COLUMNS
-    ):
-        # SQLite asks this while it loads the schema for a pragma function such as
-        # pragma_table_info(); the connection is opened read-only, so nothing is written.
-        return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
-
 
 def open_read_only(db: Path) -> sqlite3.Connection:
     if not db.exists():
@@ -413,23 +395,31 @@ def open_read_only(db: Path) -> sqlite3.Connection:
     return conn
 
 
+def _read_sql(args: argparse.Namespace, statement: str, limit: int) -> tuple[list[str], list[Any], bool]:
+    """(columns, rows, more) of a read-only statement: through the daemon, or from the
+    file itself with --db (offline; same authorizer)."""
+    if args.db is None:
+        [answer] = _client(args).query("sql", sql=statement, limit=limit)
+        return answer["columns"], answer["rows"], answer["more"]
+    conn = open_read_only(args.db)
+    try:
+        cur = conn.execute(statement)
+        headers = [d[0] for d in cur.description or []]
+        rows = cur.fetchmany(limit + 1)
+    finally:
+        conn.close()
+    return headers, rows[:limit], len(rows) > limit
+
+
 def cmd_sql(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        conn = open_read_only(args.db)
-    except (FileNotFoundError, sqlite3.Error) as exc:
+        headers, rows, more = _read_sql(args, args.statement, args.limit)
+    except FileNotFoundError as exc:
         print(f"tracklog sql: {exc}", file=sys.stderr)
         return 2
-    try:
-        cur = conn.execute(args.statement)
-        headers = [d[0] for d in cur.description or []]
-        rows = cur.fetchmany(args.limit + 1)
     except sqlite3.Error as exc:
         print(f"tracklog sql: {exc}", file=sys.stderr)
         return 1
-    finally:
-        conn.close()
-    more = len(rows) > args.limit
-    rows = rows[: args.limit]
     if args.json:
         as_json(
             [
@@ -441,35 +431,29 @@ def cmd_sql(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     table(headers, [[f"<{len(v)} bytes>" if isinstance(v, bytes) else v for v in row] for row in rows], out)
     if more:
-        print(f"(first {args.limit} rows; --limit for more)", file=out)
+        print(f"(first {len(rows)} rows; --limit for more)", file=out)
     return 0
 
 
 def cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        conn = open_read_only(args.db)
-    except (FileNotFoundError, sqlite3.Error) as exc:
-        print(f"tracklog schema: {exc}", file=sys.stderr)
-        return 2
-    try:
-        objects = conn.execute(
-            "SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
-            " ORDER BY CASE type WHEN 'table' THEN 0 ELSE 1 END, name"
-        ).fetchall()
         if args.ddl:
+            _, objects, _ = _read_sql(args, SCHEMA_DDL_SQL, 10_000)
             for _, _, sql in objects:
                 print(sql.rstrip(";") + ";", file=out)
             return 0
-        tables = {}
-        for kind, name, _ in objects:
-            if kind != "table":
-                continue
-            tables[name] = [
-                {"name": c[1], "type": c[2], "notnull": bool(c[3]), "pk": c[5]}
-                for c in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))
-            ]
-    finally:
-        conn.close()
+        _, columns, _ = _read_sql(args, SCHEMA_COLUMNS_SQL, 10_000)
+    except FileNotFoundError as exc:
+        print(f"tracklog schema: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        print(f"tracklog schema: {exc}", file=sys.stderr)
+        return 1
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for table_name, name, kind, notnull, pk in columns:
+        tables.setdefault(table_name, []).append(
+            {"name": name, "type": kind, "notnull": bool(notnull), "pk": pk}
+        )
     as_json(tables, out)
     return 0
 
@@ -491,13 +475,6 @@ COMMANDS: Final[dict[str, Callable[[argparse.Namespace, TextIO], int]]] = {
     "sql": cmd_sql,
     "schema": cmd_schema,
 }
-
-
-def _default_db() -> Path:
-    home = os.environ.get("TRACKLOG_HOME")
-    if home:
-        return Path(home) / "tracklog.db"
-    return Path.home() / ".local" / "share" / "tracklog" / "tracklog.db"
 
 
 def add_parsers(sub: Any) -> None:
@@ -574,29 +551,31 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
 
     for name, help_text in (
-        ("sql", "run a read-only SQL statement on the database"),
-        ("schema", "the database's tables and columns (JSON), or --ddl"),
+        ("sql", "run a read-only SQL statement on the database (through the daemon, or --db)"),
+        ("schema", "the database's tables and columns (JSON), or --ddl (through the daemon, or --db)"),
     ):
-        p = sub.add_parser(name, help=help_text)
+        p = remote(name, help_text)
         p.add_argument(
-            "--db", type=Path, default=None, help="database path (default: $TRACKLOG_HOME/tracklog.db)"
+            "--db",
+            type=Path,
+            default=None,
+            help="read this database file itself instead of asking the daemon (offline; read-only)",
         )
         if name == "sql":
             p.add_argument("statement")
-            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
             p.add_argument("--limit", type=int, default=1000, help="rows to print at most (default 1000)")
         else:
             p.add_argument("--ddl", action="store_true", help="print the CREATE statements")
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    if getattr(args, "db", None) is None and args.command in ("sql", "schema"):
-        args.db = _default_db()
     try:
         return COMMANDS[args.command](args, out)
     except errors.ProtocolError as exc:
         print(f"tracklog {args.command}: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise  # our reader went away (`| head`): not the daemon's doing; `cli.main` ends quietly
     except (OSError, TimeoutError) as exc:
         print(
             f"tracklog {args.command}: cannot reach the daemon at {getattr(args, 'url', '?')}: {exc}",

@@ -403,9 +403,13 @@ class Feed:
 def add_watch_parser(sub: Any) -> None:
     w = sub.add_parser("watch", help="a live full-screen view of runs")
     w.add_argument(
-        "--url", default=None, help="daemon address (default $TRACKLOG_URL or ws://127.0.0.1:7717/ws)"
+        "--url",
+        default=os.environ.get("TRACKLOG_URL") or DEFAULT_URL,
+        help="the daemon (default $TRACKLOG_URL or %(default)s)",
     )
-    w.add_argument("--token", default=None, help="bearer token (default $TRACKLOG_TOKEN)")
+    w.add_argument(
+        "--token", default=os.environ.get("TRACKLOG_TOKEN") or None, help="bearer token ($TRACKLOG_TOKEN)"
+    )
     w.add_argument("--pipeline", default=None, metavar="P", help="only runs of this pipeline")
     w.add_argument(
         "--refresh", type=float, default=4.0, metavar="PER_SECOND", help="redraws per second (default 4)"

@@ -23,6 +23,7 @@ from tracklog.protocol.messages import Query, Result, StoredEvent
 
 from . import reads
 from .runref import resolve
+from .sqlquery import query_sql
 from .schema import NO_EPOCH
 from .store import connect, read_events
 
@@ -179,6 +180,7 @@ HANDLERS: Final[dict[str, QueryHandler]] = {
     "run": query_run,
     "resolve": query_resolve,
     "cache": query_cache,
+    "sql": query_sql,
     **reads.HANDLERS,
 }
 
