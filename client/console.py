@@ -10,6 +10,9 @@ import sys
 import time
 from typing import Any, TextIO
 
+from tracklog.protocol import errors
+
+from .queries import QueryClient
 from .subscribe import Subscription, SubscriptionState
 
 DEFAULT_URL = "ws://127.0.0.1:7717/ws"
@@ -106,10 +109,26 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _run_id(url: str, token: str | None, ref: str) -> str:
+    """The id `ref` names (a unique id prefix or a name work too). A run that does not
+    exist yet, or a daemon that is not up yet, leaves `ref` as it is: tail waits for it."""
+    try:
+        return str(QueryClient(url, token, "tracklog-tail", timeout=5).resolve(ref)["id"])
+    except (errors.NotFound, OSError, TimeoutError):
+        return ref
+
+
 def tail(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     url = args.url or os.environ.get("TRACKLOG_URL") or DEFAULT_URL
     token = args.token or os.environ.get("TRACKLOG_TOKEN") or None
-    state = SubscriptionState(args.from_seq, args.run, args.type, args.pipeline, token)
+    runs = args.run
+    if runs:
+        try:
+            runs = [_run_id(url, token, ref) for ref in runs]
+        except errors.BadQuery as exc:  # ambiguous: the message lists the candidates
+            print(f"tracklog tail: {exc.message}", file=sys.stderr)
+            return 1
+    state = SubscriptionState(args.from_seq, runs, args.type, args.pipeline, token)
     with Subscription(url, state, idle_timeout=args.idle_exit) as events:
         try:
             for event in events:
