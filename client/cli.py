@@ -11,7 +11,6 @@ from pathlib import Path
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
 
 from . import cli_queries
-
 from .console import add_tail_parser, tail
 from .watch import add_watch_parser, watch
 
@@ -24,25 +23,50 @@ def _default_db() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tracklog", description="Event-sourced tracking for pipelines and training jobs.")
+    parser = argparse.ArgumentParser(
+        prog="tracklog", description="Event-sourced tracking for pipelines and training jobs."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the daemon")
-    s.add_argument("--db", type=Path, default=None, help="database path (default: $TRACKLOG_HOME/tracklog.db or ~/.local/share/tracklog/tracklog.db)")
+    s.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help="database path (default: $TRACKLOG_HOME/tracklog.db or ~/.local/share/tracklog/tracklog.db)",
+    )
     s.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
-    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
-    s.add_argument("--durability", choices=["normal", "full"], default="normal",
-                   help="normal: survives a daemon crash; full: survives power loss (slower)")
-    s.add_argument("--token", action="append", default=[], help="accepted bearer token (repeatable; also $TRACKLOG_TOKENS, comma-separated)")
+    s.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
+    )
+    s.add_argument(
+        "--durability",
+        choices=["normal", "full"],
+        default="normal",
+        help="normal: survives a daemon crash; full: survives power loss (slower)",
+    )
+    s.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        help="accepted bearer token (repeatable; also $TRACKLOG_TOKENS, comma-separated)",
+    )
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback address without tokens")
-    s.add_argument("--lost-after", type=float, default=300.0, metavar="SECONDS",
-                   help="mark a running run `lost` when no writer has been connected for this long (default 300)")
+    s.add_argument(
+        "--lost-after",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="mark a running run `lost` when no writer has been connected for this long (default 300)",
+    )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     r = sub.add_parser("rebuild", help="rebuild every table from the log (daemon stopped)")
     r.add_argument("--db", type=Path, default=None)
 
-    v = sub.add_parser("verify", help="compare the live tables with a rebuild from the log; exit 1 on a difference")
+    v = sub.add_parser(
+        "verify", help="compare the live tables with a rebuild from the log; exit 1 on a difference"
+    )
     v.add_argument("--db", type=Path, default=None)
 
     add_tail_parser(sub)
@@ -62,6 +86,26 @@ CLIENT_COMMANDS = {"tail": tail, "watch": watch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a reader that closes the pipe early (`| head`) ends it quietly, exit 0."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+
+
+def _quiet_stdout() -> None:
+    """stdout's reader is gone: point the descriptor at /dev/null, so the flush at exit
+    does not fail again and print a traceback (the recipe of Python's signal docs)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in cli_queries.COMMANDS:
         return cli_queries.run(args)
@@ -71,14 +115,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from tracklog.daemon import commands
     except ImportError as exc:
-        print(f"tracklog {args.command}: the daemon is not installed ({exc}); pip install 'tracklog[daemon]'", file=sys.stderr)
+        print(
+            f"tracklog {args.command}: the daemon is not installed ({exc}); pip install 'tracklog[daemon]'",
+            file=sys.stderr,
+        )
         return 2
     if args.command == "serve":
         from tracklog.daemon.server import Settings
 
         tokens = tuple(args.token) + tuple(t for t in os.environ.get("TRACKLOG_TOKENS", "").split(",") if t)
-        settings = Settings(db=db, host=args.host, port=args.port, durability=args.durability, tokens=tokens, insecure=args.insecure,
-                            lost_after=args.lost_after)
+        settings = Settings(
+            db=db,
+            host=args.host,
+            port=args.port,
+            durability=args.durability,
+            tokens=tokens,
+            insecure=args.insecure,
+            lost_after=args.lost_after,
+        )
         return commands.serve(settings, args.log_level)
     if args.command == "rebuild":
         return commands.rebuild(db)

@@ -1,8 +1,8 @@
 """The command line for people: runs, show, metrics, compare, best, items, search, stats,
 export, sql and schema. Each prints an aligned table, or JSON with --json.
 
-All but sql and schema ask the daemon at --url (default $TRACKLOG_URL); sql and schema
-open the database file itself, read-only, and never import the daemon.
+Every command asks the daemon at --url (default $TRACKLOG_URL); sql and schema can also
+open a database file itself with --db (read-only, offline), without importing the daemon.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Final, TextIO
 
 from tracklog.protocol import errors
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
+from tracklog.protocol.readonly_sql import SCHEMA_COLUMNS_SQL, SCHEMA_DDL_SQL, read_only_authorizer
 
 from .queries import QueryClient
 
@@ -70,9 +71,26 @@ def as_json(value: Any, out: TextIO) -> None:
 
 
 def when(ts: float | None) -> str:
+    """A Unix time for people: ISO 8601 in local time, with its offset
+    (`2026-01-31 14:05:09+01:00`)."""
     if ts is None:
         return ""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return dt.datetime.fromtimestamp(ts).astimezone().isoformat(sep=" ", timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return str(ts)
+
+
+def is_time_field(key: str) -> bool:
+    """Fields that hold a Unix time in the daemon's answers (`time`, `started`, `last_ts`, ...)."""
+    return key in ("time", "ts", "started", "finished", "recorded") or key.endswith(("_ts", "_at", "_time"))
+
+
+def for_people(key: str, value: Any) -> Any:
+    """A field's value as a table shows it: times as `when`, the rest as they are."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and is_time_field(key):
+        return when(value)
+    return value
 
 
 def sparkline(values: Sequence[float], width: int = 60) -> str:
@@ -107,6 +125,20 @@ def _client(args: argparse.Namespace) -> QueryClient:
     return QueryClient(args.url, args.token, "tracklog-cli")
 
 
+def _resolve(args: argparse.Namespace, ref: str) -> str:
+    """The id of the run `ref` names (an id, a unique id prefix or a name); when a name is
+    shared by several runs, say on stderr that the latest was taken."""
+    found = _client(args).resolve(ref)
+    _note_resolved(found)
+    return str(found["id"])
+
+
+def _note_resolved(found: dict[str, Any]) -> None:
+    if found.get("by") == "name" and found.get("same_name", 0) > 1:
+        count, name = found["same_name"], found["ref"]
+        print(f"tracklog: {count} runs are named {name!r}; using the latest, {found['id']}", file=sys.stderr)
+
+
 def cmd_runs(args: argparse.Namespace, out: TextIO) -> int:
     rows = _client(args).runs(args.filter, args.order_by, args.limit, args.offset, args.deleted or None)
     if args.json:
@@ -132,13 +164,14 @@ def cmd_runs(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
-    run = _client(args).get_run(args.run)
+    run = _client(args).get_run(_resolve(args, args.run))
     if args.json:
         as_json(run, out)
         return 0
     fields = ["id", "name", "status", "error", "pipeline", "user", "host", "session", "parent", "notes"]
     pairs(
         [(f, run.get(f)) for f in fields if run.get(f) is not None]
+        + ([("deleted", "yes (tracklog restore to undo)")] if run.get("deleted") else [])
         + [
             ("started", when(run["started"])),
             ("finished", when(run.get("finished"))),
@@ -170,7 +203,7 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
     names = args.names.split(",") if args.names else None
-    histories = _client(args).metrics(args.run, names, args.max_points)
+    histories = _client(args).metrics(_resolve(args, args.run), names, args.max_points)
     if args.json:
         as_json(dict(histories), out)
         return 0
@@ -196,15 +229,17 @@ def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     metrics = args.metrics.split(",") if args.metrics else None
-    rows = _client(args).compare(args.runs, metrics)
+    runs = [_resolve(args, ref) for ref in args.runs]
+    rows = _client(args).compare(runs, metrics, args.deleted or None)
     if args.json:
         as_json(list(rows), out)
         return 0
     table(
-        ["RUN", "METRIC", "LAST", "MIN", "MIN AT", "MAX", "MAX AT", "COUNT", "EPOCHS"],
+        ["RUN", "NAME", "METRIC", "LAST", "MIN", "MIN AT", "MAX", "MAX AT", "COUNT", "EPOCHS"],
         [
             [
                 r["run"],
+                r.get("run_name"),
                 r["metric"],
                 r["last"],
                 r["min"],
@@ -228,7 +263,7 @@ def _at(step: int | None, epoch: int | None) -> str:
 
 
 def cmd_best(args: argparse.Namespace, out: TextIO) -> int:
-    best = _client(args).best(args.metric, args.mode, args.filter)
+    best = _client(args).best(args.metric, args.mode, args.filter, args.deleted or None)
     if args.json:
         as_json(best, out)
         return 0 if best else 1
@@ -248,7 +283,7 @@ def cmd_best(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_items(args: argparse.Namespace, out: TextIO) -> int:
-    rows = _client(args).items(args.run, args.stage, args.status, args.limit, args.offset)
+    rows = _client(args).items(_resolve(args, args.run), args.stage, args.status, args.limit, args.offset)
     if args.json:
         as_json({"total": rows.total, "items": list(rows)}, out)
         return 0
@@ -262,27 +297,34 @@ def cmd_items(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
-    rows = _client(args).search(args.text, args.limit)
+    rows = _client(args).search(args.text, args.limit, args.deleted or None)
     if args.json:
         as_json(list(rows), out)
         return 0
     table(
-        ["KIND", "RUN", "TITLE", "SNIPPET"],
-        [[r["kind"], r["run"], r["title"], r["snippet"]] for r in rows],
+        ["KIND", "RUN", "NAME", "TITLE", "SNIPPET"],
+        [[r["kind"], r["run"], r.get("run_name"), r["title"], r["snippet"]] for r in rows],
         out,
     )
     return 0
 
 
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
-    stats = _client(args).stats()
+    stats = _client(args).stats(args.deleted or None)
     if args.json:
         as_json(stats, out)
         return 0
-    pairs([(k, v) for k, v in stats.items() if k not in ("top_tags", "recent_runs")], out)
+    pairs([(k, for_people(k, v)) for k, v in stats.items() if k not in ("top_tags", "recent_runs")], out)
     if stats.get("top_tags"):
         print(file=out)
         table(["TAG", "RUNS"], [[t["tag"], t["runs"]] for t in stats["top_tags"]], out)
+    if stats.get("recent_runs"):
+        print(file=out)
+        table(
+            ["RECENT RUN", "NAME", "STATUS", "LAST ACTIVE"],
+            [[r["id"], r.get("name"), r.get("status"), when(r.get("last_ts"))] for r in stats["recent_runs"]],
+            out,
+        )
     return 0
 
 
@@ -293,9 +335,8 @@ def http_base(url: str) -> str:
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
-    path = (
-        f"/api/runs/{urllib.parse.quote(args.run, safe='')}/export/{urllib.parse.quote(args.format, safe='')}"
-    )
+    run = _resolve(args, args.run)
+    path = f"/api/runs/{urllib.parse.quote(run, safe='')}/export/{urllib.parse.quote(args.format, safe='')}"
     request = urllib.request.Request(http_base(args.url) + path)
     if args.token:
         request.add_header("Authorization", f"Bearer {args.token}")
@@ -318,50 +359,32 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
+    return _mark(args, out, deleted=True)
+
+
+def cmd_restore(args: argparse.Namespace, out: TextIO) -> int:
+    return _mark(args, out, deleted=False)
+
+
+def _mark(args: argparse.Namespace, out: TextIO, deleted: bool) -> int:
+    """Delete or restore each run named: an event in the log, committed when this prints."""
+    done = []
+    for ref in args.runs:
+        found = _client(args).set_deleted(ref, deleted)
+        _note_resolved(found)
+        done.append(found)
+    if args.json:
+        as_json([{"id": f["id"], "name": f["name"], "deleted": deleted} for f in done], out)
+        return 0
+    verb = "deleted" if deleted else "restored"
+    for found in done:
+        name = f" ({found['name']})" if found.get("name") else ""
+        print(f"{verb} {found['id']}{name}", file=out)
+    return 0
+
+
 # -- commands that read the database file -----------------------------------------------
-
-#: PRAGMAs that only describe the schema; any other PRAGMA with a value is refused.
-READ_PRAGMAS: Final = frozenset(
-    {
-        "table_info",
-        "table_xinfo",
-        "table_list",
-        "index_list",
-        "index_info",
-        "index_xinfo",
-        "foreign_key_list",
-        "function_list",
-        "module_list",
-        "pragma_list",
-        "collation_list",
-        "database_list",
-        "compile_options",
-    }
-)
-_SCHEMA_COLUMNS: Final = frozenset({"type", "name", "tbl_name", "rootpage", "sql"})
-_ALLOWED: Final = frozenset(
-    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
-)
-
-
-def read_only_authorizer(
-    action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None
-) -> int:
-    """Let statements read; refuse writes, schema changes, ATTACH and PRAGMAs that change things."""
-    if action in _ALLOWED:
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and (arg2 is None or (arg1 or "").lower() in READ_PRAGMAS):
-        return sqlite3.SQLITE_OK
-    if (
-        action == sqlite3.SQLITE_UPDATE
-        and arg1 == "sqlite_master"
-        and source is None
-        and arg2 in _SCHEMA_COLUMNS
-    ):
-        # SQLite asks this while it loads the schema for a pragma function such as
-        # pragma_table_info(); the connection is opened read-only, so nothing is written.
-        return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
 
 
 def open_read_only(db: Path) -> sqlite3.Connection:
@@ -372,23 +395,31 @@ def open_read_only(db: Path) -> sqlite3.Connection:
     return conn
 
 
+def _read_sql(args: argparse.Namespace, statement: str, limit: int) -> tuple[list[str], list[Any], bool]:
+    """(columns, rows, more) of a read-only statement: through the daemon, or from the
+    file itself with --db (offline; same authorizer)."""
+    if args.db is None:
+        [answer] = _client(args).query("sql", sql=statement, limit=limit)
+        return answer["columns"], answer["rows"], answer["more"]
+    conn = open_read_only(args.db)
+    try:
+        cur = conn.execute(statement)
+        headers = [d[0] for d in cur.description or []]
+        rows = cur.fetchmany(limit + 1)
+    finally:
+        conn.close()
+    return headers, rows[:limit], len(rows) > limit
+
+
 def cmd_sql(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        conn = open_read_only(args.db)
-    except (FileNotFoundError, sqlite3.Error) as exc:
+        headers, rows, more = _read_sql(args, args.statement, args.limit)
+    except FileNotFoundError as exc:
         print(f"tracklog sql: {exc}", file=sys.stderr)
         return 2
-    try:
-        cur = conn.execute(args.statement)
-        headers = [d[0] for d in cur.description or []]
-        rows = cur.fetchmany(args.limit + 1)
     except sqlite3.Error as exc:
         print(f"tracklog sql: {exc}", file=sys.stderr)
         return 1
-    finally:
-        conn.close()
-    more = len(rows) > args.limit
-    rows = rows[: args.limit]
     if args.json:
         as_json(
             [
@@ -400,35 +431,29 @@ def cmd_sql(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     table(headers, [[f"<{len(v)} bytes>" if isinstance(v, bytes) else v for v in row] for row in rows], out)
     if more:
-        print(f"(first {args.limit} rows; --limit for more)", file=out)
+        print(f"(first {len(rows)} rows; --limit for more)", file=out)
     return 0
 
 
 def cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        conn = open_read_only(args.db)
-    except (FileNotFoundError, sqlite3.Error) as exc:
-        print(f"tracklog schema: {exc}", file=sys.stderr)
-        return 2
-    try:
-        objects = conn.execute(
-            "SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
-            " ORDER BY CASE type WHEN 'table' THEN 0 ELSE 1 END, name"
-        ).fetchall()
         if args.ddl:
+            _, objects, _ = _read_sql(args, SCHEMA_DDL_SQL, 10_000)
             for _, _, sql in objects:
                 print(sql.rstrip(";") + ";", file=out)
             return 0
-        tables = {}
-        for kind, name, _ in objects:
-            if kind != "table":
-                continue
-            tables[name] = [
-                {"name": c[1], "type": c[2], "notnull": bool(c[3]), "pk": c[5]}
-                for c in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))
-            ]
-    finally:
-        conn.close()
+        _, columns, _ = _read_sql(args, SCHEMA_COLUMNS_SQL, 10_000)
+    except FileNotFoundError as exc:
+        print(f"tracklog schema: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        print(f"tracklog schema: {exc}", file=sys.stderr)
+        return 1
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for table_name, name, kind, notnull, pk in columns:
+        tables.setdefault(table_name, []).append(
+            {"name": name, "type": kind, "notnull": bool(notnull), "pk": pk}
+        )
     as_json(tables, out)
     return 0
 
@@ -445,16 +470,11 @@ COMMANDS: Final[dict[str, Callable[[argparse.Namespace, TextIO], int]]] = {
     "search": cmd_search,
     "stats": cmd_stats,
     "export": cmd_export,
+    "delete": cmd_delete,
+    "restore": cmd_restore,
     "sql": cmd_sql,
     "schema": cmd_schema,
 }
-
-
-def _default_db() -> Path:
-    home = os.environ.get("TRACKLOG_HOME")
-    if home:
-        return Path(home) / "tracklog.db"
-    return Path.home() / ".local" / "share" / "tracklog" / "tracklog.db"
 
 
 def add_parsers(sub: Any) -> None:
@@ -480,11 +500,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--offset", type=int, default=None)
     p.add_argument("--deleted", action="store_true", help="include deleted runs")
 
+    run_help = "a run id, a unique id prefix, or a run name (the latest run with it)"
     p = remote("show", "one run: fields, config, tags, metric summaries, artifacts")
-    p.add_argument("run")
+    p.add_argument("run", help=run_help)
 
     p = remote("metrics", "a run's metric histories")
-    p.add_argument("run")
+    p.add_argument("run", help=run_help)
     p.add_argument("--names", default=None, help="comma-separated metric names")
     p.add_argument(
         "--max-points", type=int, default=1000, help="downsample to this many points (default 1000)"
@@ -493,16 +514,18 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--width", type=int, default=60, help="sparkline width (default 60)")
 
     p = remote("compare", "compare runs metric by metric")
-    p.add_argument("runs", nargs="+")
+    p.add_argument("runs", nargs="+", metavar="RUN", help=run_help)
     p.add_argument("--metrics", default=None, help="comma-separated metric names")
+    p.add_argument("--deleted", action="store_true", help="allow deleted runs")
 
     p = remote("best", "the best run by a metric")
     p.add_argument("metric")
     p.add_argument("--mode", choices=["min", "max"], default="min")
     p.add_argument("--filter", default=None)
+    p.add_argument("--deleted", action="store_true", help="include deleted runs")
 
     p = remote("items", "a run's items")
-    p.add_argument("run")
+    p.add_argument("run", help=run_help)
     p.add_argument("--stage", default=None)
     p.add_argument("--status", default=None)
     p.add_argument("--limit", type=int, default=None)
@@ -511,38 +534,48 @@ def add_parsers(sub: Any) -> None:
     p = remote("search", "full-text search over runs, items and artifacts")
     p.add_argument("text")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--deleted", action="store_true", help="include deleted runs")
 
-    remote("stats", "the daemon's counts, sizes and ingest rate")
+    p = remote("stats", "the daemon's counts, sizes and ingest rate")
+    p.add_argument("--deleted", action="store_true", help="count deleted runs too")
+
+    p = remote("delete", "mark runs deleted (hidden from runs, compare, best, search, stats; undo: restore)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help=run_help)
+
+    p = remote("restore", "bring deleted runs back (their status is kept)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help=run_help)
 
     p = remote("export", "download a run with its metrics, items and artifacts")
-    p.add_argument("run")
+    p.add_argument("run", help=run_help)
     p.add_argument("--format", choices=["json", "jsonl", "csv", "xml"], default="json")
     p.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
 
     for name, help_text in (
-        ("sql", "run a read-only SQL statement on the database"),
-        ("schema", "the database's tables and columns (JSON), or --ddl"),
+        ("sql", "run a read-only SQL statement on the database (through the daemon, or --db)"),
+        ("schema", "the database's tables and columns (JSON), or --ddl (through the daemon, or --db)"),
     ):
-        p = sub.add_parser(name, help=help_text)
+        p = remote(name, help_text)
         p.add_argument(
-            "--db", type=Path, default=None, help="database path (default: $TRACKLOG_HOME/tracklog.db)"
+            "--db",
+            type=Path,
+            default=None,
+            help="read this database file itself instead of asking the daemon (offline; read-only)",
         )
         if name == "sql":
             p.add_argument("statement")
-            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
             p.add_argument("--limit", type=int, default=1000, help="rows to print at most (default 1000)")
         else:
             p.add_argument("--ddl", action="store_true", help="print the CREATE statements")
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    if getattr(args, "db", None) is None and args.command in ("sql", "schema"):
-        args.db = _default_db()
     try:
         return COMMANDS[args.command](args, out)
     except errors.ProtocolError as exc:
         print(f"tracklog {args.command}: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise  # our reader went away (`| head`): not the daemon's doing; `cli.main` ends quietly
     except (OSError, TimeoutError) as exc:
         print(
             f"tracklog {args.command}: cannot reach the daemon at {getattr(args, 'url', '?')}: {exc}",

@@ -10,6 +10,9 @@ import sys
 import time
 from typing import Any, TextIO
 
+from tracklog.protocol import errors
+
+from .queries import QueryClient
 from .subscribe import Subscription, SubscriptionState
 
 DEFAULT_URL = "ws://127.0.0.1:7717/ws"
@@ -17,16 +20,41 @@ DEFAULT_URL = "ws://127.0.0.1:7717/ws"
 
 def add_tail_parser(sub: Any) -> None:
     t = sub.add_parser("tail", help="print events as they are committed, one line each")
-    t.add_argument("--url", default=None, help="daemon address (default $TRACKLOG_URL or ws://127.0.0.1:7717/ws)")
-    t.add_argument("--token", default=None, help="bearer token (default $TRACKLOG_TOKEN)")
+    t.add_argument(
+        "--url",
+        default=os.environ.get("TRACKLOG_URL") or DEFAULT_URL,
+        help="the daemon (default $TRACKLOG_URL or %(default)s)",
+    )
+    t.add_argument(
+        "--token", default=os.environ.get("TRACKLOG_TOKEN") or None, help="bearer token ($TRACKLOG_TOKEN)"
+    )
     t.add_argument("--run", action="append", default=None, metavar="RUN", help="only this run (repeatable)")
-    t.add_argument("--type", action="append", default=None, metavar="TYPE", help="only this event type (repeatable)")
-    t.add_argument("--pipeline", action="append", default=None, metavar="P", help="only runs of this pipeline (repeatable)")
-    t.add_argument("--from", dest="from_seq", type=int, default=None, metavar="SEQ",
-                   help="start after this seq (0: the whole log; default: from now on)")
+    t.add_argument(
+        "--type", action="append", default=None, metavar="TYPE", help="only this event type (repeatable)"
+    )
+    t.add_argument(
+        "--pipeline",
+        action="append",
+        default=None,
+        metavar="P",
+        help="only runs of this pipeline (repeatable)",
+    )
+    t.add_argument(
+        "--from",
+        dest="from_seq",
+        type=int,
+        default=None,
+        metavar="SEQ",
+        help="start after this seq (0: the whole log; default: from now on)",
+    )
     t.add_argument("--json", action="store_true", help="one JSON object per line")
-    t.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
-                   help="exit after this many seconds without an event")
+    t.add_argument(
+        "--idle-exit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="exit after this many seconds without an event",
+    )
 
 
 def _number(value: Any) -> str:
@@ -67,7 +95,8 @@ def summary(event: dict[str, Any]) -> str:
 
 def format_line(event: dict[str, Any]) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(event.get("ts") or event.get("recorded") or 0))
-    return f"{event['seq']:>8}  {stamp}  {(event.get('run') or '-'):<20}  {event['type']:<14}  {summary(event)}".rstrip()
+    run = event.get("run") or "-"
+    return f"{event['seq']:>8}  {stamp}  {run:<20}  {event['type']:<14}  {summary(event)}".rstrip()
 
 
 def _json_safe(value: Any) -> Any:
@@ -80,10 +109,26 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _run_id(url: str, token: str | None, ref: str) -> str:
+    """The id `ref` names (a unique id prefix or a name work too). A run that does not
+    exist yet, or a daemon that is not up yet, leaves `ref` as it is: tail waits for it."""
+    try:
+        return str(QueryClient(url, token, "tracklog-tail", timeout=5).resolve(ref)["id"])
+    except (errors.NotFound, OSError, TimeoutError):
+        return ref
+
+
 def tail(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     url = args.url or os.environ.get("TRACKLOG_URL") or DEFAULT_URL
     token = args.token or os.environ.get("TRACKLOG_TOKEN") or None
-    state = SubscriptionState(args.from_seq, args.run, args.type, args.pipeline, token)
+    runs = args.run
+    if runs:
+        try:
+            runs = [_run_id(url, token, ref) for ref in runs]
+        except errors.BadQuery as exc:  # ambiguous: the message lists the candidates
+            print(f"tracklog tail: {exc.message}", file=sys.stderr)
+            return 1
+    state = SubscriptionState(args.from_seq, runs, args.type, args.pipeline, token)
     with Subscription(url, state, idle_timeout=args.idle_exit) as events:
         try:
             for event in events:
@@ -93,5 +138,5 @@ def tail(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         except KeyboardInterrupt:
             return 130
         except BrokenPipeError:
-            return 0
+            raise  # cli.main ends quietly (and keeps the exit flush from failing again)
     return 0

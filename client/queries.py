@@ -10,13 +10,17 @@ a millisecond. MessagePack carries NaN and the infinities as they are.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
+from websockets.sync.client import connect
+
 from tracklog.protocol import errors
 from tracklog.protocol.limits import PROTOCOL_VERSION
-from websockets.sync.client import connect
+
+from .ids import uuid7
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -69,8 +73,26 @@ class QueryClient:
 
     def query(self, q: str, **args: Any) -> Rows:
         """Ask `q` with its arguments (None ones left out); the rows, or a ProtocolError."""
-        ref = next(_refs)
-        message = {"op": "query", "q": q, "ref": ref, **{k: v for k, v in args.items() if v is not None}}
+        with self._session() as ask:
+            return ask(q, **args)
+
+    @contextmanager
+    def _session(self) -> Iterator[Callable[..., Rows]]:
+        """One connection for a few questions in a row; yields `ask(q, **args) -> Rows`."""
+        with self._connection() as exchange:
+
+            def ask(q: str, **args: Any) -> Rows:
+                reply = exchange({"op": "query", "q": q, **{k: v for k, v in args.items() if v is not None}})
+                rows = Rows(reply.get("rows") or [])
+                rows.seq = reply.get("seq", 0)
+                rows.total = reply.get("total")
+                return rows
+
+            yield ask
+
+    @contextmanager
+    def _connection(self) -> Iterator[Callable[[dict[str, Any]], dict[str, Any]]]:
+        """Open, say hello, and yield `exchange(message) -> reply` (errors raised); close."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         with connect(
             self.url,
@@ -93,17 +115,45 @@ class QueryClient:
             welcome = _decode(ws.recv(self.timeout))
             if welcome.get("op") == "error":
                 raise errors.error_for_code(welcome.get("code", ""), welcome.get("message", ""))
-            ws.send(_encode(message))
-            while True:
-                reply = _decode(ws.recv(self.timeout))
-                if reply.get("ref") != ref:
-                    continue
-                if reply.get("op") == "error":
-                    raise errors.error_for_code(reply.get("code", ""), reply.get("message", ""), ref)
-                rows = Rows(reply.get("rows") or [])
-                rows.seq = reply.get("seq", 0)
-                rows.total = reply.get("total")
-                return rows
+
+            def exchange(message: dict[str, Any]) -> dict[str, Any]:
+                ref = next(_refs)
+                ws.send(_encode({**message, "ref": ref}))
+                while True:
+                    reply: dict[str, Any] = _decode(ws.recv(self.timeout))
+                    if reply.get("ref") != ref:
+                        continue
+                    if reply.get("op") == "error":
+                        raise errors.error_for_code(reply.get("code", ""), reply.get("message", ""), ref)
+                    return reply
+
+            yield exchange
+
+    # -- references and deletion -------------------------------------------------------
+
+    def resolve(self, run: str) -> dict[str, Any]:
+        """The run a reference names (an id, a unique id prefix or a name) and how it matched:
+        `{ref, id, name, deleted, by, same_name}` (`same_name` > 1: the latest of that name)."""
+        return dict(self.query("resolve", run=run)[0])
+
+    def set_deleted(self, run: str, deleted: bool) -> dict[str, Any]:
+        """Append `run.deleted` (or `run.restored`) for the run `run` names; the resolved run.
+
+        The mark is an event in the log like any other: rebuilt, replayed and followed
+        by subscribers. Sent with a fresh id and waited for: when this returns, it is
+        committed. The run's status is not changed.
+        """
+        with self._connection() as exchange:
+            resolved = exchange({"op": "query", "q": "resolve", "run": run})["rows"][0]
+            event = {
+                "id": uuid7.new(),
+                "type": "run.deleted" if deleted else "run.restored",
+                "run": resolved["id"],
+            }
+            ack = exchange({"op": "append", "events": [event]})
+        for rejection in ack.get("rejected") or []:
+            raise errors.error_for_code(rejection.get("code", ""), rejection.get("message", ""))
+        return dict(resolved)
 
     # -- the questions, one method each ------------------------------------------------
 
@@ -144,11 +194,15 @@ class QueryClient:
         out.seq = rows.seq
         return out
 
-    def compare(self, runs: Iterable[str], metrics: Iterable[str] | None = None) -> Rows:
-        return self.query("compare", runs=list(runs), metrics=_list(metrics))
+    def compare(
+        self, runs: Iterable[str], metrics: Iterable[str] | None = None, deleted: bool | None = None
+    ) -> Rows:
+        return self.query("compare", runs=list(runs), metrics=_list(metrics), deleted=deleted)
 
-    def best(self, metric: str, mode: str = "min", filter: str | None = None) -> dict[str, Any] | None:
-        rows = self.query("best", metric=metric, mode=mode, filter=filter)
+    def best(
+        self, metric: str, mode: str = "min", filter: str | None = None, deleted: bool | None = None
+    ) -> dict[str, Any] | None:
+        rows = self.query("best", metric=metric, mode=mode, filter=filter, deleted=deleted)
         return dict(rows[0]) if rows else None
 
     def items(
@@ -164,8 +218,8 @@ class QueryClient:
     def artifacts(self, run: str) -> Rows:
         return self.query("artifacts", run=run)
 
-    def search(self, text: str, limit: int | None = None) -> Rows:
-        return self.query("search", text=text, limit=limit)
+    def search(self, text: str, limit: int | None = None, deleted: bool | None = None) -> Rows:
+        return self.query("search", text=text, limit=limit, deleted=deleted)
 
     def events(
         self,
@@ -176,8 +230,8 @@ class QueryClient:
     ) -> Rows:
         return self.query("events", from_seq=from_seq, limit=limit, run=run, types=_list(types))
 
-    def stats(self) -> dict[str, Any]:
-        return dict(self.query("stats")[0])
+    def stats(self, deleted: bool | None = None) -> dict[str, Any]:
+        return dict(self.query("stats", deleted=deleted)[0])
 
 
 def _list(values: str | Iterable[str] | Mapping[str, Any] | None) -> list[str] | None:

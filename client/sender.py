@@ -17,10 +17,17 @@ rest happens on the sender's thread:
   connection, adopts spools that dead processes left behind;
 - acks are matched to appends by `ref` (the daemon acks a connection's appends in
   order); an append whose connection dies before its ack is sent again, with the same
-  event ids, so the daemon stores it once.
+  event ids, so the daemon stores it once;
+- only transport failures and transient daemon states (`overloaded`, `disk_full`) make
+  an append go again as it was. An append refused for what it holds is split in halves,
+  sent again ahead of everything else, down to single events; a single event refused
+  is reported in `errors` and dropped (after `MAX_INTERNAL_ATTEMPTS` tries for
+  `internal`, which may be a passing fault), so one bad event never holds back the
+  good ones, and no batch is resent forever, in this process or one adopting its spool.
 
 Where events are at any moment, oldest first: acked; in flight from an adopted spool;
-in flight from our spool; in flight from memory; unread in the spools; in the queue.
+in flight from our spool; in flight from memory; parts of a split append waiting to go
+again; unread in the spools; in the queue.
 """
 
 from __future__ import annotations
@@ -53,10 +60,19 @@ log = logging.getLogger("tracklog")
 
 #: Batches above this many bytes are split, well under the daemon's frame limit.
 MAX_BATCH_BYTES: Final = 4 * 1024 * 1024
-#: Codes after which resending the same append cannot succeed: its events are reported, not retried.
-PERMANENT_APPEND_ERRORS: Final = frozenset(
-    {codes.BAD_FRAME, codes.BAD_MESSAGE, codes.TOO_LARGE, codes.FORBIDDEN, codes.UNKNOWN_OP}
+#: Codes of a passing state of the daemon or the connection: the append goes again as it
+#: was, after a reconnect with backoff. (`disk_full`: the daemon's disk has no room now.)
+TRANSIENT_APPEND_ERRORS: Final = frozenset(
+    {codes.OVERLOADED, "disk_full", codes.HELLO_REQUIRED, codes.UNAUTHORIZED}
 )
+#: Codes that say the same append can never be accepted by this daemon, whatever it
+#: holds: its events are reported at once, not split.
+REFUSED_APPEND_ERRORS: Final = frozenset({codes.FORBIDDEN, codes.UNKNOWN_OP})
+#: How many times a single event is sent while the daemon answers `internal`, before it
+#: is reported and dropped (a batch with more than one event is split instead).
+MAX_INTERNAL_ATTEMPTS: Final = 3
+#: How many single events' `internal` counts are remembered at once.
+MAX_TRACKED_FAILURES: Final = 1_000
 #: How many rejected events to keep in `errors`.
 MAX_ERRORS: Final = 10_000
 #: How often a spool with new records is fdatasync'ed.
@@ -146,6 +162,11 @@ class Sender:
         self._frames: asyncio.Queue[bytes] | None = None
         self._inflight: deque[_Append] = deque()
         self._inflight_events = 0
+        #: Parts of appends the daemon refused, split to find the bad events: sent first.
+        self._retry: deque[tuple[bytes, int]] = deque()
+        #: Single events (by payload) answered `internal`, and how many times.
+        self._internal_failures: dict[bytes, int] = {}
+        self._errors_lock = threading.Lock()
         self._refs = itertools.count(1)
         self._down = False  # a connect attempt failed or the connection dropped, and no new one yet
         self._last_sync = 0.0
@@ -211,7 +232,7 @@ class Sender:
     def stats(self) -> dict[str, Any]:
         c = self.counters
         return {
-            "queued": len(self.queue),
+            "queued": len(self.queue) + sum(count for _, count in self._retry),
             "in_flight": self._inflight_events,
             "acked": c.acked,
             "duplicates": c.duplicates,
@@ -351,6 +372,22 @@ class Sender:
                 self._requeue(payload)
             self._spool_failed(exc)
 
+    def _spill_retry(self) -> None:
+        """Write the parts of split appends to our spool (the thread is ending); on a disk
+        error they go back to the queue, to be counted as lost with it."""
+        retry = self._retry
+        try:
+            own = self.spool.own_file()
+            while retry:
+                payload, count = retry[0]
+                own.append(payload, count)
+                retry.popleft()
+                self.counters.spooled_total += count
+        except OSError as exc:
+            while retry:
+                self._requeue(retry.pop()[0])
+            self._spool_failed(exc)
+
     def _requeue(self, payload: bytes) -> None:
         """Put a batch's events back at the front of the queue, in their order."""
         self.queue.extendleft(reversed(_decode_raw_list(payload)))
@@ -405,7 +442,10 @@ class Sender:
         return good
 
     def _reject_locally(self, event: Any, code: str, message: str) -> None:
-        plain = msgspec.to_builtins(event) if not isinstance(event, Raw) else wire.decode_any(event)
+        try:
+            plain = msgspec.to_builtins(event) if not isinstance(event, Raw) else wire.decode_any(event)
+        except (TypeError, ValueError, msgspec.DecodeError):
+            plain = repr(event)  # the report must not fail on the value that made the event bad
         self._record_rejection(RejectedEvent(code, message, plain))
 
     def _fill_window(self) -> None:
@@ -415,6 +455,10 @@ class Sender:
         queue = self.queue
         inflight = self._inflight
         limit = self.options.max_inflight
+        retry = self._retry
+        while retry and len(inflight) < limit:
+            payload, count = retry.popleft()
+            self._send(frames, _Append(next(self._refs), payload, count))
         while len(inflight) < limit:
             source = self.spool.next_unread()
             if source is not None:
@@ -454,7 +498,7 @@ class Sender:
                 self._cond.notify_all()
 
     def _idle(self) -> bool:
-        return not self.queue and not self._inflight and self.spool.empty
+        return not self.queue and not self._inflight and not self._retry and self.spool.empty
 
     def _begin_close(self, deadline: float) -> None:
         self._closing = True
@@ -466,10 +510,12 @@ class Sender:
         if self._idle() or time.monotonic() >= self._close_deadline:
             return True
         # Without a connection, the spool already holds everything: the next tracker sends it.
-        return self._down and not self.queue and not self._inflight
+        return self._down and not self.queue and not self._inflight and not self._retry
 
     def _finish(self) -> None:
         """The thread is ending: spool what is not acked, fsync, release the spool files."""
+        if self._retry:
+            self._spill_retry()
         if self._inflight or self.queue:
             self._spool_broken_until = 0.0
             self._spill()
@@ -621,6 +667,8 @@ class Sender:
         if not inflight or inflight[0].ref != ack.ref:
             raise _Reconnect(f"ack for ref {ack.ref} does not match the oldest append in flight")
         append = self._complete()
+        if self._internal_failures and append.count == 1:
+            self._internal_failures.pop(append.payload, None)
         c = self.counters
         c.acked += append.count - len(ack.rejected)
         c.duplicates += len(ack.duplicates)
@@ -647,21 +695,67 @@ class Sender:
         if error.ref is None or not inflight or inflight[0].ref != error.ref:
             log.warning("tracklog: the daemon says %s: %s", error.code, error.message)
             return
-        if error.code not in PERMANENT_APPEND_ERRORS:
-            raise _Reconnect(f"append refused for now ({error.code}: {error.message})")
-        # Sending it again would fail again: report every event of the append, move on.
+        code = error.code
+        if code in TRANSIENT_APPEND_ERRORS:
+            raise _Reconnect(f"append refused for now ({code}: {error.message})")
         append = self._complete()
+        if append.count > 1 and code not in REFUSED_APPEND_ERRORS:
+            self._split(append, error)
+            return
+        if append.count == 1 and code == codes.INTERNAL and self._retry_internal(append.payload):
+            raise _Reconnect(f"append failed ({code}: {error.message}); trying once more")
+        # Sending it again would fail again: report every event of the append, move on.
+        self._internal_failures.pop(append.payload, None)
         for event in wire.decode_any(append.payload):
-            self._record_rejection(RejectedEvent(error.code, error.message, event))
+            self._record_rejection(RejectedEvent(code, error.message, event))
+
+    def _split(self, append: _Append, error: Error) -> None:
+        """Send a refused append again as two halves, ahead of everything else.
+
+        Halving again whatever is refused finds a bad event in a batch of n in about
+        2 log2(n) appends, while every good event is stored on the way.
+        """
+        events = _decode_raw_list(append.payload)
+        half = len(events) // 2
+        log.info(
+            "tracklog: an append of %d events was refused (%s: %s); sending it in halves to find bad ones",
+            append.count,
+            error.code,
+            error.message,
+        )
+        self._retry.appendleft((wire.encode(events[half:]), len(events) - half))
+        self._retry.appendleft((wire.encode(events[:half]), half))
+
+    def _retry_internal(self, payload: bytes) -> bool:
+        """Count an `internal` answer to a single event; True while it may be sent again.
+
+        `internal` may be a passing fault of the daemon, so the event goes again (first
+        in line, after a reconnect with backoff) up to `MAX_INTERNAL_ATTEMPTS` times.
+        """
+        failures = self._internal_failures
+        seen = failures.get(payload, 0) + 1
+        if seen >= MAX_INTERNAL_ATTEMPTS:
+            return False
+        if len(failures) >= MAX_TRACKED_FAILURES:
+            failures.pop(next(iter(failures)))
+        failures[payload] = seen
+        self._retry.appendleft((payload, 1))
+        return True
+
+    def reject(self, event: Any, code: str, message: str) -> None:
+        """Report an event refused at the call (any thread): it is never queued."""
+        self._reject_locally(event, code, message)
 
     def _record_rejection(self, rejected: RejectedEvent) -> None:
         c = self.counters
-        c.rejected += 1
-        c.errors.append(rejected)
-        self._logged_rejections += 1
-        if self._logged_rejections <= LOGGED_REJECTIONS:
+        with self._errors_lock:  # the sender's thread and callers (`reject`) both report
+            c.rejected += 1
+            c.errors.append(rejected)
+            self._logged_rejections += 1
+            logged = self._logged_rejections
+        if logged <= LOGGED_REJECTIONS:
             log.warning("tracklog: event rejected (%s): %s", rejected.code, rejected.message)
-        elif self._logged_rejections % 1000 == 0:
+        elif logged % 1000 == 0:
             log.warning("tracklog: %d events rejected so far; see Tracker.errors", c.rejected)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal
 
+from tracklog.protocol import errors as codes
 from tracklog.protocol.events import (
     Artifact,
     ArtifactData,
@@ -148,12 +149,20 @@ class Run:
         if duration is not None:
             duration = wire.check_float("duration", duration)
         body = ItemData(
-            item=item, kind=kind, stage=stage, iteration=iteration, status=status, data=data,
-            path=os.fspath(path) if path is not None else None, model=model, backend=backend,
-            duration=duration, error=error,
+            item=item,
+            kind=kind,
+            stage=stage,
+            iteration=iteration,
+            status=status,
+            data=data,
+            path=os.fspath(path) if path is not None else None,
+            model=model,
+            backend=backend,
+            duration=duration,
+            error=error,
         )
         ts = _time()
-        self._put(_raw(Item(id=uuid7(ts), run=self.id, ts=ts, data=body)))
+        self._put_checked(Item(id=uuid7(ts), run=self.id, ts=ts, data=body), data, "item.data")
 
     def log_artifact(
         self,
@@ -169,11 +178,16 @@ class Run:
         if size is not None:
             size = _coerce_int("size", size)
         body = ArtifactData(
-            kind=kind, path=os.fspath(path), size=size, digest=digest,
+            kind=kind,
+            path=os.fspath(path),
+            size=size,
+            digest=digest,
             metadata=dict(metadata) if metadata is not None else None,
         )
         ts = _time()
-        self._put(_raw(Artifact(id=uuid7(ts), run=self.id, ts=ts, data=body)))
+        self._put_checked(
+            Artifact(id=uuid7(ts), run=self.id, ts=ts, data=body), metadata, "artifact.metadata"
+        )
 
     def update(
         self,
@@ -186,12 +200,16 @@ class Run:
     ) -> None:
         """Change the run's name or notes, add or remove tags, merge config keys."""
         body = RunUpdatedData(
-            name=name, notes=notes,
-            add_tags=_names("add_tags", add_tags), remove_tags=_names("remove_tags", remove_tags),
+            name=name,
+            notes=notes,
+            add_tags=_names("add_tags", add_tags),
+            remove_tags=_names("remove_tags", remove_tags),
             config=dict(config) if config is not None else None,
         )
         ts = _time()
-        self._put(_raw(RunUpdated(id=uuid7(ts), run=self.id, ts=ts, data=body)))
+        self._put_checked(
+            RunUpdated(id=uuid7(ts), run=self.id, ts=ts, data=body), config, "run.updated.config"
+        )
 
     def finish(self, status: FinishStatus = "completed", error: str | None = None) -> None:
         """Mark the run finished. A second call does nothing."""
@@ -211,32 +229,99 @@ class Run:
 
     # -- near-duplicate checks (these wait for the daemon: see client/dedup.py) -------
 
-    def check_hash(self, text_or_value: Any, *, namespace: str, record: bool = True, item: str | None = None,
-                   timeout: float | None = None) -> dedup.CheckResult:
+    def check_hash(
+        self,
+        text_or_value: Any,
+        *,
+        namespace: str,
+        record: bool = True,
+        item: str | None = None,
+        timeout: float | None = None,
+    ) -> dedup.CheckResult:
         """Exact check: a string by its UTF-8 bytes, any other value by its canonical JSON."""
-        return dedup.check(self, "hash", text_or_value, namespace=namespace, threshold=None, space=None,
-                           record=record, item=item, timeout=timeout)
+        return dedup.check(
+            self,
+            "hash",
+            text_or_value,
+            namespace=namespace,
+            threshold=None,
+            space=None,
+            record=record,
+            item=item,
+            timeout=timeout,
+        )
 
-    def check_simhash(self, text: str, *, namespace: str, threshold: int = 3, record: bool = True,
-                      item: str | None = None, timeout: float | None = None) -> dedup.CheckResult:
+    def check_simhash(
+        self,
+        text: str,
+        *,
+        namespace: str,
+        threshold: int = 3,
+        record: bool = True,
+        item: str | None = None,
+        timeout: float | None = None,
+    ) -> dedup.CheckResult:
         """Near-duplicate text: a duplicate within `threshold` bits (0 to 16) of SimHash."""
-        return dedup.check(self, "simhash", text, namespace=namespace, threshold=threshold, space=None,
-                           record=record, item=item, timeout=timeout)
+        return dedup.check(
+            self,
+            "simhash",
+            text,
+            namespace=namespace,
+            threshold=threshold,
+            space=None,
+            record=record,
+            item=item,
+            timeout=timeout,
+        )
 
-    def check_embedding(self, vector: Any, *, space: str, namespace: str, threshold: float = 0.05,
-                        record: bool = True, item: str | None = None,
-                        timeout: float | None = None) -> dedup.CheckResult:
+    def check_embedding(
+        self,
+        vector: Any,
+        *,
+        space: str,
+        namespace: str,
+        threshold: float = 0.05,
+        record: bool = True,
+        item: str | None = None,
+        timeout: float | None = None,
+    ) -> dedup.CheckResult:
         """Near-duplicate embedding: a duplicate below `threshold` cosine distance in its space."""
-        return dedup.check(self, "embedding", vector, namespace=namespace, threshold=threshold, space=space,
-                           record=record, item=item, timeout=timeout)
+        return dedup.check(
+            self,
+            "embedding",
+            vector,
+            namespace=namespace,
+            threshold=threshold,
+            space=space,
+            record=record,
+            item=item,
+            timeout=timeout,
+        )
 
-    def check_many(self, inputs: Sequence[Any], *, kind: dedup.Kind, namespace: str,
-                   threshold: float | None = None, space: str | None = None, record: bool = True,
-                   items: Sequence[str | None] | None = None,
-                   timeout: float | None = None) -> list[dedup.CheckResult]:
+    def check_many(
+        self,
+        inputs: Sequence[Any],
+        *,
+        kind: dedup.Kind,
+        namespace: str,
+        threshold: float | None = None,
+        space: str | None = None,
+        record: bool = True,
+        items: Sequence[str | None] | None = None,
+        timeout: float | None = None,
+    ) -> list[dedup.CheckResult]:
         """Check many inputs in few messages; a later input sees what an earlier one recorded."""
-        return dedup.check_many(self, kind, inputs, namespace=namespace, threshold=threshold, space=space,
-                                record=record, items=items, timeout=timeout)
+        return dedup.check_many(
+            self,
+            kind,
+            inputs,
+            namespace=namespace,
+            threshold=threshold,
+            space=space,
+            record=record,
+            items=items,
+            timeout=timeout,
+        )
 
     def filter_duplicates(self, records: Iterable[Any], *, namespace: str, **options: Any) -> Iterator[Any]:
         """Yield the new records; log each duplicate as an item with status `duplicate`.
@@ -250,6 +335,16 @@ class Run:
         self._append(event)
         if self._sender.sleeping:
             self._sender.wake()
+
+    def _put_checked(self, event: Any, free_form: Any, field: str) -> None:
+        """Encode and queue an event, unless its free-form part has a key the daemon would
+        refuse: then it is reported in `Tracker.errors` (the pipeline goes on) and not sent."""
+        if free_form is not None:
+            problem = wire.non_string_key(free_form, field)
+            if problem is not None:
+                self._sender.reject(event, codes.INVALID_EVENT, problem)
+                return
+        self._put(_raw(event))
 
     def __enter__(self) -> Run:
         return self
@@ -295,8 +390,12 @@ class Tracker:
         if not 1 <= batch_size <= 10_000:
             raise ValueError("batch_size: expected 1 to 10000 (the daemon's limit per append)")
         options = SenderOptions(
-            max_queue=max_queue, batch_size=batch_size, max_inflight=max(1, max_inflight), linger=linger,
-            backoff_max=backoff_max, open_timeout=open_timeout,
+            max_queue=max_queue,
+            batch_size=batch_size,
+            max_inflight=max(1, max_inflight),
+            linger=linger,
+            backoff_max=backoff_max,
+            open_timeout=open_timeout,
             client_name=client_name or f"tracklog-python/{_version()}",
         )
         self._sender = Sender(self.url, token, endpoint_dir(root, self.url), options)
@@ -352,14 +451,18 @@ class Tracker:
         ts = _time()
         rid = run_id or uuid7(ts)
         body = RunStartedData(
-            name=name, pipeline=pipeline, config=dict(config) if config is not None else None,
-            tags=_names("tags", tags), notes=notes,
+            name=name,
+            pipeline=pipeline,
+            config=dict(config) if config is not None else None,
+            tags=_names("tags", tags),
+            notes=notes,
             parent=parent.id if isinstance(parent, Run) else parent,
-            user=user if user is not None else _user(), host=host if host is not None else _HOST,
+            user=user if user is not None else _user(),
+            host=host if host is not None else _HOST,
             session=session,
         )
         run = Run(self, rid, owned=True)
-        run._put(_raw(RunStarted(id=uuid7(ts), run=rid, ts=ts, data=body)))
+        run._put_checked(RunStarted(id=uuid7(ts), run=rid, ts=ts, data=body), config, "run.started.config")
         with self._lock:
             self._active.append(run)
         return run
@@ -403,8 +506,14 @@ class Tracker:
     def _questions(self) -> QueryClient:
         return QueryClient(self.url, self._sender.token, self._sender.options.client_name)
 
-    def runs(self, filter: str | None = None, order_by: str | Iterable[str] | None = None,
-             limit: int | None = None, offset: int | None = None, deleted: bool | None = None) -> Rows:
+    def runs(
+        self,
+        filter: str | None = None,
+        order_by: str | Iterable[str] | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        deleted: bool | None = None,
+    ) -> Rows:
         """Run summaries matching a filter (PROTOCOL.md's grammar), ordered, a page at a time."""
         return self._questions().runs(filter, order_by, limit, offset, deleted)
 
@@ -412,21 +521,42 @@ class Tracker:
         """One run: fields, config, tags, counts, each metric's last/min/max, artifacts."""
         return self._questions().get_run(run_id)
 
-    def metrics(self, run: str | Run, names: Iterable[str] | None = None, max_points: int | None = None,
-                step_from: int | None = None, step_to: int | None = None) -> MetricHistories:
+    def metrics(
+        self,
+        run: str | Run,
+        names: Iterable[str] | None = None,
+        max_points: int | None = None,
+        step_from: int | None = None,
+        step_to: int | None = None,
+    ) -> MetricHistories:
         """Metric histories of a run, columnar; max_points downsamples keeping each bucket's extremes."""
         return self._questions().metrics(_run_id(run), names, max_points, step_from, step_to)
 
-    def compare(self, runs: Iterable[str | Run], metrics: Iterable[str] | None = None) -> Rows:
-        """Per run and metric: last, min, max, where they were reached, count, epochs."""
-        return self._questions().compare([_run_id(r) for r in runs], metrics)
+    def compare(
+        self, runs: Iterable[str | Run], metrics: Iterable[str] | None = None, deleted: bool | None = None
+    ) -> Rows:
+        """Per run and metric: last, min, max, where they were reached, count, epochs.
+        A deleted run is not_found unless `deleted` is true."""
+        return self._questions().compare([_run_id(r) for r in runs], metrics, deleted)
 
-    def best(self, metric: str, mode: Literal["min", "max"] = "min", filter: str | None = None) -> dict[str, Any] | None:
+    def best(
+        self,
+        metric: str,
+        mode: Literal["min", "max"] = "min",
+        filter: str | None = None,
+        deleted: bool | None = None,
+    ) -> dict[str, Any] | None:
         """The run with the best value of metric ever logged (the earlier run on a tie), or None."""
-        return self._questions().best(metric, mode, filter)
+        return self._questions().best(metric, mode, filter, deleted)
 
-    def items(self, run: str | Run | None = None, stage: str | None = None, status: str | None = None,
-              limit: int | None = None, offset: int | None = None) -> Rows:
+    def items(
+        self,
+        run: str | Run | None = None,
+        stage: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> Rows:
         """Items, oldest first, of a run or of all."""
         return self._questions().items(None if run is None else _run_id(run), stage, status, limit, offset)
 
@@ -434,12 +564,32 @@ class Tracker:
         """A run's artifacts."""
         return self._questions().artifacts(_run_id(run))
 
-    def search(self, text: str, limit: int | None = None) -> Rows:
+    def search(self, text: str, limit: int | None = None, deleted: bool | None = None) -> Rows:
         """Runs, items and artifacts matching the words of text (stemmed), best first, with snippets."""
-        return self._questions().search(text, limit)
+        return self._questions().search(text, limit, deleted)
 
-    def events(self, from_seq: int = 0, limit: int | None = None, run: str | Run | None = None,
-               types: Iterable[str] | None = None) -> Rows:
+    def resolve_run(self, run: str | Run) -> dict[str, Any]:
+        """Which run a reference names: a full id, a unique id prefix, or a name (the latest
+        run with it). `{ref, id, name, deleted, by, same_name}`; NotFound or BadQuery."""
+        return self._questions().resolve(_run_id(run))
+
+    def delete_run(self, run: str | Run) -> str:
+        """Mark a run deleted (a `run.deleted` event): it leaves runs, compare, best, search
+        and stats unless they are asked for deleted runs; its status and data stay, and
+        `restore_run` brings it back. Waits for the daemon; returns the run's id."""
+        return str(self._questions().set_deleted(_run_id(run), True)["id"])
+
+    def restore_run(self, run: str | Run) -> str:
+        """Undo `delete_run` (a `run.restored` event); returns the run's id."""
+        return str(self._questions().set_deleted(_run_id(run), False)["id"])
+
+    def events(
+        self,
+        from_seq: int = 0,
+        limit: int | None = None,
+        run: str | Run | None = None,
+        types: Iterable[str] | None = None,
+    ) -> Rows:
         """Events in stored form with seq above from_seq, oldest first."""
         return self._questions().events(from_seq, limit, None if run is None else _run_id(run), types)
 

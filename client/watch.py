@@ -111,6 +111,9 @@ class WatchState:
         self.connected = False
         self.live = False
         self.note = ""
+        #: Runs restored since the feed last asked for them: their row is fetched again
+        #: (status, name, counts as the daemon has them; a restored lost run stays lost).
+        self.restored: set[str] = set()
 
     def load_runs(self, rows: list[dict[str, Any]], seq: int) -> None:
         for row in rows:
@@ -126,7 +129,7 @@ class WatchState:
                 n_failed=row.get("n_failed") or 0,
             )
             for name, value in (row.get("metrics") or {}).items():
-                run.add_value(name, value)
+                run.add_value(name, value["last"] if isinstance(value, dict) else value)
             self.runs[run.id] = run
         self.seq = max(self.seq, seq)
 
@@ -142,6 +145,10 @@ class WatchState:
         data = event.get("data") or {}
         if kind == "run.deleted":
             self.runs.pop(run_id, None)
+            self.restored.discard(run_id)
+            return
+        if kind == "run.restored":
+            self.restored.add(run_id)  # its row comes back through a `run` query
             return
         run = self.runs.get(run_id)
         if run is None:
@@ -361,8 +368,18 @@ class Feed:
         if op == "events":
             for event in msg["events"]:
                 self.state.apply(event)
+            self._ask_restored()
+        elif op == "result" and msg.get("rows"):
+            self.state.load_runs(msg["rows"], 0)
         elif op == "live":
             self.state.live = True
+
+    def _ask_restored(self) -> None:
+        """Ask for the rows of runs restored since last time (answered as `result`)."""
+        state = self.state
+        while state.restored:
+            run = state.restored.pop()
+            self._ws.send(_encode({"op": "query", "ref": next(self._refs), "q": "run", "run": run}))
 
     def _dropped(self, exc: BaseException) -> None:
         if self._ws is not None:
@@ -386,9 +403,13 @@ class Feed:
 def add_watch_parser(sub: Any) -> None:
     w = sub.add_parser("watch", help="a live full-screen view of runs")
     w.add_argument(
-        "--url", default=None, help="daemon address (default $TRACKLOG_URL or ws://127.0.0.1:7717/ws)"
+        "--url",
+        default=os.environ.get("TRACKLOG_URL") or DEFAULT_URL,
+        help="the daemon (default $TRACKLOG_URL or %(default)s)",
     )
-    w.add_argument("--token", default=None, help="bearer token (default $TRACKLOG_TOKEN)")
+    w.add_argument(
+        "--token", default=os.environ.get("TRACKLOG_TOKEN") or None, help="bearer token ($TRACKLOG_TOKEN)"
+    )
     w.add_argument("--pipeline", default=None, metavar="P", help="only runs of this pipeline")
     w.add_argument(
         "--refresh", type=float, default=4.0, metavar="PER_SECOND", help="redraws per second (default 4)"

@@ -81,6 +81,30 @@ def raw_event(event: Struct) -> Raw:
     return Raw(encode(event))
 
 
+def non_string_key(value: Any, path: str) -> str | None:
+    """Where value holds a map with a key that is not a string: `path.to.map: ...`, or None.
+
+    MessagePack can carry such keys but the daemon stores JSON, which cannot, so it
+    refuses the event; checked at the call (one pass over the containers, the scalars are
+    only looked at) so the event is reported at once and never reaches the daemon.
+    """
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path}: keys must be strings, got {type(key).__name__} {key!r:.40}"
+            if isinstance(item, (dict, list, tuple)):
+                found = non_string_key(item, f"{path}.{key}")
+                if found is not None:
+                    return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            if isinstance(item, (dict, list, tuple)):
+                found = non_string_key(item, f"{path}[{index}]")
+                if found is not None:
+                    return found
+    return None
+
+
 def build_metrics(item: MetricsTuple) -> MetricsEvent:
     if len(item) == 7:
         return MetricsEvent(item[0], item[1], item[2], MetricsData({item[3]: item[4]}, item[5], item[6]))

@@ -24,8 +24,8 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import msgspec
 from tracklog.protocol import errors
-from tracklog.protocol.events import finite_floats_as_strings
-from tracklog.protocol.messages import Query
+from tracklog.protocol.events import RunDeleted, RunRestored, finite_floats_as_strings
+from tracklog.protocol.messages import Append, Query
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
@@ -357,6 +357,8 @@ class HttpApi:
         path = parts.path
         try:
             params = Params(parts.query)
+            if request.method not in ("GET", "HEAD"):
+                return await self._write(request, path)
             if is_console_path(path):
                 page = console_response(path, params.text("token"))
                 if page is not None:
@@ -383,6 +385,39 @@ class HttpApi:
             HTTPStatus.NOT_FOUND, {"error": "not_found", "message": f"no such path: {path[:200]}"}
         )
 
+    async def _write(self, request: Request, path: str) -> Response:
+        """`DELETE /api/runs/RUN` and `POST /api/runs/RUN/restore`: append `run.deleted` or
+        `run.restored` for the run RUN names (an id, a unique id prefix or a name).
+
+        A browser sends any page's simple POST cross-site, so a request whose Origin is not
+        this daemon is refused: only same-origin pages and non-browser clients may write.
+        """
+        origin = request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("Host"):
+            return json_response(
+                HTTPStatus.FORBIDDEN, {"error": "forbidden", "message": "cross-origin writes are refused"}
+            )
+        segments = path.removeprefix("/api/runs/").split("/") if path.startswith("/api/runs/") else []
+        if request.method == "DELETE" and len(segments) == 1 and segments[0]:
+            return await self._mark(unquote(segments[0]), deleted=True)
+        if request.method == "POST" and len(segments) == 2 and segments[0] and segments[1] == "restore":
+            return await self._mark(unquote(segments[0]), deleted=False)
+        return json_response(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            {"error": "bad_query", "message": f"{request.method} is not allowed on {path[:200]}"},
+        )
+
+    async def _mark(self, ref: str, deleted: bool) -> Response:
+        found = (await self.daemon.readers.query(Query(q="resolve", run=ref))).rows[0]
+        event = RunDeleted(run=found["id"]) if deleted else RunRestored(run=found["id"])
+        result = await (await self.daemon.writer.submit(Append(events=[event])))
+        if isinstance(result, errors.ProtocolError):
+            raise result
+        return json_response(
+            HTTPStatus.OK,
+            {"seq": result.ack.last_seq, "run": found["id"], "name": found["name"], "deleted": deleted},
+        )
+
     async def _run_path(self, rest: str, params: Params) -> Response:
         segments = rest.split("/")
         run = unquote(segments[0])
@@ -390,6 +425,8 @@ class HttpApi:
         readers = self.daemon.readers
         if not run:
             raise errors.NotFound("no run id in the path")
+        # An id prefix or a name works too (daemon/runref.py); an unknown run is a 404.
+        run = (await readers.query(Query(q="resolve", run=run))).rows[0]["id"]
         if not tail:
             result = await readers.query(Query(q="run", run=run))
             return json_response(HTTPStatus.OK, {"seq": result.seq, "run": result.rows[0]})

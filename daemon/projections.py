@@ -135,6 +135,11 @@ def project(event: LoggedEvent) -> list[AnyChange]:
     data = event.data
     changes: list[AnyChange] = []
     run = event.run
+    if data.__class__ is ev.EmptyData:
+        # `run.deleted` / `run.restored` only flip the mark: the run's status, counts and
+        # last activity stay as they were, and a run that does not exist is not made.
+        assert run is not None
+        return [SetRunFields(run, {"deleted": 1 if event.type == "run.deleted" else 0})]
     if run is not None:
         changes.append(TouchRun(run, event.seq, event.ts))
     match data:
@@ -169,10 +174,6 @@ def project(event: LoggedEvent) -> list[AnyChange]:
         case ev.RunFinishedData():
             assert run is not None
             changes.append(FinishRun(run, data.status, data.error, event.ts))
-        case ev.EmptyData():
-            assert run is not None
-            deleted = 1 if event.type == "run.deleted" else 0
-            changes.append(SetRunFields(run, {"deleted": deleted}))
         case ev.ArtifactData():
             assert run is not None
             changes.append(AddArtifact(event.seq, run, event.ts, data))

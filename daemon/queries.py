@@ -22,6 +22,8 @@ from tracklog.protocol.limits import MAX_QUERY_LIMIT
 from tracklog.protocol.messages import Query, Result, StoredEvent
 
 from . import reads
+from .runref import resolve
+from .sqlquery import query_sql
 from .schema import NO_EPOCH
 from .store import connect, read_events
 
@@ -68,19 +70,18 @@ def run_row(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> dict[str, A
 def query_run(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
     if not q.run:
         raise errors.BadQuery("run: required for q 'run'", q.ref)
-    cur = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run = ?", (q.run,))
+    run = resolve(conn, q.run, "run", q.ref).id
+    cur = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run = ?", (run,))
     row = cur.fetchone()
-    if row is None:
-        raise errors.NotFound(f"run: no run '{q.run}'", q.ref)
     names = [d[0] for d in cur.description]
     out = run_row(row, names)
-    out["tags"] = [t for (t,) in conn.execute("SELECT tag FROM run_tags WHERE run = ? ORDER BY tag", (q.run,))]
+    out["tags"] = [t for (t,) in conn.execute("SELECT tag FROM run_tags WHERE run = ? ORDER BY tag", (run,))]
     metrics: dict[str, Any] = {}
     for (name, count, last, last_step, last_epoch, last_ts, mn, mn_step, mn_epoch, mx, mx_step,
          mx_epoch) in conn.execute(
         "SELECT name, count, last, last_step, last_epoch, last_ts, min, min_step, min_epoch, max, max_step,"
         " max_epoch FROM metric_summaries WHERE run = ? ORDER BY name",
-        (q.run,),
+        (run,),
     ):
         metrics[name] = {
             "count": count,
@@ -97,8 +98,14 @@ def query_run(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None
             "max_epoch": _epoch(mx_epoch),
         }
     out["metrics"] = metrics
-    out["artifacts"] = artifacts_of(conn, q.run)
+    out["artifacts"] = artifacts_of(conn, run)
     return [out], 1
+
+
+def query_resolve(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+    """The run a reference names (`run`: an id, a unique id prefix or a name), and how it
+    matched: `{ref, id, name, deleted, by, same_name}`; not_found, or bad_query when ambiguous."""
+    return [msgspec.structs.asdict(resolve(conn, q.run, "run", q.ref))], 1
 
 
 def artifacts_of(conn: sqlite3.Connection, run: str) -> list[dict[str, Any]]:
@@ -171,7 +178,9 @@ def run_pipelines(conn: sqlite3.Connection) -> tuple[dict[str, str | None], dict
 HANDLERS: Final[dict[str, QueryHandler]] = {
     "events": query_events,
     "run": query_run,
+    "resolve": query_resolve,
     "cache": query_cache,
+    "sql": query_sql,
     **reads.HANDLERS,
 }
 

@@ -20,6 +20,7 @@ from tracklog.protocol import errors
 from tracklog.protocol.messages import Query
 
 from .filters import compile_filter
+from .runref import resolve_id, resolve_live
 from .schema import NO_EPOCH
 from .series import downsample_from_tiers, extremes_index, read_series
 
@@ -69,11 +70,10 @@ def _marks(values: list[Any]) -> str:
 
 
 def _require_run(conn: sqlite3.Connection, run: str | None, q: Query) -> str:
+    """The id of the run `run` names: an id, a unique id prefix or a name (daemon/runref.py)."""
     if not run:
         raise errors.BadQuery(f"run: required for q '{q.q}'", q.ref)
-    if conn.execute("SELECT 1 FROM runs WHERE run = ?", (run,)).fetchone() is None:
-        raise errors.NotFound(f"run: no run '{run[:128]}'", q.ref)
-    return run
+    return resolve_id(conn, run, "run", q.ref)
 
 
 # -- runs ---------------------------------------------------------------------------
@@ -203,11 +203,12 @@ def _epoch_count(conn: sqlite3.Connection, run: str, name: str) -> int:
 
 def query_compare(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
     """Per run and metric: last, min, max, where min and max were reached, count, epochs."""
-    runs = list(dict.fromkeys(q.runs or ([q.run] if q.run else [])))
-    if not runs:
+    refs = q.runs or ([q.run] if q.run else [])
+    if not refs:
         raise errors.BadQuery("runs: required for q 'compare' (a list of run ids)", q.ref)
-    if len(runs) > MAX_RUNS:
+    if len(refs) > MAX_RUNS:
         raise errors.BadQuery(f"runs: at most {MAX_RUNS}", q.ref)
+    runs = list(dict.fromkeys(resolve_live(conn, ref, q.deleted, "runs", q.ref).id for ref in refs))
     names_of = {
         run: name
         for run, name in conn.execute(f"SELECT run, name FROM runs WHERE run IN ({_marks(runs)})", runs)
@@ -255,7 +256,7 @@ def query_best(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | Non
     row = conn.execute(
         f"SELECT {RUN_SUMMARY_COLUMNS}, s.{mode}, s.{mode}_step, s.{mode}_epoch, s.count"
         f" FROM {compiled.from_sql} JOIN metric_summaries s ON s.run = r.run AND s.name = ?"
-        f" WHERE ({compiled.where}) AND r.deleted = 0 AND s.{mode} IS NOT NULL"
+        f" WHERE ({compiled.where}){'' if q.deleted else ' AND r.deleted = 0'} AND s.{mode} IS NOT NULL"
         f" ORDER BY s.{mode} {direction}, r.created_seq, r.run LIMIT 1",
         [*compiled.join_params, q.metric, *compiled.where_params],
     ).fetchone()
@@ -310,7 +311,8 @@ def query_items(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
     limit, offset = _page(q, DEFAULT_ITEMS, MAX_ITEMS)
     where: list[str] = []
     args: list[Any] = []
-    for column, value in (("run", q.run), ("stage", q.stage), ("status", q.status)):
+    run = None if q.run is None else resolve_id(conn, q.run, "run", q.ref)
+    for column, value in (("run", run), ("stage", q.stage), ("status", q.status)):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
@@ -381,7 +383,8 @@ def query_search(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | N
         "SELECT d.doc, d.kind, d.run, r.name, d.title,"
         " snippet(search, 1, '[', ']', '...', 12), bm25(search, 5.0, 1.0) AS score"
         " FROM search JOIN search_docs d ON d.doc = search.rowid JOIN runs r ON r.run = d.run"
-        " WHERE search MATCH ? AND r.deleted = 0 ORDER BY score, d.doc LIMIT ? OFFSET ?",
+        f" WHERE search MATCH ?{'' if q.deleted else ' AND r.deleted = 0'}"
+        " ORDER BY score, d.doc LIMIT ? OFFSET ?",
         (match, limit, offset),
     ).fetchall()
     out = []
@@ -450,8 +453,9 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
     """Counts by status and kind, the most used tags, recent runs, sizes and the ingest rate."""
     head = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
     now = time.time()
+    live = "" if q.deleted else "WHERE deleted = 0"  # deleted runs are left out unless asked for
     runs_by_status = dict(
-        conn.execute("SELECT status, count(*) FROM runs WHERE deleted = 0 GROUP BY status ORDER BY status")
+        conn.execute(f"SELECT status, count(*) FROM runs {live} GROUP BY status ORDER BY status")
     )
     items_by_status = dict(conn.execute("SELECT status, count(*) FROM items GROUP BY status ORDER BY status"))
     artifacts_by_kind = dict(conn.execute("SELECT kind, count(*) FROM artifacts GROUP BY kind ORDER BY kind"))
@@ -464,7 +468,7 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
     recent = [
         {"id": run, "name": name, "status": status, "last_ts": last_ts}
         for run, name, status, last_ts in conn.execute(
-            "SELECT run, name, status, last_ts FROM runs WHERE deleted = 0 ORDER BY last_ts DESC LIMIT 10"
+            f"SELECT run, name, status, last_ts FROM runs {live} ORDER BY last_ts DESC LIMIT 10"
         )
     ]
     points, deleted = conn.execute(

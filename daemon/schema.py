@@ -6,7 +6,7 @@ from typing import Final
 
 #: Bump when a projection's shape or meaning changes: the daemon then rebuilds every
 #: projection table from the log at start.
-PROJECTION_VERSION: Final = 4
+PROJECTION_VERSION: Final = 5
 
 #: Points per metric chunk. A chunk is sealed when full; only the open one is rewritten.
 CHUNK_POINTS: Final = 1024
@@ -78,6 +78,8 @@ CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
 -- order), so a `runs` query walks this index instead of the rows. None of them changes
 -- on the frequent counter updates. (No semicolons in these comments: the DDL is split on them.)
 CREATE INDEX IF NOT EXISTS runs_listing ON runs(run, deleted, status, created_seq);
+-- Run references by name (daemon/runref.py): the latest run with a name.
+CREATE INDEX IF NOT EXISTS runs_name ON runs(name, created_seq);
 CREATE TABLE IF NOT EXISTS run_tags (
     run TEXT NOT NULL,
     tag TEXT NOT NULL,

@@ -21,6 +21,8 @@ from tracklog.protocol.events import (
     DedupRecordedData,
     Event,
     Metrics,
+    RunDeleted,
+    RunRestored,
     RunUpdated,
     RunUpdatedData,
     event_type,
@@ -44,6 +46,8 @@ from .tables import Tables
 Durability = Literal["normal", "full"]
 _ID_LOOKUP_CHUNK: Final = 500
 _REPLAY_BATCH: Final = 5_000
+#: Events that only mark a run deleted or not: they never resume a `lost` run.
+_MARK_EVENTS: Final = (RunDeleted, RunRestored)
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_any = msgspec.msgpack.Decoder().decode
@@ -358,7 +362,8 @@ class LogStore:
     def _resume_lost_runs(self, append: Append) -> list[StoredEvent]:
         """A run marked `lost` that gets events again is running again: append
         `run.updated {status: running}` for it just before them, in the same transaction."""
-        runs = {e.run for e in append.events if e.run is not None}
+        # Deleting or restoring a run is not a writer coming back: its status stays.
+        runs = {e.run for e in append.events if e.run is not None and e.__class__ not in _MARK_EVENTS}
         if not runs:
             return []
         marks = ",".join("?" * len(runs))

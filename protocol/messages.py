@@ -88,6 +88,8 @@ class Query(Message, tag="query"):
     from_seq: int | None = None
     types: list[str] | None = None
     key: str | None = None
+    #: The statement of q 'sql' (extension).
+    sql: str | None = None
 
 
 class SubscribeFilter(Struct, forbid_unknown_fields=False, omit_defaults=True):

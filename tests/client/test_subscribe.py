@@ -97,8 +97,29 @@ def test_tracklog_tail_prints_one_line_per_event(
     if as_json:
         import json
 
-        assert [json.loads(line)["type"] for line in lines] == ["run.started", "metrics", "item", "run.finished"]
+        assert [json.loads(line)["type"] for line in lines] == [
+            "run.started",
+            "metrics",
+            "item",
+            "run.finished",
+        ]
     else:
         assert "loss=0.5 step=3" in lines[1]
         assert "stage=translate" in lines[2] and "status=failed" in lines[2] and "error=timeout" in lines[2]
         assert "status=completed" in lines[3]
+
+
+def test_tracklog_tail_takes_a_run_name(
+    daemon: Daemon, make_tracker: Callable[..., tracklog.Tracker]
+) -> None:
+    tl = make_tracker(daemon.url)
+    named, other = tl.start_run(name="followed"), tl.start_run(name="other")
+    named.log_metric("loss", 0.5)
+    other.log_metric("loss", 0.7)
+    assert tl.flush(WAIT), tl.stats()
+    args = [sys.executable, "-m", "tracklog", "tail", "--url", daemon.url, "--from", "0", "--idle-exit", "2"]
+    out = subprocess.run([*args, "--run", "followed", "--json"], capture_output=True, text=True, timeout=WAIT)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    assert {json.loads(line)["run"] for line in out.stdout.splitlines()} == {named.id}

@@ -118,6 +118,18 @@ def test_a_lost_run_that_resumes_is_running_again_and_a_deleted_one_disappears()
     assert state.runs == {}
 
 
+def test_a_restored_run_is_fetched_again_not_made_up_as_running() -> None:
+    state = WatchState()
+    state.apply(event(1, "run.started", "r", {"name": "n"}))
+    state.apply(event(2, "run.finished", "r", {"status": "lost"}))
+    state.apply(event(3, "run.deleted", "r"))
+    state.apply(event(4, "run.restored", "r"))
+    assert state.runs == {} and state.restored == {"r"}
+    # the `run` query's answer: metric summaries are dicts there
+    state.load_runs([{"id": "r", "name": "n", "status": "lost", "metrics": {"loss": {"last": 0.5}}}], 0)
+    assert (state.runs["r"].status, list(state.runs["r"].metrics["loss"])) == ("lost", [0.5])
+
+
 def test_an_empty_state_says_there_are_no_runs_yet() -> None:
     text = screen(WatchState(pipeline="etl")).export_text()
     assert "no runs yet" in text and "pipeline etl" in text and "connecting" in text

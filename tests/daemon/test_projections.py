@@ -120,12 +120,13 @@ def test_run_finished_sets_status_error_and_the_finished_time_from_the_event_ts(
     ]
 
 
-def test_run_deleted_marks_the_run_deleted() -> None:
-    assert project(logged("run.deleted", ev.EmptyData())) == [touch(), p.SetRunFields("r-1", {"deleted": 1})]
+def test_run_deleted_only_marks_the_run_deleted() -> None:
+    # No TouchRun: deleting is not activity (last_ts, counts stay) and makes no new run.
+    assert project(logged("run.deleted", ev.EmptyData())) == [p.SetRunFields("r-1", {"deleted": 1})]
 
 
-def test_run_restored_clears_the_deleted_mark() -> None:
-    assert project(logged("run.restored", ev.EmptyData())) == [touch(), p.SetRunFields("r-1", {"deleted": 0})]
+def test_run_restored_only_clears_the_deleted_mark() -> None:
+    assert project(logged("run.restored", ev.EmptyData())) == [p.SetRunFields("r-1", {"deleted": 0})]
 
 
 # -- metrics, items, artifacts ------------------------------------------------------------------
@@ -234,7 +235,9 @@ SAMPLE_DATA: dict[str, ev.Data] = {
     "dedup.recorded": ev.DedupRecordedData(namespace="ns", kind="hash", value="v"),
     "dedup.cleared": ev.DedupClearedData(namespace="ns"),
 }
-RUN_SCOPED = sorted(set(ev.EVENT_TYPES) - ev.GLOBAL_TYPES)
+#: Events that only mark a run deleted or not: they touch no counter, make no run.
+MARKS = {"run.deleted", "run.restored"}
+RUN_SCOPED = sorted(set(ev.EVENT_TYPES) - ev.GLOBAL_TYPES - MARKS)
 
 
 def test_samples_cover_every_event_type() -> None:
