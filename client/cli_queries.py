@@ -178,13 +178,21 @@ def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
     for name, h in histories.items():
         values = [v for v in h["values"] if isinstance(v, (int, float))]
         finite = [v for v in values if math.isfinite(v)]
+        # The summary covers every point; the history may be downsampled (older daemons
+        # send no summary: the history's own ends and extremes are the next best thing).
+        summary = h.get("summary") or {
+            "last_step": h["steps"][-1] if h["steps"] else None,
+            "last": values[-1] if values else None,
+            "min": min(finite) if finite else None,
+            "max": max(finite) if finite else None,
+        }
         row: list[Any] = [
             name,
-            len(values),
-            h["steps"][-1] if h["steps"] else None,
-            values[-1] if values else None,
-            min(finite) if finite else None,
-            max(finite) if finite else None,
+            h.get("points", len(values)),
+            summary["last_step"],
+            summary["last"],
+            summary["min"],
+            summary["max"],
         ]
         if args.plot:
             row.append(sparkline(values, args.width))

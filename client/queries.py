@@ -37,7 +37,9 @@ class Rows(list):  # type: ignore[type-arg]
 
 
 class MetricHistories(dict):  # type: ignore[type-arg]
-    """Metric name -> {"steps", "values", "epochs", "ts"} (columnar lists), with the answer's seq."""
+    """Metric name -> {"steps", "values", "epochs", "ts"} (columnar lists), with the answer's seq;
+    also "points" (in range, before downsampling), "downsampled" and "summary" (the whole series'
+    count, last, min, max) when the daemon sends them."""
 
     seq: int = 0
 
@@ -139,7 +141,14 @@ class QueryClient:
             step_to=step_to,
         )
         out = MetricHistories(
-            {r["name"]: {k: r[k] for k in ("steps", "values", "epochs", "ts")} for r in rows}
+            {
+                r["name"]: {
+                    k: r[k]
+                    for k in ("steps", "values", "epochs", "ts", "points", "downsampled", "summary")
+                    if k in r
+                }
+                for r in rows
+            }
         )
         out.seq = rows.seq
         return out

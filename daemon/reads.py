@@ -128,29 +128,51 @@ def query_runs(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | Non
 
 
 def query_metrics(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
-    """One row per metric of a run: columnar steps, values, epochs, ts; downsampled on request."""
+    """One row per metric of a run: columnar steps, values, epochs, ts; downsampled on request.
+
+    Each row also carries the metric's `summary` (count, last, min, max and where, over the
+    whole series), so a reader of a downsampled or step-ranged history still knows the
+    true last value. Asking for a metric the run has not logged is `not_found`.
+    """
     run = _require_run(conn, q.run, q)
     if q.max_points is not None and q.max_points < 2:
-        raise errors.BadQuery("max_points: expected 2 or more", q.ref)
+        raise errors.BadQuery(
+            "max_points: expected 2 or more (the first and the last points are always kept);"
+            " leave it out for every point",
+            q.ref,
+        )
     if q.step_from is not None and q.step_to is not None and q.step_from > q.step_to:
         raise errors.BadQuery("step_from: greater than step_to", q.ref)
-    known = {
-        name: count
-        for name, count in conn.execute(
-            "SELECT name, count FROM metric_summaries WHERE run = ? ORDER BY name", (run,)
+    summaries = {
+        name: _summary_dict(tuple(summary))
+        for name, *summary in conn.execute(
+            f"SELECT name, {_SUMMARY_COLUMNS} FROM metric_summaries WHERE run = ? ORDER BY name", (run,)
         )
     }
-    names = list(known) if q.names is None else list(dict.fromkeys(q.names))
+    names = list(summaries) if q.names is None else list(dict.fromkeys(q.names))
+    unknown = [name for name in names if name not in summaries]
+    if unknown:
+        shown = ", ".join(f"'{name[:128]}'" for name in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise errors.NotFound(f"names: run '{run[:128]}' has no metric {shown}{more}", q.ref)
     rows: list[dict[str, Any]] = []
     for name in names:
-        if name not in known:
-            continue
+        summary = summaries[name]
         tiered = None
-        if q.max_points is not None and known[name] > q.max_points:
+        if q.max_points is not None and summary["count"] > q.max_points:
             tiered = downsample_from_tiers(conn, run, name, q.max_points, q.step_from, q.step_to)
         if tiered is not None:
             series, points = tiered
-            rows.append({"run": run, "name": name, "points": points, "downsampled": True, **series.columns()})
+            rows.append(
+                {
+                    "run": run,
+                    "name": name,
+                    "points": points,
+                    "downsampled": True,
+                    **series.columns(),
+                    "summary": summary,
+                }
+            )
             continue
         series = read_series(conn, run, name, q.step_from, q.step_to)
         points = len(series)
@@ -165,9 +187,15 @@ def query_metrics(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | 
                 "points": points,
                 "downsampled": len(series) < points,
                 **series.columns(),
+                "summary": summary,
             }
         )
     return rows, len(rows)
+
+
+_SUMMARY_COLUMNS: Final = (
+    "count, last, last_step, last_epoch, min, min_step, min_epoch, max, max_step, max_epoch"
+)
 
 
 def _summary_dict(row: tuple[Any, ...]) -> dict[str, Any]:
