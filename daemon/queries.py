@@ -91,9 +91,11 @@ def query_run(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None
         mx,
         mx_step,
         mx_epoch,
+        total,
+        summed,
     ) in conn.execute(
         "SELECT name, count, last, last_step, last_epoch, last_ts, min, min_step, min_epoch, max, max_step,"
-        " max_epoch FROM metric_summaries WHERE run = ? ORDER BY name",
+        " max_epoch, sum, summed FROM metric_summaries WHERE run = ? ORDER BY name",
         (q.run,),
     ):
         metrics[name] = {
@@ -109,6 +111,7 @@ def query_run(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None
             "max": mx,
             "max_step": mx_step,
             "max_epoch": _epoch(mx_epoch),
+            "mean": reads.metric_mean(total, summed),
         }
     out["metrics"] = metrics
     out["artifacts"] = artifacts_of(conn, q.run)
