@@ -282,12 +282,27 @@ def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def stages_table(stages: Sequence[dict[str, Any]], out: TextIO) -> None:
+    """Items by stage and kind: count, failed, and their durations (seconds)."""
+    table(
+        ["STAGE", "KIND", "ITEMS", "FAILED", "MEAN", "P50", "P95", "TOTAL"],
+        [
+            [s["stage"], s["kind"], s["count"], s["failed"], s["mean"], s["p50"], s["p95"], s["total"]]
+            for s in stages
+        ],
+        out,
+    )
+
+
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
-    stats = _client(args).stats()
+    stats = _client(args).stats(args.run)
     if args.json:
         as_json(stats, out)
         return 0
-    pairs([(k, v) for k, v in stats.items() if k not in ("top_tags", "recent_runs")], out)
+    pairs([(k, v) for k, v in stats.items() if k not in ("top_tags", "recent_runs", "stages")], out)
+    if stats.get("stages"):
+        print(file=out)
+        stages_table(stats["stages"], out)
     if stats.get("top_tags"):
         print(file=out)
         table(["TAG", "RUNS"], [[t["tag"], t["runs"]] for t in stats["top_tags"]], out)
@@ -520,7 +535,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("text")
     p.add_argument("--limit", type=int, default=None)
 
-    remote("stats", "the daemon's counts, sizes and ingest rate")
+    p = remote("stats", "the daemon's counts, sizes, ingest rate and items by stage; or one run's")
+    p.add_argument("run", nargs="?", default=None, help="a run: its items by status and by stage")
 
     p = remote("export", "download a run with its metrics, items and artifacts")
     p.add_argument("run")

@@ -185,8 +185,9 @@ class QueryClient:
     ) -> Rows:
         return self.query("events", from_seq=from_seq, limit=limit, run=run, types=_list(types))
 
-    def stats(self) -> dict[str, Any]:
-        return dict(self.query("stats")[0])
+    def stats(self, run: str | None = None) -> dict[str, Any]:
+        """The daemon's counts, sizes and items by stage; with `run`, that run's items by stage."""
+        return dict(self.query("stats", run=run)[0])
 
 
 def _list(values: str | Iterable[str] | Mapping[str, Any] | None) -> list[str] | None:
