@@ -11,12 +11,13 @@ import math
 import os
 import sqlite3
 import time
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 import msgspec
 import numpy as np
 
 from tracklog.protocol import errors
+from tracklog.protocol.events import ItemStatus
 from tracklog.protocol.messages import Query
 
 from .filters import compile_filter
@@ -478,6 +479,8 @@ def _log_bytes(conn: sqlite3.Connection, head: int, database_bytes: int) -> tupl
     return (int(row[0] * head) if row and row[0] is not None else 0), False
 
 
+#: Every status an item can have (a closed set: the codec refuses others).
+ITEM_STATUSES: Final = tuple(sorted(get_args(ItemStatus)))
 #: Quantiles of item durations each stage reports, by name.
 STAGE_QUANTILES: Final = (("p50", 0.5), ("p95", 0.95))
 
@@ -498,9 +501,9 @@ def _stage_row(
     }
 
 
-def stage_summaries(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def stage_summaries(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Items by (stage, kind) over every run: count, failed, and their durations' total,
-    mean, p50 and p95.
+    mean, p50 and p95; and the items by status (from the same scan).
 
     Computed in SQL on the covering index `items_stage(stage, kind, duration, status)`:
     the counts and sums are one scan of the index; each quantile is one seek to its rank
@@ -508,13 +511,17 @@ def stage_summaries(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     is the duration at rank floor(q * (n - 1)) of the n durations in order (numpy's
     "lower" method): always a duration that was logged.
     """
-    rows = [
-        _stage_row(*row)
-        for row in conn.execute(
-            "SELECT stage, kind, count(*), sum(status = 'failed'), count(duration), sum(duration)"
-            " FROM items GROUP BY stage, kind ORDER BY stage, kind"
-        )
-    ]
+    by_status = ", ".join(f"sum(status = '{status}')" for status in ITEM_STATUSES)
+    rows = []
+    items_by_status = dict.fromkeys(ITEM_STATUSES, 0)
+    for stage, kind, count, timed, total, *statuses in conn.execute(
+        f"SELECT stage, kind, count(*), count(duration), sum(duration), {by_status}"
+        " FROM items GROUP BY stage, kind ORDER BY stage, kind"
+    ):
+        counts = dict(zip(ITEM_STATUSES, statuses, strict=True))
+        rows.append(_stage_row(stage, kind, count, counts["failed"], timed, total))
+        for status, n in counts.items():
+            items_by_status[status] += n
     for row in rows:
         for name, quantile in STAGE_QUANTILES:
             if row["timed"]:
@@ -523,7 +530,7 @@ def stage_summaries(conn: sqlite3.Connection) -> list[dict[str, Any]]:
                     " ORDER BY duration LIMIT 1 OFFSET ?",
                     (row["stage"], row["kind"], int(quantile * (row["timed"] - 1))),
                 ).fetchone()[0]
-    return rows
+    return rows, {status: n for status, n in sorted(items_by_status.items()) if n}
 
 
 def run_stage_summaries(conn: sqlite3.Connection, run: str) -> list[dict[str, Any]]:
@@ -580,7 +587,7 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
     runs_by_status = dict(
         conn.execute("SELECT status, count(*) FROM runs WHERE deleted = 0 GROUP BY status ORDER BY status")
     )
-    items_by_status = dict(conn.execute("SELECT status, count(*) FROM items GROUP BY status ORDER BY status"))
+    stages, items_by_status = stage_summaries(conn)
     artifacts_by_kind = dict(conn.execute("SELECT kind, count(*) FROM artifacts GROUP BY kind ORDER BY kind"))
     tags = [
         {"tag": t, "runs": n}
@@ -615,7 +622,7 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
         "runs_by_status": runs_by_status,
         "items": sum(items_by_status.values()),
         "items_by_status": items_by_status,
-        "stages": stage_summaries(conn),
+        "stages": stages,
         "artifacts": sum(artifacts_by_kind.values()),
         "artifacts_by_kind": artifacts_by_kind,
         "metric_points": points,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import random
+from collections import Counter
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +102,10 @@ def test_stats_summarise_items_by_stage_and_kind_over_every_run(db: tuple[Path, 
     row = stats(path)
     assert_stages_equal(row["stages"], expected_stages(items))
     assert sum(s["count"] for s in row["stages"]) == row["items"] == len(items)
+    statuses = Counter(i.data.status for i in items)
+    assert (
+        row["items_by_status"] == dict(sorted(statuses.items())) and "duplicate" not in row["items_by_status"]
+    )
 
 
 def test_stats_of_one_run_summarise_only_its_items(db: tuple[Path, list[Item]]) -> None:
