@@ -155,9 +155,9 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     if run.get("metrics"):
         print(file=out)
         table(
-            ["METRIC", "COUNT", "LAST", "MIN", "MIN STEP", "MAX", "MAX STEP"],
+            ["METRIC", "COUNT", "LAST", "MEAN", "MIN", "MIN STEP", "MAX", "MAX STEP"],
             [
-                [name, m["count"], m["last"], m["min"], m["min_step"], m["max"], m["max_step"]]
+                [name, m["count"], m["last"], m.get("mean"), m["min"], m["min_step"], m["max"], m["max_step"]]
                 for name, m in run["metrics"].items()
             ],
             out,

@@ -103,3 +103,18 @@ async def test_cli_stats_prints_the_stage_table_overall_and_for_a_run(
     as_json = json.loads(cli("a", "--json").stdout)
     assert as_json["stages"][1] == TRANSLATE_A
     assert cli("nope").returncode == 1
+
+
+async def test_cli_show_prints_each_metric_mean(daemon: DaemonProcess, client: Client) -> None:
+    await pipeline_items(client)
+    result = subprocess.run(
+        [sys.executable, "-m", "tracklog", "show", "a", "--url", daemon.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("METRIC"))
+    assert lines[header].split()[:4] == ["METRIC", "COUNT", "LAST", "MEAN"]
+    assert lines[header + 1].split()[:4] == ["loss", "2", "2", "1.5"]
