@@ -3,6 +3,8 @@
     python bench/queries.py            # 2,000 runs, 2 million points (a few minutes at most)
     python bench/queries.py --full     # 10,000 runs, 10 million points (the issue's size)
     python bench/queries.py --db PATH  # keep the database and reuse it on the next run
+    python bench/queries.py --stats    # `stats` by stage and kind over 1 million items
+    python bench/queries.py --stats --index-cost   # item ingest with and without items_stage
 
 The database is written through LogStore directly (the daemon's own append path, without
 the socket), then a daemon serves it and every query goes over a WebSocket, end to end:
@@ -277,6 +279,98 @@ async def ingest(url: str, events: int, with_queries: bool) -> tuple[float, int]
     return len(frames) * 1000 / elapsed, answered
 
 
+STAGE_KINDS = [(stage, kind) for stage in ("fetch", "parse", "translate", "embed", "score")
+               for kind in ("doc", "page", "sentence", "image")]  # fmt: skip
+ITEM_RUNS = 100
+
+
+def build_items(path: Path, items: int) -> float:
+    """A database of `items` items over 100 runs and 20 (stage, kind) pairs, 5% failed,
+    durations exponential (mean 0.1 s), 10% without one; returns the seconds it took."""
+    rng = random.Random(11)
+    store = LogStore(path)
+    store.catch_up()
+    started = time.perf_counter()
+    batch: list[Any] = []
+    for r in range(ITEM_RUNS):
+        batch.append(RunStarted(run=f"items-{r:03d}", ts=1_700_000_000.0, data=RunStartedData(name=f"r{r}")))
+    for i in range(items):
+        stage, kind = rng.choice(STAGE_KINDS)
+        batch.append(
+            Item(
+                run=f"items-{i % ITEM_RUNS:03d}",
+                ts=1_700_000_000.0 + i,
+                data=ItemData(
+                    item=f"i{i}",
+                    stage=stage,
+                    kind=kind,
+                    status="failed" if rng.random() < 0.05 else "ok",
+                    duration=None if rng.random() < 0.1 else rng.expovariate(10),
+                ),
+            )
+        )
+        if len(batch) >= 10_000:
+            store.append_group([Append(events=batch)])
+            batch = []
+    if batch:
+        store.append_group([Append(events=batch)])
+    store.close()
+    return time.perf_counter() - started
+
+
+async def measure_stats(url: str, repeat: int) -> None:
+    conn = await Conn.open(url)
+    try:
+        for label, q in (
+            ("stats: all items by stage and kind (SQL)", {"q": "stats"}),
+            (
+                f"stats RUN: one run's items by stage (numpy, 1/{ITEM_RUNS})",
+                {"q": "stats", "run": "items-007"},
+            ),
+        ):
+            reply = await conn.query(**q)
+            assert reply["rows"][0]["stages"], "no stages"
+            times = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                await conn.query(**q)
+                times.append(time.perf_counter() - t)
+            print(f"  {label:55s} median {statistics.median(times) * 1000:7.1f} ms")
+    finally:
+        await conn.ws.close()
+
+
+def index_cost(items: int = 200_000) -> None:
+    """Item ingest (LogStore alone) with and without the `items_stage` index, twice each."""
+    import tracklog.daemon.store as store_module
+
+    with_index = store_module.PROJECTION_DDL
+    index = "CREATE INDEX IF NOT EXISTS items_stage ON items(stage, kind, duration, status);"
+    assert index in with_index
+    try:
+        for label, ddl in [
+            ("without items_stage", with_index.replace(index, "")),
+            ("with items_stage", with_index),
+        ] * 2:
+            store_module.PROJECTION_DDL = ddl  # type: ignore[misc]
+            with tempfile.TemporaryDirectory(prefix="tracklog-bench-") as tmp:
+                seconds = build_items(Path(tmp) / "items.db", items)
+            print(f"  ingest of {items:,} items {label:22s} {items / seconds:10,.0f} items/s")
+    finally:
+        store_module.PROJECTION_DDL = with_index  # type: ignore[misc]
+
+
+def main_stats(items: int, repeat: int, db: Path | None) -> None:
+    print(f"tracklog stats benchmark: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="tracklog-bench-") as tmp:
+        path = db or Path(tmp) / "items.db"
+        if not path.exists():
+            seconds = build_items(path, items)
+            print(f"built {path}: {items:,} items in {seconds:.0f} s ({items / seconds:,.0f} items/s)")
+        with BenchDaemon(path) as daemon:
+            asyncio.run(measure_stats(daemon.url, repeat))
+
+
 async def measure(url: str, repeat: int, ingest_events: int) -> None:
     for label, ms in (await latencies(url, repeat)).items():
         print(f"  {label:45s} median {ms:7.1f} ms")
@@ -299,7 +393,18 @@ def main() -> None:
     parser.add_argument("--db", type=Path, default=None, help="database to build once and reuse")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--ingest-events", type=int, default=200_000)
+    parser.add_argument("--stats", action="store_true", help="only the `stats` by stage case")
+    parser.add_argument("--items", type=int, default=1_000_000, help="items for --stats")
+    parser.add_argument(
+        "--index-cost", action="store_true", help="with --stats: ingest with/without the index"
+    )
     args = parser.parse_args()
+    if args.stats and args.index_cost:
+        index_cost()
+        return
+    if args.stats:
+        main_stats(args.items, args.repeat, args.db)
+        return
     runs = args.runs or (10_000 if args.full else 2_000)
     points = args.points or (10_000_000 if args.full else 2_000_000)
     print(f"tracklog query benchmark: {machine()}")

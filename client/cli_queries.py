@@ -188,9 +188,9 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     if run.get("metrics"):
         print(file=out)
         table(
-            ["METRIC", "COUNT", "LAST", "MIN", "MIN STEP", "MAX", "MAX STEP"],
+            ["METRIC", "COUNT", "LAST", "MEAN", "MIN", "MIN STEP", "MAX", "MAX STEP"],
             [
-                [name, m["count"], m["last"], m["min"], m["min_step"], m["max"], m["max_step"]]
+                [name, m["count"], m["last"], m.get("mean"), m["min"], m["min_step"], m["max"], m["max_step"]]
                 for name, m in run["metrics"].items()
             ],
             out,
@@ -211,13 +211,21 @@ def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
     for name, h in histories.items():
         values = [v for v in h["values"] if isinstance(v, (int, float))]
         finite = [v for v in values if math.isfinite(v)]
+        # The summary covers every point; the history may be downsampled (older daemons
+        # send no summary: the history's own ends and extremes are the next best thing).
+        summary = h.get("summary") or {
+            "last_step": h["steps"][-1] if h["steps"] else None,
+            "last": values[-1] if values else None,
+            "min": min(finite) if finite else None,
+            "max": max(finite) if finite else None,
+        }
         row: list[Any] = [
             name,
-            len(values),
-            h["steps"][-1] if h["steps"] else None,
-            values[-1] if values else None,
-            min(finite) if finite else None,
-            max(finite) if finite else None,
+            h.get("points", len(values)),
+            summary["last_step"],
+            summary["last"],
+            summary["min"],
+            summary["max"],
         ]
         if args.plot:
             row.append(sparkline(values, args.width))
@@ -309,12 +317,27 @@ def cmd_search(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def stages_table(stages: Sequence[dict[str, Any]], out: TextIO) -> None:
+    """Items by stage and kind: count, failed, and their durations (seconds)."""
+    table(
+        ["STAGE", "KIND", "ITEMS", "FAILED", "MEAN", "P50", "P95", "TOTAL"],
+        [
+            [s["stage"], s["kind"], s["count"], s["failed"], s["mean"], s["p50"], s["p95"], s["total"]]
+            for s in stages
+        ],
+        out,
+    )
+
+
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
-    stats = _client(args).stats(args.deleted or None)
+    stats = _client(args).stats(args.run, args.deleted or None)
     if args.json:
         as_json(stats, out)
         return 0
-    pairs([(k, for_people(k, v)) for k, v in stats.items() if k not in ("top_tags", "recent_runs")], out)
+    pairs([(k, for_people(k, v)) for k, v in stats.items() if k not in ("top_tags", "recent_runs", "stages")], out)
+    if stats.get("stages"):
+        print(file=out)
+        stages_table(stats["stages"], out)
     if stats.get("top_tags"):
         print(file=out)
         table(["TAG", "RUNS"], [[t["tag"], t["runs"]] for t in stats["top_tags"]], out)
@@ -536,7 +559,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--deleted", action="store_true", help="include deleted runs")
 
-    p = remote("stats", "the daemon's counts, sizes and ingest rate")
+    p = remote("stats", "the daemon's counts, sizes, ingest rate and items by stage; or one run's")
+    p.add_argument("run", nargs="?", default=None, help="a run: its items by status and by stage")
     p.add_argument("--deleted", action="store_true", help="count deleted runs too")
 
     p = remote("delete", "mark runs deleted (hidden from runs, compare, best, search, stats; undo: restore)")

@@ -41,7 +41,9 @@ class Rows(list):  # type: ignore[type-arg]
 
 
 class MetricHistories(dict):  # type: ignore[type-arg]
-    """Metric name -> {"steps", "values", "epochs", "ts"} (columnar lists), with the answer's seq."""
+    """Metric name -> {"steps", "values", "epochs", "ts"} (columnar lists), with the answer's seq;
+    also "points" (in range, before downsampling), "downsampled" and "summary" (the whole series'
+    count, last, min, max) when the daemon sends them."""
 
     seq: int = 0
 
@@ -189,7 +191,14 @@ class QueryClient:
             step_to=step_to,
         )
         out = MetricHistories(
-            {r["name"]: {k: r[k] for k in ("steps", "values", "epochs", "ts")} for r in rows}
+            {
+                r["name"]: {
+                    k: r[k]
+                    for k in ("steps", "values", "epochs", "ts", "points", "downsampled", "summary")
+                    if k in r
+                }
+                for r in rows
+            }
         )
         out.seq = rows.seq
         return out
@@ -230,8 +239,9 @@ class QueryClient:
     ) -> Rows:
         return self.query("events", from_seq=from_seq, limit=limit, run=run, types=_list(types))
 
-    def stats(self, deleted: bool | None = None) -> dict[str, Any]:
-        return dict(self.query("stats", deleted=deleted)[0])
+    def stats(self, run: str | None = None, deleted: bool | None = None) -> dict[str, Any]:
+        """The daemon's counts, sizes and items by stage; with `run`, that run's items by stage."""
+        return dict(self.query("stats", run=run, deleted=deleted)[0])
 
 
 def _list(values: str | Iterable[str] | Mapping[str, Any] | None) -> list[str] | None:

@@ -593,9 +593,10 @@ class Tracker:
         """Events in stored form with seq above from_seq, oldest first."""
         return self._questions().events(from_seq, limit, None if run is None else _run_id(run), types)
 
-    def daemon_stats(self) -> dict[str, Any]:
-        """The daemon's counts, sizes and ingest rate (`stats()` is this client's own counters)."""
-        return self._questions().stats()
+    def daemon_stats(self, run: str | None = None) -> dict[str, Any]:
+        """The daemon's counts, sizes, ingest rate and items by stage, or one run's items by
+        stage (`stats()` is this client's own counters)."""
+        return self._questions().stats(run)
 
     def __enter__(self) -> Tracker:
         return self

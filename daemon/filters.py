@@ -50,6 +50,22 @@ MAX_FILTER_CHARS: Final = 200_000
 #: Deepest nesting of parentheses accepted (the parser recurses per level).
 MAX_NESTING: Final = 64
 MAX_IN_VALUES: Final = 1_000
+#: Comparisons in one filter. The SQL chains them (`a OR b OR ...`), one level of SQLite's
+#: expression tree each, and SQLite refuses trees deeper than 1,000.
+MAX_TERMS: Final = 500
+#: Values bound as parameters for one filter and its ordering (SQLite builds allow 32,766
+#: or more per statement; a query adds a few of its own).
+MAX_VALUES: Final = 10_000
+#: Distinct metrics one filter and its ordering name: each joins `metric_summaries` once,
+#: and SQLite joins at most 64 tables in one statement.
+MAX_METRIC_NAMES: Final = 32
+#: Entries of `order_by`.
+MAX_ORDER_TERMS: Final = 32
+#: Longest `like` pattern, in characters (SQLite refuses patterns over 50,000 bytes).
+MAX_PATTERN_CHARS: Final = 10_000
+#: Integers a filter may hold: SQLite's 64-bit range (a larger number is written as a float, 1e20).
+MIN_INTEGER: Final = -(2**63)
+MAX_INTEGER: Final = 2**63 - 1
 
 
 def bad(message: str, position: int) -> errors.BadQuery:
@@ -122,6 +138,12 @@ def tokenize(text: str) -> list[Token]:
                 raise bad(f"bad number '{raw[:40]}'", start) from None
             if isinstance(value, float) and value != value:
                 raise bad("bad number", start)
+            if isinstance(value, int) and not MIN_INTEGER <= value <= MAX_INTEGER:
+                raise bad(
+                    f"integer '{raw[:40]}' out of range: integers are 64-bit, -2^63 to 2^63-1"
+                    " (write a larger number as a float, like 1e20)",
+                    start,
+                )
             tokens.append(Token("number", raw, value, start))
         elif c.isalpha() or c == "_":
             i += 1
@@ -163,10 +185,14 @@ class Compiled:
     order_params: list[Any] = field(default_factory=list)
     _metric_alias: dict[str, str] = field(default_factory=dict)
 
-    def metric(self, name: str) -> str:
+    def metric(self, name: str, position: int = 0) -> str:
         """The alias of the metric_summaries row of metric `name` (joined once per name)."""
         alias = self._metric_alias.get(name)
         if alias is None:
+            if len(self._metric_alias) >= MAX_METRIC_NAMES:
+                raise bad(
+                    f"more than {MAX_METRIC_NAMES} distinct metrics in the filter and order_by", position
+                )
             alias = f"m{len(self._metric_alias)}"
             self._metric_alias[name] = alias
             self.joins.append(
@@ -198,6 +224,8 @@ class _Parser:
         self.i = 0
         self.out = out
         self.depth = 0
+        self.terms = 0
+        self.values = 0
 
     @property
     def tok(self) -> Token:
@@ -272,7 +300,7 @@ class _Parser:
             if not name or len(name) > 250:
                 raise bad("expected a name of 1 to 250 characters", tok.position)
             if lower in ("metrics", "metric"):
-                alias = self.out.metric(name)
+                alias = self.out.metric(name, tok.position)
                 return "metric", f"{alias}.last", [], tok.position
             if lower in ("config", "params"):
                 if "." in name:
@@ -319,6 +347,17 @@ class _Parser:
         raise bad(f"unexpected {_shown(tok)}, expected a value (a 'quoted string' or a number)", tok.position)
 
     def comparison(self, params: list[Any]) -> str:
+        self.terms += 1
+        if self.terms > MAX_TERMS:
+            raise bad(f"more than {MAX_TERMS} comparisons", self.tok.position)
+        start = len(params)
+        sql = self._comparison(params)
+        self.values += len(params) - start
+        if self.values > MAX_VALUES:
+            raise bad(f"more than {MAX_VALUES} values", self.tok.position)
+        return sql
+
+    def _comparison(self, params: list[Any]) -> str:
         kind, expr, expr_params, _ = self.field_ref()
         tok = self.tok
         if kind == "tag":
@@ -370,6 +409,8 @@ class _Parser:
             value, position = self.value("run")
             if not isinstance(value, str):
                 raise bad("expected a 'quoted pattern' after 'like'", position)
+            if len(value) > MAX_PATTERN_CHARS:
+                raise bad(f"a 'like' pattern longer than {MAX_PATTERN_CHARS} characters", position)
             params.extend(expr_params)
             params.append(value)
             return f"{expr} {'NOT LIKE' if negate else 'LIKE'} ? ESCAPE '\\'"
@@ -411,6 +452,8 @@ def compile_filter(text: str | None, order_by: list[str] | None = None) -> Compi
         parser = _Parser(text, out)
         out.where, out.where_params = parser.parse()
     if order_by:
+        if len(order_by) > MAX_ORDER_TERMS:
+            raise errors.BadQuery(f"order_by: more than {MAX_ORDER_TERMS} entries")
         terms: list[str] = []
         for index, spec in enumerate(order_by):
             terms.append(_order_term(spec, index, out))

@@ -441,6 +441,9 @@ class HttpApi:
             )
             result = await readers.query(q)
             return json_response(HTTPStatus.OK, {"seq": result.seq, "metrics": result.rows})
+        if tail == ["stats"]:
+            result = await readers.query(Query(q="stats", run=run))
+            return json_response(HTTPStatus.OK, {"seq": result.seq, "stats": result.rows[0]})
         if tail == ["items"]:
             await readers.query(Query(q="artifacts", run=run))  # 404 for an unknown run
             q = Query(

@@ -77,10 +77,24 @@ def query_run(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None
     out = run_row(row, names)
     out["tags"] = [t for (t,) in conn.execute("SELECT tag FROM run_tags WHERE run = ? ORDER BY tag", (run,))]
     metrics: dict[str, Any] = {}
-    for (name, count, last, last_step, last_epoch, last_ts, mn, mn_step, mn_epoch, mx, mx_step,
-         mx_epoch) in conn.execute(
+    for (
+        name,
+        count,
+        last,
+        last_step,
+        last_epoch,
+        last_ts,
+        mn,
+        mn_step,
+        mn_epoch,
+        mx,
+        mx_step,
+        mx_epoch,
+        total,
+        summed,
+    ) in conn.execute(
         "SELECT name, count, last, last_step, last_epoch, last_ts, min, min_step, min_epoch, max, max_step,"
-        " max_epoch FROM metric_summaries WHERE run = ? ORDER BY name",
+        " max_epoch, sum, summed FROM metric_summaries WHERE run = ? ORDER BY name",
         (run,),
     ):
         metrics[name] = {
@@ -96,6 +110,7 @@ def query_run(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None
             "max": mx,
             "max_step": mx_step,
             "max_epoch": _epoch(mx_epoch),
+            "mean": reads.metric_mean(total, summed),
         }
     out["metrics"] = metrics
     out["artifacts"] = artifacts_of(conn, run)
@@ -110,10 +125,18 @@ def query_resolve(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | 
 
 def artifacts_of(conn: sqlite3.Connection, run: str) -> list[dict[str, Any]]:
     return [
-        {"seq": seq, "kind": kind, "path": path, "size": size, "digest": digest,
-         "metadata": _json_decode(meta) if meta else None, "ts": ts}
+        {
+            "seq": seq,
+            "kind": kind,
+            "path": path,
+            "size": size,
+            "digest": digest,
+            "metadata": _json_decode(meta) if meta else None,
+            "ts": ts,
+        }
         for seq, kind, path, size, digest, meta, ts in conn.execute(
-            "SELECT seq, kind, path, size, digest, metadata, ts FROM artifacts WHERE run = ? ORDER BY seq", (run,)
+            "SELECT seq, kind, path, size, digest, metadata, ts FROM artifacts WHERE run = ? ORDER BY seq",
+            (run,),
         )
     ]
 
@@ -133,8 +156,14 @@ def query_cache(conn: sqlite3.Connection, q: Query, now: float | None = None) ->
 SCAN_WINDOW: Final = 20_000
 
 
-def scan_events(conn: sqlite3.Connection, after: int, limit: int, runs: frozenset[str] | None,
-                types: frozenset[str] | None, pipelines: frozenset[str] | None) -> tuple[list[Any], int, int]:
+def scan_events(
+    conn: sqlite3.Connection,
+    after: int,
+    limit: int,
+    runs: frozenset[str] | None,
+    types: frozenset[str] | None,
+    pipelines: frozenset[str] | None,
+) -> tuple[list[Any], int, int]:
     """Matching events after `after`: (events, the seq read up to, the log's head)."""
     conn.execute("BEGIN")
     try:
@@ -149,7 +178,9 @@ def scan_events(conn: sqlite3.Connection, after: int, limit: int, runs: frozense
             where.append(f"type IN ({','.join('?' * len(types))})")
             args.extend(types)
         if pipelines is not None:
-            where.append(f"run IN (SELECT run FROM runs WHERE pipeline IN ({','.join('?' * len(pipelines))}))")
+            where.append(
+                f"run IN (SELECT run FROM runs WHERE pipeline IN ({','.join('?' * len(pipelines))}))"
+            )
             args.extend(pipelines)
         args.append(limit)
         rows = conn.execute(
@@ -159,8 +190,10 @@ def scan_events(conn: sqlite3.Connection, after: int, limit: int, runs: frozense
         ).fetchall()
     finally:
         conn.execute("COMMIT")
-    events = [StoredEvent(seq, type_, _msgpack_decode(blob), recorded, ts, id_, run)
-              for seq, id_, type_, run, ts, recorded, blob in rows]
+    events = [
+        StoredEvent(seq, type_, _msgpack_decode(blob), recorded, ts, id_, run)
+        for seq, id_, type_, run, ts, recorded, blob in rows
+    ]
     scanned_to = events[-1].seq if len(events) >= limit else end
     return events, scanned_to, head
 
@@ -185,17 +218,66 @@ HANDLERS: Final[dict[str, QueryHandler]] = {
 }
 
 
+#: Integer fields of a query: SQLite holds 64-bit integers, so a larger one cannot be asked about.
+_INTEGER_FIELDS: Final = ("limit", "offset", "max_points", "step_from", "step_to", "from_seq")
+#: List fields of a query, and how many entries each may hold.
+_LIST_FIELDS: Final = ("runs", "names", "metrics", "types", "order_by")
+MAX_LIST_ENTRIES: Final = 1000
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+#: SQLite errors that a query causes by its size or shape (not a fault of the daemon).
+_QUERY_FAULTS: Final = (
+    "expression tree is too large",
+    "too many sql variables",
+    "tables in a join",
+    "like or glob pattern too complex",
+    "parser stack overflow",
+    "string or blob too big",
+    "too many terms",
+    "too many columns",
+    "bad json path",
+    "malformed json",
+    "json path error",
+)
+
+
+def check_query_fields(q: Query) -> None:
+    """Refuse integers beyond 64 bits and overlong lists before any SQL sees them."""
+    for name in _INTEGER_FIELDS:
+        value = getattr(q, name)
+        if value is not None and not _INT64_MIN <= value <= _INT64_MAX:
+            raise errors.BadQuery(f"{name}: {str(value)[:40]} is out of range (64-bit integers)", q.ref)
+    for name in _LIST_FIELDS:
+        value = getattr(q, name)
+        if value is not None and len(value) > MAX_LIST_ENTRIES:
+            raise errors.BadQuery(f"{name}: more than {MAX_LIST_ENTRIES} entries", q.ref)
+
+
 def answer(conn: sqlite3.Connection, q: Query, clock: Callable[[], float] = time.time) -> Result:
-    """Answer one query in one read transaction; `clock` decides what has expired in the cache."""
+    """Answer one query in one read transaction; `clock` decides what has expired in the cache.
+
+    A query SQLite refuses for its size or shape (too deep, too many values or joins, a
+    number out of range) is `bad_query`; only other database failures are `internal`.
+    """
     handler = HANDLERS.get(q.q)
     if handler is None:
-        raise errors.BadQuery(f"q: unknown query '{q.q[:64]}', expected one of {', '.join(sorted(HANDLERS))}", q.ref)
+        raise errors.BadQuery(
+            f"q: unknown query '{q.q[:64]}', expected one of {', '.join(sorted(HANDLERS))}", q.ref
+        )
+    check_query_fields(q)
     conn.execute("BEGIN")
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = 'applied_seq'").fetchone()
         seq = int(row[0]) if row and row[0] is not None else 0
         rows, total = query_cache(conn, q, clock()) if handler is query_cache else handler(conn, q)
+    except OverflowError as exc:
+        raise errors.BadQuery(f"{q.q}: a number is out of range (64-bit integers): {exc}", q.ref) from exc
     except sqlite3.Error as exc:
+        text = str(exc)
+        if any(fault in text.lower() for fault in _QUERY_FAULTS):
+            raise errors.BadQuery(
+                f"{q.q}: the database refuses this query as too large or complex: {text}", q.ref
+            ) from exc
         raise errors.InternalError(f"query failed: {exc}", q.ref) from exc
     finally:
         conn.execute("COMMIT")
@@ -230,7 +312,9 @@ class Readers:
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run fn(connection, *args) on a reader thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(self._conn(), *args))
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: fn(self._conn(), *args)
+        )
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

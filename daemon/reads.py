@@ -11,12 +11,13 @@ import math
 import os
 import sqlite3
 import time
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 import msgspec
 import numpy as np
 
 from tracklog.protocol import errors
+from tracklog.protocol.events import ItemStatus
 from tracklog.protocol.messages import Query
 
 from .filters import compile_filter
@@ -128,29 +129,51 @@ def query_runs(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | Non
 
 
 def query_metrics(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
-    """One row per metric of a run: columnar steps, values, epochs, ts; downsampled on request."""
+    """One row per metric of a run: columnar steps, values, epochs, ts; downsampled on request.
+
+    Each row also carries the metric's `summary` (count, last, min, max and where, over the
+    whole series), so a reader of a downsampled or step-ranged history still knows the
+    true last value. Asking for a metric the run has not logged is `not_found`.
+    """
     run = _require_run(conn, q.run, q)
     if q.max_points is not None and q.max_points < 2:
-        raise errors.BadQuery("max_points: expected 2 or more", q.ref)
+        raise errors.BadQuery(
+            "max_points: expected 2 or more (the first and the last points are always kept);"
+            " leave it out for every point",
+            q.ref,
+        )
     if q.step_from is not None and q.step_to is not None and q.step_from > q.step_to:
         raise errors.BadQuery("step_from: greater than step_to", q.ref)
-    known = {
-        name: count
-        for name, count in conn.execute(
-            "SELECT name, count FROM metric_summaries WHERE run = ? ORDER BY name", (run,)
+    summaries = {
+        name: _summary_dict(tuple(summary))
+        for name, *summary in conn.execute(
+            f"SELECT name, {_SUMMARY_COLUMNS} FROM metric_summaries WHERE run = ? ORDER BY name", (run,)
         )
     }
-    names = list(known) if q.names is None else list(dict.fromkeys(q.names))
+    names = list(summaries) if q.names is None else list(dict.fromkeys(q.names))
+    unknown = [name for name in names if name not in summaries]
+    if unknown:
+        shown = ", ".join(f"'{name[:128]}'" for name in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise errors.NotFound(f"names: run '{run[:128]}' has no metric {shown}{more}", q.ref)
     rows: list[dict[str, Any]] = []
     for name in names:
-        if name not in known:
-            continue
+        summary = summaries[name]
         tiered = None
-        if q.max_points is not None and known[name] > q.max_points:
+        if q.max_points is not None and summary["count"] > q.max_points:
             tiered = downsample_from_tiers(conn, run, name, q.max_points, q.step_from, q.step_to)
         if tiered is not None:
             series, points = tiered
-            rows.append({"run": run, "name": name, "points": points, "downsampled": True, **series.columns()})
+            rows.append(
+                {
+                    "run": run,
+                    "name": name,
+                    "points": points,
+                    "downsampled": True,
+                    **series.columns(),
+                    "summary": summary,
+                }
+            )
             continue
         series = read_series(conn, run, name, q.step_from, q.step_to)
         points = len(series)
@@ -165,13 +188,26 @@ def query_metrics(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | 
                 "points": points,
                 "downsampled": len(series) < points,
                 **series.columns(),
+                "summary": summary,
             }
         )
     return rows, len(rows)
 
 
+_SUMMARY_COLUMNS: Final = (
+    "count, last, last_step, last_epoch, min, min_step, min_epoch, max, max_step, max_epoch, sum, summed"
+)
+
+
+def metric_mean(total: float | None, summed: int) -> float | None:
+    """The mean of a metric's values other than NaN (None when there are none; NaN stays NaN)."""
+    if not summed:
+        return None
+    return math.nan if total is None else total / summed
+
+
 def _summary_dict(row: tuple[Any, ...]) -> dict[str, Any]:
-    (count, last, last_step, last_epoch, mn, mn_step, mn_epoch, mx, mx_step, mx_epoch) = row
+    (count, last, last_step, last_epoch, mn, mn_step, mn_epoch, mx, mx_step, mx_epoch, total, summed) = row
     return {
         "count": count,
         # SQLite stores NaN as NULL; only `last` can be NaN (min and max skip it).
@@ -184,6 +220,7 @@ def _summary_dict(row: tuple[Any, ...]) -> dict[str, Any]:
         "max": mx,
         "max_step": mx_step,
         "max_epoch": _epoch(mx_epoch),
+        "mean": metric_mean(total, summed),
     }
 
 
@@ -219,11 +256,7 @@ def query_compare(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | 
     rows: list[dict[str, Any]] = []
     wanted = q.metrics if q.metrics is not None else q.names
     for run in runs:
-        sql = (
-            "SELECT name, count, last, last_step, last_epoch, min, min_step, min_epoch, max, max_step,"
-            " max_epoch"
-            " FROM metric_summaries WHERE run = ?"
-        )
+        sql = f"SELECT name, {_SUMMARY_COLUMNS} FROM metric_summaries WHERE run = ?"
         args: list[Any] = [run]
         if wanted is not None:
             sql += f" AND name IN ({_marks(wanted)})"
@@ -449,15 +482,116 @@ def _log_bytes(conn: sqlite3.Connection, head: int, database_bytes: int) -> tupl
     return (int(row[0] * head) if row and row[0] is not None else 0), False
 
 
+#: Every status an item can have (a closed set: the codec refuses others).
+ITEM_STATUSES: Final = tuple(sorted(get_args(ItemStatus)))
+#: Quantiles of item durations each stage reports, by name.
+STAGE_QUANTILES: Final = (("p50", 0.5), ("p95", 0.95))
+
+
+def _stage_row(
+    stage: str | None, kind: str | None, count: int, failed: int, timed: int, total: float | None
+) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "kind": kind,
+        "count": count,
+        "failed": failed,
+        "timed": timed,
+        "total": total if timed else None,
+        "mean": total / timed if timed and total is not None else None,
+        "p50": None,
+        "p95": None,
+    }
+
+
+def stage_summaries(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Items by (stage, kind) over every run: count, failed, and their durations' total,
+    mean, p50 and p95; and the items by status (from the same scan).
+
+    Computed in SQL on the covering index `items_stage(stage, kind, duration, status)`:
+    the counts and sums are one scan of the index; each quantile is one seek to its rank
+    inside a (stage, kind) range, which the index keeps ordered by duration. A quantile q
+    is the duration at rank floor(q * (n - 1)) of the n durations in order (numpy's
+    "lower" method): always a duration that was logged.
+    """
+    by_status = ", ".join(f"sum(status = '{status}')" for status in ITEM_STATUSES)
+    rows = []
+    items_by_status = dict.fromkeys(ITEM_STATUSES, 0)
+    for stage, kind, count, timed, total, *statuses in conn.execute(
+        f"SELECT stage, kind, count(*), count(duration), sum(duration), {by_status}"
+        " FROM items GROUP BY stage, kind ORDER BY stage, kind"
+    ):
+        counts = dict(zip(ITEM_STATUSES, statuses, strict=True))
+        rows.append(_stage_row(stage, kind, count, counts["failed"], timed, total))
+        for status, n in counts.items():
+            items_by_status[status] += n
+    for row in rows:
+        for name, quantile in STAGE_QUANTILES:
+            if row["timed"]:
+                row[name] = conn.execute(
+                    "SELECT duration FROM items WHERE stage IS ? AND kind IS ? AND duration IS NOT NULL"
+                    " ORDER BY duration LIMIT 1 OFFSET ?",
+                    (row["stage"], row["kind"], int(quantile * (row["timed"] - 1))),
+                ).fetchone()[0]
+    return rows, {status: n for status, n in sorted(items_by_status.items()) if n}
+
+
+def run_stage_summaries(conn: sqlite3.Connection, run: str) -> list[dict[str, Any]]:
+    """`stage_summaries` of one run's items, computed with numpy over the run's durations
+    (read through the `items_run` index); the quantiles are the same "lower" ranks."""
+    groups: dict[tuple[str | None, str | None], tuple[list[float], list[int]]] = {}
+    for stage, kind, failed, duration in conn.execute(
+        "SELECT stage, kind, status = 'failed', duration FROM items WHERE run = ?", (run,)
+    ):
+        durations, fails = groups.setdefault((stage, kind), ([], [0, 0]))
+        fails[0] += 1
+        fails[1] += failed
+        if duration is not None:
+            durations.append(duration)
+    rows = []
+    for (stage, kind), (durations, (count, failed)) in sorted(
+        groups.items(), key=lambda g: (g[0][0] is not None, g[0][0] or "", g[0][1] is not None, g[0][1] or "")
+    ):
+        values = np.sort(np.array(durations, np.float64))
+        row = _stage_row(
+            stage, kind, count, failed, len(values), float(values.sum()) if len(values) else None
+        )
+        if len(values):
+            for name, quantile in STAGE_QUANTILES:
+                row[name] = float(values[int(quantile * (len(values) - 1))])
+        rows.append(row)
+    return rows
+
+
+def query_run_stats(conn: sqlite3.Connection, q: Query, run: str) -> tuple[list[Any], int | None]:
+    """The `stats` of one run: its items by status and by stage and kind."""
+    items_by_status = dict(
+        conn.execute(
+            "SELECT status, count(*) FROM items WHERE run = ? GROUP BY status ORDER BY status", (run,)
+        )
+    )
+    row = {
+        "run": run,
+        "items": sum(items_by_status.values()),
+        "items_by_status": items_by_status,
+        "stages": run_stage_summaries(conn, run),
+        "time": time.time(),
+    }
+    return [row], 1
+
+
 def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
-    """Counts by status and kind, the most used tags, recent runs, sizes and the ingest rate."""
+    """Counts by status and kind, items by stage, the most used tags, recent runs, sizes and
+    the ingest rate; with `run`, that run's items by status and by stage."""
+    if q.run is not None:
+        return query_run_stats(conn, q, _require_run(conn, q.run, q))
     head = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
     now = time.time()
     live = "" if q.deleted else "WHERE deleted = 0"  # deleted runs are left out unless asked for
     runs_by_status = dict(
         conn.execute(f"SELECT status, count(*) FROM runs {live} GROUP BY status ORDER BY status")
     )
-    items_by_status = dict(conn.execute("SELECT status, count(*) FROM items GROUP BY status ORDER BY status"))
+    stages, items_by_status = stage_summaries(conn)
     artifacts_by_kind = dict(conn.execute("SELECT kind, count(*) FROM artifacts GROUP BY kind ORDER BY kind"))
     tags = [
         {"tag": t, "runs": n}
@@ -492,6 +626,7 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
         "runs_by_status": runs_by_status,
         "items": sum(items_by_status.values()),
         "items_by_status": items_by_status,
+        "stages": stages,
         "artifacts": sum(artifacts_by_kind.values()),
         "artifacts_by_kind": artifacts_by_kind,
         "metric_points": points,

@@ -6,7 +6,7 @@ from typing import Final
 
 #: Bump when a projection's shape or meaning changes: the daemon then rebuilds every
 #: projection table from the log at start.
-PROJECTION_VERSION: Final = 5
+PROJECTION_VERSION: Final = 6  # 5: run.deleted/run.restored only flip the mark, runs(name) index; 6: metric_summaries.sum and .summed (the mean), items_stage
 
 #: Points per metric chunk. A chunk is sealed when full; only the open one is rewritten.
 CHUNK_POINTS: Final = 1024
@@ -103,6 +103,9 @@ CREATE TABLE IF NOT EXISTS items (
     ts        REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS items_run ON items(run, status, seq);
+-- Covers the per-stage summary of `stats`: counts and sums by (stage, kind) read this index
+-- alone, and a duration percentile is one seek in a (stage, kind) range ordered by duration.
+CREATE INDEX IF NOT EXISTS items_stage ON items(stage, kind, duration, status);
 CREATE TABLE IF NOT EXISTS artifacts (
     seq      INTEGER PRIMARY KEY,
     run      TEXT NOT NULL,
@@ -162,6 +165,9 @@ CREATE TABLE IF NOT EXISTS metric_summaries (
     max        REAL,
     max_step   INTEGER,
     max_epoch  INTEGER,
+    -- The sum of the values other than NaN, and how many those are: mean = sum / summed.
+    sum        REAL,
+    summed     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS metric_summaries_name ON metric_summaries(name, last);

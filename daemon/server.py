@@ -344,8 +344,8 @@ class Daemon:
 
     async def _subscribe(self, ws: ServerConnection, msg: Subscribe, binary: bool,
                          subscriptions: dict[int, Subscription]) -> None:
-        if msg.from_seq is not None and msg.from_seq < 0:
-            await self._send(ws, self.codec.encode_error(errors.BadMessage("subscribe.from_seq: expected 0 or more", msg.ref), binary), binary)
+        if msg.from_seq is not None and not 0 <= msg.from_seq < 2**63:  # the log's seqs are 64-bit
+            await self._send(ws, self.codec.encode_error(errors.BadMessage("subscribe.from_seq: expected 0 to 2^63-1", msg.ref), binary), binary)
             return
         flt = Filter(msg.filter)
 

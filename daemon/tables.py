@@ -9,6 +9,7 @@ transactions, which is what lets `rebuild` reproduce the live tables byte for by
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from array import array
 from collections import OrderedDict
@@ -79,6 +80,8 @@ class Series:
         "run",
         "sealed",
         "steps",
+        "sum",
+        "summed",
         "ts",
         "vals",
     )
@@ -104,6 +107,9 @@ class Series:
         self.max: float | None = None
         self.max_step: int | None = None
         self.max_epoch: int | None = None
+        #: Sum of the values other than NaN, in logging order (so a rebuild gives the same bits).
+        self.sum = 0.0
+        self.summed = 0
 
     def add(self, step: int | None, epoch: int | None, value: float, ts: float) -> None:
         if step is None:
@@ -118,7 +124,9 @@ class Series:
         self.last_step = step
         self.last_epoch = epoch
         self.last_ts = ts
-        if value == value:  # NaN never becomes a min or a max
+        if value == value:  # NaN never becomes a min or a max, nor part of the mean
+            self.sum += value
+            self.summed += 1
             # Strict comparisons: the first point to reach an extreme keeps it.
             low = self.min
             if low is None or value < low:
@@ -164,6 +172,8 @@ class Series:
             self.max,
             self.max_step,
             self.max_epoch,
+            self.sum,
+            self.summed,
         )
 
 
@@ -378,8 +388,8 @@ class Tables:
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO metric_summaries(run, name, count, last, last_step, last_epoch,"
-                " last_ts, min, min_step, min_epoch, max, max_step, max_epoch)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " last_ts, min, min_step, min_epoch, max, max_step, max_epoch, sum, summed)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 summary_rows,
             )
             while len(self._series) > MAX_CACHED_SERIES:
@@ -457,7 +467,7 @@ class Tables:
         series = Series(run, name)
         row = self.conn.execute(
             "SELECT count, last, last_step, last_epoch, last_ts, min, min_step, min_epoch, max, max_step,"
-            " max_epoch FROM metric_summaries WHERE run = ? AND name = ?",
+            " max_epoch, sum, summed FROM metric_summaries WHERE run = ? AND name = ?",
             key,
         ).fetchone()
         if row is not None:
@@ -473,7 +483,11 @@ class Tables:
                 series.max,
                 series.max_step,
                 series.max_epoch,
+                total,
+                series.summed,
             ) = row
+            # SQLite keeps NaN as NULL: a sum that became NaN (inf + -inf) stays NaN.
+            series.sum = math.nan if total is None else total
             chunk = self.conn.execute(
                 "SELECT chunk, n, steps, vals, epochs, ts FROM metric_chunks WHERE run = ? AND name = ?"
                 " ORDER BY chunk DESC LIMIT 1",

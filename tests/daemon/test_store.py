@@ -1076,6 +1076,7 @@ def test_run_query_answers_fields_config_tags_metric_summaries_and_artifacts(sto
         "max": 2.0,
         "max_step": 0,
         "max_epoch": 0,
+        "mean": 1.5,
     }
     assert metrics["acc"] == {
         "count": 2,
@@ -1089,9 +1090,11 @@ def test_run_query_answers_fields_config_tags_metric_summaries_and_artifacts(sto
         "max": 0.7,
         "max_step": 10,
         "max_epoch": 1,
+        "mean": 0.6,
     }
     assert math.isnan(metrics["nan"]["last"])
     assert (metrics["nan"]["count"], metrics["nan"]["min"], metrics["nan"]["max"]) == (1, None, None)
+    assert metrics["nan"]["mean"] is None  # NaN is left out of the mean: no value to average
     assert list(metrics) == ["acc", "loss", "nan"]
     assert artifacts == [
         {

@@ -54,7 +54,8 @@ async def test_tracker_questions_return_plain_objects(
         assert [r["id"] for r in runs] == ["b", "a"] and runs.total == 2 and runs.seq == 10
         assert tracker.get_run("a")["tags"] == ["base"]
         histories = tracker.metrics("b", max_points=2)
-        assert histories["loss"]["values"] == [5.0, 0.5]
+        assert histories["loss"]["values"] == [5.0, 4.0]  # the first and the last are always kept
+        assert histories["loss"]["summary"]["min"] == 0.5 and histories["loss"]["points"] == 3
         assert [(r["run"], r["min"]) for r in tracker.compare(["a", "b"])] == [("a", 1.0), ("b", 0.5)]
         assert tracker.best("loss")["run"] == "b" and tracker.best("loss", mode="max")["value"] == 5.0
         assert [i["item"] for i in tracker.items("a")] == ["i1"]
@@ -142,3 +143,23 @@ def test_the_authorizer_allows_reads_and_denies_everything_else() -> None:
 def test_a_sparkline_keeps_a_spike_and_spans_the_range() -> None:
     line = sparkline([1.0] * 500 + [9.0] + [1.0] * 499 + [float("nan")], width=20)
     assert len(line) == 20 and line.count("█") == 1 and set(line) == {"▁", "█"}
+
+
+async def test_cli_metrics_shows_the_true_last_value_and_refuses_an_unknown_name(
+    daemon: DaemonProcess, client: Client
+) -> None:
+    """LAST and LAST STEP come from the summary, not from the downsampled history."""
+    values = [float(i % 97) for i in range(5000)]
+    await client.append(
+        [
+            {"type": "metrics", "run": "m", "data": {"values": {"v": v}, "step": i}}
+            for i, v in enumerate(values)
+        ]
+    )
+    result = tracklog_cli("metrics", "m", "--url", daemon.url, "--max-points", "5")
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()[:2]
+    assert header.split() == ["METRIC", "POINTS", "LAST", "STEP", "LAST", "MIN", "MAX"]
+    assert row.split() == ["v", "5000", "4999", "52", "0", "96"]  # 4999 % 97 == 52
+    missing = tracklog_cli("metrics", "m", "--url", daemon.url, "--names", "v,nope")
+    assert missing.returncode == 1 and "not_found" in missing.stderr and "'nope'" in missing.stderr

@@ -165,3 +165,30 @@ async def test_stats_counts_runs_items_artifacts_and_tags(client: Client) -> Non
     assert stats["head"] == 15 and stats["metric_points"] == 7 and stats["database_bytes"] > 0
     assert stats["ingest_rate"] > 0
     assert stats["log_bytes"] > 0 and stats["log_bytes_exact"] is True
+
+
+async def test_out_of_range_numbers_and_oversized_filters_are_bad_queries_over_the_wire(
+    client: Client,
+) -> None:
+    await three_runs(client)
+    for args in (
+        {"filter": " or ".join(["name = 'x'"] * 3000)},
+        {"filter": " and ".join(f"metrics.m{i} > 0" for i in range(100))},
+        {"filter": "config.lr = 99999999999999999999"},
+        {"offset": 10**20},
+    ):
+        reply = await client.query("runs", **args)
+        assert reply["op"] == "error" and reply["code"] == "bad_query", reply
+    reply = await client.query("events", from_seq=12 * 10**28)
+    assert reply["code"] == "bad_query" and "from_seq" in reply["message"]
+    assert (await client.query("runs"))["total"] == 3
+
+
+async def test_a_subscription_from_beyond_64_bit_seqs_is_refused_and_the_connection_keeps_working(
+    client: Client,
+) -> None:
+    """It used to be accepted, then hang: the catch-up read failed on the number."""
+    reply = await client.request({"op": "subscribe", "from_seq": 12 * 10**28})
+    assert reply["op"] == "error" and reply["code"] == "bad_message" and "from_seq" in reply["message"]
+    reply = await client.request({"op": "subscribe", "from_seq": 0})
+    assert reply["op"] == "subscribed"
