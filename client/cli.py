@@ -76,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from tracklog.daemon.server import Settings
 
+        # An empty --token is passed on as given, so that serve refuses it.
         tokens = tuple(args.token) + tuple(t for t in os.environ.get("TRACKLOG_TOKENS", "").split(",") if t)
         settings = Settings(db=db, host=args.host, port=args.port, durability=args.durability, tokens=tokens, insecure=args.insecure,
                             lost_after=args.lost_after)

@@ -91,10 +91,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_tokens(tokens: Iterable[str]) -> None:
+    """Refuse empty or blank tokens: `--token "$VAR"` with VAR unset must not count as protection."""
+    for token in tokens:
+        if not token.strip():
+            raise errors.TracklogError(
+                "refusing an empty token (is the variable passed to --token or $TRACKLOG_TOKENS set?)"
+            )
+
+
 class Daemon:
     """One tracklog daemon: start(), then wait for stop(); or `run()` to do both."""
 
     def __init__(self, settings: Settings) -> None:
+        check_tokens(settings.tokens)
         if not is_loopback(settings.host) and not settings.tokens and not settings.insecure:
             raise errors.TracklogError(
                 f"refusing to listen on {settings.host} without tokens: set --token, or --insecure"
@@ -219,7 +229,7 @@ class Daemon:
         return await self.http.respond(request)
 
     def _token_ok(self, token: str | None) -> bool:
-        if token is None:
+        if not token:  # an empty token never authenticates
             return False
         return any(hmac.compare_digest(token.encode(), t.encode()) for t in self.settings.tokens)
 
@@ -251,7 +261,9 @@ class Daemon:
         except errors.ProtocolError:
             msg = None
         if not isinstance(msg, Hello):
-            await self._send(ws, self.codec.encode_error(errors.HelloRequired("the first message must be hello"), binary), binary)
+            # The reply echoes the ref of whatever came first, as every reply does.
+            refused = errors.HelloRequired("the first message must be hello", getattr(msg, "ref", None))
+            await self._send(ws, self.codec.encode_error(refused, binary), binary)
             await ws.close(1008, "hello required")
             return None
         if self.settings.tokens:
@@ -260,7 +272,9 @@ class Daemon:
                 await self._send(ws, self.codec.encode_error(errors.Unauthorized("bad or missing token", msg.ref), binary), binary)
                 await ws.close(1008, "unauthorized")
                 return None
-        welcome = Welcome(protocol=PROTOCOL_VERSION, server=f"tracklog/{__version__}", head=self.writer.head)
+        welcome = Welcome(
+            protocol=PROTOCOL_VERSION, server=f"tracklog/{__version__}", head=self.writer.head, ref=msg.ref
+        )
         await self._send(ws, self.codec.encode(welcome, binary), binary)
         log.debug("hello", client=msg.client)
         return binary
