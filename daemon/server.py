@@ -49,7 +49,7 @@ from tracklog.protocol.messages import (
 from tracklog.protocol.events import RunFinished, RunFinishedData
 
 from .hub import Filter, Hub, Subscription
-from .http import HttpApi
+from .http import HttpApi, HttpConnection, StreamedResponse, method_not_allowed
 from .webconsole import console_token
 from .queries import Readers, run_pipelines, scan_events
 from .store import AppendResult, CheckResult, Durability
@@ -60,6 +60,9 @@ log = structlog.get_logger("tracklog.server")
 #: Appends of one connection waiting for their ack before it stops reading frames.
 MAX_INFLIGHT_APPENDS: Final = 64
 HELLO_TIMEOUT: Final = 30.0
+#: Seconds shutdown gives connections to close cleanly (and each close handshake); then
+#: they are aborted. Also the bound for stopping subscriptions.
+CLOSE_TIMEOUT: Final = 2.0
 _json = msgspec.json.Encoder()
 
 
@@ -144,14 +147,18 @@ class Daemon:
             self._handle,
             self.settings.host,
             self.settings.port,
-            process_request=self._process_request,
+            # A StreamedResponse never reaches websockets: HttpConnection sends it.
+            process_request=self._process_request,  # type: ignore[arg-type]
+            # Downloads are streamed by HttpConnection, which bounds the handshake itself.
+            create_connection=HttpConnection,
+            open_timeout=None,
             max_size=MAX_FRAME_BYTES,
             max_queue=64,
             compression=None,
             ping_interval=20,
             ping_timeout=60,
             # A client that stopped reading must not hold up shutdown for long.
-            close_timeout=2,
+            close_timeout=CLOSE_TIMEOUT,
             server_header=f"tracklog/{__version__}",
         )
         sock = next(iter(self._server.sockets))
@@ -175,15 +182,35 @@ class Daemon:
         for task in timers:
             with contextlib.suppress(BaseException):
                 await task
+        # Subscriptions stop first: none is left blocked in a send to a client that stopped
+        # reading (in catch-up or live), which would hold its connection's close.
+        await self.hub.close(CLOSE_TIMEOUT)
         if self._server is not None:
-            self._server.close(close_connections=True)
-            await self._server.wait_closed()
-        for task in self.hub.stop():
-            with contextlib.suppress(BaseException):
-                await task
+            await self._close_connections()
         await self.writer.stop()
         self.readers.close()
         log.info("stopped", head=self.writer.head)
+
+    async def _close_connections(self) -> None:
+        """Close every connection, each with its close handshake, within CLOSE_TIMEOUT in all.
+
+        A client that stopped reading cannot take the close frame; past the deadline its
+        connection (and any download still being sent) is aborted, so shutdown is bounded
+        whatever state the clients are in.
+        """
+        assert self._server is not None
+        self.http.stop_streams()
+        self._server.close(close_connections=True)
+        closing = asyncio.ensure_future(self._server.wait_closed())
+        try:
+            await asyncio.wait_for(asyncio.shield(closing), CLOSE_TIMEOUT)
+        except TimeoutError:
+            stuck = list(self._server.all_connections)
+            log.warning("aborting connections that did not close in time", connections=len(stuck))
+            for connection in stuck:
+                connection.transport.abort()
+            self.http.stop_streams(abort=True)
+            await closing
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then shut down cleanly."""
@@ -214,8 +241,12 @@ class Daemon:
 
     # -- HTTP ---------------------------------------------------------------------
 
-    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | StreamedResponse | None:
         path = request.path.split("?", 1)[0]
+        if path in ("/ws", "/healthz") and request.method != "GET":
+            return method_not_allowed(request.method, ["GET"])
         if path == "/ws":
             if self.settings.tokens:
                 token = _bearer(request.headers)
