@@ -121,7 +121,8 @@ def compare_tables(
                 diffs += 1
                 if diffs <= max_diffs:
                     print(
-                        f"{table} {dict(zip(key_columns, kb or (), strict=False))}: only in the rebuilt table",
+                        f"{table} {dict(zip(key_columns, kb or (), strict=False))}: only in the rebuilt"
+                        " table",
                         file=out,
                     )
                 b = next(b_rows, None)
