@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
+from urllib.parse import urlsplit
 from collections.abc import Iterable
 from typing import Any, Final, assert_never
 
@@ -83,6 +84,30 @@ class Settings:
     insecure: bool = False
     #: Seconds a running run may have no connected writer before it is marked `lost`.
     lost_after: float = 300.0
+    #: Web origins (`http://host:port`) whose pages may use the daemon besides its own.
+    allow_origins: tuple[str, ...] = ()
+    #: Host names accepted in `Host` besides localhost, 127.0.0.1 and ::1 (on loopback).
+    allow_hosts: tuple[str, ...] = ()
+
+
+#: The names a loopback daemon answers to in `Host` (any port): others may be DNS rebinding.
+LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """A `Host` value (or an origin's netloc) as (lowercase name, port); None when malformed."""
+    try:
+        parts = urlsplit("//" + value)
+        name, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not name or parts.username is not None or parts.path:
+        return None
+    return name.lower(), port
+
+
+def normal_origin(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
 
 
 def is_loopback(host: str) -> bool:
@@ -241,9 +266,64 @@ class Daemon:
 
     # -- HTTP ---------------------------------------------------------------------
 
+    def _host_ok(self, host: str | None) -> bool:
+        """Bound to loopback, only loopback names (and configured ones) are accepted in Host.
+
+        A page from anywhere could otherwise reach the daemon through DNS rebinding: its
+        own name, resolved to 127.0.0.1, with the daemon's port.
+        """
+        if not is_loopback(self.settings.host):
+            return True
+        parsed = split_host(host) if host else None
+        if parsed is None:
+            return False
+        name = parsed[0]
+        return name in LOOPBACK_NAMES or name in {h.lower() for h in self.settings.allow_hosts}
+
+    def _origin_ok(self, origin: str, host: str | None) -> bool:
+        """The daemon's own origin (as it is addressed) or a configured one.
+
+        Browsers send Origin on WebSocket upgrades and cross-origin requests; clients that
+        are not browsers send none and are not checked here.
+        """
+        origin = normal_origin(origin)
+        if origin in {normal_origin(o) for o in self.settings.allow_origins}:
+            return True
+        scheme, _, netloc = origin.partition("://")
+        parsed = split_host(netloc) if scheme in ("http", "https") else None
+        if parsed is None:
+            return False  # "null" (sandboxed pages, files) and anything malformed
+        name, port = parsed
+        port = port if port is not None else (443 if scheme == "https" else 80)
+        if port != self.port:
+            return False
+        if is_loopback(self.settings.host):
+            return name in LOOPBACK_NAMES or name in {h.lower() for h in self.settings.allow_hosts}
+        addressed = split_host(host) if host else None
+        return addressed is not None and addressed[0] == name
+
+    def _refusal(self, request: Request) -> Response | None:
+        """403 for a Host that may be DNS rebinding, or an Origin of another web page."""
+        host = request.headers.get("Host")
+        if not self._host_ok(host):
+            return _json_response(
+                HTTPStatus.FORBIDDEN,
+                {"error": "forbidden", "message": f"Host '{(host or '')[:100]}' not accepted; see --allow-host"},
+            )
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origin_ok(origin, host):
+            return _json_response(
+                HTTPStatus.FORBIDDEN,
+                {"error": "forbidden", "message": f"Origin '{origin[:100]}' not allowed; see --allow-origin"},
+            )
+        return None
+
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | StreamedResponse | None:
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
         path = request.path.split("?", 1)[0]
         if path in ("/ws", "/healthz") and request.method != "GET":
             return method_not_allowed(request.method, ["GET"])
