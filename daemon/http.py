@@ -436,6 +436,8 @@ class HttpApi:
 
         def produce() -> Iterator[bytes]:
             conn = connect(db, readonly=True)
+            # Read once, front to back: a large page cache would only hold memory.
+            conn.execute("PRAGMA cache_size = -2048")
             try:
                 yield from export(conn, run, fmt)
             finally:
