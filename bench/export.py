@@ -25,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _daemon import BenchDaemon, machine
+
 from tracklog.daemon.store import LogStore
 from tracklog.protocol.events import Metrics, MetricsData, RunStarted, RunStartedData
 from tracklog.protocol.messages import Append
