@@ -12,15 +12,17 @@ from pathlib import Path
 
 
 class BenchDaemon:
-    def __init__(self, db: Path, *extra: str) -> None:
+    def __init__(self, db: Path, *extra: str, python: str = sys.executable) -> None:
         self.db = db
         self.extra = extra
+        #: The interpreter that runs the daemon (another build of it, for a comparison).
+        self.python = python
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
 
     def __enter__(self) -> BenchDaemon:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tracklog", "serve", "--db", str(self.db), "--port", "0", *self.extra],
+            [self.python, "-m", "tracklog", "serve", "--db", str(self.db), "--port", "0", *self.extra],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

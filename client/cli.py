@@ -59,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="mark a running run `lost` when no writer has been connected for this long (default 300)",
     )
+    s.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (http://host:port) whose pages may use the daemon (repeatable)",
+    )
+    s.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name accepted in Host besides localhost, 127.0.0.1, ::1 (repeatable)",
+    )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     r = sub.add_parser("rebuild", help="rebuild every table from the log (daemon stopped)")
@@ -123,6 +137,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "serve":
         from tracklog.daemon.server import Settings
 
+        # An empty --token is passed on as given, so that serve refuses it.
         tokens = tuple(args.token) + tuple(t for t in os.environ.get("TRACKLOG_TOKENS", "").split(",") if t)
         settings = Settings(
             db=db,
@@ -132,6 +147,8 @@ def _main(argv: Sequence[str] | None) -> int:
             tokens=tokens,
             insecure=args.insecure,
             lost_after=args.lost_after,
+            allow_origins=tuple(args.allow_origin),
+            allow_hosts=tuple(args.allow_host),
         )
         return commands.serve(settings, args.log_level)
     if args.command == "rebuild":

@@ -14,12 +14,14 @@ from typing import Any, TextIO
 from tracklog.protocol import errors
 
 from . import logs
+from .dblock import DatabaseLocked, exclusive
 from .schema import PROJECTION_TABLES
 from .server import Daemon, Settings
 from .store import Durability, LogStore, connect, iter_table
 
 
 def serve(settings: Settings, log_level: str = "info") -> int:
+    """Run the daemon, holding the database's lock for its whole life."""
     logs.configure(log_level)
     try:
         daemon = Daemon(settings)
@@ -27,7 +29,11 @@ def serve(settings: Settings, log_level: str = "info") -> int:
         print(f"tracklog serve: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(daemon.run())
+        with exclusive(Path(settings.db)):
+            asyncio.run(daemon.run())
+    except DatabaseLocked as exc:
+        print(f"tracklog serve: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"tracklog serve: {exc}", file=sys.stderr)
         return 1
@@ -35,25 +41,34 @@ def serve(settings: Settings, log_level: str = "info") -> int:
 
 
 def rebuild(db: Path, durability: Durability = "normal") -> int:
-    """Rebuild every projection table of db from its log. Run it with the daemon stopped."""
+    """Rebuild every projection table of db from its log; refused while a daemon serves it."""
     if not db.exists():
         print(f"tracklog rebuild: no database at {db}", file=sys.stderr)
         return 2
-    store = LogStore(db, durability)
     try:
-        applied = store.rebuild()
-    finally:
-        store.close()
+        with exclusive(db):
+            store = LogStore(db, durability)
+            try:
+                applied = store.rebuild()
+            finally:
+                store.close()
+    except DatabaseLocked as exc:
+        print(f"tracklog rebuild: {exc}", file=sys.stderr)
+        return 2
     print(f"rebuilt {len(PROJECTION_TABLES)} tables from {applied} events")
     return 0
 
 
 def snapshot(db: Path, out: Path) -> None:
-    """A consistent copy of db (the daemon may be writing), through SQLite's backup API."""
+    """A consistent copy of db (the daemon may be writing), through SQLite's backup API.
+
+    Read-only, and in one read transaction: every page is copied in a single backup step,
+    so a running daemon is neither blocked nor disturbed and the copy is one state of it.
+    """
     source = connect(db, readonly=True)
     target = sqlite3.connect(out)
     try:
-        source.backup(target)
+        source.backup(target, pages=-1)
     finally:
         target.close()
         source.close()
@@ -63,7 +78,9 @@ def _rows(conn: sqlite3.Connection, table: str) -> Iterator[tuple[Any, ...]]:
     return iter_table(conn, table)
 
 
-def compare_tables(live: sqlite3.Connection, rebuilt: sqlite3.Connection, out: TextIO, max_diffs: int = 20) -> int:
+def compare_tables(
+    live: sqlite3.Connection, rebuilt: sqlite3.Connection, out: TextIO, max_diffs: int = 20
+) -> int:
     """Print the differences between two databases' projection tables; returns their count."""
     diffs = 0
     for table in PROJECTION_TABLES:
@@ -87,17 +104,27 @@ def compare_tables(live: sqlite3.Connection, rebuilt: sqlite3.Connection, out: T
                     if changed:
                         diffs += 1
                         if diffs <= max_diffs:
-                            print(f"{table} {dict(zip(key_columns, ka, strict=True))}: " + "; ".join(changed), file=out)
+                            print(
+                                f"{table} {dict(zip(key_columns, ka, strict=True))}: " + "; ".join(changed),
+                                file=out,
+                            )
                 a, b = next(a_rows, None), next(b_rows, None)
             elif b is None or (a is not None and ka is not None and kb is not None and _lt(ka, kb)):
                 diffs += 1
                 if diffs <= max_diffs:
-                    print(f"{table} {dict(zip(key_columns, ka or (), strict=False))}: only in the live table", file=out)
+                    print(
+                        f"{table} {dict(zip(key_columns, ka or (), strict=False))}: only in the live table",
+                        file=out,
+                    )
                 a = next(a_rows, None)
             else:
                 diffs += 1
                 if diffs <= max_diffs:
-                    print(f"{table} {dict(zip(key_columns, kb or (), strict=False))}: only in the rebuilt table", file=out)
+                    print(
+                        f"{table} {dict(zip(key_columns, kb or (), strict=False))}: only in the rebuilt"
+                        " table",
+                        file=out,
+                    )
                 b = next(b_rows, None)
     if diffs > max_diffs:
         print(f"... and {diffs - max_diffs} more differences", file=out)
@@ -157,9 +184,20 @@ def replay(db: Path, to_seq: int, out_path: Path) -> int:
     if not db.exists():
         print(f"tracklog replay: no database at {db}", file=sys.stderr)
         return 2
-    if out_path.exists():
-        print(f"tracklog replay: {out_path} exists; remove it or choose another path", file=sys.stderr)
+    try:
+        with exclusive(out_path):
+            if out_path.exists():
+                print(
+                    f"tracklog replay: {out_path} exists; remove it or choose another path", file=sys.stderr
+                )
+                return 2
+            return _replay(db, to_seq, out_path)
+    except DatabaseLocked as exc:
+        print(f"tracklog replay: {exc}", file=sys.stderr)
         return 2
+
+
+def _replay(db: Path, to_seq: int, out_path: Path) -> int:
     snapshot(db, out_path)
     conn = sqlite3.connect(out_path)
     conn.execute("DELETE FROM events WHERE seq > ?", (to_seq,))

@@ -8,41 +8,40 @@ protocol uses, so both paths share one implementation and one set of errors.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import csv
 import datetime as dt
-import io
 import os
 import re
-import sqlite3
+import threading
 import time
-import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Final
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import msgspec
-from tracklog.protocol import errors
-from tracklog.protocol.events import RunDeleted, RunRestored, finite_floats_as_strings
-from tracklog.protocol.messages import Append, Query
+import structlog
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from tracklog.protocol import errors
+from tracklog.protocol.events import RunDeleted, RunRestored, finite_floats_as_strings
+from tracklog.protocol.messages import Append, Query
+
 from . import reads
+from .exports import EXPORT_TYPES, EXPORTERS, export
 from .filters import compile_filter
-from .queries import query_run
+from .store import connect
 from .webconsole import console_response, is_console_path
 
 _json = msgspec.json.Encoder()
+log = structlog.get_logger("tracklog.http")
 
-EXPORT_TYPES: Final = {
-    "json": "application/json",
-    "jsonl": "application/x-ndjson",
-    "csv": "text/csv; charset=utf-8",
-    "xml": "application/xml",
-}
-_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+#: Seconds for a request to arrive and be answered, or for a WebSocket handshake.
+OPEN_TIMEOUT: Final = 10.0
 
 
 class BadParameter(errors.BadQuery):
@@ -151,199 +150,184 @@ def runs_query(params: Params) -> Query:
     )
 
 
-# -- exports ----------------------------------------------------------------------------
-
-
-def gather_export(conn: sqlite3.Connection, run: str) -> dict[str, Any]:
-    """A run with its full metric histories, items and artifacts, from one read transaction."""
-    conn.execute("BEGIN")
-    try:
-        summary = dict(query_run(conn, Query(q="run", run=run))[0][0])
-        metrics = reads.query_metrics(conn, Query(q="metrics", run=run))[0]
-        items: list[Any] = []
-        while True:
-            page = reads.query_items(
-                conn, Query(q="items", run=run, limit=reads.MAX_ITEMS, offset=len(items))
-            )[0]
-            items.extend(page)
-            if len(page) < reads.MAX_ITEMS:
-                break
-        artifacts = reads.artifact_rows(conn, run)
-    finally:
-        conn.execute("COMMIT")
-    summary.pop("artifacts", None)
-    return {"run": summary, "metrics": metrics, "items": items, "artifacts": artifacts}
-
-
-def _plain(value: Any) -> Any:
-    return finite_floats_as_strings(msgspec.to_builtins(value))
-
-
-def export_json(data: dict[str, Any]) -> bytes:
-    return _json.encode(_plain(data))
-
-
-def export_jsonl(data: dict[str, Any]) -> bytes:
-    out = io.BytesIO()
-    run_id = data["run"]["id"]
-    out.write(_json.encode(_plain({"record": "run", **data["run"]})) + b"\n")
-    for series in data["metrics"]:
-        for step, value, epoch, ts in zip(
-            series["steps"], series["values"], series["epochs"], series["ts"], strict=True
-        ):
-            out.write(
-                _json.encode(
-                    _plain(
-                        {
-                            "record": "metric",
-                            "run": run_id,
-                            "name": series["name"],
-                            "step": step,
-                            "epoch": epoch,
-                            "value": value,
-                            "ts": ts,
-                        }
-                    )
-                )
-                + b"\n"
-            )
-    for item in data["items"]:
-        out.write(_json.encode(_plain({"record": "item", **item})) + b"\n")
-    for artifact in data["artifacts"]:
-        out.write(_json.encode(_plain({"record": "artifact", **artifact})) + b"\n")
-    return out.getvalue()
-
-
-CSV_COLUMNS: Final = (
-    "record",
-    "run",
-    "name",
-    "step",
-    "epoch",
-    "value",
-    "ts",
-    "kind",
-    "stage",
-    "status",
-    "path",
-    "data",
-)
-
-
-def export_csv(data: dict[str, Any]) -> bytes:
-    """One table: a row per metric point, then per item and artifact (`record` says which)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    run_id = data["run"]["id"]
-    for series in data["metrics"]:
-        for step, value, epoch, ts in zip(
-            series["steps"], series["values"], series["epochs"], series["ts"], strict=True
-        ):
-            writer.writerow(
-                (
-                    "metric",
-                    run_id,
-                    series["name"],
-                    step,
-                    "" if epoch is None else epoch,
-                    repr(value),
-                    repr(ts),
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                )
-            )
-    for item in data["items"]:
-        writer.writerow(
-            (
-                "item",
-                run_id,
-                item["item"] or "",
-                item["iteration"] or "",
-                "",
-                item["duration"] or "",
-                repr(item["ts"]),
-                item["kind"] or "",
-                item["stage"] or "",
-                item["status"],
-                item["path"] or "",
-                "" if item["data"] is None else _json.encode(_plain(item["data"])).decode(),
-            )
-        )
-    for art in data["artifacts"]:
-        writer.writerow(
-            (
-                "artifact",
-                run_id,
-                art["digest"] or "",
-                "",
-                "",
-                art["size"] if art["size"] is not None else "",
-                repr(art["ts"]),
-                art["kind"],
-                "",
-                "",
-                art["path"],
-                "" if art["metadata"] is None else _json.encode(_plain(art["metadata"])).decode(),
-            )
-        )
-    return out.getvalue().encode()
-
-
-def _xml_text(value: Any) -> str:
-    if isinstance(value, float):
-        return repr(value)
-    if not isinstance(value, str):
-        value = _json.encode(_plain(value)).decode()
-    return _XML_BAD.sub("\ufffd", value)
-
-
-def export_xml(data: dict[str, Any]) -> bytes:
-    run = data["run"]
-    root = ET.Element("run", {"id": _xml_text(run["id"])})
-    for key, value in run.items():
-        if key in ("id", "metrics") or value is None:
-            continue
-        ET.SubElement(root, "field", {"name": key}).text = _xml_text(value)
-    metrics = ET.SubElement(root, "metrics")
-    for series in data["metrics"]:
-        node = ET.SubElement(metrics, "metric", {"name": _xml_text(series["name"])})
-        for step, value, epoch, ts in zip(
-            series["steps"], series["values"], series["epochs"], series["ts"], strict=True
-        ):
-            attrs = {"step": str(step), "value": repr(value), "ts": repr(ts)}
-            if epoch is not None:
-                attrs["epoch"] = str(epoch)
-            ET.SubElement(node, "point", attrs)
-    items = ET.SubElement(root, "items")
-    for item in data["items"]:
-        ET.SubElement(items, "item", {k: _xml_text(v) for k, v in item.items() if v is not None})
-    artifacts = ET.SubElement(root, "artifacts")
-    for art in data["artifacts"]:
-        ET.SubElement(artifacts, "artifact", {k: _xml_text(v) for k, v in art.items() if v is not None})
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(
-        root, encoding="utf-8", xml_declaration=False
-    )
-
-
-EXPORTERS: Final[dict[str, Callable[[dict[str, Any]], bytes]]] = {
-    "json": export_json,
-    "jsonl": export_jsonl,
-    "csv": export_csv,
-    "xml": export_xml,
-}
-
-
 def content_disposition(run: str, fmt: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", run)[:100] or "run"
     encoded = quote(f"run-{run}.{fmt}", safe="")
     return f"attachment; filename=\"run-{safe}.{fmt}\"; filename*=UTF-8''{encoded}"
 
 
-# -- the router -------------------------------------------------------------------------
+# -- streamed answers --------------------------------------------------------------------
+
+#: Pieces an export may have waiting between its reading thread and the socket.
+STREAM_PIECES: Final = 4
+#: Seconds a finished download waits for the client to close before the socket is dropped.
+STREAM_CLOSE_TIMEOUT: Final = 10.0
+
+
+class StreamStopped(Exception):
+    """A download cut short by the daemon's shutdown."""
+
+
+class StreamedResponse:
+    """An answer whose body is produced piece by piece (chunked), never whole in memory.
+
+    websockets' `process_request` can only return a `Response` with its whole body, so
+    `HttpConnection` sends this kind itself, on the connection's transport, with the
+    transport's flow control: the reading thread blocks while STREAM_PIECES pieces wait.
+    """
+
+    def __init__(
+        self, headers: Sequence[tuple[str, str]], produce: Callable[[], Iterator[bytes]], api: HttpApi
+    ) -> None:
+        self.headers = headers
+        self.produce = produce
+        self.api = api
+        self._stopped = threading.Event()
+        self._slots = threading.Semaphore(STREAM_PIECES)
+        self._connection: ServerConnection | None = None
+
+    def stop(self, abort: bool = False) -> None:
+        """Stop producing (daemon shutdown); with abort, drop the connection now."""
+        self._stopped.set()
+        self._slots.release(STREAM_PIECES)
+        if abort and self._connection is not None:
+            self._connection.transport.abort()
+
+    def _run_producer(
+        self, loop: asyncio.AbstractEventLoop, pieces: asyncio.Queue[bytes | BaseException | None]
+    ) -> None:
+        """On its own thread: read the export, handing each piece to the event loop.
+
+        It always ends by handing over None (done) or an exception (failed or stopped),
+        which the sender waits for.
+        """
+        end: BaseException | None = None
+        try:
+            iterator = self.produce()
+            try:
+                for piece in iterator:
+                    self._slots.acquire()
+                    if self._stopped.is_set():
+                        end = StreamStopped("the daemon is stopping")
+                        break
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+        except BaseException as exc:
+            end = exc
+        with contextlib.suppress(RuntimeError):  # the loop may be closed at shutdown
+            loop.call_soon_threadsafe(pieces.put_nowait, end)
+
+    async def send(self, connection: ServerConnection, server_header: str | None) -> None:
+        """Write the status line, the headers and the chunked body, then close."""
+        self._connection = connection
+        self.api.streams.add(self)
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        transport = connection.transport
+        head = [
+            "HTTP/1.1 200 OK",
+            *(f"{name}: {value}" for name, value in self.headers),
+            "Transfer-Encoding: chunked",
+            "Connection: close",
+        ]
+        if server_header:
+            head.append(f"Server: {server_header}")
+        producer = threading.Thread(
+            target=self._run_producer, args=(loop, pieces), name="tracklog-export", daemon=True
+        )
+        try:
+            transport.write(("\r\n".join(head) + "\r\n\r\n").encode())
+            producer.start()
+            while True:
+                piece = await pieces.get()
+                if piece is None:
+                    break
+                if isinstance(piece, BaseException):
+                    if not isinstance(piece, StreamStopped):
+                        log.error("export failed", error=repr(piece))
+                    transport.abort()  # an incomplete chunked body: the client sees the failure
+                    return
+                if transport.is_closing():
+                    return
+                transport.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self._slots.release()
+                await connection.drain()
+            transport.write(b"0\r\n\r\n")
+            if transport.can_write_eof():
+                transport.write_eof()
+            # The body must be read before the socket goes (websockets aborts it after).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(connection.connection_lost_waiter), STREAM_CLOSE_TIMEOUT
+                )
+        finally:
+            self.stop()
+            self.api.streams.discard(self)
+
+
+class HttpConnection(ServerConnection):
+    """A websockets connection that can also answer with a `StreamedResponse`.
+
+    The opening handshake is websockets' own; only when `process_request` answers with a
+    StreamedResponse does this send it. websockets' `open_timeout` would cut a long
+    download, so the server runs with none and this applies OPEN_TIMEOUT to the handshake
+    itself (the request and `process_request`, then websockets' response), not to a body.
+    """
+
+    async def handshake(
+        self, process_request: Any = None, process_response: Any = None, server_header: str | None = None
+    ) -> None:
+        async with asyncio.timeout(OPEN_TIMEOUT):
+            await asyncio.wait(
+                [self.request_rcvd, self.connection_lost_waiter], return_when=asyncio.FIRST_COMPLETED
+            )
+            if self.request is None or process_request is None:
+                answer = None
+            else:
+                try:
+                    answer = process_request(self, self.request)
+                    if isinstance(answer, Awaitable):
+                        answer = await answer
+                except Exception:
+                    log.exception("process_request failed")
+                    answer = self.protocol.reject(
+                        HTTPStatus.INTERNAL_SERVER_ERROR, "Failed to answer; see the daemon's log.\n"
+                    )
+        if isinstance(answer, StreamedResponse):
+            await answer.send(self, server_header)
+            return
+
+        def decided(_connection: ServerConnection, _request: Request) -> Any:
+            return answer
+
+        async with asyncio.timeout(OPEN_TIMEOUT):
+            await super().handshake(decided, process_response, server_header)
+
+
+# -- the router ---------------------------------------------------------------------------
+
+Answer = Response | StreamedResponse
+#: A route's handler: the path's named parts (URL-decoded) and the query parameters.
+Handler = Callable[[dict[str, str], "Params"], Awaitable[Answer]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A path pattern and the handler of each method it takes (others: 405 with Allow)."""
+
+    pattern: re.Pattern[str]
+    methods: Mapping[str, Handler]
+
+
+def method_not_allowed(method: str, allowed: Iterable[str]) -> Response:
+    allow = ", ".join(allowed)
+    payload = _json.encode(
+        {"error": "method_not_allowed", "message": f"{method[:20]} not allowed; allowed: {allow}"}
+    )
+    return _response(HTTPStatus.METHOD_NOT_ALLOWED, payload, "application/json", [("Allow", allow)])
 
 
 class HttpApi:
@@ -351,64 +335,85 @@ class HttpApi:
 
     def __init__(self, daemon: Any) -> None:
         self.daemon = daemon
+        #: Downloads being sent, stopped at shutdown.
+        self.streams: set[StreamedResponse] = set()
+        run = r"/api/runs/(?P<run>[^/]+)"
+        # Each route declares its methods; a method is one more entry in its map.
+        self.routes: list[Route] = [
+            Route(re.compile(r"/metrics"), {"GET": self._prometheus}),
+            Route(re.compile(r"/api/stats"), {"GET": self._stats}),
+            Route(re.compile(r"/api/runs/?"), {"GET": self._runs}),
+            Route(re.compile(run), {"GET": self._run, "DELETE": self._delete}),
+            Route(re.compile(run + r"/restore"), {"POST": self._restore}),
+            Route(re.compile(run + r"/metrics"), {"GET": self._metrics}),
+            Route(re.compile(run + r"/stats"), {"GET": self._run_stats}),
+            Route(re.compile(run + r"/items"), {"GET": self._items}),
+            Route(re.compile(run + r"/export/(?P<format>[^/]+)"), {"GET": self._export}),
+        ]
 
-    async def respond(self, request: Request) -> Response:
+    def stop_streams(self, abort: bool = False) -> None:
+        for stream in list(self.streams):
+            stream.stop(abort)
+
+    async def respond(self, request: Request) -> Answer:
         parts = urlsplit(request.path)
         path = parts.path
         try:
             params = Params(parts.query)
-            if request.method not in ("GET", "HEAD"):
-                return await self._write(request, path)
             if is_console_path(path):
+                if request.method != "GET":
+                    return method_not_allowed(request.method, ["GET"])
                 page = console_response(path, params.text("token"))
                 if page is not None:
                     return page
-            if path == "/metrics":
-                return _response(
-                    HTTPStatus.OK, self.prometheus().encode(), "text/plain; version=0.0.4; charset=utf-8"
-                )
-            if path == "/api/stats":
-                result = await self.daemon.readers.query(Query(q="stats"))
-                row = dict(result.rows[0])
-                row["daemon"] = self.daemon_stats()
-                return json_response(HTTPStatus.OK, row)
-            if path in ("/api/runs", "/api/runs/"):
-                result = await self.daemon.readers.query(runs_query(params))
-                return json_response(
-                    HTTPStatus.OK, {"seq": result.seq, "total": result.total, "runs": result.rows}
-                )
-            if path.startswith("/api/runs/"):
-                return await self._run_path(path.removeprefix("/api/runs/"), params)
+            for route in self.routes:
+                match = route.pattern.fullmatch(path)
+                if match is None:
+                    continue
+                handler = route.methods.get(request.method)
+                if handler is None:
+                    return method_not_allowed(request.method, route.methods)
+                args = {name: unquote(value) for name, value in match.groupdict().items()}
+                if "run" in args:
+                    # An id prefix or a name works too (daemon/runref.py); an unknown run is a 404.
+                    resolved = await self.daemon.readers.query(Query(q="resolve", run=args["run"]))
+                    args["run"] = resolved.rows[0]["id"]
+                return await handler(args, params)
         except errors.ProtocolError as exc:
             return error_response(exc)
         return json_response(
             HTTPStatus.NOT_FOUND, {"error": "not_found", "message": f"no such path: {path[:200]}"}
         )
 
-    async def _write(self, request: Request, path: str) -> Response:
-        """`DELETE /api/runs/RUN` and `POST /api/runs/RUN/restore`: append `run.deleted` or
-        `run.restored` for the run RUN names (an id, a unique id prefix or a name).
-
-        A browser sends any page's simple POST cross-site, so a request whose Origin is not
-        this daemon is refused: only same-origin pages and non-browser clients may write.
-        """
-        origin = request.headers.get("Origin")
-        if origin is not None and urlsplit(origin).netloc != request.headers.get("Host"):
-            return json_response(
-                HTTPStatus.FORBIDDEN, {"error": "forbidden", "message": "cross-origin writes are refused"}
-            )
-        segments = path.removeprefix("/api/runs/").split("/") if path.startswith("/api/runs/") else []
-        if request.method == "DELETE" and len(segments) == 1 and segments[0]:
-            return await self._mark(unquote(segments[0]), deleted=True)
-        if request.method == "POST" and len(segments) == 2 and segments[0] and segments[1] == "restore":
-            return await self._mark(unquote(segments[0]), deleted=False)
-        return json_response(
-            HTTPStatus.METHOD_NOT_ALLOWED,
-            {"error": "bad_query", "message": f"{request.method} is not allowed on {path[:200]}"},
+    async def _prometheus(self, _args: dict[str, str], _params: Params) -> Answer:
+        return _response(
+            HTTPStatus.OK, self.prometheus().encode(), "text/plain; version=0.0.4; charset=utf-8"
         )
 
-    async def _mark(self, ref: str, deleted: bool) -> Response:
-        found = (await self.daemon.readers.query(Query(q="resolve", run=ref))).rows[0]
+    async def _stats(self, _args: dict[str, str], _params: Params) -> Answer:
+        result = await self.daemon.readers.query(Query(q="stats"))
+        row = dict(result.rows[0])
+        row["daemon"] = self.daemon_stats()
+        return json_response(HTTPStatus.OK, row)
+
+    async def _runs(self, _args: dict[str, str], params: Params) -> Answer:
+        result = await self.daemon.readers.query(runs_query(params))
+        return json_response(HTTPStatus.OK, {"seq": result.seq, "total": result.total, "runs": result.rows})
+
+    async def _run(self, args: dict[str, str], _params: Params) -> Answer:
+        result = await self.daemon.readers.query(Query(q="run", run=args["run"]))
+        return json_response(HTTPStatus.OK, {"seq": result.seq, "run": result.rows[0]})
+
+    async def _delete(self, args: dict[str, str], _params: Params) -> Answer:
+        """`DELETE /api/runs/RUN`: append `run.deleted` (the run is hidden from queries, kept in the log)."""
+        return await self._mark(args["run"], deleted=True)
+
+    async def _restore(self, args: dict[str, str], _params: Params) -> Answer:
+        """`POST /api/runs/RUN/restore`: append `run.restored` (its status is kept)."""
+        return await self._mark(args["run"], deleted=False)
+
+    async def _mark(self, run: str, deleted: bool) -> Answer:
+        found = (await self.daemon.readers.query(Query(q="resolve", run=run))).rows[0]
         event = RunDeleted(run=found["id"]) if deleted else RunRestored(run=found["id"])
         result = await (await self.daemon.writer.submit(Append(events=[event])))
         if isinstance(result, errors.ProtocolError):
@@ -418,61 +423,61 @@ class HttpApi:
             {"seq": result.ack.last_seq, "run": found["id"], "name": found["name"], "deleted": deleted},
         )
 
-    async def _run_path(self, rest: str, params: Params) -> Response:
-        segments = rest.split("/")
-        run = unquote(segments[0])
-        tail = segments[1:]
+    async def _run_stats(self, args: dict[str, str], _params: Params) -> Answer:
+        result = await self.daemon.readers.query(Query(q="stats", run=args["run"]))
+        return json_response(HTTPStatus.OK, {"seq": result.seq, "stats": result.rows[0]})
+
+    async def _metrics(self, args: dict[str, str], params: Params) -> Answer:
+        q = Query(
+            q="metrics",
+            run=args["run"],
+            names=params.texts("names"),
+            max_points=params.integer("max_points", 2),
+            step_from=params.integer("step_from"),
+            step_to=params.integer("step_to"),
+        )
+        result = await self.daemon.readers.query(q)
+        return json_response(HTTPStatus.OK, {"seq": result.seq, "metrics": result.rows})
+
+    async def _items(self, args: dict[str, str], params: Params) -> Answer:
+        run = args["run"]
         readers = self.daemon.readers
-        if not run:
-            raise errors.NotFound("no run id in the path")
-        # An id prefix or a name works too (daemon/runref.py); an unknown run is a 404.
-        run = (await readers.query(Query(q="resolve", run=run))).rows[0]["id"]
-        if not tail:
-            result = await readers.query(Query(q="run", run=run))
-            return json_response(HTTPStatus.OK, {"seq": result.seq, "run": result.rows[0]})
-        if tail == ["metrics"]:
-            q = Query(
-                q="metrics",
-                run=run,
-                names=params.texts("names"),
-                max_points=params.integer("max_points", 2),
-                step_from=params.integer("step_from"),
-                step_to=params.integer("step_to"),
+        await readers.query(Query(q="artifacts", run=run))  # 404 for an unknown run
+        q = Query(
+            q="items",
+            run=run,
+            stage=params.text("stage"),
+            status=params.text("status"),
+            limit=params.integer("limit", 0, reads.MAX_ITEMS),
+            offset=params.integer("offset", 0),
+        )
+        result = await readers.query(q)
+        return json_response(HTTPStatus.OK, {"seq": result.seq, "total": result.total, "items": result.rows})
+
+    async def _export(self, args: dict[str, str], _params: Params) -> Answer:
+        run, fmt = args["run"], args["format"]
+        if fmt not in EXPORTERS:
+            raise BadParameter(
+                f"format: '{fmt[:40]}' is not supported; expected one of {', '.join(EXPORTERS)}"
             )
-            result = await readers.query(q)
-            return json_response(HTTPStatus.OK, {"seq": result.seq, "metrics": result.rows})
-        if tail == ["stats"]:
-            result = await readers.query(Query(q="stats", run=run))
-            return json_response(HTTPStatus.OK, {"seq": result.seq, "stats": result.rows[0]})
-        if tail == ["items"]:
-            await readers.query(Query(q="artifacts", run=run))  # 404 for an unknown run
-            q = Query(
-                q="items",
-                run=run,
-                stage=params.text("stage"),
-                status=params.text("status"),
-                limit=params.integer("limit", 0, reads.MAX_ITEMS),
-                offset=params.integer("offset", 0),
-            )
-            result = await readers.query(q)
-            return json_response(
-                HTTPStatus.OK, {"seq": result.seq, "total": result.total, "items": result.rows}
-            )
-        if len(tail) == 2 and tail[0] == "export":
-            fmt = tail[1]
-            if fmt not in EXPORTERS:
-                raise BadParameter(
-                    f"format: '{fmt[:40]}' is not supported; expected one of {', '.join(EXPORTERS)}"
-                )
-            data = await readers.call(gather_export, run)
-            payload = EXPORTERS[fmt](data)
-            return _response(
-                HTTPStatus.OK,
-                payload,
-                EXPORT_TYPES[fmt],
-                [("Content-Disposition", content_disposition(run, fmt))],
-            )
-        raise errors.NotFound(f"no such path: /api/runs/{rest[:200]}")
+        await self.daemon.readers.query(Query(q="artifacts", run=run))  # 404 for an unknown run
+        db = str(self.daemon.settings.db)
+
+        def produce() -> Iterator[bytes]:
+            conn = connect(db, readonly=True)
+            # Read once, front to back: a large page cache would only hold memory.
+            conn.execute("PRAGMA cache_size = -2048")
+            try:
+                yield from export(conn, run, fmt)
+            finally:
+                conn.close()
+
+        headers = [
+            ("Content-Type", EXPORT_TYPES[fmt]),
+            ("Cache-Control", "no-store"),
+            ("Content-Disposition", content_disposition(run, fmt)),
+        ]
+        return StreamedResponse(headers, produce, self)
 
     # -- metrics ----------------------------------------------------------------------
 

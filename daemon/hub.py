@@ -68,8 +68,17 @@ class Filter:
 class Subscription:
     """One subscription: its position, its buffer while live, and the task that sends."""
 
-    def __init__(self, hub: Hub, sub_id: int, flt: Filter, after: int, binary: bool, send: Send,
-                 read_log: LogReader, catch_up: bool) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        sub_id: int,
+        flt: Filter,
+        after: int,
+        binary: bool,
+        send: Send,
+        read_log: LogReader,
+        catch_up: bool,
+    ) -> None:
         self.hub = hub
         self.id = sub_id
         self.filter = flt
@@ -208,8 +217,9 @@ class Hub:
         self._next_id += 1
         return self._next_id
 
-    def subscribe(self, sub_id: int, flt: Filter, from_seq: int | None, binary: bool, send: Send,
-                  read_log: LogReader) -> Subscription:
+    def subscribe(
+        self, sub_id: int, flt: Filter, from_seq: int | None, binary: bool, send: Send, read_log: LogReader
+    ) -> Subscription:
         after = self.published_seq if from_seq is None else from_seq
         sub = Subscription(self, sub_id, flt, after, binary, send, read_log, catch_up=from_seq is not None)
         self._all[sub.id] = sub
@@ -270,9 +280,17 @@ class Hub:
                 cache.clear()
         if binary:
             n = len(parts)
-            header = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big")
+            header = (
+                bytes([0x90 | n])
+                if n < 16
+                else b"\xdc" + n.to_bytes(2, "big")
+                if n < 65536
+                else b"\xdd" + n.to_bytes(4, "big")
+            )
             return b"".join((_MP_EVENTS_HEAD, _mp_encode(sub_id), _MP_EVENTS_KEY, header, *parts))
-        return b"".join((b'{"op":"events","sub":', str(sub_id).encode(), b',"events":[', b",".join(parts), b"]}"))
+        return b"".join(
+            (b'{"op":"events","sub":', str(sub_id).encode(), b',"events":[', b",".join(parts), b"]}")
+        )
 
     def stop(self) -> list[asyncio.Task[None]]:
         tasks = [s.task for s in self._all.values() if s.task is not None]
@@ -280,3 +298,14 @@ class Hub:
             task.cancel()
         return tasks
 
+    async def close(self, timeout: float) -> None:
+        """Cancel every subscription and wait at most `timeout` for their tasks to end.
+
+        A task blocked sending to a client that stopped reading ends on cancellation; the
+        bound is there so that no subscription state can hold shutdown longer.
+        """
+        tasks = self.stop()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                log.warning("subscriptions did not stop in time", subscriptions=len(pending))

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
+from urllib.parse import urlsplit
 from collections.abc import Iterable
 from typing import Any, Final, assert_never
 
@@ -49,7 +50,7 @@ from tracklog.protocol.messages import (
 from tracklog.protocol.events import RunFinished, RunFinishedData
 
 from .hub import Filter, Hub, Subscription
-from .http import HttpApi
+from .http import HttpApi, HttpConnection, StreamedResponse, method_not_allowed
 from .webconsole import console_token
 from .queries import Readers, run_pipelines, scan_events
 from .store import AppendResult, CheckResult, Durability
@@ -60,6 +61,9 @@ log = structlog.get_logger("tracklog.server")
 #: Appends of one connection waiting for their ack before it stops reading frames.
 MAX_INFLIGHT_APPENDS: Final = 64
 HELLO_TIMEOUT: Final = 30.0
+#: Seconds shutdown gives connections to close cleanly (and each close handshake); then
+#: they are aborted. Also the bound for stopping subscriptions.
+CLOSE_TIMEOUT: Final = 2.0
 _json = msgspec.json.Encoder()
 
 
@@ -80,6 +84,30 @@ class Settings:
     insecure: bool = False
     #: Seconds a running run may have no connected writer before it is marked `lost`.
     lost_after: float = 300.0
+    #: Web origins (`http://host:port`) whose pages may use the daemon besides its own.
+    allow_origins: tuple[str, ...] = ()
+    #: Host names accepted in `Host` besides localhost, 127.0.0.1 and ::1 (on loopback).
+    allow_hosts: tuple[str, ...] = ()
+
+
+#: The names a loopback daemon answers to in `Host` (any port): others may be DNS rebinding.
+LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """A `Host` value (or an origin's netloc) as (lowercase name, port); None when malformed."""
+    try:
+        parts = urlsplit("//" + value)
+        name, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not name or parts.username is not None or parts.path:
+        return None
+    return name.lower(), port
+
+
+def normal_origin(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
 
 
 def is_loopback(host: str) -> bool:
@@ -91,10 +119,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_tokens(tokens: Iterable[str]) -> None:
+    """Refuse empty or blank tokens: `--token "$VAR"` with VAR unset must not count as protection."""
+    for token in tokens:
+        if not token.strip():
+            raise errors.TracklogError(
+                "refusing an empty token (is the variable passed to --token or $TRACKLOG_TOKENS set?)"
+            )
+
+
 class Daemon:
     """One tracklog daemon: start(), then wait for stop(); or `run()` to do both."""
 
     def __init__(self, settings: Settings) -> None:
+        check_tokens(settings.tokens)
         if not is_loopback(settings.host) and not settings.tokens and not settings.insecure:
             raise errors.TracklogError(
                 f"refusing to listen on {settings.host} without tokens: set --token, or --insecure"
@@ -134,14 +172,18 @@ class Daemon:
             self._handle,
             self.settings.host,
             self.settings.port,
-            process_request=self._process_request,
+            # A StreamedResponse never reaches websockets: HttpConnection sends it.
+            process_request=self._process_request,  # type: ignore[arg-type]
+            # Downloads are streamed by HttpConnection, which bounds the handshake itself.
+            create_connection=HttpConnection,
+            open_timeout=None,
             max_size=MAX_FRAME_BYTES,
             max_queue=64,
             compression=None,
             ping_interval=20,
             ping_timeout=60,
             # A client that stopped reading must not hold up shutdown for long.
-            close_timeout=2,
+            close_timeout=CLOSE_TIMEOUT,
             server_header=f"tracklog/{__version__}",
         )
         sock = next(iter(self._server.sockets))
@@ -165,15 +207,35 @@ class Daemon:
         for task in timers:
             with contextlib.suppress(BaseException):
                 await task
+        # Subscriptions stop first: none is left blocked in a send to a client that stopped
+        # reading (in catch-up or live), which would hold its connection's close.
+        await self.hub.close(CLOSE_TIMEOUT)
         if self._server is not None:
-            self._server.close(close_connections=True)
-            await self._server.wait_closed()
-        for task in self.hub.stop():
-            with contextlib.suppress(BaseException):
-                await task
+            await self._close_connections()
         await self.writer.stop()
         self.readers.close()
         log.info("stopped", head=self.writer.head)
+
+    async def _close_connections(self) -> None:
+        """Close every connection, each with its close handshake, within CLOSE_TIMEOUT in all.
+
+        A client that stopped reading cannot take the close frame; past the deadline its
+        connection (and any download still being sent) is aborted, so shutdown is bounded
+        whatever state the clients are in.
+        """
+        assert self._server is not None
+        self.http.stop_streams()
+        self._server.close(close_connections=True)
+        closing = asyncio.ensure_future(self._server.wait_closed())
+        try:
+            await asyncio.wait_for(asyncio.shield(closing), CLOSE_TIMEOUT)
+        except TimeoutError:
+            stuck = list(self._server.all_connections)
+            log.warning("aborting connections that did not close in time", connections=len(stuck))
+            for connection in stuck:
+                connection.transport.abort()
+            self.http.stop_streams(abort=True)
+            await closing
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then shut down cleanly."""
@@ -204,8 +266,67 @@ class Daemon:
 
     # -- HTTP ---------------------------------------------------------------------
 
-    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _host_ok(self, host: str | None) -> bool:
+        """Bound to loopback, only loopback names (and configured ones) are accepted in Host.
+
+        A page from anywhere could otherwise reach the daemon through DNS rebinding: its
+        own name, resolved to 127.0.0.1, with the daemon's port.
+        """
+        if not is_loopback(self.settings.host):
+            return True
+        parsed = split_host(host) if host else None
+        if parsed is None:
+            return False
+        name = parsed[0]
+        return name in LOOPBACK_NAMES or name in {h.lower() for h in self.settings.allow_hosts}
+
+    def _origin_ok(self, origin: str, host: str | None) -> bool:
+        """The daemon's own origin (as it is addressed) or a configured one.
+
+        Browsers send Origin on WebSocket upgrades and cross-origin requests; clients that
+        are not browsers send none and are not checked here.
+        """
+        origin = normal_origin(origin)
+        if origin in {normal_origin(o) for o in self.settings.allow_origins}:
+            return True
+        scheme, _, netloc = origin.partition("://")
+        parsed = split_host(netloc) if scheme in ("http", "https") else None
+        if parsed is None:
+            return False  # "null" (sandboxed pages, files) and anything malformed
+        name, port = parsed
+        port = port if port is not None else (443 if scheme == "https" else 80)
+        if port != self.port:
+            return False
+        if is_loopback(self.settings.host):
+            return name in LOOPBACK_NAMES or name in {h.lower() for h in self.settings.allow_hosts}
+        addressed = split_host(host) if host else None
+        return addressed is not None and addressed[0] == name
+
+    def _refusal(self, request: Request) -> Response | None:
+        """403 for a Host that may be DNS rebinding, or an Origin of another web page."""
+        host = request.headers.get("Host")
+        if not self._host_ok(host):
+            return _json_response(
+                HTTPStatus.FORBIDDEN,
+                {"error": "forbidden", "message": f"Host '{(host or '')[:100]}' not accepted; see --allow-host"},
+            )
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origin_ok(origin, host):
+            return _json_response(
+                HTTPStatus.FORBIDDEN,
+                {"error": "forbidden", "message": f"Origin '{origin[:100]}' not allowed; see --allow-origin"},
+            )
+        return None
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | StreamedResponse | None:
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
         path = request.path.split("?", 1)[0]
+        if path in ("/ws", "/healthz") and request.method != "GET":
+            return method_not_allowed(request.method, ["GET"])
         if path == "/ws":
             if self.settings.tokens:
                 token = _bearer(request.headers)
@@ -219,7 +340,7 @@ class Daemon:
         return await self.http.respond(request)
 
     def _token_ok(self, token: str | None) -> bool:
-        if token is None:
+        if not token:  # an empty token never authenticates
             return False
         return any(hmac.compare_digest(token.encode(), t.encode()) for t in self.settings.tokens)
 
@@ -251,7 +372,9 @@ class Daemon:
         except errors.ProtocolError:
             msg = None
         if not isinstance(msg, Hello):
-            await self._send(ws, self.codec.encode_error(errors.HelloRequired("the first message must be hello"), binary), binary)
+            # The reply echoes the ref of whatever came first, as every reply does.
+            refused = errors.HelloRequired("the first message must be hello", getattr(msg, "ref", None))
+            await self._send(ws, self.codec.encode_error(refused, binary), binary)
             await ws.close(1008, "hello required")
             return None
         if self.settings.tokens:
@@ -260,7 +383,9 @@ class Daemon:
                 await self._send(ws, self.codec.encode_error(errors.Unauthorized("bad or missing token", msg.ref), binary), binary)
                 await ws.close(1008, "unauthorized")
                 return None
-        welcome = Welcome(protocol=PROTOCOL_VERSION, server=f"tracklog/{__version__}", head=self.writer.head)
+        welcome = Welcome(
+            protocol=PROTOCOL_VERSION, server=f"tracklog/{__version__}", head=self.writer.head, ref=msg.ref
+        )
         await self._send(ws, self.codec.encode(welcome, binary), binary)
         log.debug("hello", client=msg.client)
         return binary

@@ -148,6 +148,8 @@ class Welcome(Message, tag="welcome"):
     protocol: int
     server: str
     head: int
+    #: The `ref` of the `hello` this answers (omitted when the hello had none).
+    ref: int | None = None
 
 
 class Duplicate(Struct):
