@@ -27,9 +27,13 @@ Measured: group commit of 1,000 metric events (4 appends of 250, as 4 clients wo
 them); 1, 10 and 100 tasks each committing appends of 10 events (a transaction each, one
 connection, so a transaction's statements cannot interleave with another's); and three
 real queries (a `runs` page with a metric filter and ordering, a run's metric histories, the
-`stats` aggregate) with 1 and 8 concurrent callers over 2 connections each way. Every
-measurement runs the two sides one after the other, alternating which goes first, `--reps`
-times; the median is reported. Results go to bench/results/sqlite_access.json.
+`stats` aggregate) with 1 and 8 concurrent callers over 2 connections each way. The sides
+take turns in small pieces (a group, a round of 2 appends per run, a block of 50 queries),
+the first one changing each turn, so a burst of load from elsewhere on the machine hits
+both; each measurement is repeated `--reps` times and the median reported. `extra per
+await` is how much longer the aiosqlite side took per statement beyond the first: the cost
+of one hop between the event loop and the connection's thread. Results go to
+bench/results/sqlite_access.json.
 """
 
 from __future__ import annotations
@@ -450,6 +454,9 @@ async def bench_small_appends(work: Path, args: argparse.Namespace) -> dict[str,
             "latency_ms_p50": {k: statistics.median(v) for k, v in p50.items()},
             "latency_ms_p99": {k: statistics.median(v) for k, v in p99.items()},
             "thread_over_aiosqlite": median["thread"] / median["aiosqlite"],
+            "extra_per_await_us": extra_per_await(
+                {k: v / args.small_size for k, v in median.items()}, statements
+            ),
         }
         print(f"  {tasks} tasks: " + ", ".join(f"{k} {v:,.0f} events/s" for k, v in median.items()))
     return out
@@ -690,6 +697,7 @@ async def bench_queries(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                     "latency_ms_p50": {k: statistics.median(v) for k, v in p50.items()},
                     "latency_ms_p99": {k: statistics.median(v) for k, v in p99.items()},
                     "thread_over_aiosqlite": median["thread"] / median["aiosqlite"],
+                    "extra_per_await_us": extra_per_await(median, len(statements)),
                 }
                 print(f"    {callers} callers: " + ", ".join(f"{k} {v:,.0f} q/s" for k, v in median.items()))
             out["queries"][name] = entry
@@ -700,6 +708,12 @@ async def bench_queries(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- report -------------------------------------------------------------------------------
+
+
+def extra_per_await(rates: dict[str, float], statements: float) -> float:
+    """Microseconds the aiosqlite side spent per statement beyond the first, over the
+    thread side (rates are transactions per second)."""
+    return (1 / rates["aiosqlite"] - 1 / rates["thread"]) / max(1, statements - 1) * 1e6
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -740,6 +754,8 @@ def print_table(result: dict[str, Any]) -> None:
             *_rates(s["events_per_s"], s["thread_over_aiosqlite"]),
         )
         _row("  per append p50 / p99 ms", _latencies(s, "aiosqlite"), _latencies(s, "thread"))
+        if tasks == "1":
+            _row("  extra per await (us)", f"{s['extra_per_await_us']:.0f}", "")
     for name, entry in result["queries"]["queries"].items():
         for callers, s in entry["by_callers"].items():
             _row(
@@ -747,6 +763,8 @@ def print_table(result: dict[str, Any]) -> None:
                 *_rates(s["queries_per_s"], s["thread_over_aiosqlite"]),
             )
             _row("  p50 / p99 ms", _latencies(s, "aiosqlite"), _latencies(s, "thread"))
+            if callers == "1":
+                _row("  extra per await (us)", f"{s['extra_per_await_us']:.0f}", "")
             _row(
                 "  thread, the real handler (answer built too): q/s, p50 / p99 ms",
                 f"{s['queries_per_s']['thread_real_handler']:,.0f}",
