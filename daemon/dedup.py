@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
+import threading
 import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
@@ -307,6 +308,23 @@ class EmbeddingIndex:
         self.index.set_ef(ef)
         self.entries: list[Entry] = []
         self.live = 0
+        #: Labels whose add was rolled back (marked deleted in hnswlib; their entries stay in `entries`).
+        self.deleted: set[int] = set()
+        #: Held around every change to the hnswlib index, and by a save (dedup_persist), so
+        #: a save never sees a half-made insert. Lookups read only and take no lock.
+        self.lock = threading.Lock()
+
+    @classmethod
+    def wrap(cls, index: Any, dim: int, entries: list[Entry], deleted: set[int]) -> EmbeddingIndex:
+        """An EmbeddingIndex around an hnswlib index loaded from a saved copy."""
+        self = cls.__new__(cls)
+        self.dim = dim
+        self.index = index
+        self.entries = entries
+        self.deleted = deleted
+        self.live = len(entries) - len(deleted)
+        self.lock = threading.Lock()
+        return self
 
     def __len__(self) -> int:
         return self.live
@@ -321,15 +339,18 @@ class EmbeddingIndex:
 
     def add(self, vector: np.ndarray, entry: Entry) -> Callable[[], None]:
         self._check_dim(vector)
-        self._reserve(1)
-        label = len(self.entries)
-        self.index.add_items(vector.reshape(1, -1), [label], num_threads=1)
-        self.entries.append(entry)
-        self.live += 1
+        with self.lock:
+            self._reserve(1)
+            label = len(self.entries)
+            self.index.add_items(vector.reshape(1, -1), [label], num_threads=1)
+            self.entries.append(entry)
+            self.live += 1
 
         def undo() -> None:
-            self.index.mark_deleted(label)
-            self.live -= 1
+            with self.lock:
+                self.index.mark_deleted(label)
+                self.deleted.add(label)
+                self.live -= 1
 
         return undo
 
@@ -337,11 +358,12 @@ class EmbeddingIndex:
         """Bulk load (start-up, benchmarks), on all cores."""
         if len(entries) == 0:
             return
-        self._reserve(len(entries))
-        first = len(self.entries)
-        self.index.add_items(vectors, np.arange(first, first + len(entries)), num_threads=num_threads)
-        self.entries.extend(entries)
-        self.live += len(entries)
+        with self.lock:
+            self._reserve(len(entries))
+            first = len(self.entries)
+            self.index.add_items(vectors, np.arange(first, first + len(entries)), num_threads=num_threads)
+            self.entries.extend(entries)
+            self.live += len(entries)
 
     def _check_dim(self, vector: np.ndarray) -> None:
         if vector.shape[0] != self.dim:
@@ -368,15 +390,84 @@ class Found(msgspec.Struct, gc=False):
     distance: float | int
 
 
-class DedupIndexes:
-    """Every namespace's indexes, with an undo journal for the open transaction."""
+#: A unit of loading at start: one namespace's entries of one kind (every space, for embeddings).
+Unit = tuple[str, str]
+#: What a unit loads into: an ExactIndex, a SimHashIndex, or the namespace's embedding spaces.
+Built = Any
 
-    def __init__(self) -> None:
+
+def catalog(conn: sqlite3.Connection) -> list[Unit]:
+    """Every (namespace, kind) with entries, by one index probe each (fast at any size)."""
+    units: list[Unit] = []
+    first = "SELECT namespace, kind FROM dedup_entries ORDER BY namespace, kind LIMIT 1"
+    row = conn.execute(first).fetchone()
+    while row is not None:
+        units.append((row[0], row[1]))
+        row = conn.execute(
+            "SELECT namespace, kind FROM dedup_entries WHERE (namespace, kind) > (?, ?)"
+            " ORDER BY namespace, kind LIMIT 1",
+            row,
+        ).fetchone()
+    return units
+
+
+def read_exact(conn: sqlite3.Connection, namespace: str, after: int = 0, upto: int | None = None,
+               into: ExactIndex | None = None) -> ExactIndex:
+    """A namespace's hash entries with after < seq <= upto, added to `into` (or a new index)."""
+    index = into if into is not None else ExactIndex()
+    for seq, blob, run, item in conn.execute(
+        "SELECT seq, value, run, item FROM dedup_entries WHERE namespace = ? AND kind = 'hash'"
+        " AND seq > ? AND seq <= ? ORDER BY seq",
+        (namespace, after, _MAX_SEQ if upto is None else upto),
+    ):
+        index.add(_msgpack_decode(blob), (seq, run, item))
+    return index
+
+
+def read_simhash(conn: sqlite3.Connection, namespace: str, after: int = 0, upto: int | None = None,
+                 into: SimHashIndex | None = None) -> SimHashIndex:
+    """A namespace's SimHash entries with after < seq <= upto, bulk-added to `into` (or a new index)."""
+    index = into if into is not None else SimHashIndex()
+    values: list[int] = []
+    entries: list[Entry] = []
+    decode = _msgpack_decode
+    for seq, blob, run, item in conn.execute(
+        "SELECT seq, value, run, item FROM dedup_entries WHERE namespace = ? AND kind = 'simhash'"
+        " AND seq > ? AND seq <= ? ORDER BY seq",
+        (namespace, after, _MAX_SEQ if upto is None else upto),
+    ):
+        values.append(decode(blob))
+        entries.append((seq, run, item))
+    index.add_many(np.array(values, dtype=np.uint64), entries)
+    return index
+
+
+_MAX_SEQ: Final = (1 << 63) - 1
+
+
+class DedupIndexes:
+    """Every namespace's indexes, with an undo journal for the open transaction.
+
+    Units (namespace, kind) listed in `pending` are still loading (dedup_persist loads
+    them after start-up, off the writer's thread); `install` puts each in place on the
+    writer's thread, and a check of a pending unit waits for it (or, outside the
+    server, `ensure` loads it there and then).
+    """
+
+    def __init__(self, files: Any = None) -> None:
         self.loaded = False
         self.exact: dict[str, ExactIndex] = {}
         self.simhash: dict[str, SimHashIndex] = {}
         self.embedding: dict[tuple[str, str], EmbeddingIndex] = {}
         self._journal: list[Callable[[], None]] = []
+        #: Where saved embedding indexes live (a Path), or None for no saved copies.
+        self.files = files
+        self.pending: set[Unit] = set()
+        #: Pending units that a `dedup.cleared` touched while they loaded: their loaded copy
+        #: is stale, so `install` reads them again from the table.
+        self.cleared: set[Unit] = set()
+        #: Embedding vectors added per namespace since its last save (dedup_persist saves).
+        self.unsaved: dict[str, int] = {}
 
     # -- transactions ---------------------------------------------------------------
 
@@ -393,6 +484,9 @@ class DedupIndexes:
         self.simhash.clear()
         self.embedding.clear()
         self._journal.clear()
+        self.pending.clear()
+        self.cleared.clear()
+        self.unsaved.clear()
         self.loaded = False
 
     # -- reading --------------------------------------------------------------------
@@ -451,11 +545,15 @@ class DedupIndexes:
                 emb = self.embedding[key] = EmbeddingIndex(vector.shape[0])
                 self._journal.append(lambda: self.embedding.pop(key, None))  # type: ignore[arg-type,return-value]
             undo = emb.add(vector, entry)
+            self.unsaved[namespace] = self.unsaved.get(namespace, 0) + 1
         if undo is not None:
             self._journal.append(undo)
 
     def clear(self, namespace: str, kind: str | None) -> None:
         """Forget a namespace's entries (of one kind, or all kinds)."""
+        for k in ("hash", "simhash", "embedding"):
+            if kind in (None, k) and (namespace, k) in self.pending:
+                self.cleared.add((namespace, k))  # not undone on rollback: a needless re-read at worst
         if kind in (None, "hash") and namespace in self.exact:
             old_exact = self.exact.pop(namespace)
             self._journal.append(lambda: self.exact.__setitem__(namespace, old_exact))
@@ -467,35 +565,74 @@ class DedupIndexes:
                 old_emb = self.embedding.pop(key)
                 self._journal.append(lambda key=key, old_emb=old_emb: self.embedding.__setitem__(key, old_emb))  # type: ignore[misc]
 
-    def load(self, conn: sqlite3.Connection) -> int:
-        """Rebuild every index from the dedup_entries table; returns how many entries were read."""
+    # -- loading --------------------------------------------------------------------
+
+    def begin_loading(self, conn: sqlite3.Connection) -> list[Unit]:
+        """Mark every unit with entries as pending (fast); returns them. Checks of other
+        namespaces can be answered from here on; `install` brings each pending one in."""
         self.reset()
-        count = 0
-        simhash_rows: dict[str, tuple[list[int], list[Entry]]] = {}
-        vector_rows: dict[tuple[str, str], tuple[list[Any], list[Entry]]] = {}
-        for seq, namespace, kind, space, blob, run, item in conn.execute(
-            "SELECT seq, namespace, kind, space, value, run, item FROM dedup_entries ORDER BY seq"
-        ):
-            count += 1
-            value = _msgpack_decode(blob)
-            entry: Entry = (seq, run, item)
-            if kind == "hash":
-                self.exact.setdefault(namespace, ExactIndex()).add(value, entry)
-            elif kind == "simhash":
-                values, entries = simhash_rows.setdefault(namespace, ([], []))
-                values.append(int(value))
-                entries.append(entry)
-            elif kind == "embedding":
-                vectors, entries = vector_rows.setdefault((namespace, space or ""), ([], []))
-                vectors.append(value)
-                entries.append(entry)
-        for namespace, (values, entries) in simhash_rows.items():
-            index = self.simhash[namespace] = SimHashIndex()
-            index.add_many(np.array(values, dtype=np.uint64), entries)
-        for key, (vectors, entries) in vector_rows.items():
-            matrix = np.asarray(vectors, dtype=np.float32)
-            emb = self.embedding[key] = EmbeddingIndex(matrix.shape[1], capacity=max(HNSW_INITIAL_CAPACITY, len(entries)))
-            emb.add_many(matrix, entries)
-        self._journal.clear()
+        units = catalog(conn)
+        self.pending = set(units)
         self.loaded = True
-        return count
+        return units
+
+    def read_unit(self, conn: sqlite3.Connection, unit: Unit, upto: int | None = None,
+                  use_files: bool = True) -> Built:
+        """Build one unit from the table (embeddings: from their saved copy when it checks out)."""
+        namespace, kind = unit
+        if kind == "hash":
+            return read_exact(conn, namespace, upto=upto)
+        if kind == "simhash":
+            return read_simhash(conn, namespace, upto=upto)
+        from . import dedup_persist  # imports hnswlib
+
+        return dedup_persist.load_embeddings(conn, self.files if use_files else None, namespace, upto)[0]
+
+    def install(self, conn: sqlite3.Connection, unit: Unit, built: Built, upto: int | None) -> None:
+        """On the writer's thread, between transactions: put a unit loaded up to seq `upto`
+        in place, adding what was recorded after it. A unit cleared meanwhile, or one
+        whose load failed (`built` None), is read again from the table here."""
+        if unit not in self.pending:
+            return  # `ensure` got there first
+        namespace, kind = unit
+        if built is None or unit in self.cleared:
+            built = self.read_unit(conn, unit, use_files=False)
+        elif upto is None:
+            pass  # read up to now, on this thread: nothing to add
+        elif kind == "hash":
+            read_exact(conn, namespace, after=upto, into=built)
+        elif kind == "simhash":
+            read_simhash(conn, namespace, after=upto, into=built)
+        else:
+            from . import dedup_persist
+
+            dedup_persist.add_rows(conn, built, namespace, after=upto, upto=None)
+        if kind == "hash":
+            if len(built):
+                self.exact[namespace] = built
+        elif kind == "simhash":
+            if len(built):
+                self.simhash[namespace] = built
+        else:
+            for space, emb in built.items():
+                self.embedding[(namespace, space)] = emb
+        self.pending.discard(unit)
+        self.cleared.discard(unit)
+
+    def ensure(self, conn: sqlite3.Connection, namespace: str, kind: str) -> None:
+        """Load a still-pending unit now, on this thread (a check that did not wait for it)."""
+        unit = (namespace, kind)
+        if unit in self.pending:
+            self.install(conn, unit, self.read_unit(conn, unit), None)
+
+    def load(self, conn: sqlite3.Connection) -> int:
+        """Build every index from the dedup_entries table now; returns how many entries are held."""
+        for unit in self.begin_loading(conn):
+            self.install(conn, unit, self.read_unit(conn, unit), None)
+        self._journal.clear()
+        return self.count()
+
+    def count(self) -> int:
+        """Entries held (an exact index counts each key once)."""
+        return (sum(len(i) for i in self.exact.values()) + sum(len(i) for i in self.simhash.values())
+                + sum(len(i) for i in self.embedding.values()))
