@@ -276,7 +276,8 @@ class Daemon:
         written: set[str] = set()
         ack_task = asyncio.create_task(self._send_acks(ws, acks, binary, conn_id, written))
         tasks: set[asyncio.Task[None]] = set()
-        waiting: asyncio.Task[None] | None = None  # the last check waiting for its dedup index
+        # Per (namespace, kind): the last check of this connection waiting for its dedup index.
+        waiting: dict[tuple[str, str], asyncio.Task[None]] = {}
         subscriptions: dict[int, Subscription] = {}
         try:
             async for frame in ws:
@@ -306,15 +307,16 @@ class Daemon:
                         task.add_done_callback(tasks.discard)
                     case Check():
                         loading = self.writer.dedup_ready(msg)
-                        if loading is None and (waiting is None or waiting.done()):
+                        before = waiting.get((msg.namespace, msg.kind))
+                        if loading is None and (before is None or before.done()):
                             # Queued here, in the connection's order; answered when committed.
                             checked = await self.writer.submit_check(msg)
                             task = asyncio.create_task(self._answer_check(ws, checked, msg.ref, binary))
                         else:
-                            # Its index is still loading: wait for it alone (this connection's
-                            # later checks queue behind it; appends and queries go on).
-                            later = self._check_when_loaded(ws, msg, binary, loading, waiting)
-                            task = waiting = asyncio.create_task(later)
+                            # Its index is still loading: wait for it alone (this connection's later
+                            # checks of that index queue behind it; everything else goes on).
+                            later = self._check_when_loaded(ws, msg, binary, loading, before)
+                            task = waiting[(msg.namespace, msg.kind)] = asyncio.create_task(later)
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
                     case Hello():

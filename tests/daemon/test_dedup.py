@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tracklog.daemon import dedup as dd
+from tracklog.daemon import dedup_persist as dp
 from tracklog.daemon.store import CheckResult, LogStore
 from tracklog.protocol import errors
 from tracklog.protocol.events import DedupCleared, DedupClearedData
@@ -281,3 +285,168 @@ def test_indexes_loaded_from_the_table_answer_like_the_live_ones(tmp_path: Path)
         assert again.load_dedup() == 3
     finally:
         again.close()
+
+
+# -- saved embedding indexes (dedup_persist) ----------------------------------------------
+
+
+def _record_vectors(store: LogStore, vectors: np.ndarray, namespace: str = "emb", space: str = "s") -> None:
+    inputs = [CheckInput(vector=v.tolist(), item=f"i{k}") for k, v in enumerate(vectors)]
+    result = store.append_group([_check("embedding", namespace=namespace, space=space, inputs=inputs)])[0]
+    assert not _checked(result).checked.duplicate
+
+
+def _save(store: LogStore, namespace: str = "emb") -> dp.Header | None:
+    spaces = dp.snapshot(store.dedup, namespace)
+    try:
+        return dp.save_namespace(dp.files_dir(store.path), namespace, store.head, spaces)
+    finally:
+        dp.release(spaces)
+
+
+def _unit_vectors(rng: np.random.Generator, n: int, dims: int) -> np.ndarray:
+    v = rng.normal(size=(n, dims)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A database with 40 vectors in namespace 'emb' (a saved copy of the first 30) and a hash."""
+    path = tmp_path / "t.db"
+    vectors = _unit_vectors(np.random.default_rng(7), 40, 16)
+    store = LogStore(path)
+    store.catch_up()
+    store.append_group([_check("hash", text="x")])
+    _record_vectors(store, vectors[:30])
+    assert _save(store) is not None
+    _record_vectors(store, vectors[30:])
+    store.close()
+    return path, vectors
+
+
+def _load(path: Path, namespace: str = "emb") -> tuple[dict[str, dd.EmbeddingIndex], str, int]:
+    store = LogStore(path)
+    try:
+        return dp.load_embeddings(store.conn, dp.files_dir(path), namespace, store.head)
+    finally:
+        store.close()
+
+
+def _all_found(built: dict[str, dd.EmbeddingIndex], vectors: np.ndarray) -> bool:
+    return all(built["s"].search(v) is not None and built["s"].search(v)[1] < 1e-4 for v in vectors)  # type: ignore[index]
+
+
+def test_a_saved_index_is_loaded_and_caught_up_with_what_the_log_recorded_after_it(saved: tuple[Path, np.ndarray]) -> None:
+    path, vectors = saved
+    built, how, added = _load(path)
+    assert (how, added) == ("saved", 10)
+    assert len(built["s"]) == 40 and _all_found(built, vectors)
+    # Found entries name the right item: label k is the k-th recorded vector.
+    label, _ = built["s"].search(vectors[35])  # type: ignore[misc]
+    assert built["s"].entries[label][2] == "i5"
+
+
+def _header_path(path: Path) -> Path:
+    return dp.files_dir(path) / f"{dp.stem('emb')}.json"
+
+
+def _edit_header(path: Path, **changes: object) -> None:
+    header = msgspec.json.decode(_header_path(path).read_bytes(), type=dp.Header)
+    _header_path(path).write_bytes(msgspec.json.encode(msgspec.structs.replace(header, **changes)))
+
+
+def _hnsw_file(path: Path) -> Path:
+    header = msgspec.json.decode(_header_path(path).read_bytes(), type=dp.Header)
+    return dp.files_dir(path) / header.spaces[0].file
+
+
+def _truncate(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def _flip_a_byte(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    data[len(data) * 2 // 3] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda p: _edit_header(p, seq=5), id="seq lower than its entries"),
+        pytest.param(lambda p: _edit_header(p, seq=35), id="seq higher than its entries"),
+        pytest.param(lambda p: _edit_header(p, seq=10_000), id="seq past the log's head"),
+        pytest.param(lambda p: _truncate(_hnsw_file(p)), id="truncated hnsw file"),
+        pytest.param(lambda p: _flip_a_byte(_hnsw_file(p)), id="corrupt hnsw file"),
+        pytest.param(lambda p: _truncate(dp.files_dir(p) / _hnsw_file(p).name.replace(".0.hnsw", ".entries")),
+                     id="truncated entries file"),
+        pytest.param(lambda p: _header_path(p).write_bytes(b'{"format": 1, "nam'), id="truncated header"),
+        pytest.param(lambda p: _hnsw_file(p).unlink(), id="missing hnsw file"),
+    ],
+)
+def test_a_saved_index_that_does_not_match_the_log_is_rebuilt(saved: tuple[Path, np.ndarray], spoil: Any) -> None:
+    path, vectors = saved
+    spoil(path)
+    built, how, added = _load(path)
+    assert (how, added) == ("rebuilt", 40)
+    assert len(built["s"]) == 40 and _all_found(built, vectors)
+
+
+def test_a_saved_index_of_another_dimension_or_other_vectors_is_rebuilt(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for other_dims in (8, 4):  # the same seqs, another dimension; then the same dimension, other vectors
+        a, b = tmp_path / f"a{other_dims}.db", tmp_path / f"b{other_dims}.db"
+        other = LogStore(a)
+        other.catch_up()
+        _record_vectors(other, _unit_vectors(rng, 5, other_dims))
+        _save(other)
+        other.close()
+        mine = LogStore(b)
+        mine.catch_up()
+        vectors = _unit_vectors(rng, 5, 4)
+        _record_vectors(mine, vectors)
+        mine.close()
+        shutil.copytree(dp.files_dir(a), dp.files_dir(b))
+        built, how, _ = _load(b)
+        assert how == "rebuilt"
+        assert built["s"].dim == 4 and _all_found(built, vectors)
+
+
+def test_a_namespace_cleared_after_its_save_loads_without_the_cleared_vectors(saved: tuple[Path, np.ndarray]) -> None:
+    path, vectors = saved
+    store = LogStore(path)
+    store.append_events([DedupCleared(data=DedupClearedData(namespace="emb"))])
+    _record_vectors(store, vectors[:2])
+    store.close()
+    built, how, _ = _load(path)
+    assert how == "rebuilt" and len(built["s"]) == 2
+
+
+def test_a_rolled_back_vector_stays_deleted_in_the_saved_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "t.db"
+    vectors = _unit_vectors(np.random.default_rng(5), 3, 8)
+    store = LogStore(path)
+    store.catch_up()
+    _record_vectors(store, vectors[:2])
+    monkeypatch.setattr(store, "_finish_group", lambda: (_ for _ in ()).throw(RuntimeError("disk full")))
+    assert isinstance(store.append_group([_check("embedding", namespace="emb", space="s",
+                                                 vector=vectors[2].tolist())])[0], errors.InternalError)
+    monkeypatch.undo()
+    _save(store)
+    store.close()
+    built, how, added = _load(path)
+    assert (how, added) == ("saved", 0)
+    assert len(built["s"]) == 2 and built["s"].search(vectors[2])[1] > 0.01  # type: ignore[index]
+
+
+def test_load_dedup_uses_the_saved_copy_and_answers_like_the_live_index(saved: tuple[Path, np.ndarray]) -> None:
+    path, vectors = saved
+    store = LogStore(path)
+    try:
+        store.catch_up()
+        assert store.load_dedup() == 41
+        result = store.append_group([_check("embedding", namespace="emb", space="s", vector=vectors[33].tolist(),
+                                            record=False)])[0]
+        assert _checked(result).checked.match.item == "i3"  # type: ignore[union-attr]
+    finally:
+        store.close()
