@@ -13,12 +13,21 @@
    case for recall). Recall@1 is measured against an exact scan (numpy matrix product).
 3. End to end through a daemon on loopback: checks that record, one at a time (round
    trip latency) and in batches of 500 (checks/s).
+4. Start-up (`--startup-vectors 200000`, `--startup-simhash 1000000`): a database holding
+   that many recorded embeddings (384 dims, one namespace) and SimHashes (another
+   namespace), written through LogStore. Then, each timed from the daemon's launch to
+   "listening" and to the first check answered in each namespace: the first start (no
+   saved copy: the hnswlib index is rebuilt from the table, then saved); a restart after a
+   clean stop (loads the saved copy); and a restart after `--startup-unsaved` more vectors
+   were recorded through the daemon and it was killed with SIGKILL (the saved copy is
+   older and is caught up from the log).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import statistics
 import sys
 import tempfile
@@ -196,6 +205,97 @@ async def bench_end_to_end(texts: int, vectors: int, dims: int, rng: np.random.G
             print(describe(f"embedding, one check per round trip, {vectors:,} recorded", single))
 
 
+def _record_directly(db: Path, vectors: int, dims: int, simhashes: int, rng: np.random.Generator) -> None:
+    """Write `dedup.recorded` events through LogStore (the projections fill dedup_entries)."""
+    from tracklog.daemon.store import LogStore
+    from tracklog.protocol.events import DedupRecorded, DedupRecordedData
+
+    store = LogStore(db)
+    store.catch_up()
+    started = time.perf_counter()
+    for start in range(0, vectors, 5_000):
+        block = rng.normal(size=(min(5_000, vectors - start), dims))
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        store.append_events([DedupRecorded(data=DedupRecordedData(namespace="emb", kind="embedding", value=v,
+                                                                  space="minilm", item=f"v{start + k}"))
+                             for k, v in enumerate(block.tolist())])
+    values = rng.integers(0, np.iinfo(np.uint64).max, size=simhashes, dtype=np.uint64, endpoint=True).tolist()
+    for start in range(0, simhashes, 20_000):
+        store.append_events([DedupRecorded(data=DedupRecordedData(namespace="sim", kind="simhash", value=v,
+                                                                  item=f"s{start + k}"))
+                             for k, v in enumerate(values[start : start + 20_000])])
+    store.close()
+    print(f"wrote {vectors:,} vectors and {simhashes:,} SimHashes in {time.perf_counter() - started:.0f} s")
+
+
+async def _time_start(db: Path, probe: list[float], label: str, then_record: int = 0, dims: int = 384,
+                      kill: bool = False, rng: np.random.Generator | None = None) -> None:
+    """Launch a daemon; time 'listening', the first simhash check and the first embedding check."""
+    enc, dec = msgspec.msgpack.encode, msgspec.msgpack.decode
+    launched = time.perf_counter()
+    with BenchDaemon(db) as daemon:
+        listening = time.perf_counter() - launched
+        async with connect(daemon.url, max_size=None) as ws:
+            await ws.send(enc({"op": "hello", "protocol": 1, "client": "bench"}))
+            await ws.recv()
+            await ws.send(enc({"op": "check", "ref": 1, "namespace": "sim", "kind": "simhash", "text": "x y z",
+                               "record": False}))
+            await ws.send(enc({"op": "check", "ref": 2, "namespace": "emb", "kind": "embedding", "space": "minilm",
+                               "vector": probe, "record": False}))
+            answered: dict[int, float] = {}
+            replies = {}
+            while len(answered) < 2:
+                reply = dec(await ws.recv())
+                answered[reply["ref"]] = time.perf_counter() - launched
+                replies[reply["ref"]] = reply
+            assert replies[2]["duplicate"], replies[2]
+            print(f"{label}: listening after {listening:.2f} s; first SimHash check answered after "
+                  f"{answered[1]:.2f} s; first embedding check answered after {answered[2]:.2f} s")
+            if then_record:
+                assert rng is not None
+                more = rng.normal(size=(then_record, dims))
+                more /= np.linalg.norm(more, axis=1, keepdims=True)
+                started = time.perf_counter()
+                for start in range(0, then_record, 500):
+                    inputs = [{"vector": v} for v in more[start : start + 500].tolist()]
+                    await ws.send(enc({"op": "check", "ref": 3, "namespace": "emb", "kind": "embedding",
+                                       "space": "minilm", "inputs": inputs}))
+                    reply = dec(await ws.recv())
+                    assert reply["op"] == "checked", reply
+                print(f"   then recorded {then_record:,} more vectors through the daemon "
+                      f"({then_record / (time.perf_counter() - started):,.0f}/s)")
+        if kill:
+            assert daemon.proc is not None
+            daemon.proc.kill()
+            daemon.proc.wait()
+            print("   and killed it with SIGKILL")
+        else:
+            stopping = time.perf_counter()
+            assert daemon.proc is not None
+            daemon.proc.send_signal(signal.SIGTERM)
+            daemon.proc.wait(600)
+            print(f"   clean stop (saving the index) took {time.perf_counter() - stopping:.2f} s")
+
+
+async def bench_startup(vectors: int, simhashes: int, unsaved: int, dims: int, rng: np.random.Generator) -> None:
+    print(f"\n== Start-up with {vectors:,} recorded vectors of {dims} dims and {simhashes:,} SimHashes")
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.db"
+        _record_directly(db, vectors, dims, simhashes, np.random.default_rng(11))
+        from tracklog.daemon.store import LogStore
+
+        store = LogStore(db)
+        probe = msgspec.msgpack.decode(store.conn.execute(
+            "SELECT value FROM dedup_entries WHERE kind = 'embedding' ORDER BY seq DESC LIMIT 1").fetchone()[0])
+        store.close()
+        await _time_start(db, probe, "first start, no saved copy (rebuilt from the table, then saved)")
+        size = sum(f.stat().st_size for f in (Path(tmp) / "bench.db.dedup").iterdir())
+        print(f"   saved copy: {size / 2**20:,.0f} MiB")
+        await _time_start(db, probe, "restart after a clean stop (saved copy)", then_record=unsaved, rng=rng,
+                          kill=True)
+        await _time_start(db, probe, f"restart after SIGKILL ({unsaved:,} vectors newer than the saved copy)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--simhash", type=int, default=1_000_000)
@@ -206,7 +306,11 @@ def main() -> None:
     parser.add_argument("--e2e-vectors", type=int, default=5_000)
     parser.add_argument("--m", type=int, default=dd.HNSW_M, help="hnswlib M (links per node)")
     parser.add_argument("--ef", type=int, action="append", help="hnswlib ef at query time (repeatable)")
-    parser.add_argument("--skip", choices=["simhash", "embeddings", "e2e"], action="append", default=[])
+    parser.add_argument("--startup-vectors", type=int, default=200_000)
+    parser.add_argument("--startup-simhash", type=int, default=1_000_000)
+    parser.add_argument("--startup-unsaved", type=int, default=5_000,
+                        help="vectors recorded after the last save, before the SIGKILL")
+    parser.add_argument("--skip", choices=["simhash", "embeddings", "e2e", "startup"], action="append", default=[])
     args = parser.parse_args()
     print(machine())
     rng = np.random.default_rng(2026)
@@ -216,6 +320,8 @@ def main() -> None:
         bench_embeddings(args.vectors, args.dims, args.queries, rng, args.ef or [dd.HNSW_EF], args.m)
     if "e2e" not in args.skip:
         asyncio.run(bench_end_to_end(args.e2e_texts, args.e2e_vectors, args.dims, rng))
+    if "startup" not in args.skip:
+        asyncio.run(bench_startup(args.startup_vectors, args.startup_simhash, args.startup_unsaved, args.dims, rng))
 
 
 if __name__ == "__main__":
