@@ -17,7 +17,9 @@ committed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+import re
 import sqlite3
 import threading
 import unicodedata
@@ -77,9 +79,24 @@ def sha256_key(text: str | None = None, value: Any = None, *, has_value: bool = 
     return hashlib.sha256(data).hexdigest()
 
 
+#: The SimHash function's version. 1 (before): whitespace tokens of the NFKC, lower-cased
+#: text, so "lazy dog" and "lazy dog!" were 6 bits apart. 2: words without punctuation,
+#: plus 2-word shingles (chosen by measurement: bench/dedup.py, tests/daemon/test_dedup.py).
+#: Recorded hashes are values in the log and stay as they were made; see docs/protocol-check.md.
+SIMHASH_VERSION: Final = 2
+#: Runs of anything but letters and digits (punctuation, symbols, white space, "_").
+_NON_WORD: Final = re.compile(r"[\W_]+")
+
+
 def normalize_text(text: str) -> str:
-    """NFKC, lower case, white space collapsed to single spaces and trimmed."""
-    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+    """NFKC, case-folded, every run of non-letters and non-digits made one space, trimmed."""
+    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def simhash_features(text: str) -> list[str]:
+    """What a SimHash counts: the normalised text's words, then each pair of adjacent words."""
+    words = normalize_text(text).split()
+    return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
 
 
 def token_hash(token: str) -> int:
@@ -93,26 +110,26 @@ _MAX_CACHED_TOKENS: Final = 1_000_000
 
 
 def simhash(text: str) -> int:
-    """64-bit SimHash of the text's whitespace tokens (each token counts as often as it occurs).
-
-    Bit i is set when more tokens have bit i set than not. An empty text hashes to 0.
-    """
-    tokens = normalize_text(text).split(" ")
-    if tokens == [""]:
+    """64-bit SimHash (version 2) of the text's features (`simhash_features`, each counted as
+    often as it occurs). Bit i is set when more features have bit i set than not. A text with
+    no letters or digits hashes to 0. The daemon is the only place it is computed: clients
+    send the text."""
+    features = simhash_features(text)
+    if not features:
         return 0
     cache = _TOKEN_HASHES
     hashes = []
-    for token in tokens:
-        h = cache.get(token)
+    for feature in features:
+        h = cache.get(feature)
         if h is None:
-            h = token_hash(token)
+            h = token_hash(feature)
             if len(cache) >= _MAX_CACHED_TOKENS:
                 cache.clear()
-            cache[token] = h
+            cache[feature] = h
         hashes.append(h)
     as_bytes = np.array(hashes, dtype="<u8").view(np.uint8)
     ones = np.unpackbits(as_bytes, bitorder="little").reshape(-1, 64).sum(axis=0, dtype=np.int64)
-    majority = np.packbits(2 * ones > len(tokens), bitorder="little")
+    majority = np.packbits(2 * ones > len(features), bitorder="little")
     return int.from_bytes(majority.tobytes(), "little")
 
 
@@ -165,6 +182,13 @@ def probe_radius(threshold: int) -> int:
     if not 0 <= threshold <= MAX_SIMHASH_THRESHOLD:
         raise InvalidCheck(f"threshold: expected 0 to {MAX_SIMHASH_THRESHOLD} for simhash")
     return threshold // BLOCKS
+
+
+#: The plan cost model's constants, in microseconds (fitted to bench/dedup.py at 1M entries,
+#: 2 AMD EPYC cores): per probed band key, per candidate checked, per entry scanned.
+_PROBE_US: Final = 0.3
+_CANDIDATE_US: Final = 0.08
+_SCAN_US: Final = 0.0008
 
 
 class ExactIndex:
@@ -271,8 +295,26 @@ class SimHashIndex:
                     extend(bucket)
         return out
 
+    def plan(self, threshold: int) -> Literal["index", "scan"]:
+        """The cheaper way to answer at this threshold and size, by a cost model: probing
+        costs a dict lookup per probed key plus a check per candidate (about n / 65,536 per
+        key for well-spread hashes); a numpy XOR + popcount scan costs a little per entry.
+        At 1M entries the bands win up to threshold 7, about tie at 8 to 11, and lose far
+        above (threshold 16 probes 10,068 keys and checks about 150,000 candidates)."""
+        n = len(self.entries)
+        keys = BLOCKS * len(_PROBES[probe_radius(threshold)])
+        by_index = keys * (_PROBE_US + _CANDIDATE_US * n / (1 << BLOCK_BITS))
+        return "index" if by_index < _SCAN_US * n else "scan"
+
     def search(self, value: int, threshold: int) -> tuple[int, int] | None:
-        """(position, distance) of the nearest entry within threshold; the earliest on a tie."""
+        """(position, distance) of the nearest entry within threshold; the earliest on a tie.
+        Answered by the band index or by a scan, whichever `plan` says is cheaper (both exact)."""
+        if self.plan(threshold) == "scan":
+            return self.brute_force(value, threshold)
+        return self.search_index(value, threshold)
+
+    def search_index(self, value: int, threshold: int) -> tuple[int, int] | None:
+        """`search` through the band tables."""
         found = self.candidates(value, threshold)
         if not found:
             return None
@@ -298,8 +340,14 @@ class SimHashIndex:
 class EmbeddingIndex:
     """Vectors of one (namespace, space) in an hnswlib index, cosine distance, grown by doubling."""
 
-    def __init__(self, dim: int, capacity: int = HNSW_INITIAL_CAPACITY, m: int = HNSW_M,
-                 ef_construction: int = HNSW_EF_CONSTRUCTION, ef: int = HNSW_EF) -> None:
+    def __init__(
+        self,
+        dim: int,
+        capacity: int = HNSW_INITIAL_CAPACITY,
+        m: int = HNSW_M,
+        ef_construction: int = HNSW_EF_CONSTRUCTION,
+        ef: int = HNSW_EF,
+    ) -> None:
         import hnswlib  # the daemon's extra; imported here so the rest of dedup works without it
 
         self.dim = dim
@@ -367,7 +415,9 @@ class EmbeddingIndex:
 
     def _check_dim(self, vector: np.ndarray) -> None:
         if vector.shape[0] != self.dim:
-            raise InvalidCheck(f"vector: expected {self.dim} dimensions for this space, got {vector.shape[0]}")
+            raise InvalidCheck(
+                f"vector: expected {self.dim} dimensions for this space, got {vector.shape[0]}"
+            )
 
     def search(self, vector: np.ndarray) -> tuple[int, float] | None:
         """(label, cosine distance) of the nearest live vector, or None when there is none."""
@@ -411,8 +461,13 @@ def catalog(conn: sqlite3.Connection) -> list[Unit]:
     return units
 
 
-def read_exact(conn: sqlite3.Connection, namespace: str, after: int = 0, upto: int | None = None,
-               into: ExactIndex | None = None) -> ExactIndex:
+def read_exact(
+    conn: sqlite3.Connection,
+    namespace: str,
+    after: int = 0,
+    upto: int | None = None,
+    into: ExactIndex | None = None,
+) -> ExactIndex:
     """A namespace's hash entries with after < seq <= upto, added to `into` (or a new index)."""
     index = into if into is not None else ExactIndex()
     for seq, blob, run, item in conn.execute(
@@ -424,8 +479,13 @@ def read_exact(conn: sqlite3.Connection, namespace: str, after: int = 0, upto: i
     return index
 
 
-def read_simhash(conn: sqlite3.Connection, namespace: str, after: int = 0, upto: int | None = None,
-                 into: SimHashIndex | None = None) -> SimHashIndex:
+def read_simhash(
+    conn: sqlite3.Connection,
+    namespace: str,
+    after: int = 0,
+    upto: int | None = None,
+    into: SimHashIndex | None = None,
+) -> SimHashIndex:
     """A namespace's SimHash entries with after < seq <= upto, bulk-added to `into` (or a new index)."""
     index = into if into is not None else SimHashIndex()
     values: list[int] = []
@@ -491,8 +551,14 @@ class DedupIndexes:
 
     # -- reading --------------------------------------------------------------------
 
-    def find(self, namespace: str, kind: DedupKind, key: Any, threshold: float | None = None,
-             space: str | None = None) -> Found | None:
+    def find(
+        self,
+        namespace: str,
+        kind: DedupKind,
+        key: Any,
+        threshold: float | None = None,
+        space: str | None = None,
+    ) -> Found | None:
         """The nearest recorded entry within threshold, or None. key: as `key_of` makes it."""
         if kind == "hash":
             exact = self.exact.get(namespace)
@@ -563,7 +629,9 @@ class DedupIndexes:
         if kind in (None, "embedding"):
             for key in [k for k in self.embedding if k[0] == namespace]:
                 old_emb = self.embedding.pop(key)
-                self._journal.append(lambda key=key, old_emb=old_emb: self.embedding.__setitem__(key, old_emb))  # type: ignore[misc]
+                self._journal.append(
+                    lambda key=key, old_emb=old_emb: self.embedding.__setitem__(key, old_emb)
+                )  # type: ignore[misc]
 
     # -- loading --------------------------------------------------------------------
 
@@ -576,8 +644,9 @@ class DedupIndexes:
         self.loaded = True
         return units
 
-    def read_unit(self, conn: sqlite3.Connection, unit: Unit, upto: int | None = None,
-                  use_files: bool = True) -> Built:
+    def read_unit(
+        self, conn: sqlite3.Connection, unit: Unit, upto: int | None = None, use_files: bool = True
+    ) -> Built:
         """Build one unit from the table (embeddings: from their saved copy when it checks out)."""
         namespace, kind = unit
         if kind == "hash":
@@ -634,5 +703,8 @@ class DedupIndexes:
 
     def count(self) -> int:
         """Entries held (an exact index counts each key once)."""
-        return (sum(len(i) for i in self.exact.values()) + sum(len(i) for i in self.simhash.values())
-                + sum(len(i) for i in self.embedding.values()))
+        return (
+            sum(len(i) for i in self.exact.values())
+            + sum(len(i) for i in self.simhash.values())
+            + sum(len(i) for i in self.embedding.values())
+        )

@@ -411,6 +411,8 @@ class DedupRuntime:
         self._last_save: dict[str, float] = {}
         self._closed = False
         self._installs: set[asyncio.Task[None]] = set()
+        #: How each namespace's embeddings were loaded: ("saved" or "rebuilt", vectors added from the log).
+        self.sources: dict[str, tuple[str, int]] = {}
 
     def begin(self) -> None:
         """On the writer's thread: list the units to load (they become pending)."""
@@ -469,6 +471,7 @@ class DedupRuntime:
         if kind != "embedding":
             return self.store.dedup.read_unit(conn, unit, upto=self.upto)
         built, how, added = load_embeddings(conn, self.files, namespace, self.upto, self._stop)
+        self.sources[namespace] = (how, added)
         log.info(
             "embedding index",
             namespace=namespace,

@@ -12,15 +12,17 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
+
+from tests.conftest import Client, DaemonProcess, open_client
 from tracklog.daemon import dedup_persist
 from tracklog.daemon.dedup_persist import DedupRuntime, stem
 from tracklog.daemon.server import Daemon, Settings
 
-from tests.conftest import Client, DaemonProcess, open_client
-
 
 def tracklog(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tracklog", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tracklog", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def check(kind: str, **kw: Any) -> dict[str, Any]:
@@ -37,7 +39,9 @@ async def test_of_concurrent_checks_of_one_text_from_several_connections_exactly
         # Every connection sends all its checks before reading any answer, so they meet
         # in the writer's queue and in the same group commits.
         for ref, text in enumerate(texts, 1):
-            await c.send(check("simhash", text=text.upper() if who % 2 else text, item=f"{who}-{ref}", ref=ref))
+            await c.send(
+                check("simhash", text=text.upper() if who % 2 else text, item=f"{who}-{ref}", ref=ref)
+            )
         replies = [await c.recv() for _ in texts]
         return sorted(replies, key=lambda r: r["ref"])
 
@@ -53,7 +57,9 @@ async def test_of_concurrent_checks_of_one_text_from_several_connections_exactly
     assert len(head) == len(texts)
 
 
-async def test_recorded_entries_survive_a_restart_and_a_rebuild_equals_live(daemon: DaemonProcess, db_path: Path) -> None:
+async def test_recorded_entries_survive_a_restart_and_a_rebuild_equals_live(
+    daemon: DaemonProcess, db_path: Path
+) -> None:
     c, _ = await open_client(daemon.url)
     first = await c.request(check("simhash", text="the cat sat on the mat today", run="r-1", item="a"))
     await c.request(check("hash", value={"host": "db", "port": 5432}, item="b"))
@@ -70,7 +76,12 @@ async def test_recorded_entries_survive_a_restart_and_a_rebuild_equals_live(daem
     exact = await c.request(check("hash", value={"port": 5432, "host": "db"}, record=False))
     emb = await c.request(check("embedding", space="minilm", vector=[0.61, 0.79, 0.0], record=False))
     gone = await c.request(check("hash", text="to be forgotten", namespace="other", record=False))
-    assert sim["duplicate"] and sim["match"] == {"item": "a", "run": "r-1", "distance": 0, "seq": first["recorded"]}
+    assert sim["duplicate"] and sim["match"] == {
+        "item": "a",
+        "run": "r-1",
+        "distance": 0,
+        "seq": first["recorded"],
+    }
     assert exact["duplicate"] and exact["match"]["item"] == "b"
     assert emb["duplicate"] and emb["match"]["item"] == "c"
     assert not gone["duplicate"]
@@ -81,8 +92,11 @@ async def test_recorded_entries_survive_a_restart_and_a_rebuild_equals_live(daem
 
 
 async def test_a_batch_check_answers_each_input_in_one_reply(client: Client) -> None:
-    inputs = [{"text": "alpha beta gamma", "item": "1"}, {"text": "delta epsilon", "item": "2"},
-              {"text": "ALPHA  beta gamma", "item": "3"}]
+    inputs = [
+        {"text": "alpha beta gamma", "item": "1"},
+        {"text": "delta epsilon", "item": "2"},
+        {"text": "ALPHA  beta gamma", "item": "3"},
+    ]
     reply = await client.request(check("simhash", inputs=inputs, threshold=0))
     assert reply["op"] == "checked"
     assert [r["duplicate"] for r in reply["results"]] == [False, False, True]
@@ -110,8 +124,9 @@ async def test_bad_checks_get_errors_naming_the_field_and_the_connection_stays_u
 
 
 async def test_clients_cannot_append_dedup_recorded_events(client: Client) -> None:
-    ack = await client.append([{"type": "dedup.recorded", "run": "r",
-                                "data": {"namespace": "n", "kind": "hash", "value": "x"}}])
+    ack = await client.append(
+        [{"type": "dedup.recorded", "run": "r", "data": {"namespace": "n", "kind": "hash", "value": "x"}}]
+    )
     assert ack["accepted"] == 0
     assert ack["rejected"][0]["message"].startswith("type: dedup.recorded")
 
@@ -164,7 +179,9 @@ async def test_a_check_waits_for_its_namespace_index_alone_while_other_work_goes
         c, _ = await open_client(f"ws://127.0.0.1:{d.port}/ws")
         await c.send(check("embedding", namespace="slow", space="s", vector=vectors[0], record=False, ref=1))
         # While 'slow' loads: another namespace, another kind in 'slow', appends and queries answer.
-        fast = await c.request(check("embedding", namespace="fast", space="s", vector=vectors[0], record=False))
+        fast = await c.request(
+            check("embedding", namespace="fast", space="s", vector=vectors[0], record=False)
+        )
         assert fast["duplicate"] and fast["match"]["item"] == "fast-0"
         same_ns = await c.request(check("simhash", namespace="slow", text="one two three four", record=False))
         assert same_ns["duplicate"]
@@ -203,7 +220,9 @@ async def test_a_namespace_cleared_while_its_index_loads_is_empty_once_loaded(
         ack = await c.append([{"type": "dedup.cleared", "data": {"namespace": "ns"}}])
         assert ack["accepted"] == 1
         release.set()
-        again = await c.request(check("embedding", namespace="ns", space="s", vector=vectors[0], record=False))
+        again = await c.request(
+            check("embedding", namespace="ns", space="s", vector=vectors[0], record=False)
+        )
         assert not again["duplicate"]
     finally:
         release.set()
@@ -236,7 +255,9 @@ async def test_the_embedding_index_is_saved_every_n_vectors_while_the_daemon_run
     d = await _in_process(db)
     try:
         c, _ = await open_client(f"ws://127.0.0.1:{d.port}/ws")
-        r = await c.request(check("embedding", namespace="ns", space="s", inputs=[{"vector": v} for v in _vectors(6)]))
+        r = await c.request(
+            check("embedding", namespace="ns", space="s", inputs=[{"vector": v} for v in _vectors(6)])
+        )
         header = db.parent / "t.db.dedup" / f"{stem('ns')}.json"
         await _wait_for(header.exists)
         await _wait_for(lambda: msgspec.json.decode(header.read_bytes())["seq"] == r["seq"])
@@ -263,8 +284,15 @@ async def test_after_kill_9_the_older_saved_index_is_caught_up_from_the_log(db_p
     d = DaemonProcess(db_path).start()
     try:
         c, _ = await open_client(d.url)
-        r = await c.request(check("embedding", namespace="ns", space="s", record=False,
-                                  inputs=[{"vector": v} for v in first + later]))
+        r = await c.request(
+            check(
+                "embedding",
+                namespace="ns",
+                space="s",
+                record=False,
+                inputs=[{"vector": v} for v in first + later],
+            )
+        )
         assert all(x["duplicate"] for x in r["results"])
         loads = [msgspec.json.decode(line) for line in d.log if '"embedding index"' in line]
         assert [(x["source"], x["added_from_log"]) for x in loads] == [("saved", 10)], d.log
