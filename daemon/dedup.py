@@ -2,11 +2,10 @@
 
 The indexes live in memory on the writer's thread. They are a projection like the tables:
 every entry comes from a `dedup.recorded` event, and `dedup.cleared` empties a namespace.
-At start they are rebuilt from the `dedup_entries` table (which is itself rebuilt from
-the log), so they never disagree with it. No copy is saved to disk: rebuilding a million
-SimHashes takes seconds; a very large embedding space would take longer (hnswlib inserts
-about 2,000 vectors of 384 dimensions a second per core), and a saved copy checked against
-the table's highest seq is the way to add if that ever matters.
+They are built from the `dedup_entries` table (itself rebuilt from the log), so they never
+disagree with it; in the daemon that happens after it listens, one (namespace, kind) at a
+time, and the embedding indexes come from saved copies checked against the table
+(dedup_persist.py).
 
 Inside a group commit, a check that records updates the index at once (so a later check
 in the same transaction sees it) and leaves an undo step in a journal; `commit` forgets
