@@ -2,11 +2,10 @@
 
 The indexes live in memory on the writer's thread. They are a projection like the tables:
 every entry comes from a `dedup.recorded` event, and `dedup.cleared` empties a namespace.
-At start they are rebuilt from the `dedup_entries` table (which is itself rebuilt from
-the log), so they never disagree with it. No copy is saved to disk: rebuilding a million
-SimHashes takes seconds; a very large embedding space would take longer (hnswlib inserts
-about 2,000 vectors of 384 dimensions a second per core), and a saved copy checked against
-the table's highest seq is the way to add if that ever matters.
+They are built from the `dedup_entries` table (itself rebuilt from the log), so they never
+disagree with it; in the daemon that happens after it listens, one (namespace, kind) at a
+time, and the embedding indexes come from saved copies checked against the table
+(dedup_persist.py).
 
 Inside a group commit, a check that records updates the index at once (so a later check
 in the same transaction sees it) and leaves an undo step in a journal; `commit` forgets
@@ -17,8 +16,11 @@ committed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+import re
 import sqlite3
+import threading
 import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
@@ -76,9 +78,24 @@ def sha256_key(text: str | None = None, value: Any = None, *, has_value: bool = 
     return hashlib.sha256(data).hexdigest()
 
 
+#: The SimHash function's version. 1 (before): whitespace tokens of the NFKC, lower-cased
+#: text, so "lazy dog" and "lazy dog!" were 6 bits apart. 2: words without punctuation,
+#: plus 2-word shingles (chosen by measurement: bench/dedup.py, tests/daemon/test_dedup.py).
+#: Recorded hashes are values in the log and stay as they were made; see docs/protocol-check.md.
+SIMHASH_VERSION: Final = 2
+#: Runs of anything but letters and digits (punctuation, symbols, white space, "_").
+_NON_WORD: Final = re.compile(r"[\W_]+")
+
+
 def normalize_text(text: str) -> str:
-    """NFKC, lower case, white space collapsed to single spaces and trimmed."""
-    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+    """NFKC, case-folded, every run of non-letters and non-digits made one space, trimmed."""
+    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def simhash_features(text: str) -> list[str]:
+    """What a SimHash counts: the normalised text's words, then each pair of adjacent words."""
+    words = normalize_text(text).split()
+    return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
 
 
 def token_hash(token: str) -> int:
@@ -92,26 +109,26 @@ _MAX_CACHED_TOKENS: Final = 1_000_000
 
 
 def simhash(text: str) -> int:
-    """64-bit SimHash of the text's whitespace tokens (each token counts as often as it occurs).
-
-    Bit i is set when more tokens have bit i set than not. An empty text hashes to 0.
-    """
-    tokens = normalize_text(text).split(" ")
-    if tokens == [""]:
+    """64-bit SimHash (version 2) of the text's features (`simhash_features`, each counted as
+    often as it occurs). Bit i is set when more features have bit i set than not. A text with
+    no letters or digits hashes to 0. The daemon is the only place it is computed: clients
+    send the text."""
+    features = simhash_features(text)
+    if not features:
         return 0
     cache = _TOKEN_HASHES
     hashes = []
-    for token in tokens:
-        h = cache.get(token)
+    for feature in features:
+        h = cache.get(feature)
         if h is None:
-            h = token_hash(token)
+            h = token_hash(feature)
             if len(cache) >= _MAX_CACHED_TOKENS:
                 cache.clear()
-            cache[token] = h
+            cache[feature] = h
         hashes.append(h)
     as_bytes = np.array(hashes, dtype="<u8").view(np.uint8)
     ones = np.unpackbits(as_bytes, bitorder="little").reshape(-1, 64).sum(axis=0, dtype=np.int64)
-    majority = np.packbits(2 * ones > len(tokens), bitorder="little")
+    majority = np.packbits(2 * ones > len(features), bitorder="little")
     return int.from_bytes(majority.tobytes(), "little")
 
 
@@ -164,6 +181,13 @@ def probe_radius(threshold: int) -> int:
     if not 0 <= threshold <= MAX_SIMHASH_THRESHOLD:
         raise InvalidCheck(f"threshold: expected 0 to {MAX_SIMHASH_THRESHOLD} for simhash")
     return threshold // BLOCKS
+
+
+#: The plan cost model's constants, in microseconds (fitted to bench/dedup.py at 1M entries,
+#: 2 AMD EPYC cores): per probed band key, per candidate checked, per entry scanned.
+_PROBE_US: Final = 0.3
+_CANDIDATE_US: Final = 0.08
+_SCAN_US: Final = 0.0008
 
 
 class ExactIndex:
@@ -270,8 +294,26 @@ class SimHashIndex:
                     extend(bucket)
         return out
 
+    def plan(self, threshold: int) -> Literal["index", "scan"]:
+        """The cheaper way to answer at this threshold and size, by a cost model: probing
+        costs a dict lookup per probed key plus a check per candidate (about n / 65,536 per
+        key for well-spread hashes); a numpy XOR + popcount scan costs a little per entry.
+        At 1M entries the bands win up to threshold 7, about tie at 8 to 11, and lose far
+        above (threshold 16 probes 10,068 keys and checks about 150,000 candidates)."""
+        n = len(self.entries)
+        keys = BLOCKS * len(_PROBES[probe_radius(threshold)])
+        by_index = keys * (_PROBE_US + _CANDIDATE_US * n / (1 << BLOCK_BITS))
+        return "index" if by_index < _SCAN_US * n else "scan"
+
     def search(self, value: int, threshold: int) -> tuple[int, int] | None:
-        """(position, distance) of the nearest entry within threshold; the earliest on a tie."""
+        """(position, distance) of the nearest entry within threshold; the earliest on a tie.
+        Answered by the band index or by a scan, whichever `plan` says is cheaper (both exact)."""
+        if self.plan(threshold) == "scan":
+            return self.brute_force(value, threshold)
+        return self.search_index(value, threshold)
+
+    def search_index(self, value: int, threshold: int) -> tuple[int, int] | None:
+        """`search` through the band tables."""
         found = self.candidates(value, threshold)
         if not found:
             return None
@@ -297,8 +339,14 @@ class SimHashIndex:
 class EmbeddingIndex:
     """Vectors of one (namespace, space) in an hnswlib index, cosine distance, grown by doubling."""
 
-    def __init__(self, dim: int, capacity: int = HNSW_INITIAL_CAPACITY, m: int = HNSW_M,
-                 ef_construction: int = HNSW_EF_CONSTRUCTION, ef: int = HNSW_EF) -> None:
+    def __init__(
+        self,
+        dim: int,
+        capacity: int = HNSW_INITIAL_CAPACITY,
+        m: int = HNSW_M,
+        ef_construction: int = HNSW_EF_CONSTRUCTION,
+        ef: int = HNSW_EF,
+    ) -> None:
         import hnswlib  # the daemon's extra; imported here so the rest of dedup works without it
 
         self.dim = dim
@@ -307,6 +355,23 @@ class EmbeddingIndex:
         self.index.set_ef(ef)
         self.entries: list[Entry] = []
         self.live = 0
+        #: Labels whose add was rolled back (marked deleted in hnswlib; their entries stay in `entries`).
+        self.deleted: set[int] = set()
+        #: Held around every change to the hnswlib index, and by a save (dedup_persist), so
+        #: a save never sees a half-made insert. Lookups read only and take no lock.
+        self.lock = threading.Lock()
+
+    @classmethod
+    def wrap(cls, index: Any, dim: int, entries: list[Entry], deleted: set[int]) -> EmbeddingIndex:
+        """An EmbeddingIndex around an hnswlib index loaded from a saved copy."""
+        self = cls.__new__(cls)
+        self.dim = dim
+        self.index = index
+        self.entries = entries
+        self.deleted = deleted
+        self.live = len(entries) - len(deleted)
+        self.lock = threading.Lock()
+        return self
 
     def __len__(self) -> int:
         return self.live
@@ -321,15 +386,18 @@ class EmbeddingIndex:
 
     def add(self, vector: np.ndarray, entry: Entry) -> Callable[[], None]:
         self._check_dim(vector)
-        self._reserve(1)
-        label = len(self.entries)
-        self.index.add_items(vector.reshape(1, -1), [label], num_threads=1)
-        self.entries.append(entry)
-        self.live += 1
+        with self.lock:
+            self._reserve(1)
+            label = len(self.entries)
+            self.index.add_items(vector.reshape(1, -1), [label], num_threads=1)
+            self.entries.append(entry)
+            self.live += 1
 
         def undo() -> None:
-            self.index.mark_deleted(label)
-            self.live -= 1
+            with self.lock:
+                self.index.mark_deleted(label)
+                self.deleted.add(label)
+                self.live -= 1
 
         return undo
 
@@ -337,15 +405,18 @@ class EmbeddingIndex:
         """Bulk load (start-up, benchmarks), on all cores."""
         if len(entries) == 0:
             return
-        self._reserve(len(entries))
-        first = len(self.entries)
-        self.index.add_items(vectors, np.arange(first, first + len(entries)), num_threads=num_threads)
-        self.entries.extend(entries)
-        self.live += len(entries)
+        with self.lock:
+            self._reserve(len(entries))
+            first = len(self.entries)
+            self.index.add_items(vectors, np.arange(first, first + len(entries)), num_threads=num_threads)
+            self.entries.extend(entries)
+            self.live += len(entries)
 
     def _check_dim(self, vector: np.ndarray) -> None:
         if vector.shape[0] != self.dim:
-            raise InvalidCheck(f"vector: expected {self.dim} dimensions for this space, got {vector.shape[0]}")
+            raise InvalidCheck(
+                f"vector: expected {self.dim} dimensions for this space, got {vector.shape[0]}"
+            )
 
     def search(self, vector: np.ndarray) -> tuple[int, float] | None:
         """(label, cosine distance) of the nearest live vector, or None when there is none."""
@@ -368,15 +439,94 @@ class Found(msgspec.Struct, gc=False):
     distance: float | int
 
 
-class DedupIndexes:
-    """Every namespace's indexes, with an undo journal for the open transaction."""
+#: A unit of loading at start: one namespace's entries of one kind (every space, for embeddings).
+Unit = tuple[str, str]
+#: What a unit loads into: an ExactIndex, a SimHashIndex, or the namespace's embedding spaces.
+Built = Any
 
-    def __init__(self) -> None:
+
+def catalog(conn: sqlite3.Connection) -> list[Unit]:
+    """Every (namespace, kind) with entries, by one index probe each (fast at any size)."""
+    units: list[Unit] = []
+    first = "SELECT namespace, kind FROM dedup_entries ORDER BY namespace, kind LIMIT 1"
+    row = conn.execute(first).fetchone()
+    while row is not None:
+        units.append((row[0], row[1]))
+        row = conn.execute(
+            "SELECT namespace, kind FROM dedup_entries WHERE (namespace, kind) > (?, ?)"
+            " ORDER BY namespace, kind LIMIT 1",
+            row,
+        ).fetchone()
+    return units
+
+
+def read_exact(
+    conn: sqlite3.Connection,
+    namespace: str,
+    after: int = 0,
+    upto: int | None = None,
+    into: ExactIndex | None = None,
+) -> ExactIndex:
+    """A namespace's hash entries with after < seq <= upto, added to `into` (or a new index)."""
+    index = into if into is not None else ExactIndex()
+    for seq, blob, run, item in conn.execute(
+        "SELECT seq, value, run, item FROM dedup_entries WHERE namespace = ? AND kind = 'hash'"
+        " AND seq > ? AND seq <= ? ORDER BY seq",
+        (namespace, after, _MAX_SEQ if upto is None else upto),
+    ):
+        index.add(_msgpack_decode(blob), (seq, run, item))
+    return index
+
+
+def read_simhash(
+    conn: sqlite3.Connection,
+    namespace: str,
+    after: int = 0,
+    upto: int | None = None,
+    into: SimHashIndex | None = None,
+) -> SimHashIndex:
+    """A namespace's SimHash entries with after < seq <= upto, bulk-added to `into` (or a new index)."""
+    index = into if into is not None else SimHashIndex()
+    values: list[int] = []
+    entries: list[Entry] = []
+    decode = _msgpack_decode
+    for seq, blob, run, item in conn.execute(
+        "SELECT seq, value, run, item FROM dedup_entries WHERE namespace = ? AND kind = 'simhash'"
+        " AND seq > ? AND seq <= ? ORDER BY seq",
+        (namespace, after, _MAX_SEQ if upto is None else upto),
+    ):
+        values.append(decode(blob))
+        entries.append((seq, run, item))
+    index.add_many(np.array(values, dtype=np.uint64), entries)
+    return index
+
+
+_MAX_SEQ: Final = (1 << 63) - 1
+
+
+class DedupIndexes:
+    """Every namespace's indexes, with an undo journal for the open transaction.
+
+    Units (namespace, kind) listed in `pending` are still loading (dedup_persist loads
+    them after start-up, off the writer's thread); `install` puts each in place on the
+    writer's thread, and a check of a pending unit waits for it (or, outside the
+    server, `ensure` loads it there and then).
+    """
+
+    def __init__(self, files: Any = None) -> None:
         self.loaded = False
         self.exact: dict[str, ExactIndex] = {}
         self.simhash: dict[str, SimHashIndex] = {}
         self.embedding: dict[tuple[str, str], EmbeddingIndex] = {}
         self._journal: list[Callable[[], None]] = []
+        #: Where saved embedding indexes live (a Path), or None for no saved copies.
+        self.files = files
+        self.pending: set[Unit] = set()
+        #: Pending units that a `dedup.cleared` touched while they loaded: their loaded copy
+        #: is stale, so `install` reads them again from the table.
+        self.cleared: set[Unit] = set()
+        #: Embedding vectors added per namespace since its last save (dedup_persist saves).
+        self.unsaved: dict[str, int] = {}
 
     # -- transactions ---------------------------------------------------------------
 
@@ -393,12 +543,21 @@ class DedupIndexes:
         self.simhash.clear()
         self.embedding.clear()
         self._journal.clear()
+        self.pending.clear()
+        self.cleared.clear()
+        self.unsaved.clear()
         self.loaded = False
 
     # -- reading --------------------------------------------------------------------
 
-    def find(self, namespace: str, kind: DedupKind, key: Any, threshold: float | None = None,
-             space: str | None = None) -> Found | None:
+    def find(
+        self,
+        namespace: str,
+        kind: DedupKind,
+        key: Any,
+        threshold: float | None = None,
+        space: str | None = None,
+    ) -> Found | None:
         """The nearest recorded entry within threshold, or None. key: as `key_of` makes it."""
         if kind == "hash":
             exact = self.exact.get(namespace)
@@ -451,11 +610,15 @@ class DedupIndexes:
                 emb = self.embedding[key] = EmbeddingIndex(vector.shape[0])
                 self._journal.append(lambda: self.embedding.pop(key, None))  # type: ignore[arg-type,return-value]
             undo = emb.add(vector, entry)
+            self.unsaved[namespace] = self.unsaved.get(namespace, 0) + 1
         if undo is not None:
             self._journal.append(undo)
 
     def clear(self, namespace: str, kind: str | None) -> None:
         """Forget a namespace's entries (of one kind, or all kinds)."""
+        for k in ("hash", "simhash", "embedding"):
+            if kind in (None, k) and (namespace, k) in self.pending:
+                self.cleared.add((namespace, k))  # not undone on rollback: a needless re-read at worst
         if kind in (None, "hash") and namespace in self.exact:
             old_exact = self.exact.pop(namespace)
             self._journal.append(lambda: self.exact.__setitem__(namespace, old_exact))
@@ -465,37 +628,82 @@ class DedupIndexes:
         if kind in (None, "embedding"):
             for key in [k for k in self.embedding if k[0] == namespace]:
                 old_emb = self.embedding.pop(key)
-                self._journal.append(lambda key=key, old_emb=old_emb: self.embedding.__setitem__(key, old_emb))  # type: ignore[misc]
+                self._journal.append(
+                    lambda key=key, old_emb=old_emb: self.embedding.__setitem__(key, old_emb)
+                )  # type: ignore[misc]
+
+    # -- loading --------------------------------------------------------------------
+
+    def begin_loading(self, conn: sqlite3.Connection) -> list[Unit]:
+        """Mark every unit with entries as pending (fast); returns them. Checks of other
+        namespaces can be answered from here on; `install` brings each pending one in."""
+        self.reset()
+        units = catalog(conn)
+        self.pending = set(units)
+        self.loaded = True
+        return units
+
+    def read_unit(
+        self, conn: sqlite3.Connection, unit: Unit, upto: int | None = None, use_files: bool = True
+    ) -> Built:
+        """Build one unit from the table (embeddings: from their saved copy when it checks out)."""
+        namespace, kind = unit
+        if kind == "hash":
+            return read_exact(conn, namespace, upto=upto)
+        if kind == "simhash":
+            return read_simhash(conn, namespace, upto=upto)
+        from . import dedup_persist  # imports hnswlib
+
+        return dedup_persist.load_embeddings(conn, self.files if use_files else None, namespace, upto)[0]
+
+    def install(self, conn: sqlite3.Connection, unit: Unit, built: Built, upto: int | None) -> None:
+        """On the writer's thread, between transactions: put a unit loaded up to seq `upto`
+        in place, adding what was recorded after it. A unit cleared meanwhile, or one
+        whose load failed (`built` None), is read again from the table here."""
+        if unit not in self.pending:
+            return  # `ensure` got there first
+        namespace, kind = unit
+        if built is None or unit in self.cleared:
+            built = self.read_unit(conn, unit, use_files=False)
+        elif upto is None:
+            pass  # read up to now, on this thread: nothing to add
+        elif kind == "hash":
+            read_exact(conn, namespace, after=upto, into=built)
+        elif kind == "simhash":
+            read_simhash(conn, namespace, after=upto, into=built)
+        else:
+            from . import dedup_persist
+
+            dedup_persist.add_rows(conn, built, namespace, after=upto, upto=None)
+        if kind == "hash":
+            if len(built):
+                self.exact[namespace] = built
+        elif kind == "simhash":
+            if len(built):
+                self.simhash[namespace] = built
+        else:
+            for space, emb in built.items():
+                self.embedding[(namespace, space)] = emb
+        self.pending.discard(unit)
+        self.cleared.discard(unit)
+
+    def ensure(self, conn: sqlite3.Connection, namespace: str, kind: str) -> None:
+        """Load a still-pending unit now, on this thread (a check that did not wait for it)."""
+        unit = (namespace, kind)
+        if unit in self.pending:
+            self.install(conn, unit, self.read_unit(conn, unit), None)
 
     def load(self, conn: sqlite3.Connection) -> int:
-        """Rebuild every index from the dedup_entries table; returns how many entries were read."""
-        self.reset()
-        count = 0
-        simhash_rows: dict[str, tuple[list[int], list[Entry]]] = {}
-        vector_rows: dict[tuple[str, str], tuple[list[Any], list[Entry]]] = {}
-        for seq, namespace, kind, space, blob, run, item in conn.execute(
-            "SELECT seq, namespace, kind, space, value, run, item FROM dedup_entries ORDER BY seq"
-        ):
-            count += 1
-            value = _msgpack_decode(blob)
-            entry: Entry = (seq, run, item)
-            if kind == "hash":
-                self.exact.setdefault(namespace, ExactIndex()).add(value, entry)
-            elif kind == "simhash":
-                values, entries = simhash_rows.setdefault(namespace, ([], []))
-                values.append(int(value))
-                entries.append(entry)
-            elif kind == "embedding":
-                vectors, entries = vector_rows.setdefault((namespace, space or ""), ([], []))
-                vectors.append(value)
-                entries.append(entry)
-        for namespace, (values, entries) in simhash_rows.items():
-            index = self.simhash[namespace] = SimHashIndex()
-            index.add_many(np.array(values, dtype=np.uint64), entries)
-        for key, (vectors, entries) in vector_rows.items():
-            matrix = np.asarray(vectors, dtype=np.float32)
-            emb = self.embedding[key] = EmbeddingIndex(matrix.shape[1], capacity=max(HNSW_INITIAL_CAPACITY, len(entries)))
-            emb.add_many(matrix, entries)
+        """Build every index from the dedup_entries table now; returns how many entries are held."""
+        for unit in self.begin_loading(conn):
+            self.install(conn, unit, self.read_unit(conn, unit), None)
         self._journal.clear()
-        self.loaded = True
-        return count
+        return self.count()
+
+    def count(self) -> int:
+        """Entries held (an exact index counts each key once)."""
+        return (
+            sum(len(i) for i in self.exact.values())
+            + sum(len(i) for i in self.simhash.values())
+            + sum(len(i) for i in self.embedding.values())
+        )

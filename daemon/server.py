@@ -401,6 +401,8 @@ class Daemon:
         written: set[str] = set()
         ack_task = asyncio.create_task(self._send_acks(ws, acks, binary, conn_id, written))
         tasks: set[asyncio.Task[None]] = set()
+        # Per (namespace, kind): the last check of this connection waiting for its dedup index.
+        waiting: dict[tuple[str, str], asyncio.Task[None]] = {}
         subscriptions: dict[int, Subscription] = {}
         try:
             async for frame in ws:
@@ -429,9 +431,17 @@ class Daemon:
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
                     case Check():
-                        # Queued here, in the connection's order; answered when committed.
-                        checked = await self.writer.submit_check(msg)
-                        task = asyncio.create_task(self._answer_check(ws, checked, msg.ref, binary))
+                        loading = self.writer.dedup_ready(msg)
+                        before = waiting.get((msg.namespace, msg.kind))
+                        if loading is None and (before is None or before.done()):
+                            # Queued here, in the connection's order; answered when committed.
+                            checked = await self.writer.submit_check(msg)
+                            task = asyncio.create_task(self._answer_check(ws, checked, msg.ref, binary))
+                        else:
+                            # Its index is still loading: wait for it alone (this connection's later
+                            # checks of that index queue behind it; everything else goes on).
+                            later = self._check_when_loaded(ws, msg, binary, loading, before)
+                            task = waiting[(msg.namespace, msg.kind)] = asyncio.create_task(later)
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
                     case Hello():
@@ -578,6 +588,17 @@ class Daemon:
             frame = self.codec.encode_error(result, binary)
         with contextlib.suppress(ConnectionClosed):
             await self._send(ws, frame, binary)
+
+    async def _check_when_loaded(self, ws: ServerConnection, msg: Check, binary: bool,
+                                 loading: asyncio.Event | None, before: asyncio.Task[None] | None) -> None:
+        """Queue a check once its dedup index is loaded and the connection's earlier checks are queued."""
+        if before is not None:
+            with contextlib.suppress(BaseException):
+                await before
+        if loading is not None:
+            await loading.wait()
+        checked = await self.writer.submit_check(msg)
+        await self._answer_check(ws, checked, msg.ref, binary)
 
     @staticmethod
     async def _send(ws: ServerConnection, frame: bytes, binary: bool) -> None:

@@ -129,7 +129,7 @@ class LogStore:
         self.clock = clock
         self.tables = Tables(self.conn)
         #: The near-duplicate indexes, in memory; loaded by `load_dedup` (or the first check).
-        self.dedup = dd.DedupIndexes()
+        self.dedup = dd.DedupIndexes(None if str(path) == ":memory:" else Path(os.fspath(path) + ".dedup"))
         #: Whether appends return their events in stored form (someone listens for them).
         self.publish = False
         try:
@@ -285,6 +285,7 @@ class LogStore:
         """
         kind = check.kind
         namespace = check.namespace
+        self.dedup.ensure(self.conn, namespace, kind)  # a check that did not wait for its index to load
         space = check.space if kind == "embedding" else None
         if check.inputs is None:
             inputs = [(check.text, check.value, check.vector, check.item)]

@@ -19,6 +19,7 @@ import structlog
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Ack, Codec, Append, Check, StoredEvent
 
+from .dedup_persist import DedupRuntime, files_dir
 from .histogram import LatencyHistogram
 from .store import AppendResult, CheckResult, Durability, LogStore, WriteRequest
 
@@ -61,13 +62,18 @@ class Writer:
         self._store: LogStore | None = None
         self._task: asyncio.Task[None] | None = None
         self._submitted: dict[asyncio.Future[AppendResult | errors.ProtocolError], float] = {}
+        #: Loads the dedup indexes after start and saves the embedding ones (dedup_persist).
+        self.dedup: DedupRuntime | None = None
 
     async def start(self) -> int:
         """Open the store and catch its projections up; returns how many events were replayed."""
         loop = asyncio.get_running_loop()
         self._store = await loop.run_in_executor(self._executor, LogStore, self.path, self.durability)
         replayed = await loop.run_in_executor(self._executor, self._store.catch_up)
-        await loop.run_in_executor(self._executor, self._store.load_dedup)
+        # The dedup indexes load in the background; a check waits only for its own (see `dedup_ready`).
+        self.dedup = DedupRuntime(self._store, self._executor, loop, files_dir(self.path))
+        await loop.run_in_executor(self._executor, self.dedup.begin)
+        self.dedup.start()
         self.head = self._store.head
         self._task = asyncio.create_task(self._run(), name="tracklog-writer")
         return replayed
@@ -94,6 +100,10 @@ class Writer:
         await self._queue.put((check, future))  # type: ignore[arg-type]  # the store takes both kinds
         return future
 
+    def dedup_ready(self, check: Check) -> asyncio.Event | None:
+        """What to wait for before queueing this check: its index still loading; else None."""
+        return None if self.dedup is None else self.dedup.ready(check)
+
     async def drain(self) -> None:
         """Wait until everything queued so far is committed."""
         await self._queue.join()
@@ -107,6 +117,8 @@ class Writer:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self.dedup is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.dedup.close)
         if self._store is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._store.close)
             self._store = None
@@ -142,6 +154,8 @@ class Writer:
                 if index in runs and isinstance(result, AppendResult):
                     result.runs = runs[index]
                 results[index] = result
+            if self.dedup is not None:
+                self.dedup.after_commit()
         return results
 
     async def _run(self) -> None:

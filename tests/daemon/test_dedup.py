@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tracklog.daemon import dedup as dd
+from tracklog.daemon import dedup_persist as dp
 from tracklog.daemon.store import CheckResult, LogStore
 from tracklog.protocol import errors
 from tracklog.protocol.events import DedupCleared, DedupClearedData
@@ -19,7 +24,9 @@ from tracklog.protocol.messages import Check, CheckInput
 
 def test_simhash_ignores_case_width_and_runs_of_white_space() -> None:
     assert dd.simhash("The  quick\tbrown\nFOX") == dd.simhash("the quick brown fox")
-    assert dd.simhash("\uff46\uff55\uff4c\uff4c width") == dd.simhash("full width")  # NFKC: full-width letters
+    assert dd.simhash("\uff46\uff55\uff4c\uff4c width") == dd.simhash(
+        "full width"
+    )  # NFKC: full-width letters
 
 
 def test_simhash_of_an_empty_text_is_zero() -> None:
@@ -29,7 +36,76 @@ def test_simhash_of_an_empty_text_is_zero() -> None:
 
 def test_simhash_is_stable_across_processes() -> None:
     # blake2b token hashes, not Python's salted hash(): a fixed value for a fixed text.
-    assert dd.simhash("hello big world") == 943157930321360379
+    assert dd.simhash("hello big world") == 8887824329927820467  # version 2 (was 943157930321360379)
+
+
+# Paraphrase-like pairs (the same text up to case, punctuation, width, or one word of a
+# 35-word text) and pairs that are not duplicates; bench/dedup.py prints their distances.
+_LONG = (
+    "Near-duplicate detection keeps a pipeline from translating, embedding or labelling the same "
+    "document twice; it compares a short fingerprint of each new text with the fingerprints already "
+    "recorded and reports the closest one when it is within the threshold."
+)
+NEAR_PAIRS = [
+    ("The quick brown fox jumps over the lazy dog", "The quick brown fox jumps over the lazy dog!"),
+    ("Hello, World! How are you today?", "hello world how are you today"),
+    (
+        "Machine learning models need large amounts of training data to generalise well.",
+        "Machine-learning models need large amounts of training data to generalise well",
+    ),
+    (
+        "\uff34\uff28\uff25 \uff51\uff55\uff49\uff43\uff4b \uff42\uff52\uff4f\uff57\uff4e \uff46\uff4f\uff58 "
+        "\uff4a\uff55\uff4d\uff50\uff53 \uff4f\uff56\uff45\uff52 \uff54\uff48\uff45 \uff4c\uff41\uff5a\uff59 "
+        "\uff44\uff4f\uff47",
+        "the quick brown fox jumps over the lazy dog",
+    ),
+    (
+        "CAF\u00c9 AU LAIT, S'IL VOUS PLA\u00ceT \u2014 merci beaucoup, madame.",
+        "Caf\u00e9 au lait s'il vous pla\u00eet... Merci beaucoup madame",
+    ),
+    (_LONG, _LONG.replace("labelling", "tagging")),
+    (_LONG, _LONG.replace("within the threshold", "under the threshold")),
+    (_LONG, _LONG.replace(";", ",").replace("document", "Document") + " "),
+]
+FAR_PAIRS = [
+    ("The quick brown fox jumps over the lazy dog", "A slow red turtle crawls under the busy cat"),
+    ("The invoice for order 1234 was paid on Monday", "The invoice for order 5678 was cancelled on Friday"),
+    (
+        "Machine learning models need large amounts of training data to generalise well.",
+        "Deep learning systems require huge datasets before they perform reliably.",
+    ),
+    (
+        _LONG,
+        "A cache of query results keeps a dashboard fast; it stores each answer with the seq it reflects "
+        "and drops it when the log moves past that seq or its time to live runs out.",
+    ),
+    ("Hello, World! How are you today?", "Goodbye, world! Where were you yesterday?"),
+    ("the cat sat on the mat", "the dog sat on the log"),
+]
+
+
+@pytest.mark.parametrize(("a", "b"), NEAR_PAIRS[:5])
+def test_simhash_ignores_case_punctuation_and_width(a: str, b: str) -> None:
+    # Version 1 put "...lazy dog" and "...lazy dog!" 6 bits apart: not duplicates at threshold 3.
+    assert dd.hamming(dd.simhash(a), dd.simhash(b)) <= dd.DEFAULT_SIMHASH_THRESHOLD
+
+
+def test_simhash_keeps_one_word_edits_near_and_other_texts_far() -> None:
+    near = [dd.hamming(dd.simhash(a), dd.simhash(b)) for a, b in NEAR_PAIRS]
+    far = [dd.hamming(dd.simhash(a), dd.simhash(b)) for a, b in FAR_PAIRS]
+    assert max(near) <= 6, near
+    assert min(far) >= 12, far
+
+
+def test_simhash_features_are_words_and_pairs_of_adjacent_words() -> None:
+    assert dd.simhash_features("Machine-learning, models!") == [
+        "machine",
+        "learning",
+        "models",
+        "machine learning",
+        "learning models",
+    ]
+    assert dd.simhash("?!... ---") == 0
 
 
 def test_simhash_of_texts_differing_in_one_word_is_near() -> None:
@@ -89,7 +165,9 @@ def test_indexed_simhash_search_equals_brute_force(
 
 @settings(max_examples=40, deadline=None)
 @given(values=st.lists(hashes, min_size=1, max_size=80), threshold=st.integers(0, dd.MAX_SIMHASH_THRESHOLD))
-def test_bulk_loaded_simhash_index_answers_like_one_built_entry_by_entry(values: list[int], threshold: int) -> None:
+def test_bulk_loaded_simhash_index_answers_like_one_built_entry_by_entry(
+    values: list[int], threshold: int
+) -> None:
     one_by_one = dd.SimHashIndex()
     for i, v in enumerate(values):
         one_by_one.add(v, (i, None, None))
@@ -113,6 +191,25 @@ def test_simhash_index_undo_removes_the_newest_entry_from_every_band() -> None:
 
 def test_probes_visit_every_16_bit_key_within_the_radius_and_no_other() -> None:
     assert [len(dd._PROBES[r]) for r in range(5)] == [1, 17, 137, 697, 2517]
+
+
+@pytest.mark.parametrize("threshold", [3, 8, 16])
+def test_both_search_plans_give_the_answer_of_a_scan(threshold: int) -> None:
+    rng = np.random.default_rng(threshold)
+    values = rng.integers(0, np.iinfo(np.uint64).max, size=5_000, dtype=np.uint64, endpoint=True)
+    index = dd.SimHashIndex()
+    index.add_many(values, [(i + 1, None, None) for i in range(len(values))])
+    for k in range(200):
+        q = int(values[k * 7]) ^ (1 << (k % 64)) if k % 2 else int(rng.integers(0, 2**63))
+        assert (
+            index.search_index(q, threshold) == index.brute_force(q, threshold) == index.search(q, threshold)
+        )
+
+
+def test_the_plan_is_the_band_index_at_low_thresholds_and_a_scan_at_high_ones_at_a_million() -> None:
+    index = dd.SimHashIndex()
+    index.entries = [(0, None, None)] * 1_000_000  # only the size matters to the plan
+    assert [index.plan(t) for t in (3, 7, 12, 16)] == ["index", "index", "scan", "scan"]
 
 
 def test_a_threshold_above_16_is_refused() -> None:
@@ -201,8 +298,11 @@ def test_of_two_checks_of_one_text_in_one_group_only_the_first_records(store: Lo
 
 
 def test_a_later_input_of_a_batch_sees_what_an_earlier_one_recorded(store: LogStore) -> None:
-    inputs = [CheckInput(text="a b c d", item="x"), CheckInput(text="e f g h", item="y"),
-              CheckInput(text="A B C D", item="z")]
+    inputs = [
+        CheckInput(text="a b c d", item="x"),
+        CheckInput(text="e f g h", item="y"),
+        CheckInput(text="A B C D", item="z"),
+    ]
     checked = _checked(store.append_group([_check(inputs=inputs)])[0]).checked
     assert checked.results is not None
     assert [r.duplicate for r in checked.results] == [False, False, True]
@@ -218,7 +318,9 @@ def test_a_check_without_record_appends_nothing(store: LogStore) -> None:
     assert not again.duplicate
 
 
-def test_a_failed_group_leaves_no_entry_in_the_index(store: LogStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_group_leaves_no_entry_in_the_index(
+    store: LogStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def fail() -> None:
         raise RuntimeError("disk on fire")
 
@@ -263,21 +365,209 @@ def test_indexes_loaded_from_the_table_answer_like_the_live_ones(tmp_path: Path)
     path = tmp_path / "t.db"
     live = LogStore(path)
     live.catch_up()
-    live.append_group([_check("simhash", text="one two three", item="a"),
-                       _check("hash", value={"k": 1}, item="b"),
-                       _check("embedding", space="s", vector=[0.0, 1.0], item="c")])
+    live.append_group(
+        [
+            _check("simhash", text="one two three", item="a"),
+            _check("hash", value={"k": 1}, item="b"),
+            _check("embedding", space="s", vector=[0.0, 1.0], item="c"),
+        ]
+    )
     live.append_events([DedupCleared(data=DedupClearedData(namespace="gone"))])
     live.close()
     again = LogStore(path)
     try:
         again.catch_up()
         assert again.load_dedup() == 3
-        results = again.append_group([_check("simhash", text="ONE two three", record=False),
-                                      _check("hash", value={"k": 1}, record=False),
-                                      _check("embedding", space="s", vector=[0.0, 2.0], record=False)])
+        results = again.append_group(
+            [
+                _check("simhash", text="ONE two three", record=False),
+                _check("hash", value={"k": 1}, record=False),
+                _check("embedding", space="s", vector=[0.0, 2.0], record=False),
+            ]
+        )
         items = [_checked(r).checked.match.item for r in results]  # type: ignore[union-attr]
         assert items == ["a", "b", "c"]
         again.rebuild()
         assert again.load_dedup() == 3
     finally:
         again.close()
+
+
+# -- saved embedding indexes (dedup_persist) ----------------------------------------------
+
+
+def _record_vectors(store: LogStore, vectors: np.ndarray, namespace: str = "emb", space: str = "s") -> None:
+    inputs = [CheckInput(vector=v.tolist(), item=f"i{k}") for k, v in enumerate(vectors)]
+    result = store.append_group([_check("embedding", namespace=namespace, space=space, inputs=inputs)])[0]
+    assert not _checked(result).checked.duplicate
+
+
+def _save(store: LogStore, namespace: str = "emb") -> dp.Header | None:
+    spaces = dp.snapshot(store.dedup, namespace)
+    try:
+        return dp.save_namespace(dp.files_dir(store.path), namespace, store.head, spaces)
+    finally:
+        dp.release(spaces)
+
+
+def _unit_vectors(rng: np.random.Generator, n: int, dims: int) -> np.ndarray:
+    v = rng.normal(size=(n, dims)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A database with 40 vectors in namespace 'emb' (a saved copy of the first 30) and a hash."""
+    path = tmp_path / "t.db"
+    vectors = _unit_vectors(np.random.default_rng(7), 40, 16)
+    store = LogStore(path)
+    store.catch_up()
+    store.append_group([_check("hash", text="x")])
+    _record_vectors(store, vectors[:30])
+    assert _save(store) is not None
+    _record_vectors(store, vectors[30:])
+    store.close()
+    return path, vectors
+
+
+def _load(path: Path, namespace: str = "emb") -> tuple[dict[str, dd.EmbeddingIndex], str, int]:
+    store = LogStore(path)
+    try:
+        return dp.load_embeddings(store.conn, dp.files_dir(path), namespace, store.head)
+    finally:
+        store.close()
+
+
+def _all_found(built: dict[str, dd.EmbeddingIndex], vectors: np.ndarray) -> bool:
+    return all(built["s"].search(v) is not None and built["s"].search(v)[1] < 1e-4 for v in vectors)  # type: ignore[index]
+
+
+def test_a_saved_index_is_loaded_and_caught_up_with_what_the_log_recorded_after_it(
+    saved: tuple[Path, np.ndarray],
+) -> None:
+    path, vectors = saved
+    built, how, added = _load(path)
+    assert (how, added) == ("saved", 10)
+    assert len(built["s"]) == 40 and _all_found(built, vectors)
+    # Found entries name the right item: label k is the k-th recorded vector.
+    label, _ = built["s"].search(vectors[35])  # type: ignore[misc]
+    assert built["s"].entries[label][2] == "i5"
+
+
+def _header_path(path: Path) -> Path:
+    return dp.files_dir(path) / f"{dp.stem('emb')}.json"
+
+
+def _edit_header(path: Path, **changes: object) -> None:
+    header = msgspec.json.decode(_header_path(path).read_bytes(), type=dp.Header)
+    _header_path(path).write_bytes(msgspec.json.encode(msgspec.structs.replace(header, **changes)))
+
+
+def _hnsw_file(path: Path) -> Path:
+    header = msgspec.json.decode(_header_path(path).read_bytes(), type=dp.Header)
+    return dp.files_dir(path) / header.spaces[0].file
+
+
+def _truncate(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def _flip_a_byte(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    data[len(data) * 2 // 3] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda p: _edit_header(p, seq=5), id="seq lower than its entries"),
+        pytest.param(lambda p: _edit_header(p, seq=35), id="seq higher than its entries"),
+        pytest.param(lambda p: _edit_header(p, seq=10_000), id="seq past the log's head"),
+        pytest.param(lambda p: _truncate(_hnsw_file(p)), id="truncated hnsw file"),
+        pytest.param(lambda p: _flip_a_byte(_hnsw_file(p)), id="corrupt hnsw file"),
+        pytest.param(
+            lambda p: _truncate(dp.files_dir(p) / _hnsw_file(p).name.replace(".0.hnsw", ".entries")),
+            id="truncated entries file",
+        ),
+        pytest.param(lambda p: _header_path(p).write_bytes(b'{"format": 1, "nam'), id="truncated header"),
+        pytest.param(lambda p: _hnsw_file(p).unlink(), id="missing hnsw file"),
+    ],
+)
+def test_a_saved_index_that_does_not_match_the_log_is_rebuilt(
+    saved: tuple[Path, np.ndarray], spoil: Any
+) -> None:
+    path, vectors = saved
+    spoil(path)
+    built, how, added = _load(path)
+    assert (how, added) == ("rebuilt", 40)
+    assert len(built["s"]) == 40 and _all_found(built, vectors)
+
+
+def test_a_saved_index_of_another_dimension_or_other_vectors_is_rebuilt(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for other_dims in (8, 4):  # the same seqs, another dimension; then the same dimension, other vectors
+        a, b = tmp_path / f"a{other_dims}.db", tmp_path / f"b{other_dims}.db"
+        other = LogStore(a)
+        other.catch_up()
+        _record_vectors(other, _unit_vectors(rng, 5, other_dims))
+        _save(other)
+        other.close()
+        mine = LogStore(b)
+        mine.catch_up()
+        vectors = _unit_vectors(rng, 5, 4)
+        _record_vectors(mine, vectors)
+        mine.close()
+        shutil.copytree(dp.files_dir(a), dp.files_dir(b))
+        built, how, _ = _load(b)
+        assert how == "rebuilt"
+        assert built["s"].dim == 4 and _all_found(built, vectors)
+
+
+def test_a_namespace_cleared_after_its_save_loads_without_the_cleared_vectors(
+    saved: tuple[Path, np.ndarray],
+) -> None:
+    path, vectors = saved
+    store = LogStore(path)
+    store.append_events([DedupCleared(data=DedupClearedData(namespace="emb"))])
+    _record_vectors(store, vectors[:2])
+    store.close()
+    built, how, _ = _load(path)
+    assert how == "rebuilt" and len(built["s"]) == 2
+
+
+def test_a_rolled_back_vector_stays_deleted_in_the_saved_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "t.db"
+    vectors = _unit_vectors(np.random.default_rng(5), 3, 8)
+    store = LogStore(path)
+    store.catch_up()
+    _record_vectors(store, vectors[:2])
+    monkeypatch.setattr(store, "_finish_group", lambda: (_ for _ in ()).throw(RuntimeError("disk full")))
+    assert isinstance(
+        store.append_group([_check("embedding", namespace="emb", space="s", vector=vectors[2].tolist())])[0],
+        errors.InternalError,
+    )
+    monkeypatch.undo()
+    _save(store)
+    store.close()
+    built, how, added = _load(path)
+    assert (how, added) == ("saved", 0)
+    assert len(built["s"]) == 2 and built["s"].search(vectors[2])[1] > 0.01  # type: ignore[index]
+
+
+def test_load_dedup_uses_the_saved_copy_and_answers_like_the_live_index(
+    saved: tuple[Path, np.ndarray],
+) -> None:
+    path, vectors = saved
+    store = LogStore(path)
+    try:
+        store.catch_up()
+        assert store.load_dedup() == 41
+        result = store.append_group(
+            [_check("embedding", namespace="emb", space="s", vector=vectors[33].tolist(), record=False)]
+        )[0]
+        assert _checked(result).checked.match.item == "i3"  # type: ignore[union-attr]
+    finally:
+        store.close()
