@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import structlog
+
+from tests.conftest import open_client
 from tracklog.daemon import writer as writer_module
 from tracklog.daemon.server import Daemon, Settings
 from tracklog.daemon.store import AppendResult, LogStore
@@ -22,8 +24,6 @@ from tracklog.daemon.writer import Writer
 from tracklog.protocol import errors
 from tracklog.protocol.events import Metrics, MetricsData
 from tracklog.protocol.messages import Append
-
-from tests.conftest import open_client
 
 WAIT = 30.0
 
