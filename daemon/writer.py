@@ -321,14 +321,20 @@ def _ref_of(request: Any) -> int | None:
     return ref if isinstance(ref, int) and not isinstance(ref, bool) else None
 
 
-_json_ref = msgspec.json.Decoder(dict[str, Any])
-_mp_ref = msgspec.msgpack.Decoder(dict[str, Any])
+class _RefOnly(msgspec.Struct):
+    """Only the `ref` of a frame (the other fields are skipped, not decoded)."""
+
+    ref: Any = None
+
+
+_json_ref = msgspec.json.Decoder(_RefOnly)
+_mp_ref = msgspec.msgpack.Decoder(_RefOnly)
 
 
 def _raw_ref(frame: bytes | str) -> int | None:
     try:
-        ref = (_json_ref if isinstance(frame, str) else _mp_ref).decode(frame).get("ref")
-    except Exception:
+        ref = _json_ref.decode(frame).ref if isinstance(frame, str) else _mp_ref.decode(frame).ref
+    except Exception:  # not even an object: no ref to echo
         return None
     return ref if isinstance(ref, int) and not isinstance(ref, bool) else None
 
