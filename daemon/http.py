@@ -524,7 +524,27 @@ class HttpApi:
                     "tracklog_ack_latency_seconds", "Time from an append reaching the writer to its commit."
                 )
             )
-        metric("tracklog_head_seq", "gauge", "Seq of the newest committed event.", daemon.writer.head)
+        writer = daemon.writer
+        metric("tracklog_head_seq", "gauge", "Seq of the newest committed event.", writer.head)
+        metric("tracklog_writer_up", "gauge", "1 while the writer runs, else 0.", int(writer.alive))
+        metric(
+            "tracklog_writer_oldest_request_seconds",
+            "gauge",
+            "How long the oldest request not yet committed has waited.",
+            writer.oldest_request_seconds(),
+        )
+        metric("tracklog_writer_queued_requests", "gauge", "Requests waiting for the writer.", writer.queued)
+        metric(
+            "tracklog_writer_failures_total",
+            "counter",
+            "Exceptions the writer caught around a request or a group (each one a bug).",
+            writer.failures,
+        )
+        episodes, refusals = writer.disk_full_counts()
+        disk_full = int(writer.disk_full is not None)
+        metric("tracklog_disk_full", "gauge", "1 while appends are refused for a full disk.", disk_full)
+        metric("tracklog_disk_full_episodes_total", "counter", "Times the disk became full.", episodes)
+        metric("tracklog_disk_full_refusals_total", "counter", "Requests answered disk_full.", refusals)
         metric("tracklog_connections", "gauge", "Open WebSocket connections.", daemon.connections)
         metric(
             "tracklog_subscribers", "gauge", "Live subscriptions.", hub.subscribers if hub is not None else 0

@@ -336,8 +336,19 @@ class Daemon:
         if self.settings.tokens and not self._token_ok(_bearer(request.headers) or console_token(request.path)):
             return _json_response(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "a bearer token is required"})
         if path == "/healthz":
-            return _json_response(HTTPStatus.OK, {"status": "ok", "head": self.writer.head})
+            return self.health_response()
         return await self.http.respond(request)
+
+    def health_response(self) -> Response:
+        """`/healthz`: 200 `{"status": "ok"}` while appends can be committed; 503 with a
+        status and a reason when they cannot (the writer is down or stuck, the disk is full),
+        so a supervisor or a load balancer sees what a client would only see as silence."""
+        problem = self.writer.problem()
+        if problem is None:
+            return _json_response(HTTPStatus.OK, {"status": "ok", "head": self.writer.head})
+        status, reason = problem
+        body = {"status": status, "reason": reason, "head": self.writer.head}
+        return _json_response(HTTPStatus.SERVICE_UNAVAILABLE, body)
 
     def _token_ok(self, token: str | None) -> bool:
         if not token:  # an empty token never authenticates

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import msgspec
+import structlog
 
 from tracklog.protocol import errors
 from tracklog.protocol.events import (
@@ -43,7 +44,12 @@ from .projections import LoggedEvent
 from .schema import LOG_DDL, PROJECTION_DDL, PROJECTION_TABLES, PROJECTION_VERSION
 from .tables import Tables
 
+log = structlog.get_logger("tracklog.store")
+
 Durability = Literal["normal", "full"]
+#: SQLite's result code for "database or disk is full" (SQLITE_FULL).
+SQLITE_FULL: Final = 13
+DISK_FULL_MESSAGE: Final = "the daemon's disk is full: nothing was committed; send it again later"
 _ID_LOOKUP_CHUNK: Final = 500
 _REPLAY_BATCH: Final = 5_000
 #: Events that only mark a run deleted or not: they never resume a `lost` run.
@@ -73,6 +79,13 @@ def connect(path: str | os.PathLike[str], durability: Durability = "normal", rea
     except sqlite3.Error as exc:
         raise errors.StorageError(f"cannot open {path}: {exc}") from exc
     return conn
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether SQLite failed because the disk (or the database's page limit) is full."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    return getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "database or disk is full" in str(exc)
 
 
 def ddl_statements(script: str) -> list[str]:
@@ -132,6 +145,10 @@ class LogStore:
         self.dedup = dd.DedupIndexes(None if str(path) == ":memory:" else Path(os.fspath(path) + ".dedup"))
         #: Whether appends return their events in stored form (someone listens for them).
         self.publish = False
+        #: Why appends are refused while the disk is full (None when it is not).
+        self.disk_full: str | None = None
+        self.disk_full_episodes = 0
+        self.disk_full_refusals = 0
         try:
             self.conn.executescript(LOG_DDL)
             self.head = self._read_head()
@@ -238,7 +255,9 @@ class LogStore:
         """Commit many appends (and checks) in one transaction (group commit); one result each.
 
         If the group fails as a whole, each append is retried in a transaction of its
-        own, so one bad append cannot fail the others.
+        own, so one bad append cannot fail the others. A full disk fails them all with
+        `disk_full` (no retry: nothing would fit), logged once per episode; the first
+        commit that appends again ends the episode. Raises only if nothing was committed.
         """
         head = self.head
         if not self.dedup.loaded and any(a.__class__ is Check for a in appends):
@@ -249,24 +268,37 @@ class LogStore:
                 self._append_one(a) if a.__class__ is Append else self._check_one(a)  # type: ignore[arg-type]
                 for a in appends
             ]
-            self._finish_group()
-            return results
-        except Exception:
+            self.tables.flush()
+            self._set_meta("applied_seq", self.head)
+            self.conn.execute("COMMIT")
+        except Exception as exc:
             self._rollback()
             self.head = head
+            if is_disk_full(exc):
+                self._disk_full_refused(exc, len(appends))
+                return [errors.DiskFull(DISK_FULL_MESSAGE, a.ref) for a in appends]
             if len(appends) == 1:
                 what = "append" if appends[0].__class__ is Append else "check"
+                log.error("commit failed", what=what, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
                 return [errors.InternalError(f"the {what} could not be committed", appends[0].ref)]
-        out: list[WriteResult] = []
-        for append in appends:
-            out.extend(self.append_group([append]))
-        return out
-
-    def _finish_group(self) -> None:
-        self.tables.flush()
-        self._set_meta("applied_seq", self.head)
-        self.conn.execute("COMMIT")
+            out: list[WriteResult] = []
+            for append in appends:
+                out.extend(self.append_group([append]))
+            return out
+        # Committed: from here on nothing may raise, or the caller would commit it twice.
         self.dedup.commit()
+        if self.disk_full is not None and self.head > head:
+            log.info("disk space is back: appends are committed again", db=str(self.path))
+            self.disk_full = None
+        return results
+
+    def _disk_full_refused(self, exc: Exception, requests: int) -> None:
+        """Count requests refused for a full disk; log the start of an episode once."""
+        self.disk_full_refusals += requests
+        if self.disk_full is None:
+            self.disk_full = f"the disk holding {self.path} is full: appends are refused until space returns"
+            self.disk_full_episodes += 1
+            log.error("disk full: appends are refused until space returns", db=str(self.path), error=str(exc))
 
     # -- near-duplicate checks --------------------------------------------------
 

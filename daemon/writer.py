@@ -9,15 +9,17 @@ arrived while the previous one ran.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
+import msgspec
 import structlog
 
 from tracklog.protocol import errors
-from tracklog.protocol.messages import Ack, Codec, Append, Check, StoredEvent
+from tracklog.protocol.messages import Ack, Append, Check, Codec, StoredEvent
 
 from .dedup_persist import DedupRuntime, files_dir
 from .histogram import LatencyHistogram
@@ -29,6 +31,9 @@ log = structlog.get_logger("tracklog.writer")
 MAX_GROUP_EVENTS: Final = 50_000
 #: Appends waiting for the writer before connections stop reading (backpressure).
 MAX_QUEUED_APPENDS: Final = 1_000
+#: A request waiting this long for its commit means the writer is stuck: /healthz fails.
+#: (A full queue of the largest appends commits in well under this.)
+STUCK_AFTER_SECONDS: Final = 60.0
 
 CommitListener = Callable[[list[StoredEvent]], None]
 
@@ -61,7 +66,12 @@ class Writer:
         )
         self._store: LogStore | None = None
         self._task: asyncio.Task[None] | None = None
-        self._submitted: dict[asyncio.Future[AppendResult | errors.ProtocolError], float] = {}
+        #: When each request not yet answered was submitted, oldest first (dicts keep order).
+        self._submitted: dict[asyncio.Future[Any], float] = {}
+        #: Exceptions the writer caught around a request or a group (each one a bug).
+        self.failures = 0
+        #: Seconds a request may wait before the writer counts as stuck.
+        self.stuck_after = STUCK_AFTER_SECONDS
         #: Loads the dedup indexes after start and saves the embedding ones (dedup_persist).
         self.dedup: DedupRuntime | None = None
 
@@ -80,43 +90,105 @@ class Writer:
 
     async def submit(self, append: Append) -> asyncio.Future[AppendResult | errors.ProtocolError]:
         """Queue an append; the future resolves once it is committed (or failed)."""
-        future: asyncio.Future[AppendResult | errors.ProtocolError] = asyncio.get_running_loop().create_future()
-        self._submitted[future] = time.perf_counter()
-        await self._queue.put((append, future))
-        return future
+        return await self._enqueue(append)
 
     async def submit_frame(self, frame: bytes | str) -> asyncio.Future[AppendResult | errors.ProtocolError]:
         """Queue an `append` frame still undecoded: the writer's thread decodes and checks
         it with the rest of its group, so the event loop only moves bytes and one thread,
         not two, does the CPU work of ingest (two would mostly take turns at the GIL)."""
-        future: asyncio.Future[AppendResult | errors.ProtocolError] = asyncio.get_running_loop().create_future()
-        self._submitted[future] = time.perf_counter()
-        await self._queue.put((RawAppend(frame), future))  # type: ignore[arg-type]
-        return future
+        return await self._enqueue(RawAppend(frame))
 
     async def submit_check(self, check: Check) -> asyncio.Future[CheckResult | errors.ProtocolError]:
         """Queue a check behind the appends before it; it is answered (and recorded) in their order."""
-        future: asyncio.Future[CheckResult | errors.ProtocolError] = asyncio.get_running_loop().create_future()
-        await self._queue.put((check, future))  # type: ignore[arg-type]  # the store takes both kinds
+        return await self._enqueue(check)
+
+    async def _enqueue(self, request: Any) -> asyncio.Future[Any]:
+        """Queue a request for the writer; a writer that is not running answers `internal` at once
+        (rather than letting requests pile up where nothing takes them)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._task is not None and self._task.done():
+            future.set_result(errors.InternalError("the daemon's writer is not running", _ref_of(request)))
+            return future
+        self._submitted[future] = time.perf_counter()
+        await self._queue.put((request, future))
         return future
 
     def dedup_ready(self, check: Check) -> asyncio.Event | None:
         """What to wait for before queueing this check: its index still loading; else None."""
         return None if self.dedup is None else self.dedup.ready(check)
 
+    # -- health -------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """Whether the writer's task runs (it ends only when stopped)."""
+        return self._task is not None and not self._task.done()
+
+    def oldest_request_seconds(self) -> float:
+        """How long the oldest request not yet answered has waited (0 when there is none)."""
+        for submitted in self._submitted.values():
+            return max(0.0, time.perf_counter() - submitted)
+        return 0.0
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def disk_full(self) -> str | None:
+        """Why appends are refused for a full disk, or None."""
+        return self._store.disk_full if self._store is not None else None
+
+    def disk_full_counts(self) -> tuple[int, int]:
+        """Times the disk became full, and requests refused for it."""
+        store = self._store
+        return (store.disk_full_episodes, store.disk_full_refusals) if store is not None else (0, 0)
+
+    def problem(self) -> tuple[str, str] | None:
+        """What keeps the writer from committing, as (status, reason), or None when it can."""
+        if self._task is None:
+            return "starting", "the writer has not started"
+        if not self.alive:
+            return "writer_down", "the writer is not running: no append can be committed"
+        waited = self.oldest_request_seconds()
+        if waited > self.stuck_after:
+            return "writer_stuck", f"the oldest queued request has waited {waited:.0f} s for its commit"
+        disk_full = self.disk_full
+        if disk_full is not None:
+            return "disk_full", disk_full
+        return None
+
     async def drain(self) -> None:
-        """Wait until everything queued so far is committed."""
-        await self._queue.join()
+        """Wait until everything queued so far is committed (or, should the writer not be
+        running, answered `internal`: stopping never hangs on a dead writer)."""
+        task = self._task
+        if task is None or task.done():
+            self._fail_queued()
+            return
+        joined = asyncio.ensure_future(self._queue.join())
+        await asyncio.wait({joined, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not joined.done():
+            joined.cancel()
+            self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        """Answer every queued request `internal`: there is no writer to commit them."""
+        while not self._queue.empty():
+            request, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_result(
+                    errors.InternalError("the daemon's writer is not running", _ref_of(request))
+                )
+            self._submitted.pop(future, None)
+            self._queue.task_done()
 
     async def stop(self) -> None:
         """Commit what is queued, then close the store (checkpointing the WAL)."""
         await self.drain()
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self.dedup is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self.dedup.close)
         if self._store is not None:
@@ -125,7 +197,11 @@ class Writer:
         self._executor.shutdown(wait=True)
 
     def _commit(self, store: LogStore, requests: list[Any]) -> list[Any]:
-        """On the writer's thread: decode raw frames, then commit the group in one transaction."""
+        """On the writer's thread: decode raw frames, then commit the group in one transaction.
+
+        Decoding is per request: one that fails in any way gets its own error. Raises only
+        if the store did (and then nothing was committed: the caller may retry).
+        """
         results: list[Any] = [None] * len(requests)
         todo: list[Any] = []
         where: list[int] = []
@@ -137,21 +213,35 @@ class Writer:
                 except errors.ProtocolError as exc:
                     results[index] = exc
                     continue
+                except Exception as exc:  # the codec raises only ProtocolError; should it not:
+                    self.failures += 1
+                    log.exception("decoding an append failed", error=f"{type(exc).__name__}: {exc}")
+                    results[index] = errors.InternalError("the append could not be decoded", None)
+                    continue
                 if not isinstance(msg, Append):  # the loop saw "append"; the codec did not
                     results[index] = errors.BadMessage("op: expected append", getattr(msg, "ref", None))
                     continue
                 if not msg.events:
-                    results[index] = AppendResult(
-                        Ack(accepted=0, rejected=msg.rejected, ref=msg.ref), []
-                    )
+                    results[index] = AppendResult(Ack(accepted=0, rejected=msg.rejected, ref=msg.ref), [])
                     continue
                 runs[index] = frozenset(e.run for e in msg.events if e.run is not None)
                 request = msg
             todo.append(request)
             where.append(index)
         if todo:
-            for index, result in zip(where, store.append_group(todo), strict=True):
-                if index in runs and isinstance(result, AppendResult):
+            committed = store.append_group(todo)
+            if len(committed) != len(todo):  # a bug; answer what can be, never raise after a commit
+                self.failures += 1
+                log.error(
+                    "the store answered a group with the wrong number of results",
+                    requests=len(todo),
+                    results=len(committed),
+                )
+            for position, index in enumerate(where):
+                result = committed[position] if position < len(committed) else None
+                if result is None:
+                    result = errors.InternalError("the request got no answer", _ref_of(todo[position]))
+                elif index in runs and isinstance(result, AppendResult):
                     result.runs = runs[index]
                 results[index] = result
             if self.dedup is not None:
@@ -159,51 +249,108 @@ class Writer:
         return results
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Take groups off the queue and commit them, forever: no exception of one request
+        or one group stops the loop; every request taken gets an answer."""
         queue = self._queue
-        assert self._store is not None
-        store = self._store
         while True:
             batch = [await queue.get()]
-            size = _weight(batch[0][0])
-            while size < MAX_GROUP_EVENTS and not queue.empty():
-                item = queue.get_nowait()
-                batch.append(item)
-                size += _weight(item[0])
-            started = time.perf_counter()
-            store.publish = bool(self.listeners)
             try:
-                results = await loop.run_in_executor(self._executor, self._commit, store, [a for a, _ in batch])
-            except Exception as exc:  # the store never raises, but a bug must not kill the writer
-                log.exception("group commit failed", error=str(exc))
-                results = [errors.InternalError("commit failed", a.ref) for a, _ in batch]
-            elapsed = time.perf_counter() - started
-            self.head = store.head
-            committed: list[StoredEvent] = []
-            stats = self.stats
-            stats.commits += 1
-            stats.commit_seconds += elapsed
-            for (_, future), result in zip(batch, results, strict=True):
-                if isinstance(result, CheckResult):
-                    committed.extend(result.events)
-                elif isinstance(result, AppendResult):
-                    committed.extend(result.events)
-                    stats.appends += 1
-                    stats.events += result.ack.accepted
-                    stats.duplicates += len(result.ack.duplicates)
-                    stats.rejected += len(result.ack.rejected)
-                if not future.done():
-                    future.set_result(result)
-                submitted = self._submitted.pop(future, None)
-                if submitted is not None:
-                    stats.ack_latency.observe(time.perf_counter() - submitted)
-                queue.task_done()
-            if committed:
-                for listener in self.listeners:
-                    try:
-                        listener(committed)
-                    except Exception:
-                        log.exception("commit listener failed")
+                size = _weight(batch[0][0])
+                while size < MAX_GROUP_EVENTS and not queue.empty():
+                    item = queue.get_nowait()
+                    batch.append(item)
+                    size += _weight(item[0])
+                await self._commit_batch(batch)
+            except Exception as exc:
+                self.failures += 1
+                log.exception("the writer failed on a group", error=f"{type(exc).__name__}: {exc}")
+            finally:
+                for request, future in batch:
+                    if not future.done():
+                        future.set_result(
+                            errors.InternalError("the request failed in the writer", _ref_of(request))
+                        )
+                    self._submitted.pop(future, None)
+                    queue.task_done()
+
+    async def _commit_batch(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._store is not None
+        store = self._store
+        requests = [request for request, _ in batch]
+        started = time.perf_counter()
+        store.publish = bool(self.listeners)
+        try:
+            results = await loop.run_in_executor(self._executor, self._commit, store, requests)
+        except Exception as exc:
+            # Nothing of the group was committed: retry it request by request, so only
+            # the request that fails gets an error.
+            self.failures += 1
+            log.exception("group commit failed; retrying its requests one by one", error=str(exc))
+            results = []
+            for request in requests:
+                try:
+                    results.extend(await loop.run_in_executor(self._executor, self._commit, store, [request]))
+                except Exception as one_exc:
+                    log.exception(
+                        "a request failed in the writer", error=f"{type(one_exc).__name__}: {one_exc}"
+                    )
+                    results.append(
+                        errors.InternalError("the request could not be committed", _ref_of(request))
+                    )
+        elapsed = time.perf_counter() - started
+        self.head = store.head
+        committed: list[StoredEvent] = []
+        stats = self.stats
+        stats.commits += 1
+        stats.commit_seconds += elapsed
+        now = time.perf_counter()
+        for (_, future), result in zip(batch, results, strict=True):
+            if isinstance(result, CheckResult):
+                committed.extend(result.events)
+            elif isinstance(result, AppendResult):
+                committed.extend(result.events)
+                stats.appends += 1
+                stats.events += result.ack.accepted
+                stats.duplicates += len(result.ack.duplicates)
+                stats.rejected += len(result.ack.rejected)
+            if not future.done():
+                future.set_result(result)
+            submitted = self._submitted.pop(future, None)
+            if submitted is not None and not isinstance(result, CheckResult):
+                stats.ack_latency.observe(now - submitted)
+        if committed:
+            for listener in self.listeners:
+                try:
+                    listener(committed)
+                except Exception:
+                    log.exception("commit listener failed")
+
+
+def _ref_of(request: Any) -> int | None:
+    """The ref of a queued request, for its error (a raw frame's is read from the frame)."""
+    if request.__class__ is RawAppend:
+        return _raw_ref(request.frame)
+    ref = getattr(request, "ref", None)
+    return ref if isinstance(ref, int) and not isinstance(ref, bool) else None
+
+
+class _RefOnly(msgspec.Struct):
+    """Only the `ref` of a frame (the other fields are skipped, not decoded)."""
+
+    ref: Any = None
+
+
+_json_ref = msgspec.json.Decoder(_RefOnly)
+_mp_ref = msgspec.msgpack.Decoder(_RefOnly)
+
+
+def _raw_ref(frame: bytes | str) -> int | None:
+    try:
+        ref = _json_ref.decode(frame).ref if isinstance(frame, str) else _mp_ref.decode(frame).ref
+    except Exception:  # not even an object: no ref to echo
+        return None
+    return ref if isinstance(ref, int) and not isinstance(ref, bool) else None
 
 
 class RawAppend:

@@ -12,6 +12,7 @@ TracklogError
       ├── NotFound          not_found
       ├── BadQuery          bad_query
       ├── Overloaded        overloaded
+      ├── DiskFull          disk_full (nothing committed; transient: resend later)
       └── InternalError     internal
  └── StorageError           the log store failed (wraps the driver's error)
 """
@@ -30,6 +31,10 @@ TOO_LARGE: Final = "too_large"
 NOT_FOUND: Final = "not_found"
 BAD_QUERY: Final = "bad_query"
 OVERLOADED: Final = "overloaded"
+#: The daemon's disk is full: nothing of the request was committed. Transient by nature:
+#: the daemon recovers by itself when space returns, so a client keeps the events and
+#: sends them again later (as for `overloaded` and `internal`).
+DISK_FULL: Final = "disk_full"
 INTERNAL: Final = "internal"
 #: Per-event code in an ack's `rejected` list.
 INVALID_EVENT: Final = "invalid_event"
@@ -46,9 +51,12 @@ ERROR_CODES: Final = frozenset(
         NOT_FOUND,
         BAD_QUERY,
         OVERLOADED,
+        DISK_FULL,
         INTERNAL,
     }
 )
+#: Codes that say nothing about the request itself: the same request may succeed later.
+TRANSIENT_CODES: Final = frozenset({OVERLOADED, DISK_FULL, INTERNAL})
 
 
 class TracklogError(Exception):
@@ -106,6 +114,10 @@ class Overloaded(ProtocolError):
     code = OVERLOADED
 
 
+class DiskFull(ProtocolError):
+    code = DISK_FULL
+
+
 class InternalError(ProtocolError):
     code = INTERNAL
 
@@ -127,6 +139,7 @@ _BY_CODE: dict[str, type[ProtocolError]] = {
         NotFound,
         BadQuery,
         Overloaded,
+        DiskFull,
         InternalError,
     )
 }

@@ -7,14 +7,16 @@ run, a finite `ts`) and turns the JSON spellings of NaN and the infinities into 
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal, Union
 
 import msgspec
 from msgspec import Meta, Struct, field
 
-from .limits import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_RUN_CHARS
+from .limits import MAX_DEPTH, MAX_ID_CHARS, MAX_NAME_CHARS, MAX_RUN_CHARS
 
 #: Metric, tag and key names: 1 to 250 characters, no control characters. The length is
 #: checked while decoding; control characters by `check_event`, through a cache of names
@@ -298,6 +300,93 @@ def check_event(event: Event) -> Event:
     return event
 
 
+#: The range of integers every reader takes (SQLite, MessagePack, most JSON parsers).
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+#: The free-form fields (any JSON value) of each data class, checked by `json_value_problem`.
+FREE_FORM_FIELDS: Final[dict[type[Data], tuple[str, ...]]] = {
+    RunStartedData: ("config",),
+    RunUpdatedData: ("config",),
+    ItemData: ("data",),
+    ArtifactData: ("metadata",),
+    CachePutData: ("value",),
+    DedupRecordedData: ("value",),
+}
+
+
+def json_value_problem(value: Any, field: str, max_depth: int = MAX_DEPTH) -> str | None:
+    """Why a free-form value could not be given back to every reader, or None when it can.
+
+    Only JSON values are kept: null, booleans, integers within 64 bits, floats (NaN and
+    the infinities too: JSON readers get them as the protocol's strings), strings, lists,
+    and maps whose keys are strings, nested at most `max_depth` levels. MessagePack can
+    carry more (integer or array keys, bytes, extensions, timestamps); stored, those
+    would break every JSON reader that reaches them, so they are refused at the door.
+    The message starts with the path of the offending value: `item.data.1: map keys
+    must be strings`, `cache.put.value.rows[2]: expected a JSON value ..., got bytes`.
+    """
+    cls = value.__class__
+    if cls is dict or cls is list:
+        found = _container_problem(value, 1, max_depth)
+        if found is None:
+            return None
+        parts, what = found
+        if not parts:  # too deep: named at the field, as the limit is the field's
+            return f"{field}: {what}"
+        return field + "".join(reversed(parts)) + ": " + what
+    what = _scalar_problem(value)
+    return None if what is None else f"{field}: {what}"
+
+
+def _scalar_problem(value: Any) -> str | None:
+    cls = value.__class__
+    if cls is str or cls is float or cls is bool or value is None:
+        return None
+    if cls is int:
+        return None if INT64_MIN <= value <= INT64_MAX else "integer beyond 64 bits"
+    return f"expected a JSON value (null, boolean, number, string, list or map), got {_kind_of(value)}"
+
+
+def _container_problem(node: Any, depth: int, max_depth: int) -> tuple[list[str], str] | None:
+    """The first problem inside a map or list: the path to it (innermost part first; empty
+    when the value nests too deep) and what is wrong. Recursion is bounded by `max_depth`."""
+    if depth > max_depth:
+        return [], f"nested deeper than {max_depth} levels"
+    is_map = node.__class__ is dict
+    for key, child in node.items() if is_map else enumerate(node):
+        if is_map and key.__class__ is not str:
+            return [f".{_key_text(key)}"], "map keys must be strings"
+        cls = child.__class__
+        if cls is str or cls is float or cls is bool or child is None:
+            continue  # the common leaves first
+        if cls is dict or cls is list:
+            found = _container_problem(child, depth + 1, max_depth)
+            if found is None:
+                continue
+            if found[0]:
+                found[0].append(f".{key}" if is_map else f"[{key}]")
+            return found
+        what = _scalar_problem(child)
+        if what is not None:
+            return [f".{key}" if is_map else f"[{key}]"], what
+    return None
+
+
+def _key_text(key: Any) -> str:
+    text = str(key) if key.__class__ in (int, float, bool) or key is None else repr(key)
+    return text[:40]
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "bytes"
+    if isinstance(value, msgspec.msgpack.Ext):
+        return f"a MessagePack extension (type {value.code})"
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return "a timestamp"
+    return f"a {type(value).__name__}"
+
+
 def event_type(event: Event) -> str:
     return event.__struct_config__.tag  # type: ignore[return-value]
 
@@ -346,7 +435,8 @@ def explain_validation_error(err: msgspec.ValidationError, raw: Any, prefix: str
         where = key_in
     path = where[2:] if where.startswith("$.") else where.lstrip("$")
     if "[...]" in path:
-        path = _name_dict_keys(path, raw)
+        out_of_range = message.startswith("Number out of range")
+        path = _name_dict_keys(path, raw, _is_out_of_range if out_of_range else _is_not_a_number)
     if path.startswith("data."):
         path = path[5:]
     elif path == "data":
@@ -361,7 +451,19 @@ def explain_validation_error(err: msgspec.ValidationError, raw: Any, prefix: str
     return f"{field_path}: {msg}"
 
 
-def _name_dict_keys(path: str, raw: Any) -> str:
+def _is_not_a_number(value: Any) -> bool:
+    if isinstance(value, str):
+        return value not in _NON_FINITE
+    return value is None or isinstance(value, bool) or not isinstance(value, (int, float))
+
+
+def _is_out_of_range(value: Any) -> bool:
+    """A number JSON wrote beyond a float's range (1e400), which the explaining decoder
+    read as an infinity (JSON has no other way to make one)."""
+    return isinstance(value, float) and math.isinf(value)
+
+
+def _name_dict_keys(path: str, raw: Any, misfit: Callable[[Any], bool] = _is_not_a_number) -> str:
     """Replace `[...]` in a msgspec path by the first key whose value does not fit."""
     head, _, tail = path.partition("[...]")
     node = raw
@@ -374,9 +476,7 @@ def _name_dict_keys(path: str, raw: Any) -> str:
             return path.replace("[...]", ".?")
     if isinstance(node, dict):
         for key, value in node.items():
-            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-                if isinstance(value, str) and value in _NON_FINITE:
-                    continue
+            if misfit(value):
                 return f"{head}.{key}{tail}"
         first = next(iter(node), "?")
         return f"{head}.{first}{tail}"

@@ -8,6 +8,7 @@ good events and a `rejected` entry for each bad one, so nothing else is lost.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Final, Literal, Union
 
 import msgspec
@@ -16,6 +17,7 @@ from msgspec import UNSET, Raw, Struct, UnsetType, field
 from . import errors
 from .events import (
     DAEMON_TYPES,
+    FREE_FORM_FIELDS,
     AnyEvent,
     Event,
     InvalidEvent,
@@ -27,8 +29,11 @@ from .events import (
     event_type,
     explain_validation_error,
     finite_floats_as_strings,
+    json_value_problem,
 )
-from .limits import MAX_DEPTH, MAX_EVENTS_PER_APPEND
+from .limits import MAX_EVENTS_PER_APPEND
+
+_log = logging.getLogger("tracklog.protocol")
 
 
 class Message(Struct, tag_field="op", forbid_unknown_fields=False, omit_defaults=True, kw_only=True):
@@ -256,25 +261,14 @@ class _RawAppend(Struct, forbid_unknown_fields=False):
     ref: int | None = None
 
 
-def _depth_exceeds(obj: Any, limit: int) -> bool:
-    """Whether obj nests maps and lists more than `limit` levels deep (scalars are no level)."""
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
-        cls = node.__class__
-        if cls is dict or cls is list:
-            if depth > limit:
-                return True
-            stack.extend((v, depth + 1) for v in (node.values() if cls is dict else node))
-    return False
-
-
-def _free_form_too_deep(event: Event) -> str | None:
-    data = getattr(event, "data", None)
-    for name in ("config", "data", "metadata", "value"):
-        value = getattr(data, name, None)
-        if value.__class__ in (dict, list) and _depth_exceeds(value, MAX_DEPTH):
-            return f"{event_type(event)}.{name}: nested deeper than {MAX_DEPTH} levels"
+def _free_form_problem(event: Event) -> str | None:
+    """The first free-form value of an event (config, item data, metadata, cache value)
+    that is not a JSON value every reader can take back, as a rejection message."""
+    data = event.data  # type: ignore[attr-defined]
+    for name in FREE_FORM_FIELDS.get(data.__class__, ()):
+        problem = json_value_problem(getattr(data, name), f"{event_type(event)}.{name}")
+        if problem is not None:
+            return problem
     return None
 
 
@@ -290,15 +284,45 @@ class Codec:
         self._mp_raw_append = msgspec.msgpack.Decoder(_RawAppend)
         self._json_event = msgspec.json.Decoder(AnyEvent)
         self._mp_event = msgspec.msgpack.Decoder(AnyEvent)
-        self._json_any = msgspec.json.Decoder()
+        # Plain decoders for explaining a bad event: float_hook lets a number JSON cannot
+        # hold as a float (1e400) through as an infinity, so the event can be read to name
+        # the field that holds it.
+        self._json_any = msgspec.json.Decoder(float_hook=float)
         self._mp_any = msgspec.msgpack.Decoder()
         self._json_enc = msgspec.json.Encoder()
         self._mp_enc = msgspec.msgpack.Encoder()
+        #: Frames whose decoding raised something other than a ProtocolError (a bug in
+        #: the codec): answered with bad_frame by the last-resort guard in `decode`.
+        self.unexpected_errors = 0
 
     # -- decoding ---------------------------------------------------------------
 
     def decode(self, frame: bytes | str) -> ClientMessage:
-        """Decode one frame (str: JSON, bytes: MessagePack) into a checked message."""
+        """Decode one frame (str: JSON, bytes: MessagePack) into a checked message.
+
+        Raises only ProtocolError, by construction: whatever else escapes the decoding (a
+        bug) is counted, logged, and answered as `bad_frame`, a verdict on the frame's
+        content (so a client does not resend it), never one that could stop a caller.
+        """
+        try:
+            return self._decode(frame)
+        except errors.ProtocolError:
+            raise
+        except Exception as exc:
+            self.unexpected_errors += 1
+            _log.exception("unexpected error while decoding a frame")
+            message = f"the frame could not be decoded ({type(exc).__name__}: {str(exc)[:200]})"
+            raise errors.BadFrame(message, self._ref_of(frame)) from exc
+
+    def _ref_of(self, frame: bytes | str) -> int | None:
+        """The frame's `ref` if it can be read at all, for an error reply."""
+        try:
+            ref = (self._json_env if isinstance(frame, str) else self._mp_env).decode(frame).ref
+        except Exception:
+            return None
+        return ref if isinstance(ref, int) and not isinstance(ref, bool) else None
+
+    def _decode(self, frame: bytes | str) -> ClientMessage:
         binary = not isinstance(frame, str)
         try:
             msg = (self._mp_msg if binary else self._json_msg).decode(frame)
@@ -320,7 +344,7 @@ class Codec:
         """Whether a frame is an `append` (cheap: reads only `op`; False if undecodable)."""
         try:
             env = (self._json_env if isinstance(frame, str) else self._mp_env).decode(frame)
-        except (msgspec.DecodeError, RecursionError):
+        except Exception:  # undecodable: `decode` will say why
             return False
         return env.op == "append"
 
@@ -355,7 +379,7 @@ class Codec:
         tag = event_type(event)
         if tag in DAEMON_TYPES:
             return f"type: {tag} events are written by the daemon only"
-        return _free_form_too_deep(event)
+        return _free_form_problem(event)
 
     def _decode_slow(self, frame: bytes | str, binary: bool, exc: msgspec.ValidationError) -> ClientMessage:
         try:
@@ -380,6 +404,8 @@ class Codec:
             raw = (self._mp_raw_append if binary else self._json_raw_append).decode(frame)
         except msgspec.ValidationError as exc:
             raise errors.BadMessage(explain_validation_error(exc, None, "append"), ref) from exc
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise errors.BadFrame(f"undecodable frame: {exc}", ref) from exc
         if len(raw.events) > MAX_EVENTS_PER_APPEND:
             raise errors.TooLarge(
                 f"events: {len(raw.events)} events, at most {MAX_EVENTS_PER_APPEND} per append", ref
@@ -395,6 +421,10 @@ class Codec:
             except msgspec.ValidationError as exc:
                 rejected.append(Rejection(index, errors.INVALID_EVENT, self._explain(exc, item, any_decoder)))
                 continue
+            except (msgspec.DecodeError, RecursionError) as exc:
+                # A string that is not UTF-8, say: this event cannot be read, the others can.
+                rejected.append(Rejection(index, errors.INVALID_EVENT, f"event: undecodable: {exc}"))
+                continue
             problem = self._check_event(event)
             if problem is None:
                 good.append(event)
@@ -405,7 +435,11 @@ class Codec:
 
     @staticmethod
     def _explain(exc: msgspec.ValidationError, item: Raw, any_decoder: Any) -> str:
-        plain = any_decoder.decode(item)
+        """The message for an event the typed decoder refused, read from the event as plain data."""
+        try:
+            plain = any_decoder.decode(item)
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as plain_exc:
+            return f"event: undecodable: {plain_exc}"
         if not isinstance(plain, dict):
             return "event: expected an object"
         tag = plain.get("type")
@@ -517,5 +551,7 @@ def _check_input(kind: str, text: str | None, value: Any, vector: list[float] | 
         raise errors.BadMessage(f"{where}.text: required for kind '{kind}' (or value)", ref)
     if text is not None and has_value:
         raise errors.BadMessage(f"{where}.value: give text or value, not both", ref)
-    if has_value and value.__class__ in (dict, list) and _depth_exceeds(value, MAX_DEPTH):
-        raise errors.BadMessage(f"{where}.value: nested deeper than {MAX_DEPTH} levels", ref)
+    if has_value:
+        problem = json_value_problem(value, f"{where}.value")
+        if problem is not None:
+            raise errors.BadMessage(problem, ref)

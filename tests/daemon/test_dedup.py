@@ -544,7 +544,8 @@ def test_a_rolled_back_vector_stays_deleted_in_the_saved_copy(
     store = LogStore(path)
     store.catch_up()
     _record_vectors(store, vectors[:2])
-    monkeypatch.setattr(store, "_finish_group", lambda: (_ for _ in ()).throw(RuntimeError("disk full")))
+    # The group fails before its COMMIT (as a full disk would): the vector is rolled back.
+    monkeypatch.setattr(store.tables, "flush", lambda: (_ for _ in ()).throw(RuntimeError("disk full")))
     assert isinstance(
         store.append_group([_check("embedding", namespace="emb", space="s", vector=vectors[2].tolist())])[0],
         errors.InternalError,

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -444,3 +445,74 @@ async def test_a_client_that_never_reads_its_acks_does_not_hold_up_other_writers
             assert ack["accepted"] == 10
         run = (await polite.query("run", run="polite"))["rows"][0]
         assert run["n_events"] == 200
+
+
+# -- frames that once stopped every write, and values no reader could take back ------------
+
+POISON_FRAMES: list[str | bytes] = [
+    '{"op":"append","ref":1,"events":[{"type":"metrics","run":"r","data":{"values":{"x":1e400}}}]}',
+    '{"op":"append","ref":1,"events":[{"type":"nope","x":1e400}]}',
+    # MessagePack: an invalid event holding a string that is not UTF-8 (and no ref).
+    bytes.fromhex("82a26f70a6617070656e64a66576656e74739182a474797065a5626f677573a178a2fffe"),
+]
+
+
+@pytest.mark.parametrize(
+    "poison", POISON_FRAMES, ids=["json-1e400-metric", "json-1e400-unknown-type", "msgpack-not-utf8"]
+)
+async def test_a_poison_append_is_answered_and_later_appends_on_any_connection_are_acked(
+    daemon: DaemonProcess, poison: str | bytes
+) -> None:
+    binary = isinstance(poison, bytes)
+    sender, _ = await open_client(daemon.url, binary=binary)
+    other, _ = await open_client(daemon.url)
+    await sender.ws.send(poison)
+    reply = await sender.recv()
+    assert reply["op"] == "ack" and reply["accepted"] == 0
+    assert [r["code"] for r in reply["rejected"]] == ["invalid_event"]
+    ack = await sender.append([metric(1)])
+    assert ack["op"] == "ack" and ack["accepted"] == 1
+    ack = await other.append([metric(2)])
+    assert ack["op"] == "ack" and ack["accepted"] == 1
+    await sender.ws.close()
+    await other.ws.close()
+    assert daemon.stop() == 0  # SIGTERM still stops it
+
+
+def subscription_seqs(client: Client) -> list[int]:
+    return [e["seq"] for m in client.unclaimed if m.get("op") == "events" for e in m["events"]]
+
+
+async def test_values_no_reader_could_take_back_are_rejected_and_every_reader_keeps_working(
+    daemon: DaemonProcess,
+) -> None:
+    watcher, _ = await open_client(daemon.url)  # JSON: the reader the bad values used to stop
+    assert (await watcher.request({"op": "subscribe", "from_seq": 0}))["op"] == "subscribed"
+    writer, _ = await open_client(daemon.url, binary=True)
+    bad = [
+        ({"type": "item", "run": "r", "data": {"data": {1: "a"}}}, "item.data.1: map keys must be strings"),
+        (
+            {"type": "run.started", "run": "r", "data": {"config": {"layers": {0: 64}}}},
+            "run.started.config.layers.0: map keys must be strings",
+        ),
+        ({"type": "cache.put", "data": {"key": "k", "value": {(1, 2): "v"}}}, "cache.put.value.(1, 2): map"),
+        ({"type": "cache.put", "data": {"key": "k", "value": msgspec.msgpack.Ext(5, b"")}}, "cache.put."),
+        ({"type": "cache.put", "data": {"key": "k", "value": b"bytes"}}, "cache.put.value: "),
+    ]
+    good = {"type": "cache.put", "data": {"key": "k", "value": {"ok": [1, 2]}}}
+    for event, message in bad:
+        ack = await writer.append([event, good])
+        assert ack["accepted"] == 1 and ack["rejected"][0]["index"] == 0
+        assert ack["rejected"][0]["code"] == "invalid_event"
+        assert ack["rejected"][0]["message"].startswith(message)
+    head = len(bad)
+    events = await watcher.query("events", from_seq=0)
+    assert events["op"] == "result" and [e["seq"] for e in events["rows"]] == list(range(1, head + 1))
+    cache = await watcher.query("cache", key="k")
+    assert cache["op"] == "result" and cache["rows"][0]["value"] == {"ok": [1, 2]}
+    # The JSON subscription delivered every event; it is still live for the next one.
+    ack = await writer.append([metric(1)])
+    assert ack["first_seq"] == head + 1
+    async with asyncio.timeout(30):
+        while subscription_seqs(watcher) != list(range(1, head + 2)):
+            watcher.unclaimed.append(await watcher._recv())

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tracklog.protocol import errors
 from tracklog.protocol import events as ev
 from tracklog.protocol.limits import MAX_DEPTH, MAX_EVENTS_PER_APPEND, MAX_ID_CHARS, MAX_NAME_CHARS
@@ -1005,3 +1006,118 @@ def test_any_json_safe_value_survives_a_cache_put_and_json_encoding_of_a_result(
         CODEC.encode(Result(seq=1, rows=[{"value": msg.events[0].data.value}]), binary=False)
     )
     assert encoded["rows"] == [{"value": value}]
+
+
+# -- values every reader can take back (non-JSON values refused at the door) -------------------
+
+GOOD_ITEM = {"type": "item", "run": "r", "data": {"data": {"ok": 1}}}
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ({"type": "item", "run": "r", "data": {"data": {1: "a"}}}, "item.data.1: map keys must be strings"),
+        (
+            {"type": "run.started", "run": "r", "data": {"config": {"layers": {0: 64}}}},
+            "run.started.config.layers.0: map keys must be strings",
+        ),
+        (
+            {"type": "run.updated", "run": "r", "data": {"config": {"a": [{"b": {True: 1}}]}}},
+            "run.updated.config.a[0].b.True: map keys must be strings",
+        ),
+        (
+            {"type": "cache.put", "data": {"key": "k", "value": {(1, 2): "v"}}},
+            "cache.put.value.(1, 2): map keys must be strings",
+        ),
+        (
+            {"type": "cache.put", "data": {"key": "k", "value": msgspec.msgpack.Ext(1, b"x")}},
+            "cache.put.value: expected a JSON value (null, boolean, number, string, list or map),"
+            " got a MessagePack extension (type 1)",
+        ),
+        (
+            {"type": "item", "run": "r", "data": {"data": {"blob": b"\x00\x01"}}},
+            "item.data.blob: expected a JSON value (null, boolean, number, string, list or map), got bytes",
+        ),
+        (
+            {
+                "type": "artifact",
+                "run": "r",
+                "data": {"kind": "k", "path": "p", "metadata": {"m": [1, b"x"]}},
+            },
+            "artifact.metadata.m[1]: expected a JSON value (null, boolean, number, string, list or map),"
+            " got bytes",
+        ),
+        (
+            {"type": "item", "run": "r", "data": {"data": [2**64 - 1]}},
+            "item.data[0]: integer beyond 64 bits",
+        ),
+    ],
+)
+def test_a_value_not_every_reader_can_take_back_is_rejected_naming_its_path_and_the_rest_is_kept(
+    event: Any, message: str
+) -> None:
+    msg = decode_append([GOOD_ITEM, event, GOOD], binary=True)
+    assert [(r.index, r.code, r.message) for r in msg.rejected] == [(1, errors.INVALID_EVENT, message)]
+    assert msg.indexes == [0, 2] and len(msg.events) == 2
+
+
+def test_a_messagepack_timestamp_in_a_free_form_value_is_rejected() -> None:
+    import datetime as dt
+
+    when = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    msg = decode_append([{"type": "item", "run": "r", "data": {"data": {"at": when}}}], binary=True)
+    assert [r.message for r in msg.rejected] == [
+        "item.data.at: expected a JSON value (null, boolean, number, string, list or map), got a timestamp"
+    ]
+
+
+@pytest.mark.parametrize("number", ["123456789012345678901234567890", "-9223372036854775809"])
+def test_a_json_integer_beyond_64_bits_in_a_free_form_value_is_rejected(number: str) -> None:
+    raw = f'{{"op":"append","events":[{{"type":"cache.put","data":{{"key":"k","value":{{"n":{number}}}}}}}]}}'
+    msg = CODEC.decode(raw)
+    assert isinstance(msg, Append)
+    assert [r.message for r in msg.rejected] == ["cache.put.value.n: integer beyond 64 bits"]
+
+
+def test_the_int64_bounds_and_non_finite_floats_are_kept_in_free_form_values() -> None:
+    value = {"lo": -(2**63), "hi": 2**63 - 1, "nan": math.nan, "inf": math.inf, "s": "NaN"}
+    msg = decode_append([{"type": "item", "run": "r", "data": {"data": value}}], binary=True)
+    assert msg.rejected == []
+
+
+@ENCODINGS
+def test_a_check_value_that_is_not_a_json_value_is_a_bad_message_naming_the_field(binary: bool) -> None:
+    value: Any = {"x": b"raw"} if binary else {"x": 2**70}
+    with pytest.raises(errors.BadMessage, match=r"^check\.value\.x: "):
+        decode({"op": "check", "namespace": "n", "kind": "hash", "value": value}, binary)
+    with pytest.raises(errors.BadMessage, match=r"^check\.inputs\[1\]\.value\.x: "):
+        decode(
+            {"op": "check", "namespace": "n", "kind": "hash", "inputs": [{"text": "a"}, {"value": value}]},
+            binary,
+        )
+
+
+def test_a_number_json_cannot_hold_as_a_float_is_rejected_naming_the_field() -> None:
+    msg = CODEC.decode(
+        '{"op":"append","events":[{"type":"item","run":"r","data":{"duration":1e400}},'
+        '{"type":"metrics","run":"r","data":{"values":{"a":1,"b":-1e400}}}]}'
+    )
+    assert isinstance(msg, Append)
+    assert [r.message for r in msg.rejected] == [
+        "item.duration: number out of range",
+        "metrics.values.b: number out of range",
+    ]
+
+
+def test_a_messagepack_event_with_a_string_that_is_not_utf8_is_rejected_alone() -> None:
+    good = msgspec.msgpack.encode(GOOD)
+    bad = msgspec.msgpack.encode({"type": "item", "run": "r", "data": {"stage": "AB"}})
+    bad = bad.replace(b"\xa2AB", b"\xa2\xff\xfe")
+    # An append whose first event fails validation takes the per-event path.
+    first_bad = msgspec.msgpack.encode({"type": "metrics", "run": "r", "data": {"values": {"x": "?"}}})
+    frame = b"\x82\xa2op\xa6append\xa6events\x93" + first_bad + bad + good
+    msg = CODEC.decode(frame)
+    assert isinstance(msg, Append)
+    assert [r.index for r in msg.rejected] == [0, 1]
+    assert msg.rejected[1].message.startswith("event: undecodable")
+    assert msg.indexes == [2]
