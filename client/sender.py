@@ -166,6 +166,10 @@ class Sender:
         self._retry: deque[tuple[bytes, int]] = deque()
         #: Single events (by payload) answered `internal`, and how many times.
         self._internal_failures: dict[bytes, int] = {}
+        #: Connections in a row that ended without an ack (refused for now, or lost): the
+        #: pause before the next one grows with it, so a daemon whose disk stays full is not
+        #: reconnected to twenty times a second. An ack ends the streak.
+        self._unacked_sessions = 0
         self._errors_lock = threading.Lock()
         self._refs = itertools.count(1)
         self._down = False  # a connect attempt failed or the connection dropped, and no new one yet
@@ -558,7 +562,8 @@ class Sender:
                 self._disconnected(ws)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.close(), 2.0)
-            await asyncio.sleep(self._backoff(1))
+            self._unacked_sessions += 1
+            await asyncio.sleep(self._backoff(self._unacked_sessions))
 
     def _backoff(self, attempt: int) -> float:
         """Capped exponential backoff with jitter, so many clients do not come back in step."""
@@ -667,6 +672,7 @@ class Sender:
         if not inflight or inflight[0].ref != ack.ref:
             raise _Reconnect(f"ack for ref {ack.ref} does not match the oldest append in flight")
         append = self._complete()
+        self._unacked_sessions = 0
         if self._internal_failures and append.count == 1:
             self._internal_failures.pop(append.payload, None)
         c = self.counters
