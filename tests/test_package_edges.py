@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import tracklog
+from tests.conftest import DaemonProcess, open_client
 from tracklog import cli
 from tracklog.daemon import cli as daemon_cli
 from tracklog.protocol.version import __version__
@@ -151,10 +152,7 @@ def test_the_version_is_written_once_and_read_everywhere() -> None:
     assert tracklog.__version__ == __version__ == importlib.metadata.version("tracklog")
 
 
-async def test_the_daemon_names_the_same_version(daemon: object) -> None:
-    from tests.conftest import DaemonProcess, open_client
-
-    assert isinstance(daemon, DaemonProcess)
+async def test_the_daemon_names_the_same_version(daemon: DaemonProcess) -> None:
     _, welcome = await open_client(daemon.url)
     assert welcome["server"] == f"tracklog/{__version__}"
 
@@ -210,7 +208,9 @@ def test_without_the_daemons_dependencies_the_commands_say_what_to_install(
     monkeypatch.setattr(daemon_cli, "missing_dependencies", lambda: ["structlog"])
     serve_help = cli.build_parser().format_help()
     assert "run the daemon [not installed: pip install 'tracklog[daemon]']" in " ".join(serve_help.split())
-    monkeypatch.setitem(sys.modules, "tracklog.daemon.commands", None)  # importing it now fails
+    # Importing the daemon's commands now fails, even if an earlier test imported them.
+    monkeypatch.setitem(sys.modules, "tracklog.daemon.commands", None)
+    monkeypatch.delattr(sys.modules["tracklog.daemon"], "commands", raising=False)
     assert cli.main(["rebuild", "--db", str(tmp_path / "x.db")]) == 2
     assert "the daemon is not installed" in capsys.readouterr().err
 
