@@ -75,8 +75,17 @@ class AsyncRun:
         error: str | None = None,
     ) -> None:
         self._run.log_item(
-            item, kind=kind, stage=stage, iteration=iteration, status=status, data=data, path=path,
-            model=model, backend=backend, duration=duration, error=error,
+            item,
+            kind=kind,
+            stage=stage,
+            iteration=iteration,
+            status=status,
+            data=data,
+            path=path,
+            model=model,
+            backend=backend,
+            duration=duration,
+            error=error,
         )
 
     async def log_artifact(

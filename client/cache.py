@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+
 from tracklog.protocol.messages import Ack, Result
 
 from . import wire
@@ -30,11 +31,29 @@ _MISSING: Final = object()
 _canonical = msgspec.json.Encoder(order="sorted", enc_hook=wire._enc_hook).encode
 
 #: Detail names that are secrets (compared lower-cased, `-` read as `_`): left out of keys.
-SECRET_NAMES: Final = frozenset({
-    "password", "passwd", "pwd", "passphrase", "secret", "token", "api_key", "apikey", "access_key",
-    "secret_key", "private_key", "client_secret", "access_token", "refresh_token", "session_token",
-    "auth", "authorization", "credentials", "cookie",
-})
+SECRET_NAMES: Final = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "access_key",
+        "secret_key",
+        "private_key",
+        "client_secret",
+        "access_token",
+        "refresh_token",
+        "session_token",
+        "auth",
+        "authorization",
+        "credentials",
+        "cookie",
+    }
+)
 _SECRET_SUFFIXES: Final = tuple(f"_{name}" for name in SECRET_NAMES)
 
 
@@ -116,8 +135,9 @@ class Cache:
         """Forget every key."""
         self._append("cache.invalidated", {}, timeout)
 
-    def get_or_set(self, key: str, compute: Callable[[], T], ttl: float | None = None, *,
-                   timeout: float | None = None) -> T:
+    def get_or_set(
+        self, key: str, compute: Callable[[], T], ttl: float | None = None, *, timeout: float | None = None
+    ) -> T:
         """The cached value, or compute() cached for ttl seconds.
 
         The cache is a help, never a requirement: when the daemon is away, compute() is

@@ -1,98 +1,67 @@
-"""The `tracklog` command line. Daemon commands import the daemon only when run."""
+"""The `tracklog` command line. It never imports the daemon: the daemon's commands are
+added through the `tracklog.commands` entry point group, and import the daemon when run."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-
-from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from . import cli_queries
 from .console import add_tail_parser, tail
 from .watch import add_watch_parser, watch
 
+#: The entry point group through which other packages add commands (pyproject.toml):
+#: each entry is a function that takes the subparsers and adds its commands, setting a
+#: `handler(args) -> int` default. The daemon's serve, rebuild, verify and replay come
+#: this way, so this module never imports the daemon.
+COMMANDS_GROUP = "tracklog.commands"
 
-def _default_db() -> Path:
-    home = os.environ.get("TRACKLOG_HOME")
-    if home:
-        return Path(home) / "tracklog.db"
-    return Path.home() / ".local" / "share" / "tracklog" / "tracklog.db"
+#: Said by `tracklog --help` when no package added the daemon's commands.
+DAEMON_HINT = "serve, rebuild, verify and replay come with the daemon: pip install 'tracklog[daemon]'"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Adds the epilog (the install hint, when there is one) to a usage error, so
+    `tracklog serve` without the daemon says what to install, not only "invalid choice"."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(f"{message}\n{self.epilog}" if self.epilog else message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tracklog", description="Event-sourced tracking for pipelines and training jobs."
-    )
+    parser = _Parser(prog="tracklog", description="Event-sourced tracking for pipelines and training jobs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = sub.add_parser("serve", help="run the daemon")
-    s.add_argument(
-        "--db",
-        type=Path,
-        default=None,
-        help="database path (default: $TRACKLOG_HOME/tracklog.db or ~/.local/share/tracklog/tracklog.db)",
-    )
-    s.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
-    s.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
-    )
-    s.add_argument(
-        "--durability",
-        choices=["normal", "full"],
-        default="normal",
-        help="normal: survives a daemon crash; full: survives power loss (slower)",
-    )
-    s.add_argument(
-        "--token",
-        action="append",
-        default=[],
-        help="accepted bearer token (repeatable; also $TRACKLOG_TOKENS, comma-separated)",
-    )
-    s.add_argument("--insecure", action="store_true", help="allow a non-loopback address without tokens")
-    s.add_argument(
-        "--lost-after",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="mark a running run `lost` when no writer has been connected for this long (default 300)",
-    )
-    s.add_argument(
-        "--allow-origin",
-        action="append",
-        default=[],
-        metavar="ORIGIN",
-        help="a web origin (http://host:port) whose pages may use the daemon (repeatable)",
-    )
-    s.add_argument(
-        "--allow-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a host name accepted in Host besides localhost, 127.0.0.1, ::1 (repeatable)",
-    )
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-
-    r = sub.add_parser("rebuild", help="rebuild every table from the log (daemon stopped)")
-    r.add_argument("--db", type=Path, default=None)
-
-    v = sub.add_parser(
-        "verify", help="compare the live tables with a rebuild from the log; exit 1 on a difference"
-    )
-    v.add_argument("--db", type=Path, default=None)
-
+    if not _add_plugin_commands(sub):
+        parser.epilog = DAEMON_HINT
     add_tail_parser(sub)
     add_watch_parser(sub)
-
-    p = sub.add_parser("replay", help="write the state as of a seq into a new database")
-    p.add_argument("--db", type=Path, default=None)
-    p.add_argument("--to", type=int, required=True, metavar="SEQ", help="last seq to include")
-    p.add_argument("--out", type=Path, required=True, help="path of the new database")
-
     cli_queries.add_parsers(sub)
     return parser
+
+
+def _add_plugin_commands(sub: Any) -> bool:
+    """Let each `tracklog.commands` entry point add its commands; True when one did.
+
+    An entry point that cannot be loaded (its package half-installed) is reported on
+    stderr and skipped, so the client's own commands keep working."""
+    added = False
+    seen: set[str] = set()
+    for entry_point in importlib.metadata.entry_points(group=COMMANDS_GROUP):
+        if entry_point.value in seen:  # the same install found twice on sys.path
+            continue
+        seen.add(entry_point.value)
+        try:
+            add_commands = entry_point.load()
+        except ImportError as exc:
+            print(f"tracklog: cannot load the {entry_point.name!r} commands: {exc}", file=sys.stderr)
+            continue
+        add_commands(sub)
+        added = True
+    return added
 
 
 #: Commands that talk to a daemon over the wire: they never import the daemon.
@@ -125,38 +94,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return cli_queries.run(args)
     if args.command in CLIENT_COMMANDS:
         return CLIENT_COMMANDS[args.command](args)
-    db = args.db if getattr(args, "db", None) is not None else _default_db()
-    try:
-        from tracklog.daemon import commands
-    except ImportError as exc:
-        print(
-            f"tracklog {args.command}: the daemon is not installed ({exc}); pip install 'tracklog[daemon]'",
-            file=sys.stderr,
-        )
-        return 2
-    if args.command == "serve":
-        from tracklog.daemon.server import Settings
-
-        # An empty --token is passed on as given, so that serve refuses it.
-        tokens = tuple(args.token) + tuple(t for t in os.environ.get("TRACKLOG_TOKENS", "").split(",") if t)
-        settings = Settings(
-            db=db,
-            host=args.host,
-            port=args.port,
-            durability=args.durability,
-            tokens=tokens,
-            insecure=args.insecure,
-            lost_after=args.lost_after,
-            allow_origins=tuple(args.allow_origin),
-            allow_hosts=tuple(args.allow_host),
-        )
-        return commands.serve(settings, args.log_level)
-    if args.command == "rebuild":
-        return commands.rebuild(db)
-    if args.command == "verify":
-        return commands.verify(db)
-    if args.command == "replay":
-        return commands.replay(db, args.to, args.out)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is not None:
+        return handler(args)
     raise AssertionError(args.command)
 
 

@@ -334,7 +334,10 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         as_json(stats, out)
         return 0
-    pairs([(k, for_people(k, v)) for k, v in stats.items() if k not in ("top_tags", "recent_runs", "stages")], out)
+    pairs(
+        [(k, for_people(k, v)) for k, v in stats.items() if k not in ("top_tags", "recent_runs", "stages")],
+        out,
+    )
     if stats.get("stages"):
         print(file=out)
         stages_table(stats["stages"], out)

@@ -68,8 +68,18 @@ def _input(kind: Kind, thing: Any, item: str | None) -> dict[str, Any]:
     return out
 
 
-def check(run: Run, kind: Kind, thing: Any, *, namespace: str, threshold: float | None, space: str | None,
-          record: bool, item: str | None, timeout: float | None) -> CheckResult:
+def check(
+    run: Run,
+    kind: Kind,
+    thing: Any,
+    *,
+    namespace: str,
+    threshold: float | None,
+    space: str | None,
+    record: bool,
+    item: str | None,
+    timeout: float | None,
+) -> CheckResult:
     msg = _message(run, kind, namespace, threshold, space, record)
     msg.update(_input(kind, thing, item))
     reply = run._tracker._requests.request(msg, timeout)
@@ -77,9 +87,18 @@ def check(run: Run, kind: Kind, thing: Any, *, namespace: str, threshold: float 
     return CheckResult(reply.duplicate, _match(reply.match), reply.recorded)
 
 
-def check_many(run: Run, kind: Kind, things: Sequence[Any], *, namespace: str, threshold: float | None,
-               space: str | None, record: bool, items: Sequence[str | None] | None,
-               timeout: float | None) -> list[CheckResult]:
+def check_many(
+    run: Run,
+    kind: Kind,
+    things: Sequence[Any],
+    *,
+    namespace: str,
+    threshold: float | None,
+    space: str | None,
+    record: bool,
+    items: Sequence[str | None] | None,
+    timeout: float | None,
+) -> list[CheckResult]:
     if items is not None and len(items) != len(things):
         raise ValueError(f"items: {len(items)} items for {len(things)} inputs")
     out: list[CheckResult] = []
@@ -94,11 +113,18 @@ def check_many(run: Run, kind: Kind, things: Sequence[Any], *, namespace: str, t
     return out
 
 
-def _message(run: Run, kind: Kind, namespace: str, threshold: float | None, space: str | None,
-             record: bool) -> dict[str, Any]:
+def _message(
+    run: Run, kind: Kind, namespace: str, threshold: float | None, space: str | None, record: bool
+) -> dict[str, Any]:
     if not isinstance(namespace, str) or not namespace:
         raise TypeError("namespace: expected a non-empty string")
-    msg: dict[str, Any] = {"op": "check", "namespace": namespace, "kind": kind, "record": record, "run": run.id}
+    msg: dict[str, Any] = {
+        "op": "check",
+        "namespace": namespace,
+        "kind": kind,
+        "record": record,
+        "run": run.id,
+    }
     if threshold is not None:
         msg["threshold"] = threshold
     if kind == "embedding":
@@ -139,8 +165,17 @@ def filter_duplicates(
     def flush() -> Iterator[Any]:
         ids = [item(r) for r in batch] if item is not None else None
         try:
-            results = check_many(run, kind, [get_key(r) for r in batch], namespace=namespace, threshold=threshold,
-                                 space=space, record=True, items=ids, timeout=timeout)
+            results = check_many(
+                run,
+                kind,
+                [get_key(r) for r in batch],
+                namespace=namespace,
+                threshold=threshold,
+                space=space,
+                record=True,
+                items=ids,
+                timeout=timeout,
+            )
         except DaemonUnavailable:
             if on_unavailable == "raise":
                 raise
@@ -152,9 +187,16 @@ def filter_duplicates(
                 continue
             m = result.match
             run.log_item(
-                ids[position] if ids is not None else None, kind=kind, stage=stage, status="duplicate",
-                data={"namespace": namespace, "match": None if m is None else
-                      {"item": m.item, "run": m.run, "distance": m.distance, "seq": m.seq}},
+                ids[position] if ids is not None else None,
+                kind=kind,
+                stage=stage,
+                status="duplicate",
+                data={
+                    "namespace": namespace,
+                    "match": None
+                    if m is None
+                    else {"item": m.item, "run": m.run, "distance": m.distance, "seq": m.seq},
+                },
             )
 
     for record in records:

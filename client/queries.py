@@ -114,7 +114,7 @@ class QueryClient:
                     }
                 )
             )
-            welcome = _decode(ws.recv(self.timeout))
+            welcome = _decode(ws.recv(self.timeout, decode=False))
             if welcome.get("op") == "error":
                 raise errors.error_for_code(welcome.get("code", ""), welcome.get("message", ""))
 
@@ -122,7 +122,7 @@ class QueryClient:
                 ref = next(_refs)
                 ws.send(_encode({**message, "ref": ref}))
                 while True:
-                    reply: dict[str, Any] = _decode(ws.recv(self.timeout))
+                    reply: dict[str, Any] = _decode(ws.recv(self.timeout, decode=False))
                     if reply.get("ref") != ref:
                         continue
                     if reply.get("op") == "error":

@@ -18,11 +18,12 @@ import time
 from typing import Any, Final
 
 import msgspec
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.sync.client import ClientConnection, connect
+
 from tracklog.protocol import errors
 from tracklog.protocol.limits import MAX_FRAME_BYTES, PROTOCOL_VERSION
 from tracklog.protocol.messages import Error, Welcome
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
-from websockets.sync.client import ClientConnection, connect
 
 from . import wire
 
@@ -45,7 +46,9 @@ class RequestTimeout(DaemonUnavailable):
 class Requests:
     """One lazily opened connection for request/answer calls, shared by a tracker's threads."""
 
-    def __init__(self, url: str, token: str | None, client_name: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, url: str, token: str | None, client_name: str, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self.url = url
         self.token = token
         self.client_name = client_name
@@ -86,21 +89,30 @@ class Requests:
                 raise RequestTimeout(f"no answer from {self.url} within {limit:g} s") from exc
             except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, ConnectionRefusedError) as exc:
                 self._drop()
-                raise DaemonUnavailable(f"cannot reach the daemon at {self.url}: {type(exc).__name__}: {exc}") from exc
+                raise DaemonUnavailable(
+                    f"cannot reach the daemon at {self.url}: {type(exc).__name__}: {exc}"
+                ) from exc
         if isinstance(reply, Error):
             raise errors.error_for_code(reply.code, reply.message, reply.ref)
         return reply
 
     def _open(self, timeout: float) -> ClientConnection:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        ws = connect(self.url, additional_headers=headers, open_timeout=timeout, max_size=MAX_FRAME_BYTES,
-                     compression=None, user_agent_header=self.client_name, proxy=None)
+        ws = connect(
+            self.url,
+            additional_headers=headers,
+            open_timeout=timeout,
+            max_size=MAX_FRAME_BYTES,
+            compression=None,
+            user_agent_header=self.client_name,
+            proxy=None,
+        )
         # Held open across calls, so entered by hand (websockets >= 17.1 warns when a
         # connection is used without `with`), and closed by `close`.
         ws.__enter__()
         try:
             ws.send(wire.encode(wire.HelloFrame(PROTOCOL_VERSION, self.client_name, self.token)))
-            reply = wire.decode_reply(ws.recv(timeout=timeout))
+            reply = wire.decode_reply(ws.recv(timeout=timeout, decode=False))
             if isinstance(reply, Error):
                 raise ConnectionRefusedError(f"{reply.code}: {reply.message}")
             if not isinstance(reply, Welcome):

@@ -155,7 +155,8 @@ class SpoolFile:
             if record is None:
                 log.warning(
                     "tracklog: %s: %d bytes at the end are a record cut short by a crash; dropped",
-                    path, file_size - end,
+                    path,
+                    file_size - end,
                 )
                 os.ftruncate(fd, end)
                 break
@@ -194,7 +195,8 @@ class SpoolFile:
         if crc == -1 or len(payload) != length or zlib.crc32(payload) != crc:
             log.error(
                 "tracklog: %s: unreadable record at offset %d; the rest of the file is dropped",
-                self.path, self.read,
+                self.path,
+                self.read,
             )
             os.ftruncate(self.fd, self.read)
             self.size = self.read

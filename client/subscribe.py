@@ -9,6 +9,7 @@ sees every matching event once, in order, across daemon restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import time
@@ -34,8 +35,14 @@ _RETRYABLE = (ConnectionClosed, OSError, InvalidHandshake, TimeoutError)
 class SubscriptionState:
     """What a subscription knows, shared by the sync and async forms (no I/O here)."""
 
-    def __init__(self, from_seq: int | None, runs: list[str] | None, types: list[str] | None,
-                 pipelines: list[str] | None, token: str | None) -> None:
+    def __init__(
+        self,
+        from_seq: int | None,
+        runs: list[str] | None,
+        types: list[str] | None,
+        pipelines: list[str] | None,
+        token: str | None,
+    ) -> None:
         #: The seq of the last event yielded; None until the position is known.
         self.last_seq = from_seq
         self.filter = {k: v for k, v in (("runs", runs), ("types", types), ("pipelines", pipelines)) if v}
@@ -85,7 +92,10 @@ class SubscriptionState:
 
 
 def _backoff(attempt: int) -> float:
-    return min(BACKOFF_MAX, BACKOFF_START * 2**attempt) * random.uniform(0.5, 1.0)
+    """Seconds to wait before reconnect attempt `attempt`: doubling up to BACKOFF_MAX,
+    jittered. The exponent is capped, so a daemon away for hours (thousands of attempts)
+    does not overflow the float."""
+    return min(BACKOFF_MAX, BACKOFF_START * 2.0 ** min(attempt, 32)) * random.uniform(0.5, 1.0)
 
 
 class Subscription:
@@ -94,8 +104,9 @@ class Subscription:
     `idle_timeout`: stop iterating when nothing arrives for that long (None: wait forever).
     """
 
-    def __init__(self, url: str, state: SubscriptionState, idle_timeout: float | None = None,
-                 reconnect: bool = True) -> None:
+    def __init__(
+        self, url: str, state: SubscriptionState, idle_timeout: float | None = None, reconnect: bool = True
+    ) -> None:
         self.url = url
         self.state = state
         self.idle_timeout = idle_timeout
@@ -159,10 +170,8 @@ class Subscription:
     def _drop(self) -> None:
         if self._ws is not None:
             self.state.reconnects += 1
-            try:
+            with contextlib.suppress(Exception):
                 self._ws.close()
-            except Exception:
-                pass
             self._ws = None
 
     def close(self) -> None:
@@ -181,8 +190,9 @@ class Subscription:
 class AsyncSubscription:
     """The asyncio form: `async for event in tl.subscribe(...)`."""
 
-    def __init__(self, url: str, state: SubscriptionState, idle_timeout: float | None = None,
-                 reconnect: bool = True) -> None:
+    def __init__(
+        self, url: str, state: SubscriptionState, idle_timeout: float | None = None, reconnect: bool = True
+    ) -> None:
         self.url = url
         self.state = state
         self.idle_timeout = idle_timeout
@@ -229,10 +239,8 @@ class AsyncSubscription:
             except _RETRYABLE:
                 if self._ws is not None:
                     self.state.reconnects += 1
-                    try:
+                    with contextlib.suppress(Exception):
                         await self._ws.close()
-                    except Exception:
-                        pass
                     self._ws = None
                 if not self.reconnect or self._closed:
                     raise StopAsyncIteration from None
@@ -250,4 +258,3 @@ class AsyncSubscription:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-

@@ -35,6 +35,7 @@ from tracklog.protocol.events import (
     RunUpdatedData,
 )
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
+from tracklog.protocol.version import __version__
 
 from . import dedup, wire
 from .cache import Cache
@@ -655,8 +656,6 @@ def _user() -> str | None:
 
 
 def _version() -> str:
-    from tracklog import __version__
-
     return __version__
 
 

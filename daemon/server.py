@@ -32,7 +32,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from tracklog import __version__
+from tracklog.protocol.version import __version__
 from tracklog.protocol import errors
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT, MAX_FRAME_BYTES, PROTOCOL_VERSION
 from tracklog.protocol.messages import (

@@ -11,7 +11,7 @@ import datetime as dt
 import math
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, Final, Literal, Union
+from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct, field
@@ -31,7 +31,7 @@ Int64 = Annotated[int, Meta(ge=-(2**63) + 1, le=2**63 - 1)]
 Finite = Annotated[float, Meta(ge=-1e300, le=1e300)]
 #: JSON cannot carry NaN or the infinities as numbers: they come as these strings.
 NonFinite = Literal["NaN", "Infinity", "-Infinity"]
-Number = Union[float, NonFinite]
+Number = float | NonFinite
 RunStatus = Literal["running", "completed", "failed", "killed", "lost"]
 FinishStatus = Literal["completed", "failed", "killed", "lost"]
 ItemStatus = Literal["ok", "failed", "skipped", "duplicate"]
@@ -187,25 +187,22 @@ class DedupCleared(Event, tag="dedup.cleared"):
     data: DedupClearedData
 
 
-AnyEvent = Union[
-    RunStarted,
-    RunUpdated,
-    RunFinished,
-    RunDeleted,
-    RunRestored,
-    Metrics,
-    Item,
-    Artifact,
-    CachePut,
-    CacheInvalidated,
-    DedupRecorded,
-    DedupCleared,
-]
+AnyEvent = (
+    RunStarted
+    | RunUpdated
+    | RunFinished
+    | RunDeleted
+    | RunRestored
+    | Metrics
+    | Item
+    | Artifact
+    | CachePut
+    | CacheInvalidated
+    | DedupRecorded
+    | DedupCleared
+)
 
-EVENT_CLASSES: Final[dict[str, type[Event]]] = {
-    cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in AnyEvent.__args__  # type: ignore[attr-defined]
-}
+EVENT_CLASSES: Final[dict[str, type[Event]]] = {cls.__struct_config__.tag: cls for cls in get_args(AnyEvent)}
 EVENT_TYPES: Final = frozenset(EVENT_CLASSES)
 DATA_CLASSES: Final[dict[str, type[Data]]] = {
     "run.started": RunStartedData,

@@ -9,7 +9,7 @@ good events and a `rejected` entry for each bad one, so nothing else is lost.
 from __future__ import annotations
 
 import logging
-from typing import Any, Final, Literal, Union
+from typing import Any, Final, Literal
 
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType, field
@@ -142,7 +142,7 @@ class Check(Message, tag="check"):
     ref: int | None = None
 
 
-ClientMessage = Union[Hello, Append, Query, Subscribe, Unsubscribe, Check]
+ClientMessage = Hello | Append | Query | Subscribe | Unsubscribe | Check
 CLIENT_OPS: Final = frozenset({"hello", "append", "query", "subscribe", "unsubscribe", "check"})
 
 
@@ -248,7 +248,7 @@ class Error(Message, tag="error"):
     ref: int | None = None
 
 
-ServerMessage = Union[Welcome, Ack, Result, Subscribed, Unsubscribed, Events, Live, Error, Checked]
+ServerMessage = Welcome | Ack | Result | Subscribed | Unsubscribed | Events | Live | Error | Checked
 
 
 class _Envelope(Struct, forbid_unknown_fields=False):
@@ -325,7 +325,7 @@ class Codec:
     def _decode(self, frame: bytes | str) -> ClientMessage:
         binary = not isinstance(frame, str)
         try:
-            msg = (self._mp_msg if binary else self._json_msg).decode(frame)
+            msg = self._json_msg.decode(frame) if isinstance(frame, str) else self._mp_msg.decode(frame)
         except msgspec.ValidationError as exc:
             return self._decode_slow(frame, binary, exc)
         except msgspec.DecodeError as exc:
@@ -343,10 +343,10 @@ class Codec:
     def is_append(self, frame: bytes | str) -> bool:
         """Whether a frame is an `append` (cheap: reads only `op`; False if undecodable)."""
         try:
-            env = (self._json_env if isinstance(frame, str) else self._mp_env).decode(frame)
+            env = self._json_env.decode(frame) if isinstance(frame, str) else self._mp_env.decode(frame)
         except Exception:  # undecodable: `decode` will say why
             return False
-        return env.op == "append"
+        return isinstance(env.op, str) and env.op == "append"
 
     def _check_append(self, msg: Append) -> None:
         if len(msg.events) > MAX_EVENTS_PER_APPEND:
@@ -383,7 +383,7 @@ class Codec:
 
     def _decode_slow(self, frame: bytes | str, binary: bool, exc: msgspec.ValidationError) -> ClientMessage:
         try:
-            env = (self._mp_env if binary else self._json_env).decode(frame)
+            env = self._json_env.decode(frame) if isinstance(frame, str) else self._mp_env.decode(frame)
         except msgspec.ValidationError as exc2:
             raise errors.BadMessage(f"expected an object with an 'op' field: {exc2}") from exc2
         except (msgspec.DecodeError, RecursionError) as exc2:
@@ -401,7 +401,11 @@ class Codec:
 
     def _decode_append_slow(self, frame: bytes | str, binary: bool, ref: int | None) -> Append:
         try:
-            raw = (self._mp_raw_append if binary else self._json_raw_append).decode(frame)
+            raw = (
+                self._json_raw_append.decode(frame)
+                if isinstance(frame, str)
+                else self._mp_raw_append.decode(frame)
+            )
         except msgspec.ValidationError as exc:
             raise errors.BadMessage(explain_validation_error(exc, None, "append"), ref) from exc
         except (msgspec.DecodeError, RecursionError) as exc:
@@ -470,7 +474,13 @@ class Codec:
                 sub=msg.sub,
                 events=[
                     StoredEvent(
-                        e.seq, e.type, finite_floats_as_strings(msgspec.to_builtins(e.data)), e.recorded, e.ts, e.id, e.run
+                        e.seq,
+                        e.type,
+                        finite_floats_as_strings(msgspec.to_builtins(e.data)),
+                        e.recorded,
+                        e.ts,
+                        e.id,
+                        e.run,
                     )
                     for e in msg.events
                 ],
@@ -508,8 +518,10 @@ def check_request(msg: Check) -> None:
     except InvalidEvent as exc:
         raise errors.BadMessage(str(exc), ref) from exc
     threshold = msg.threshold
-    if msg.kind == "simhash" and threshold is not None and (
-        threshold != int(threshold) or not 0 <= threshold <= MAX_SIMHASH_THRESHOLD
+    if (
+        msg.kind == "simhash"
+        and threshold is not None
+        and (threshold != int(threshold) or not 0 <= threshold <= MAX_SIMHASH_THRESHOLD)
     ):
         raise errors.BadMessage(
             f"check.threshold: expected an integer from 0 to {MAX_SIMHASH_THRESHOLD} for simhash", ref
@@ -533,15 +545,19 @@ def check_request(msg: Check) -> None:
         _check_input(msg.kind, one.text, one.value, one.vector, f"check.inputs[{i}]", ref)
 
 
-def _check_input(kind: str, text: str | None, value: Any, vector: list[float] | None, where: str,
-                 ref: int | None) -> None:
+def _check_input(
+    kind: str, text: str | None, value: Any, vector: list[float] | None, where: str, ref: int | None
+) -> None:
     has_value = value is not UNSET
     if kind == "embedding":
         if vector is None:
             raise errors.BadMessage(f"{where}.vector: required for kind 'embedding'", ref)
         if text is not None or has_value:
-            raise errors.BadMessage(f"{where}.{'text' if text is not None else 'value'}: "
-                                    "not used by kind 'embedding' (send vector)", ref)
+            raise errors.BadMessage(
+                f"{where}.{'text' if text is not None else 'value'}: "
+                "not used by kind 'embedding' (send vector)",
+                ref,
+            )
         if not vector:
             raise errors.BadMessage(f"{where}.vector: expected at least one number", ref)
         return

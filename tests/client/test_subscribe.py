@@ -123,3 +123,10 @@ def test_tracklog_tail_takes_a_run_name(
     import json
 
     assert {json.loads(line)["run"] for line in out.stdout.splitlines()} == {named.id}
+
+
+def test_the_reconnect_backoff_stays_bounded_after_hours_of_attempts() -> None:
+    from tracklog.subscribe import BACKOFF_MAX, _backoff
+
+    assert 0 < _backoff(0) <= BACKOFF_MAX
+    assert BACKOFF_MAX / 2 <= _backoff(5000) <= BACKOFF_MAX  # 2**5000 overflowed the float

@@ -1,0 +1,178 @@
+"""The daemon's commands on the `tracklog` command line: serve, rebuild, verify, replay.
+
+The client's command line (client/cli.py) never imports the daemon. It finds this module
+through the `tracklog.commands` entry point group (pyproject.toml) and calls
+`add_commands` with its subparsers. This module imports only the standard library and
+`tracklog.protocol`, so `tracklog --help` and the client's own commands stay fast; a
+command imports the rest of the daemon when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
+
+INSTALL_HINT = "pip install 'tracklog[daemon]'"
+
+
+def add_commands(sub: Any) -> None:
+    """Add serve, rebuild, verify and replay to the `tracklog` subparsers `sub`.
+
+    When the daemon's extra is not installed, the commands are still added (so running
+    one says what to install instead of "invalid choice"), and their help says so."""
+    missing = missing_dependencies()
+    needs = f" [not installed: {INSTALL_HINT}]" if missing else ""
+
+    s = sub.add_parser("serve", help="run the daemon" + needs)
+    s.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help="database path (default: $TRACKLOG_HOME/tracklog.db or ~/.local/share/tracklog/tracklog.db)",
+    )
+    s.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    s.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)"
+    )
+    s.add_argument(
+        "--durability",
+        choices=["normal", "full"],
+        default="normal",
+        help="normal: survives a daemon crash; full: survives power loss (slower)",
+    )
+    s.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        help="accepted bearer token (repeatable; also $TRACKLOG_TOKENS, comma-separated)",
+    )
+    s.add_argument("--insecure", action="store_true", help="allow a non-loopback address without tokens")
+    s.add_argument(
+        "--lost-after",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="mark a running run `lost` when no writer has been connected for this long (default 300)",
+    )
+    s.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (http://host:port) whose pages may use the daemon (repeatable)",
+    )
+    s.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name accepted in Host besides localhost, 127.0.0.1, ::1 (repeatable)",
+    )
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(handler=_serve)
+
+    r = sub.add_parser("rebuild", help="rebuild every table from the log (daemon stopped)" + needs)
+    r.add_argument("--db", type=Path, default=None)
+    r.set_defaults(handler=_rebuild)
+
+    v = sub.add_parser(
+        "verify", help="compare the live tables with a rebuild from the log; exit 1 on a difference" + needs
+    )
+    v.add_argument("--db", type=Path, default=None)
+    v.set_defaults(handler=_verify)
+
+    p = sub.add_parser("replay", help="write the state as of a seq into a new database" + needs)
+    p.add_argument("--db", type=Path, default=None)
+    p.add_argument("--to", type=int, required=True, metavar="SEQ", help="last seq to include")
+    p.add_argument("--out", type=Path, required=True, help="path of the new database")
+    p.set_defaults(handler=_replay)
+
+
+def missing_dependencies() -> list[str]:
+    """The distributions of the `daemon` extra that are not installed, read from the
+    package's own metadata so the list cannot drift from pyproject.toml."""
+    try:
+        requirements = importlib.metadata.requires("tracklog") or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    missing = []
+    for requirement in requirements:
+        if not re.search(r"""extra\s*==\s*["']daemon["']""", requirement):
+            continue
+        name = re.match(r"[A-Za-z0-9._-]+", requirement)
+        if name is None:
+            continue
+        try:
+            importlib.metadata.distribution(name.group())
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name.group())
+    return missing
+
+
+def _default_db() -> Path:
+    home = os.environ.get("TRACKLOG_HOME")
+    if home:
+        return Path(home) / "tracklog.db"
+    return Path.home() / ".local" / "share" / "tracklog" / "tracklog.db"
+
+
+def _db(args: argparse.Namespace) -> Path:
+    return args.db if args.db is not None else _default_db()
+
+
+def _not_installed(command: str, exc: ImportError) -> int:
+    print(f"tracklog {command}: the daemon is not installed ({exc}); {INSTALL_HINT}", file=sys.stderr)
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from tracklog.daemon import commands
+        from tracklog.daemon.server import Settings
+    except ImportError as exc:
+        return _not_installed("serve", exc)
+    # An empty --token is passed on as given, so that serve refuses it.
+    tokens = tuple(args.token) + tuple(t for t in os.environ.get("TRACKLOG_TOKENS", "").split(",") if t)
+    settings = Settings(
+        db=_db(args),
+        host=args.host,
+        port=args.port,
+        durability=args.durability,
+        tokens=tokens,
+        insecure=args.insecure,
+        lost_after=args.lost_after,
+        allow_origins=tuple(args.allow_origin),
+        allow_hosts=tuple(args.allow_host),
+    )
+    return commands.serve(settings, args.log_level)
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    try:
+        from tracklog.daemon import commands
+    except ImportError as exc:
+        return _not_installed("rebuild", exc)
+    return commands.rebuild(_db(args))
+
+
+def _verify(args: argparse.Namespace) -> int:
+    try:
+        from tracklog.daemon import commands
+    except ImportError as exc:
+        return _not_installed("verify", exc)
+    return commands.verify(_db(args))
+
+
+def _replay(args: argparse.Namespace) -> int:
+    try:
+        from tracklog.daemon import commands
+    except ImportError as exc:
+        return _not_installed("replay", exc)
+    return commands.replay(_db(args), args.to, args.out)
