@@ -310,7 +310,13 @@ def query_items(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
     limit, offset = _page(q, DEFAULT_ITEMS, MAX_ITEMS)
     where: list[str] = []
     args: list[Any] = []
-    for column, value in (("run", q.run), ("stage", q.stage), ("status", q.status)):
+    for column, value in (
+        ("run", q.run),
+        ("stage", q.stage),
+        ("status", q.status),
+        ("model", q.model),
+        ("backend", q.backend),
+    ):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
@@ -504,6 +510,28 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
     return [row], 1
 
 
+# -- the web console's item facets ----------------------------------------------------
+
+
+#: The item columns the console offers as filters, each with its values counted.
+FACET_COLUMNS: Final = ("stage", "status", "model", "backend", "kind")
+
+
+def query_item_facets(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+    """The values of a run's item stages, statuses, models, backends and kinds, each with its
+    item count, failures and mean duration: the console's item filters and per-stage summary."""
+    run = _require_run(conn, q.run, q)
+    rows: list[dict[str, Any]] = []
+    for column in FACET_COLUMNS:
+        for value, count, failed, mean in conn.execute(
+            f"SELECT {column}, count(*), sum(status = 'failed'), avg(duration) FROM items"
+            f" WHERE run = ? GROUP BY {column} ORDER BY {column}",
+            (run,),
+        ):
+            rows.append({"field": column, "value": value, "count": count, "failed": failed, "mean": mean})
+    return rows, len(rows)
+
+
 HANDLERS: Final = {
     "runs": query_runs,
     "metrics": query_metrics,
@@ -513,4 +541,5 @@ HANDLERS: Final = {
     "artifacts": query_artifacts,
     "search": query_search,
     "stats": query_stats,
+    "item_facets": query_item_facets,
 }
