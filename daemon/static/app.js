@@ -180,6 +180,8 @@
     $("compare-pane").hidden = v.name !== "compare";
     $("run-pane").hidden = v.name !== "run";
     $("chart-tools").hidden = v.name === "runs";
+    const pane = v.name === "compare" ? $("compare-pane") : v.name === "run" ? $("run-pane") : null;
+    if (pane) pane.querySelector(".tools-slot").append($("chart-tools"));
     $("sel-count").textContent = "(" + v.sel.length + ")";
     $("nav-runs").setAttribute("aria-current", v.name === "runs" ? "page" : "false");
     $("nav-compare").setAttribute("aria-current", v.name === "compare" ? "page" : "false");
@@ -214,7 +216,6 @@
       if (S.ws !== ws) return;
       S.ws = null;
       S.pending.clear();
-      S.gen++;  // answers asked on the old connection never come: whatever waits for one asks again
       setConn("reconnecting");
       const delay = Math.min(5000, 100 * 2 ** S.retry++) * (0.5 + Math.random() / 2);
       setTimeout(connect, delay);
@@ -231,6 +232,7 @@
     switch (msg.op) {
       case "welcome":
         S.retry = 0;
+        S.gen++;  // what was asked before this connection is never answered: whatever waits for it asks again
         // A log shorter than what we saw is another database: start over.
         if (S.lastSeq === null || msg.head < S.lastSeq) loadRuns(); else resume();
         break;
@@ -251,7 +253,7 @@
   /** Every run, page by page; the subscription starts at the first page's seq. */
   function loadRuns() {
     const fresh = S.lastSeq !== null;
-    if (fresh) { S.series.clear(); S.zoom.clear(); S.summaries.clear(); }
+    if (fresh) { S.series.clear(); S.zoom.clear(); S.summaries.clear(); S.open = null; }
     const runs = new Map();
     let firstSeq = null;
     const page = (offset) => query({ q: "runs", limit: RUNS_PAGE, offset }, (reply) => {
@@ -281,7 +283,7 @@
   function resume() {
     subscribe();
     for (const [id, store] of S.series) if (store.state === "loading" && store.gen !== S.gen) S.series.delete(id);
-    if (S.open && S.open.gen !== S.gen) S.open = null;
+    if (S.open && S.open.gen !== S.gen && (S.open.itemsSeq === null || S.open.artifactsSeq === null)) S.open = null;
     refreshFilter();
     render("all");
   }
@@ -431,7 +433,7 @@
     S.raf = 0;
     const start = performance.now();
     const flags = S.renderFlags;
-    if (flags.size && S.view) {
+    if (flags.size && S.view && S.loaded) {
       const all = flags.has("all");
       $("head").textContent = "seq " + (S.lastSeq || 0);
       $("head").dataset.seq = S.lastSeq || 0;
@@ -541,7 +543,7 @@
       const sorted = id === sortCol;
       const button = el("button", { type: "button", class: "sort", "data-col": id, title: "sort by " + c.label },
         c.label, sorted ? (sortDir === "asc" ? " \u25b2" : " \u25bc") : "");
-      if (c.value) button.onclick = () => setView({ sort: id + ":" + (sorted && sortDir === "desc" ? "asc" : "desc"), page: 0 });
+      if (c.value) button.onclick = () => setView({ sort: id + ":" + (sorted && sortDir === "asc" ? "desc" : "asc"), page: 0 });
       else button.disabled = true;
       return el("th", { "aria-sort": sorted ? (sortDir === "asc" ? "ascending" : "descending") : null, "data-col": id }, button);
     }));
@@ -766,6 +768,9 @@
       revision: (v.name === "run" ? v.run : v.sel.join(",")), datarevision: (box.draws = (box.draws || 0) + 1),
     });
     box.dataset.drawn = String(drawn);
+    box.dataset.fetches = String(box.fetches || 0);
+    box.dataset.zoomPoints = String(box.zoomPoints || 0);
+    box.dataset.zoomed = lines.some((l) => l.zoom) ? "1" : "0";
     box.dataset.draws = String(box.draws);
     box.dataset.ready = ready ? "1" : "0";
     if (!box.listening) {
@@ -781,7 +786,6 @@
     const runs = (box.entries || []).map((e) => e.run);
     if (range === "reset") {
       for (const run of runs) S.zoom.delete(run + "\u0001" + name);
-      box.dataset.zoomed = "0";
       redraw(box);
       return;
     }
@@ -794,10 +798,12 @@
       const store = S.series.get(run);
       const s = store && store.metrics.get(name);
       if (!s || !s.values.length) continue;
-      // The steps the range covers, found through the x column the chart draws.
+      // The steps the range covers: the range itself on a step axis, else found through
+      // the x column the chart draws (one held point wider on each side).
       const xs = C.xOf(s, v.x);
       let from = null, to = null;
-      for (let i = 0; i < xs.length; i++) {
+      if (v.x === "step") { from = a; to = b; }
+      else for (let i = 0; i < xs.length; i++) {
         if (xs[i] == null) continue;
         if (xs[i] >= a && from === null) from = i > 0 ? s.steps[i - 1] : s.steps[i];
         if (xs[i] <= b) to = i < xs.length - 1 ? s.steps[i + 1] : s.steps[i];
@@ -814,9 +820,8 @@
           zoomPoints += row.steps.length;
         }
         if (!pending) {
-          box.dataset.fetches = String(Number(box.dataset.fetches || 0) + 1);
-          box.dataset.zoomPoints = String(zoomPoints);
-          box.dataset.zoomed = "1";
+          box.fetches = (box.fetches || 0) + 1;  // shown in data-fetches once drawn
+          box.zoomPoints = zoomPoints;
           redraw(box);
         }
       });
@@ -1158,7 +1163,7 @@
       S.zoom.clear();
       for (const box of document.querySelectorAll(".chart")) {
         box.zoomGen = (box.zoomGen || 0) + 1;
-        box.dataset.zoomed = "0";
+        redraw(box);
         if (hasPlotly() && box.plot && box.plot.data) window.Plotly.relayout(box.plot, { "xaxis.autorange": true, "yaxis.autorange": true });
       }
     };

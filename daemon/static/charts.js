@@ -218,16 +218,19 @@
       if (numeric) {
         const nums = values.filter((v) => typeof v === "number");
         const lo = Math.min(...nums), hi = Math.max(...nums);
-        return { name: k, pos: (v) => (typeof v !== "number" ? null : hi === lo ? 0.5 : (v - lo) / (hi - lo)),
-                 ticks: [[0, lo], [1, hi]] };
+        // Keys spanning decades (learning rates, weight decays) on a log scale.
+        const log = lo > 0 && hi / lo >= 100;
+        const f = log ? Math.log10 : (v) => v;
+        const pos = (v) => (typeof v !== "number" || (log && v <= 0) ? null : hi === lo ? 0.5 : (f(v) - f(lo)) / (f(hi) - f(lo)));
+        return { name: log ? k + " (log)" : k, key: k, pos, ticks: nums.length <= 6 ? [...new Set(nums)].map((v) => [pos(v), v]) : [[0, lo], [1, hi]] };
       }
       const cats = [...new Set(values.map((v) => JSON.stringify(v)))].sort();
       const pos = (v) => (cats.length === 1 ? 0.5 : cats.indexOf(JSON.stringify(v)) / (cats.length - 1));
-      return { name: k, pos, ticks: cats.slice(0, 12).map((c) => [pos(JSON.parse(c)), c.replace(/^"|"$/g, "")]) };
+      return { name: k, key: k, pos, ticks: cats.slice(0, 12).map((c) => [pos(JSON.parse(c)), c.replace(/^"|"$/g, "")]) };
     });
     const metricValues = runs.map((r) => r.metric).filter(Number.isFinite);
     const mLo = Math.min(...metricValues), mHi = Math.max(...metricValues);
-    axes.push({ name: metricName, pos: (v) => (!Number.isFinite(v) ? null : mHi === mLo ? 0.5 : (v - mLo) / (mHi - mLo)),
+    axes.push({ name: metricName, key: metricName, pos: (v) => (!Number.isFinite(v) ? null : mHi === mLo ? 0.5 : (v - mLo) / (mHi - mLo)),
                 ticks: [[0, mLo], [1, mHi]] });
     const scale = (v) => { // blue (low) to orange (high)
       const f = !Number.isFinite(v) || mHi === mLo ? 0.5 : (v - mLo) / (mHi - mLo);
@@ -236,9 +239,9 @@
     };
     const traces = runs.map((r) => ({
       type: "scatter", mode: "lines+markers", x: axes.map((_, i) => i),
-      y: axes.map((a, i) => a.pos(i === axes.length - 1 ? r.metric : r.config[a.name])),
+      y: axes.map((a, i) => a.pos(i === axes.length - 1 ? r.metric : r.config[a.key])),
       name: r.label, line: { color: scale(r.metric), width: 2 }, marker: { size: 5 },
-      text: axes.map((a, i) => a.name + " = " + (i === axes.length - 1 ? r.metric : JSON.stringify(r.config[a.name]))),
+      text: axes.map((a, i) => a.key + " = " + (i === axes.length - 1 ? r.metric : JSON.stringify(r.config[a.key]))),
       hovertemplate: "%{text}<extra>" + r.label.replace(/[<>]/g, "") + "</extra>", connectgaps: false,
     }));
     // The colour scale, as a marker trace whose colour bar is the legend of the lines.
