@@ -36,6 +36,11 @@
     open: null,               // the run view's state
     dirty: new Set(), raf: 0, renderFlags: new Set(), tableAt: 0,
   };
+  // The page's own figures, for bench/console.py: when every chart of the view was first
+  // drawn with all its runs, and the script time of each animation frame (the frame's
+  // drawing plus the messages handled since the previous one), the last 4,000 frames.
+  const perf = (window.__tracklogPerf = { fullPaint: null, frameWork: [], messageMs: 0, marks: {}, drawMs: [] });
+  const mark = (name) => { if (!(name in perf.marks)) perf.marks[name] = performance.now(); };
 
   // -- small helpers ----------------------------------------------------------------------
 
@@ -211,7 +216,11 @@
       if (token) hello.token = token;
       ws.send(JSON.stringify(hello));
     };
-    ws.onmessage = (e) => onMessage(JSON.parse(e.data));
+    ws.onmessage = (e) => {
+      const t0 = performance.now();
+      onMessage(JSON.parse(e.data));
+      perf.messageMs += performance.now() - t0;
+    };
     ws.onclose = () => {
       if (S.ws !== ws) return;
       S.ws = null;
@@ -231,6 +240,7 @@
     }
     switch (msg.op) {
       case "welcome":
+        mark("welcome");
         S.retry = 0;
         S.gen++;  // what was asked before this connection is never answered: whatever waits for it asks again
         // A log shorter than what we saw is another database: start over.
@@ -264,6 +274,7 @@
       S.runs = runs;
       S.runsVersion++;
       S.loaded = true;
+      mark("runs");
       S.lastSeq = firstSeq;
       refreshFilter();
       render("all");
@@ -441,20 +452,34 @@
       if (all || !flags.has("events") || flags.size > 1 || start - S.tableAt > 250) {
         S.renderFlags = new Set();
         S.tableAt = start;
+        const charts = all || flags.has("series");  // every chart redrawn: new series or options
         if (S.view.name === "runs") renderTable();
-        else if (S.view.name === "compare") renderCompare(all);
-        else if (S.view.name === "run") renderRun(all);
+        else if (S.view.name === "compare") renderCompare(all, charts);
+        else if (S.view.name === "run") renderRun(charts);
       } else kick();
     }
     for (const box of [...S.dirty]) {
       if (!box.isConnected) { S.dirty.delete(box); continue; }
-      if (box.live && performance.now() - (box.drawnAt || 0) < LIVE_REDRAW_MS) continue;
+      // A chart growing live is redrawn at most every LIVE_REDRAW_MS, or less often when its
+      // redraw is costly (25 times its last cost, up to 2 s), so streaming leaves most frames free.
+      const every = Math.min(2000, Math.max(LIVE_REDRAW_MS, 25 * (box.drawCost || 0)));
+      if (box.live && performance.now() - (box.drawnAt || 0) < every) continue;
       S.dirty.delete(box);
+      const t0 = performance.now();
       box.draw();
       box.drawnAt = performance.now();
+      box.drawCost = box.drawnAt - t0;
+      if (perf.drawMs.length < 1000) perf.drawMs.push(box.drawCost);
       if (performance.now() - start > FRAME_BUDGET_MS) break;
     }
     if (S.dirty.size) kick();
+    if (perf.fullPaint === null && S.view && S.view.name !== "runs") {
+      const boxes = [...document.querySelectorAll(S.view.name === "compare" ? "#compare-charts .chart" : "#charts .chart")];
+      if (boxes.length && boxes.every((b) => b.dataset.ready === "1")) perf.fullPaint = performance.now();
+    }
+    perf.frameWork.push(performance.now() - start + perf.messageMs);
+    perf.messageMs = 0;
+    if (perf.frameWork.length > 4000) perf.frameWork.splice(0, 1000);
   }
 
   /** Ask for a chart to be drawn: at once for a change of view, at most every LIVE_REDRAW_MS when growing live. */
@@ -683,9 +708,10 @@
         store.seq = reply.seq;
       }
       store.state = "ready";
+      perf.marks.series = performance.now();
       for (const ev of store.buffer) if (ev.seq > store.seq) addPoints(store, ev);
       store.buffer = [];
-      render("all");
+      render("series");
     });
     return store;
   }
@@ -694,7 +720,7 @@
     const step = ev.data.step, epoch = ev.data.epoch;
     for (const [name, raw] of Object.entries(ev.data.values || {})) {
       let s = store.metrics.get(name);
-      if (!s) { s = { steps: [], values: [], epochs: [], ts: [], downsampled: false, count: 0 }; store.metrics.set(name, s); render("all"); }
+      if (!s) { s = { steps: [], values: [], epochs: [], ts: [], downsampled: false, count: 0 }; store.metrics.set(name, s); render("series"); }
       s.steps.push(step != null ? step : (s.steps.length ? s.steps[s.steps.length - 1] + 1 : 0));
       s.values.push(num(raw));
       s.epochs.push(epoch != null ? epoch : null);
@@ -729,6 +755,7 @@
         box = el("div", { class: "chart", "data-metric": name, "data-points": "0", "data-fetches": "0" },
           el("h4", {}, el("span", {}, name), el("span", { class: "muted last" })), plot);
         box.plot = plot;
+        box.createdAt = performance.now();
         if (previous) previous.after(box); else pane.prepend(box);
         if (window.ResizeObserver) {
           let first = true;
@@ -763,6 +790,8 @@
     box.dataset.ytype = v.log ? "log" : "linear";
     box.dataset.xaxis = v.x;
     if (!hasPlotly()) return;
+    // A chart waits (up to a second) for all its runs' series, rather than being drawn once per arrival.
+    if (!ready && !box.draws && performance.now() - box.createdAt < 1000) { setTimeout(() => redraw(box), 250); return; }
     const drawn = C.drawMetric(box.plot, lines, {
       xAxis: v.x, smoothing: v.smooth, log: v.log, aggregate: !!(v.group && v.agg && v.name === "compare"),
       revision: (v.name === "run" ? v.run : v.sel.join(",")), datarevision: (box.draws = (box.draws || 0) + 1),
@@ -830,7 +859,7 @@
 
   // -- the compare view ---------------------------------------------------------------------
 
-  function renderCompare(all) {
+  function renderCompare(all, charts) {
     const v = S.view;
     const ids = v.sel.filter((id) => S.runs.has(id));
     $("compare-count").textContent = "(" + ids.length + " runs)";
@@ -851,9 +880,16 @@
     }
     const metricNames = [...names].sort();
     chartBoxes($("compare-charts"), metricNames, (box, name) => drawChart(box, name, entries));
-    if (all) for (const box of $("compare-charts").children) redraw(box);
+    if (charts) for (const box of $("compare-charts").children) redraw(box);
     renderLegend(ids, metricNames, entries);
-    if (all) { renderConfigDiff(ids, entries); renderParallel(ids, metricNames); }
+    if (all) {
+      renderConfigDiff(ids, entries);
+      // Drawn after the metric charts, in a frame of its own.
+      const pc = $("parcoords");
+      pc.draw = () => renderParallel(ids, metricNames);
+      S.dirty.delete(pc);
+      redraw(pc);
+    }
   }
 
   function renderLegend(ids, metricNames, entries) {
@@ -1174,6 +1210,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    mark("dom");
     $("no-plotly").hidden = hasPlotly();
     wire();
     applyView(parseHash());

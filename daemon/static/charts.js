@@ -135,9 +135,9 @@
       plot_bgcolor: "rgba(0,0,0,0)",
       font: { color: t.fg, size: 11, family: "system-ui, sans-serif" },
       xaxis: { type: opts.xAxis === "time" ? "date" : "linear", gridcolor: t.line, linecolor: t.line,
-               zeroline: false, automargin: true },
+               zeroline: false },
       yaxis: { type: opts.log ? "log" : "linear", gridcolor: t.line, linecolor: t.line, zeroline: false,
-               automargin: true, exponentformat: "e" },
+               exponentformat: "e" },
       // Zoom survives redraws while points stream in; a new axis choice starts afresh.
       uirevision: opts.xAxis + "|" + (opts.log ? "log" : "lin") + "|" + opts.revision,
       datarevision: opts.datarevision,
@@ -145,7 +145,8 @@
     };
   }
 
-  const CONFIG = { responsive: true, displaylogo: false, doubleClick: "reset",
+  // Not `responsive`: app.js resizes each chart when its box changes size (window or drag).
+  const CONFIG = { displaylogo: false, doubleClick: "reset",
                    modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"] };
 
   /**

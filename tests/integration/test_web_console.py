@@ -533,3 +533,72 @@ async def test_at_420_pixels_in_the_dark_nothing_is_clipped_and_a_new_run_appear
     await page.screenshot(path=str(SCREENSHOT_DIR / "web-console-420-dark-runs.png"), full_page=True)
     assert page.errors == []  # type: ignore[attr-defined]
     await page.close()
+
+
+# -- the item queries the run view uses ---------------------------------------------------
+
+
+def items_of(run: str) -> list[dict[str, Any]]:
+    return [
+        {"type": "run.started", "run": run, "data": {"name": "items"}},
+        *(
+            {
+                "type": "item",
+                "run": run,
+                "data": {
+                    "item": f"i-{i}",
+                    "stage": "translate" if i % 2 else "score",
+                    "model": "small" if i % 3 else "big",
+                    "backend": "ollama",
+                    "status": "failed" if i % 5 == 0 else "ok",
+                    "duration": 0.5 + i,
+                    **({"error": "timeout"} if i % 5 == 0 else {}),
+                },
+            }
+            for i in range(10)
+        ),
+    ]
+
+
+async def test_items_are_filtered_by_model_and_backend_and_counted_by_facet(client: Client) -> None:
+    await client.append(items_of("r-it"))
+    reply = await client.query("items", run="r-it", model="big", backend="ollama")
+    assert reply["total"] == 4 and {r["model"] for r in reply["rows"]} == {"big"}
+    assert (await client.query("items", run="r-it", backend="nope"))["total"] == 0
+    facets = (await client.query("item_facets", run="r-it"))["rows"]
+    stage = {f["value"]: f for f in facets if f["field"] == "stage"}
+    assert stage["translate"]["count"] == 5 and stage["translate"]["failed"] == 1  # i = 5
+    assert stage["score"]["failed"] == 1 and stage["score"]["mean"] == pytest.approx(4.5)  # 0, 2, .. 8
+    assert {f["value"]: f["count"] for f in facets if f["field"] == "model"} == {"big": 4, "small": 6}
+    missing = await client.query("item_facets", run="r-none")
+    assert missing["op"] == "error" and missing["code"] == "not_found"
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_browser, id="chromium")])
+async def test_the_run_view_filters_items_by_stage_and_model_with_a_per_stage_summary(
+    _: None, daemon: DaemonProcess, client: Client, browser: Browser
+) -> None:
+    await client.append(items_of("r-it"))
+    page = await open_console(browser, daemon.http + "/#run/r-it")
+    await page.wait_for_selector("#items tbody tr:nth-child(10)")
+    statuses = await page.eval_on_selector_all("#items tbody tr", "rows => rows.map(r => r.dataset.status)")
+    assert statuses[:2] == ["failed", "failed"] and set(statuses[2:]) == {"ok"}  # failures first
+    await page.wait_for_selector("#stage-summary tbody tr:nth-child(2)")
+    summary = await page.inner_text("#stage-summary")
+    assert "translate" in summary and "score" in summary
+    await page.wait_for_selector('#item-model option[value="big"]', state="attached")
+    await page.select_option("#item-model", "big")
+    await page.wait_for_function("() => document.querySelectorAll('#items tbody tr').length === 4")
+    await page.select_option("#item-stage", "translate")
+    await page.wait_for_function("() => document.querySelectorAll('#items tbody tr').length === 2")
+    # A new item that matches the filters appears live; one that does not, does not.
+    await client.append(
+        [
+            {"type": "item", "run": "r-it", "data": {"item": "new-big", "stage": "translate", "model": "big"}},
+            {"type": "item", "run": "r-it", "data": {"item": "new-small", "stage": "translate", "model": "small"}},
+        ]
+    )
+    await page.wait_for_function("() => document.querySelectorAll('#items tbody tr').length === 3")
+    assert "new-big" in await page.inner_text("#items") and "new-small" not in await page.inner_text("#items")
+    assert page.errors == []  # type: ignore[attr-defined]
+    await page.close()
