@@ -10,6 +10,7 @@
 (function () {
   const C = window.TracklogCharts;
   const MAX_POINTS = 1000;            // points per run and metric asked from the daemon (its tiers downsample)
+  const COARSE_POINTS = 100;          // the first, quick answer (from the tiers alone on series past 51,200 points)
   const LIVE_LIMIT = 4 * MAX_POINTS;  // a series grown past this by live points is thinned to 2 x MAX_POINTS
   const RUNS_PAGE = 1000;             // runs per `runs` query while loading
   const TABLE_PAGE = 100;             // rows per page of the runs table
@@ -35,11 +36,12 @@
     summaries: new Map(),     // run id -> {metric -> compare row}, for the compare legend
     open: null,               // the run view's state
     dirty: new Set(), raf: 0, renderFlags: new Set(), tableAt: 0,
+    finePending: 0,           // second (sharp) series answers still awaited
   };
   // The page's own figures, for bench/console.py: when every chart of the view was first
   // drawn with all its runs, and the script time of each animation frame (the frame's
   // drawing plus the messages handled since the previous one), the last 4,000 frames.
-  const perf = (window.__tracklogPerf = { fullPaint: null, frameWork: [], messageMs: 0, marks: {}, drawMs: [] });
+  const perf = (window.__tracklogPerf = { fullPaint: null, sharpPaint: null, frameWork: [], messageMs: 0, marks: {}, drawMs: [] });
   const mark = (name) => { if (!(name in perf.marks)) perf.marks[name] = performance.now(); };
 
   // -- small helpers ----------------------------------------------------------------------
@@ -225,6 +227,7 @@
       if (S.ws !== ws) return;
       S.ws = null;
       S.pending.clear();
+      S.finePending = 0;
       setConn("reconnecting");
       const delay = Math.min(5000, 100 * 2 ** S.retry++) * (0.5 + Math.random() / 2);
       setTimeout(connect, delay);
@@ -477,6 +480,10 @@
       const boxes = [...document.querySelectorAll(S.view.name === "compare" ? "#compare-charts .chart" : "#charts .chart")];
       if (boxes.length && boxes.every((b) => b.dataset.ready === "1")) perf.fullPaint = performance.now();
     }
+    if (perf.sharpPaint === null && perf.fullPaint !== null) {
+      const boxes = [...document.querySelectorAll(S.view.name === "compare" ? "#compare-charts .chart" : "#charts .chart")];
+      if (boxes.length && boxes.every((b) => b.dataset.sharp === "1")) perf.sharpPaint = performance.now();
+    }
     perf.frameWork.push(performance.now() - start + perf.messageMs);
     perf.messageMs = 0;
     if (perf.frameWork.length > 4000) perf.frameWork.splice(0, 1000);
@@ -692,31 +699,56 @@
 
   // -- series: a run's metric histories, loaded once and then kept live ----------------------
 
-  /** The run's series store, asked for when first needed. Events arriving meanwhile wait in its buffer. */
+  /**
+   * The run's series store, asked for when first needed, in two steps: first COARSE_POINTS a
+   * metric (from the daemon's precomputed tiers on long series: no point is read), drawn at
+   * once; then MAX_POINTS a metric, which replaces them. Live points wait in `buffer` until
+   * the first answer, and are kept in `since` until the second, which they follow on from.
+   */
   function seriesOf(id) {
     let store = S.series.get(id);
     if (store) return store;
-    store = { state: "loading", gen: S.gen, seq: 0, buffer: [], metrics: new Map() };
+    store = { state: "loading", sharp: false, gen: S.gen, seq: 0, buffer: [], since: [], metrics: new Map() };
     S.series.set(id, store);
-    query({ q: "metrics", run: id, max_points: MAX_POINTS }, (reply) => {
-      if (S.series.get(id) !== store) return;
-      if (reply.op === "result") {
-        for (const row of reply.rows) {
-          store.metrics.set(row.name, { steps: row.steps, values: row.values.map(num), epochs: row.epochs, ts: row.ts,
-                                        downsampled: row.downsampled, count: row.points });
-        }
-        store.seq = reply.seq;
+    const fill = (reply) => {
+      const metrics = new Map();
+      for (const row of reply.rows) {
+        metrics.set(row.name, { steps: row.steps, values: row.values.map(num), epochs: row.epochs, ts: row.ts,
+                                downsampled: row.downsampled, count: row.points });
       }
+      store.metrics = metrics;
+      store.seq = reply.seq;
+    };
+    query({ q: "metrics", run: id, max_points: COARSE_POINTS }, (reply) => {
+      if (S.series.get(id) !== store) return;
+      if (reply.op === "result") fill(reply);
       store.state = "ready";
       perf.marks.series = performance.now();
       for (const ev of store.buffer) if (ev.seq > store.seq) addPoints(store, ev);
       store.buffer = [];
       render("series");
+      if (reply.op !== "result" || !reply.rows.some((r) => r.downsampled)) { store.sharp = true; store.since = null; return; }
+      S.finePending++;
+      query({ q: "metrics", run: id, max_points: MAX_POINTS }, (fine) => {
+        S.finePending--;
+        if (S.series.get(id) !== store) return;
+        const live = store.since;
+        store.since = null;
+        store.sharp = true;
+        if (fine.op === "result") {
+          fill(fine);
+          for (const ev of live) if (ev.seq > store.seq) addPoints(store, ev);
+        }
+        perf.marks.sharp = performance.now();
+        // The charts are redrawn once the last of these answers is in, not once per run.
+        if (!S.finePending) render("series");
+      });
     });
     return store;
   }
 
   function addPoints(store, ev) {
+    if (store.since) store.since.push(ev);
     const step = ev.data.step, epoch = ev.data.epoch;
     for (const [name, raw] of Object.entries(ev.data.values || {})) {
       let s = store.metrics.get(name);
@@ -773,10 +805,11 @@
   function drawChart(box, name, entries) {
     const v = S.view;
     const lines = [];
-    let points = 0, ready = true;
+    let points = 0, ready = true, sharp = true;
     for (const e of entries) {
       const store = S.series.get(e.run);
-      if (!store || store.state !== "ready") { ready = false; continue; }
+      if (!store || store.state !== "ready") { ready = false; sharp = false; continue; }
+      if (!store.sharp) sharp = false;
       const series = store.metrics.get(name);
       if (!series) continue;
       points += series.values.length;
@@ -802,6 +835,7 @@
     box.dataset.zoomed = lines.some((l) => l.zoom) ? "1" : "0";
     box.dataset.draws = String(box.draws);
     box.dataset.ready = ready ? "1" : "0";
+    box.dataset.sharp = sharp ? "1" : "0";
     if (!box.listening) {
       box.listening = true;
       box.plot.on("plotly_relayout", (ev) => onZoom(box, name, entries.map((e) => e.run), C.zoomOf(ev)));

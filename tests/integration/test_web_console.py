@@ -359,7 +359,7 @@ async def test_three_selected_runs_are_overlaid_smoothed_on_a_log_axis_and_the_v
         await page.wait_for_selector(f'#runs tr.selected[data-run="r-{i}"]')
     await page.click("#compare-selected")
     for metric in ("loss", "acc"):
-        await page.wait_for_selector(f'#compare-charts .chart[data-metric="{metric}"][data-traces="3"][data-ready="1"]')
+        await page.wait_for_selector(f'#compare-charts .chart[data-metric="{metric}"][data-traces="3"][data-sharp="1"]')
         traces = await plot_data(page, "compare-pane", metric)
         assert [t["name"] for t in traces] == ["lr-0.1", "lr-0.01", "lr-0.001"]
         assert len({t["colour"] for t in traces}) == 3 and all(len(t["y"]) == 200 for t in traces)
@@ -392,7 +392,7 @@ async def test_three_selected_runs_are_overlaid_smoothed_on_a_log_axis_and_the_v
     # The URL holds the view: a reload shows the same comparison.
     assert "sel=" in page.url and "smooth=0.9" in page.url and "log=1" in page.url
     await page.reload()
-    await page.wait_for_selector('#compare-charts .chart[data-metric="loss"][data-traces="3"][data-ready="1"]')
+    await page.wait_for_selector('#compare-charts .chart[data-metric="loss"][data-traces="3"][data-sharp="1"]')
     assert await page.is_checked("#log")
     assert await page.input_value("#smooth") == "0.9"
     traces = await plot_data(page, "compare-pane", "loss")
@@ -471,7 +471,7 @@ async def test_zooming_in_fetches_the_finer_points_of_that_range(
         )
     page = await open_console(browser, daemon.http + "/#run/r-long?gc=1")
     chart = '#charts .chart[data-metric="loss"]'
-    await page.wait_for_selector(chart + '[data-ready="1"]')
+    await page.wait_for_selector(chart + '[data-sharp="1"]')
     held = int(await page.get_attribute(chart, "data-points") or 0)
     assert held <= 1000
 
