@@ -33,13 +33,20 @@ import msgspec
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _daemon import BenchDaemon, machine  # noqa: E402
-from tracklog.daemon.store import LogStore  # noqa: E402
-from tracklog.protocol.events import Metrics, MetricsData, RunStarted, RunStartedData  # noqa: E402
-from tracklog.protocol.messages import Append  # noqa: E402
+from _daemon import BenchDaemon, machine
+
+from tracklog.daemon.store import LogStore
+from tracklog.protocol.events import Metrics, MetricsData, RunStarted, RunStartedData
+from tracklog.protocol.messages import Append
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+]
 METRICS = ("loss", "acc", "lr")
 
 
@@ -110,7 +117,9 @@ async def first_paint(page: Any, url: str, reload: bool) -> tuple[float, float]:
         + ", ".join(f"{k} {v:.0f}" for k, v in marks.items())
         + f" ms; chart draws {', '.join(f'{d:.0f}' for d in draws[:12])} ms)"
     )
-    return tuple(await page.evaluate("() => [window.__tracklogPerf.fullPaint, window.__tracklogPerf.sharpPaint]"))
+    return tuple(
+        await page.evaluate("() => [window.__tracklogPerf.fullPaint, window.__tracklogPerf.sharpPaint]")
+    )
 
 
 async def stream(url: str, runs: int, rate: int, seconds: float, start_step: int) -> int:
@@ -177,8 +186,14 @@ async def measure(port: int, runs: int, points: int, rate: int, seconds: float, 
         traces = await page.eval_on_selector_all(
             "#compare-charts .chart", "bs => bs.map(b => Number(b.dataset.traces))"
         )
-        print(f"first full paint, {runs} runs x {charts} charts ({traces} lines each), {points:,} points a series:")
-        for label, which in (("every chart drawn (first answers)", 0), ("every chart sharp (1,000 points a line)", 1)):
+        print(
+            f"first full paint, {runs} runs x {charts} charts ({traces} lines each),"
+            f" {points:,} points a series:"
+        )
+        for label, which in (
+            ("every chart drawn (first answers)", 0),
+            ("every chart sharp (1,000 points a line)", 1),
+        ):
             warm = [p[which] for p in paints[1:]]
             print(
                 f"  {label}: cold {paints[0][which]:.0f} ms (plotly.js not cached);"
@@ -200,8 +215,8 @@ async def measure(port: int, runs: int, points: int, rate: int, seconds: float, 
         )
         sent = await stream(f"ws://127.0.0.1:{port}/ws", runs, rate, seconds, points)
         await page.wait_for_function(
-            f"() => [...document.querySelectorAll('#compare-charts .chart')].every(b => "
-            f"Number(b.dataset.points) > 0) && Number(document.getElementById('head').dataset.seq) > 0"
+            "() => [...document.querySelectorAll('#compare-charts .chart')].every(b => "
+            "Number(b.dataset.points) > 0) && Number(document.getElementById('head').dataset.seq) > 0"
         )
         await page.evaluate("() => { window.__stopLoop = true; }")
         intervals = await page.evaluate("() => window.__intervals.slice(1)")
@@ -226,7 +241,9 @@ async def measure(port: int, runs: int, points: int, rate: int, seconds: float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--rate", type=int, default=100, help="points per second per run while streaming")

@@ -136,8 +136,9 @@
       font: { color: t.fg, size: 11, family: "system-ui, sans-serif" },
       xaxis: { type: opts.xAxis === "time" ? "date" : "linear", gridcolor: t.line, linecolor: t.line,
                zeroline: false },
-      yaxis: { type: opts.log ? "log" : "linear", gridcolor: t.line, linecolor: t.line, zeroline: false,
-               exponentformat: "e" },
+      // On a log axis, ticks at 1, 2 and 5 of each decade (not every digit).
+      yaxis: Object.assign({ type: opts.log ? "log" : "linear", gridcolor: t.line, linecolor: t.line, zeroline: false,
+                             exponentformat: "e" }, opts.log ? { dtick: "D2" } : {}),
       // Zoom survives redraws while points stream in; a new axis choice starts afresh.
       uirevision: opts.xAxis + "|" + (opts.log ? "log" : "lin") + "|" + opts.revision,
       datarevision: opts.datarevision,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import urllib.error
@@ -119,9 +120,7 @@ async def browser() -> AsyncIterator[Browser]:
             await b.close()
 
 
-async def open_console(
-    browser: Browser, url: str, width: int = 1200, color_scheme: str = "light"
-) -> Page:
+async def open_console(browser: Browser, url: str, width: int = 1200, color_scheme: str = "light") -> Page:
     page = await browser.new_page(
         viewport={"width": width, "height": 900},
         color_scheme=color_scheme,  # type: ignore[arg-type]
@@ -309,16 +308,25 @@ def test_plotly_js_is_served_from_the_installed_plotly_package_under_its_version
 # -- compare, filter, zoom, layout -------------------------------------------------------------
 
 
-def run_events(run: str, name: str, config: dict[str, Any], points: int, scale: float = 1.0) -> list[dict[str, Any]]:
+def run_events(
+    run: str, name: str, config: dict[str, Any], points: int, scale: float = 1.0
+) -> list[dict[str, Any]]:
     """A finished run with `points` steps of loss and acc (one epoch per 10 steps)."""
     return [
-        {"type": "run.started", "run": run, "data": {"name": name, "pipeline": "train", "config": config, "tags": ["sweep"]}},
+        {
+            "type": "run.started",
+            "run": run,
+            "data": {"name": name, "pipeline": "train", "config": config, "tags": ["sweep"]},
+        },
         *(
             {
                 "type": "metrics",
                 "run": run,
                 "data": {
-                    "values": {"loss": scale / (1 + i) + 0.01 * ((i * 7919) % 13), "acc": i / (i + 5 * scale)},
+                    "values": {
+                        "loss": scale / (1 + i) + 0.01 * ((i * 7919) % 13),
+                        "acc": i / (i + 5 * scale),
+                    },
                     "step": i,
                     "epoch": i // 10,
                 },
@@ -335,7 +343,8 @@ async def plot_data(page: Page, pane: str, metric: str) -> list[dict[str, Any]]:
         """([pane, metric]) => {
             const plot = document.querySelector(`#${pane} .chart[data-metric="${metric}"] .plot`);
             return (plot.data || []).map((t) => ({name: t.name, meta: t.meta, opacity: t.opacity,
-                                                   colour: t.line && t.line.color, y: Array.from(t.y), x: Array.from(t.x),
+                                                   colour: t.line && t.line.color,
+                                                   y: Array.from(t.y), x: Array.from(t.x),
                                                    ytype: plot._fullLayout.yaxis.type}));
         }""",
         [pane, metric],
@@ -347,7 +356,9 @@ async def test_three_selected_runs_are_overlaid_smoothed_on_a_log_axis_and_the_v
     _: None, daemon: DaemonProcess, client: Client, browser: Browser
 ) -> None:
     for i, lr in enumerate((0.1, 0.01, 0.001, 0.0001)):
-        await client.append(run_events(f"r-{i}", f"lr-{lr}", {"lr": lr, "layers": 4, "opt": {"name": "adam"}}, 200, 1 + i))
+        await client.append(
+            run_events(f"r-{i}", f"lr-{lr}", {"lr": lr, "layers": 4, "opt": {"name": "adam"}}, 200, 1 + i)
+        )
     page = await open_console(browser, daemon.http + "/")
     await page.wait_for_selector('#runs tr[data-run="r-3"]')
     for i in range(3):  # by keyboard for one, by click for the others
@@ -359,7 +370,9 @@ async def test_three_selected_runs_are_overlaid_smoothed_on_a_log_axis_and_the_v
         await page.wait_for_selector(f'#runs tr.selected[data-run="r-{i}"]')
     await page.click("#compare-selected")
     for metric in ("loss", "acc"):
-        await page.wait_for_selector(f'#compare-charts .chart[data-metric="{metric}"][data-traces="3"][data-sharp="1"]')
+        await page.wait_for_selector(
+            f'#compare-charts .chart[data-metric="{metric}"][data-traces="3"][data-sharp="1"]'
+        )
         traces = await plot_data(page, "compare-pane", metric)
         assert [t["name"] for t in traces] == ["lr-0.1", "lr-0.01", "lr-0.001"]
         assert len({t["colour"] for t in traces}) == 3 and all(len(t["y"]) == 200 for t in traces)
@@ -378,7 +391,7 @@ async def test_three_selected_runs_are_overlaid_smoothed_on_a_log_axis_and_the_v
     assert traces[0]["opacity"] < 0.5 and traces[0]["y"] == raw
     assert traces[1]["y"] != raw and traces[1]["y"][0] == pytest.approx(raw[0])
     # A smoothed line varies less than the raw one.
-    jumps = lambda ys: sum(abs(b - a) for a, b in zip(ys, ys[1:], strict=False))  # noqa: E731
+    jumps = lambda ys: sum(abs(b - a) for a, b in itertools.pairwise(ys))  # noqa: E731
     assert jumps(traces[1]["y"]) < jumps(raw) / 2
 
     await page.click("#log")
@@ -392,11 +405,50 @@ async def test_three_selected_runs_are_overlaid_smoothed_on_a_log_axis_and_the_v
     # The URL holds the view: a reload shows the same comparison.
     assert "sel=" in page.url and "smooth=0.9" in page.url and "log=1" in page.url
     await page.reload()
-    await page.wait_for_selector('#compare-charts .chart[data-metric="loss"][data-traces="3"][data-sharp="1"]')
+    await page.wait_for_selector(
+        '#compare-charts .chart[data-metric="loss"][data-traces="3"][data-sharp="1"]'
+    )
     assert await page.is_checked("#log")
     assert await page.input_value("#smooth") == "0.9"
     traces = await plot_data(page, "compare-pane", "loss")
     assert len(traces) == 6 and traces[0]["ytype"] == "log"
+
+    # Live: points logged to a compared run extend its line.
+    await client.append(
+        [
+            {"type": "metrics", "run": "r-0", "data": {"values": {"loss": 0.5}, "step": 200 + i}}
+            for i in range(10)
+        ]
+    )
+    await page.wait_for_function(
+        """() => document.querySelector('#compare-charts .chart[data-metric="loss"] .plot').data
+                   .some((t) => t.name === 'lr-0.1' && t.x.length === 210)"""
+    )
+    # x by wall time: a date axis.
+    await page.select_option("#xaxis", "time")
+    await page.wait_for_selector('#compare-charts .chart[data-metric="loss"][data-xaxis="time"]')
+    assert (
+        await page.evaluate(
+            """() => document.querySelector('#compare-charts .chart[data-metric="loss"] .plot')
+                       ._fullLayout.xaxis.type"""
+        )
+        == "date"
+    )
+    # Grouped by a config key: each group's mean with a min-max band (by step: the runs ran
+    # one after another, so their times do not overlap).
+    await page.select_option("#xaxis", "step")
+    await page.wait_for_selector('#compare-charts .chart[data-metric="loss"][data-xaxis="step"]')
+    await page.goto(page.url + "&group=c%3Alayers")
+    await page.wait_for_function(
+        """() => (document.querySelector('#compare-charts .chart[data-metric="acc"] .plot').data || [])
+                   .some((t) => t.meta === 'mean' && t.name.includes('(mean of 3)'))"""
+    )
+    traces = await plot_data(page, "compare-pane", "acc")
+    assert len(traces) == 3 and traces[2]["meta"] == "mean"
+    band_low, band_high, mean = traces[0]["y"], traces[1]["y"], traces[2]["y"]
+    assert all(lo <= m <= hi for lo, m, hi in zip(band_low, mean, band_high, strict=True))
+    assert any(hi - lo > 0.01 for lo, hi in zip(band_low, band_high, strict=True))
+    await page.screenshot(path=str(SCREENSHOT_DIR / "web-console-compare-groups.png"), full_page=True)
     assert page.errors == []  # type: ignore[attr-defined]
     await page.close()
 
@@ -406,7 +458,9 @@ async def test_the_filter_box_narrows_the_table_and_shows_where_a_bad_filter_goe
     _: None, daemon: DaemonProcess, client: Client, browser: Browser
 ) -> None:
     for i, (lr, name) in enumerate(((0.1, "delta"), (0.01, "alpha"), (0.001, "charlie"), (0.0001, "bravo"))):
-        await client.append(run_events(f"r-{i}", name, {"lr": lr, "size": "big" if i % 2 else "small"}, 20, 1 + i))
+        await client.append(
+            run_events(f"r-{i}", name, {"lr": lr, "size": "big" if i % 2 else "small"}, 20, 1 + i)
+        )
     await client.append([{"type": "run.updated", "run": "r-2", "data": {"notes": "the zebra run"}}])
     page = await open_console(browser, daemon.http + "/")
     await page.wait_for_selector('#runs[data-rows="4"]')
@@ -414,7 +468,9 @@ async def test_the_filter_box_narrows_the_table_and_shows_where_a_bad_filter_goe
     await page.fill("#filter", "config.lr < 0.005 and status = 'completed'")
     await page.press("#filter", "Enter")
     await page.wait_for_selector('#runs[data-rows="2"]')
-    shown = await page.eval_on_selector_all("#runs tbody tr[data-run]", "rows => rows.map(r => r.dataset.run)")
+    shown = await page.eval_on_selector_all(
+        "#runs tbody tr[data-run]", "rows => rows.map(r => r.dataset.run)"
+    )
     assert sorted(shown) == ["r-2", "r-3"]
     assert "filter=" in page.url
 
@@ -440,7 +496,8 @@ async def test_the_filter_box_narrows_the_table_and_shows_where_a_bad_filter_goe
     await page.wait_for_selector('#runs[data-rows="4"]')
     await page.click('#runs th[data-col="name"] button')
     await page.wait_for_function(
-        "() => [...document.querySelectorAll('#runs tbody tr[data-run]')].map(r => r.dataset.run).join() === 'r-1,r-3,r-2,r-0'"
+        "() => [...document.querySelectorAll('#runs tbody tr[data-run]')].map(r => r.dataset.run).join()"
+        " === 'r-1,r-3,r-2,r-0'"
     )
     await page.select_option("#group", "c:size")
     await page.wait_for_selector('#runs tr.group[data-group="big"]')
@@ -465,7 +522,11 @@ async def test_zooming_in_fetches_the_finer_points_of_that_range(
     for start in range(0, total, 10_000):
         await client.append(
             [
-                {"type": "metrics", "run": "r-long", "data": {"values": {"loss": ((i * 7919) % 1000) / 1000}, "step": i}}
+                {
+                    "type": "metrics",
+                    "run": "r-long",
+                    "data": {"values": {"loss": ((i * 7919) % 1000) / 1000}, "step": i},
+                }
                 for i in range(start, start + 10_000)
             ]
         )
@@ -594,8 +655,16 @@ async def test_the_run_view_filters_items_by_stage_and_model_with_a_per_stage_su
     # A new item that matches the filters appears live; one that does not, does not.
     await client.append(
         [
-            {"type": "item", "run": "r-it", "data": {"item": "new-big", "stage": "translate", "model": "big"}},
-            {"type": "item", "run": "r-it", "data": {"item": "new-small", "stage": "translate", "model": "small"}},
+            {
+                "type": "item",
+                "run": "r-it",
+                "data": {"item": "new-big", "stage": "translate", "model": "big"},
+            },
+            {
+                "type": "item",
+                "run": "r-it",
+                "data": {"item": "new-small", "stage": "translate", "model": "small"},
+            },
         ]
     )
     await page.wait_for_function("() => document.querySelectorAll('#items tbody tr').length === 3")
