@@ -205,6 +205,8 @@ async def measure(port: int, runs: int, points: int, rate: int, seconds: float, 
             """() => {
                 window.__intervals = []; let last = performance.now();
                 window.__tracklogPerf.frameWork.length = 0;
+                window.__tracklogPerf.drawMs.length = 0;
+                window.__tracklogPerf.messageTotal = 0;
                 const loop = (t) => { window.__intervals.push(t - last); last = t;
                                       if (!window.__stopLoop) requestAnimationFrame(loop); };
                 requestAnimationFrame(loop);
@@ -233,6 +235,10 @@ async def measure(port: int, runs: int, points: int, rate: int, seconds: float, 
         )
         print(f"  console script time per frame: {quantiles(work)}")
         print(f"  interval between animation frames: {quantiles(intervals)}")
+        redraws = await page.evaluate("() => window.__tracklogPerf.drawMs.slice()")
+        handling = await page.evaluate("() => window.__tracklogPerf.messageTotal")
+        print(f"  one chart redraw ({runs} lines): {quantiles(redraws).replace('frames', 'redraws')}")
+        print(f"  handling the pushed events: {handling / seconds:.0f} ms per second")
         over = sum(1 for w in work if w > 16)
         print(f"  frames whose script time exceeded 16 ms: {over} of {len(work)}")
         if errors:

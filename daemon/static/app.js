@@ -221,7 +221,9 @@
     ws.onmessage = (e) => {
       const t0 = performance.now();
       onMessage(JSON.parse(e.data));
-      perf.messageMs += performance.now() - t0;
+      const spent = performance.now() - t0;
+      perf.messageMs += spent;
+      perf.messageTotal = (perf.messageTotal || 0) + spent;
     };
     ws.onclose = () => {
       if (S.ws !== ws) return;
@@ -472,7 +474,7 @@
       box.draw();
       box.drawnAt = performance.now();
       box.drawCost = box.drawnAt - t0;
-      if (perf.drawMs.length < 1000) perf.drawMs.push(box.drawCost);
+      if (perf.drawMs.length < 4000) perf.drawMs.push(box.drawCost);
       if (performance.now() - start > FRAME_BUDGET_MS) break;
     }
     if (S.dirty.size) kick();

@@ -160,11 +160,23 @@
     const traces = [];
     let drawn = 0;
     const smooth = opts.smoothing > 0;
+    // A line never needs more points than the plot has pixels across (each bucket of two
+    // pixels keeps its lowest and highest point): SVG cost grows with points, not pixels.
+    const cap = Math.max(200, Math.round(div.clientWidth || 600));
     const lineOf = (e) => {
       const s = withZoom(e.series, e.zoom);
       drawn += s.values.length;
-      const y = opts.log ? s.values.map((v) => (v > 0 ? v : null)) : s.values;
-      return { x: xOf(s, opts.xAxis), y, smoothed: smooth ? ema(y, opts.smoothing) : y };
+      let x = xOf(s, opts.xAxis);
+      let y = opts.log ? s.values.map((v) => (v > 0 ? v : null)) : s.values;
+      let smoothed = smooth ? ema(y, opts.smoothing) : y;
+      const keep = e.zoom ? null : minMaxIndex(smoothed, cap);
+      if (keep) {
+        x = keep.map((i) => x[i]);
+        if (smoothed !== y) smoothed = keep.map((i) => smoothed[i]);
+        y = keep.map((i) => y[i]);
+        if (!smooth) smoothed = y;
+      }
+      return { x, y, smoothed };
     };
     if (opts.aggregate) {
       const groups = new Map();
