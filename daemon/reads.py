@@ -310,16 +310,11 @@ def query_items(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
     limit, offset = _page(q, DEFAULT_ITEMS, MAX_ITEMS)
     where: list[str] = []
     args: list[Any] = []
-    for column, value in (
-        ("run", q.run),
-        ("stage", q.stage),
-        ("status", q.status),
-        ("model", q.model),
-        ("backend", q.backend),
-    ):
+    for column, value in (("run", q.run), ("stage", q.stage), ("status", q.status)):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
+    console_item_filters(q, where, args)
     clause = " WHERE " + " AND ".join(where) if where else ""
     total = conn.execute(f"SELECT count(*) FROM items{clause}", args).fetchone()[0]
     rows = conn.execute(
@@ -511,6 +506,14 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
 
 
 # -- the web console's item facets ----------------------------------------------------
+
+
+def console_item_filters(q: Query, where: list[str], args: list[Any]) -> None:
+    """The `items` query's model and backend filters (an extension the web console uses)."""
+    for column, value in (("model", q.model), ("backend", q.backend)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
 
 
 #: The item columns the console offers as filters, each with its values counted.
