@@ -211,6 +211,11 @@ async def test_the_page_shows_a_run_as_it_starts_and_its_chart_grows_as_metrics_
             {"type": "item", "run": "r-web", "data": {"item": "ok-1"}},
             {"type": "item", "run": "r-web", "data": {"item": "bad-1", "status": "failed", "error": "boom"}},
             {"type": "artifact", "run": "r-web", "data": {"kind": "checkpoint", "path": "/ckpt/40.pt"}},
+            {
+                "type": "artifact",
+                "run": "r-web",
+                "data": {"kind": "plot", "path": "https://example.org/p.png"},
+            },
             {"type": "run.finished", "run": "r-web", "data": {"status": "failed", "error": "diverged"}},
         ]
     )
@@ -218,6 +223,9 @@ async def test_the_page_shows_a_run_as_it_starts_and_its_chart_grows_as_metrics_
     await page.wait_for_selector("#items tbody tr:nth-child(2)")
     assert await page.get_attribute("#items tbody tr:first-child", "data-status") == "failed"
     assert "/ckpt/40.pt" in await page.inner_text("#artifacts")
+    # Stored at a web address: a download link; a local path is only shown.
+    await page.wait_for_selector('#artifacts a[download][href="https://example.org/p.png"]')
+    assert await page.locator("#artifacts a").count() == 1
     assert '"lr": 0.01' in await page.inner_text("#config")
 
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
@@ -562,6 +570,15 @@ async def test_zooming_in_fetches_the_finer_points_of_that_range(
     assert drawn == hi - lo - 1 or drawn >= 900, (drawn, lo, hi)
     await page.click("#reset-zoom")
     await page.wait_for_selector(chart + '[data-zoomed="0"]')
+    # The grid: two columns halve the chart, and the plot follows its box.
+    wide = await page.evaluate(
+        f"() => document.querySelector('{chart} .main-svg').getBoundingClientRect().width"
+    )
+    await page.select_option("#grid-cols", "2")
+    await page.wait_for_function(
+        f"() => document.querySelector('{chart} .main-svg').getBoundingClientRect().width < {wide} * 0.6"
+    )
+    assert "gc=2" not in page.url and "gc=1" not in page.url  # two columns is the default
     assert page.errors == []  # type: ignore[attr-defined]
     await page.close()
 
@@ -576,6 +593,14 @@ async def test_at_420_pixels_in_the_dark_nothing_is_clipped_and_a_new_run_appear
     assert await page.evaluate("() => document.documentElement.scrollWidth") <= 420
     background = await page.evaluate("() => getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(20, 24, 29)"
+    await page.click("#theme")  # auto -> light, whatever the system says
+    await page.wait_for_function(
+        "() => getComputedStyle(document.body).backgroundColor === 'rgb(246, 247, 249)'"
+    )
+    await page.click("#theme")  # light -> dark
+    await page.wait_for_function(
+        "() => getComputedStyle(document.body).backgroundColor === 'rgb(20, 24, 29)'"
+    )
     # A run started while the page is open appears, and its chart grows.
     await client.append([{"type": "run.started", "run": "r-b", "data": {"name": "b"}}, *metrics("r-b", 0, 5)])
     await page.wait_for_selector('#runs tr[data-run="r-b"]')
