@@ -11,6 +11,7 @@
   const C = window.TracklogCharts;
   const MAX_POINTS = 1000;            // points per run and metric asked from the daemon (its tiers downsample)
   const COARSE_POINTS = 100;          // the first, quick answer (from the tiers alone on series past 51,200 points)
+  const COARSE_FROM = 50 * 1024;      // series longer than this (points a metric) are asked coarse first
   const LIVE_LIMIT = 4 * MAX_POINTS;  // a series grown past this by live points is thinned to 2 x MAX_POINTS
   const RUNS_PAGE = 1000;             // runs per `runs` query while loading
   const TABLE_PAGE = 100;             // rows per page of the runs table
@@ -721,7 +722,12 @@
       store.metrics = metrics;
       store.seq = reply.seq;
     };
-    query({ q: "metrics", run: id, max_points: COARSE_POINTS }, (reply) => {
+    // Only long series take the coarse step: on shorter ones the daemon reads every point
+    // either way, so one answer of MAX_POINTS comes as soon.
+    const run = S.runs.get(id) || {};
+    const perMetric = (run.n_points || 0) / Math.max(1, Object.keys(run.metrics || {}).length);
+    const first = perMetric > COARSE_FROM ? COARSE_POINTS : MAX_POINTS;
+    query({ q: "metrics", run: id, max_points: first }, (reply) => {
       if (S.series.get(id) !== store) return;
       if (reply.op === "result") fill(reply);
       store.state = "ready";
@@ -729,7 +735,11 @@
       for (const ev of store.buffer) if (ev.seq > store.seq) addPoints(store, ev);
       store.buffer = [];
       render("series");
-      if (reply.op !== "result" || !reply.rows.some((r) => r.downsampled)) { store.sharp = true; store.since = null; return; }
+      if (first === MAX_POINTS || reply.op !== "result" || !reply.rows.some((r) => r.downsampled)) {
+        store.sharp = true;
+        store.since = null;
+        return;
+      }
       S.finePending++;
       query({ q: "metrics", run: id, max_points: MAX_POINTS }, (fine) => {
         S.finePending--;
