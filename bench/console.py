@@ -2,6 +2,7 @@
 times while runs stream live.
 
     python bench/console.py [--runs 20] [--points 100000] [--rate 100] [--seconds 10] [--repeat 3]
+                            [--table-runs 10000]
 
 1. A database of `runs` runs x 3 metrics x `points` points each is written through the
    daemon's own append path (LogStore), then served by a daemon on loopback.
@@ -14,6 +15,8 @@ times while runs stream live.
    the console's script time per animation frame (drawing plus message handling, as
    app.js measures it) and the interval between animation frames (which includes the
    browser's own style, layout and paint).
+4. The runs table: `table-runs` runs (their config, a tag, two metrics); the time from
+   navigation to the table of every run, and to sort it by name and redraw it.
 Needs /usr/bin/chromium and Playwright (the dev extra).
 """
 
@@ -36,7 +39,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _daemon import BenchDaemon, machine
 
 from tracklog.daemon.store import LogStore
-from tracklog.protocol.events import Metrics, MetricsData, RunStarted, RunStartedData
+from tracklog.protocol.events import (
+    Metrics,
+    MetricsData,
+    RunFinished,
+    RunFinishedData,
+    RunStarted,
+    RunStartedData,
+)
 from tracklog.protocol.messages import Append
 
 CHROMIUM = "/usr/bin/chromium"
@@ -97,6 +107,69 @@ def build(path: Path, runs: int, points: int) -> None:
         f"built {runs} runs x {len(METRICS)} metrics x {points:,} points"
         f" ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.0f} s"
     )
+
+
+def build_many(path: Path, runs: int) -> None:
+    """`runs` finished runs with a config, a tag and two metric values each (the runs table's load)."""
+    store = LogStore(path)
+    store.catch_up()
+    batch: list[Any] = []
+    ts = 1_700_000_000.0
+    for r in range(runs):
+        run = f"run-{r:05d}"
+        batch.append(
+            RunStarted(
+                run=run,
+                ts=ts + r,
+                data=RunStartedData(
+                    name=f"run {r}",
+                    pipeline="train",
+                    config={
+                        "lr": 10 ** -(1 + r % 3),
+                        "batch": 16 << (r % 2),
+                        "model": {"depth": 2 << (r % 3)},
+                    },
+                    tags=["a" if r % 2 else "b"],
+                ),
+            )
+        )
+        batch.append(
+            Metrics(run=run, ts=ts + r, data=MetricsData(values={"loss": 1 / (1 + r), "acc": r / runs}))
+        )
+        batch.append(RunFinished(run=run, ts=ts + r + 1, data=RunFinishedData(status="completed")))
+        if len(batch) >= 9_000:
+            store.append_group([Append(events=batch)])
+            batch = []
+    if batch:
+        store.append_group([Append(events=batch)])
+    store.close()
+
+
+async def measure_table(port: int, runs: int) -> None:
+    """Time to a table of every run, and to sort it by name and redraw it."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        await page.goto(f"http://127.0.0.1:{port}/")
+        await page.wait_for_selector(f'#runs[data-rows="{runs}"]')
+        await page.reload()
+        await page.wait_for_selector(f'#runs[data-rows="{runs}"]')
+        marks = await page.evaluate("() => window.__tracklogPerf.marks")
+        shown = await page.evaluate("() => performance.now()")
+        sort = await page.evaluate(
+            """async () => { const t0 = performance.now();
+                document.querySelector('#runs th[data-col="name"] button').click();
+                await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+                return performance.now() - t0; }"""
+        )
+        print(
+            f"runs table of {runs:,} runs (reloaded): every run loaded at {marks['runs']:.0f} ms,"
+            f" table shown by {shown:.0f} ms; sort by name and redraw {sort:.0f} ms"
+        )
+        await browser.close()
 
 
 def compare_url(port: int, runs: int) -> str:
@@ -256,6 +329,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--repeat", type=int, default=3, help="reloads after the cold load")
     parser.add_argument("--db", type=Path, help="reuse (or build) the database here")
+    parser.add_argument(
+        "--table-runs", type=int, default=10_000, help="runs for the runs-table figure (0: skip)"
+    )
     args = parser.parse_args()
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,6 +340,11 @@ def main() -> None:
             build(db, args.runs, args.points)
         with BenchDaemon(db) as daemon:
             asyncio.run(measure(daemon.port, args.runs, args.points, args.rate, args.seconds, args.repeat))
+        if args.table_runs:
+            many = Path(tmp) / "many.db"
+            build_many(many, args.table_runs)
+            with BenchDaemon(many) as daemon:
+                asyncio.run(measure_table(daemon.port, args.table_runs))
 
 
 if __name__ == "__main__":
