@@ -160,6 +160,10 @@
     if (changed("filter") || changed("q")) refreshFilter();
     if (changed("name") || changed("run") || changed("sel") || changed("x")) S.zoom.clear();
     if (prev && (prev.name !== next.name || prev.run !== next.run)) leaveView(prev);
+    if (changed("name")) S.summaries.clear();  // the legend's min and max, read afresh
+    // Series are kept only for the runs the view draws: a page left open all day holds what it shows.
+    const wanted = new Set(next.name === "compare" ? next.sel : next.name === "run" ? [next.run] : []);
+    for (const id of [...S.series.keys()]) if (!wanted.has(id)) S.series.delete(id);
     syncControls();
     render("all");
   }
