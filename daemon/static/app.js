@@ -174,6 +174,7 @@
     if (box) box.replaceChildren();
     if (prev.name === "run") S.open = null;
     if (prev.name === "compare" && hasPlotly()) window.Plotly.purge($("parcoords"));
+    S.pcKey = null;
   }
 
   function syncControls() {
@@ -935,9 +936,13 @@
     chartBoxes($("compare-charts"), metricNames, (box, name) => drawChart(box, name, entries));
     if (charts) for (const box of $("compare-charts").children) redraw(box);
     renderLegend(ids, metricNames, entries);
-    if (all) {
-      renderConfigDiff(ids, entries);
-      // Drawn after the metric charts, in a frame of its own.
+    if (all) renderConfigDiff(ids, entries);
+    // Parallel coordinates: drawn once the metric charts have all their series, in a frame
+    // of their own, and again when the runs, their configs or the chosen metric change.
+    const pcKey = [ids.join(","), S.view.pc, S.runsVersion, metricNames.join(",")].join("|");
+    const allReady = ids.every((id) => { const st = S.series.get(id); return st && st.sharp; });
+    if ((all || pcKey !== S.pcKey) && allReady) {
+      S.pcKey = pcKey;
       const pc = $("parcoords");
       pc.draw = () => renderParallel(ids, metricNames);
       S.dirty.delete(pc);
@@ -946,16 +951,15 @@
   }
 
   function renderLegend(ids, metricNames, entries) {
-    const missing = ids.filter((id) => !S.summaries.has(id));
-    if (missing.length) {
-      for (const id of missing) S.summaries.set(id, null);
-      query({ q: "compare", runs: missing }, (reply) => {
-        if (reply.op !== "result") return;
-        for (const row of reply.rows) {
-          const m = S.summaries.get(row.run) || {};
-          m[row.metric] = row;
-          S.summaries.set(row.run, m);
-        }
+    // Each run's min and max per metric, from its `run` summary (no point is read), asked once
+    // its series are in, so the charts' queries go first.
+    for (const id of ids) {
+      const store = S.series.get(id);
+      if (S.summaries.has(id) || !store || !store.sharp) continue;
+      S.summaries.set(id, null);
+      query({ q: "run", run: id }, (reply) => {
+        if (reply.op !== "result" || !S.summaries.has(id)) return;
+        S.summaries.set(id, reply.rows[0].metrics || {});
         render("compare");
       });
     }
