@@ -385,6 +385,17 @@ async def test_three_selected_runs_are_overlaid_smoothed_on_a_log_axis_and_the_v
         assert [t["name"] for t in traces] == ["lr-0.1", "lr-0.01", "lr-0.001"]
         assert len({t["colour"] for t in traces}) == 3 and all(len(t["y"]) == 200 for t in traces)
     assert await page.locator("#legend tbody tr").count() == 3
+    # Hovering reads out every run's value at that x.
+    area = await page.wait_for_selector('#compare-charts .chart[data-metric="loss"] .nsewdrag')
+    assert area is not None
+    box = await area.bounding_box()
+    assert box is not None
+    await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    await page.wait_for_function(
+        """() => { const t = document.querySelector('#compare-charts .chart[data-metric="loss"] .hoverlayer')
+                              .textContent;
+                   return ['lr-0.1', 'lr-0.01', 'lr-0.001'].every((n) => t.includes(n)); }"""
+    )
     # The config diff holds only the key that differs.
     assert await page.get_attribute("#config-diff", "data-keys") == "1"
     assert "lr" in await page.inner_text("#config-diff tr.differs")
