@@ -304,7 +304,8 @@
   /** After a reconnect: follow on from the last seq, and ask again what was asked and never answered. */
   function resume() {
     subscribe();
-    for (const [id, store] of S.series) if (store.state === "loading" && store.gen !== S.gen) S.series.delete(id);
+    for (const [id, store] of S.series) if (!store.sharp && store.gen !== S.gen) S.series.delete(id);
+    for (const [id, summary] of S.summaries) if (summary === null) S.summaries.delete(id);
     if (S.open && S.open.gen !== S.gen && (S.open.itemsSeq === null || S.open.artifactsSeq === null)) S.open = null;
     refreshFilter();
     render("all");
