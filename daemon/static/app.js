@@ -472,6 +472,8 @@
     }
     for (const box of [...S.dirty]) {
       if (!box.isConnected) { S.dirty.delete(box); continue; }
+      // A chart scrolled out of sight does not follow live points; it catches up when seen.
+      if (box.live && box.hiddenFromView) { S.dirty.delete(box); box.stale = true; continue; }
       // A chart growing live is redrawn at most every LIVE_REDRAW_MS, or less often when its
       // redraw is costly (25 times its last cost, up to 2 s), so streaming leaves most frames free.
       const every = Math.min(2000, Math.max(LIVE_REDRAW_MS, 25 * (box.drawCost || 0)));
@@ -810,6 +812,12 @@
         box.plot = plot;
         box.createdAt = performance.now();
         if (previous) previous.after(box); else pane.prepend(box);
+        if (window.IntersectionObserver) {
+          new IntersectionObserver((seen) => {
+            box.hiddenFromView = !seen[seen.length - 1].isIntersecting;
+            if (!box.hiddenFromView && box.stale) { box.stale = false; redraw(box); }
+          }, { rootMargin: "200px" }).observe(box);
+        }
         if (window.ResizeObserver) {
           let first = true;
           new ResizeObserver(() => { if (first) { first = false; return; } if (hasPlotly() && plot.data) window.Plotly.Plots.resize(plot); }).observe(box);

@@ -707,3 +707,31 @@ async def test_the_run_view_filters_items_by_stage_and_model_with_a_per_stage_su
     assert "new-big" in await page.inner_text("#items") and "new-small" not in await page.inner_text("#items")
     assert page.errors == []  # type: ignore[attr-defined]
     await page.close()
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_browser, id="chromium")])
+async def test_a_chart_out_of_sight_skips_live_redraws_and_catches_up_when_scrolled_to(
+    _: None, daemon: DaemonProcess, client: Client, browser: Browser
+) -> None:
+    names = [f"m{i:02d}" for i in range(10)]
+
+    def points(start: int, count: int) -> list[dict[str, Any]]:
+        return [
+            {"type": "metrics", "run": "r-many", "data": {"values": dict.fromkeys(names, i * 0.5), "step": i}}
+            for i in range(start, start + count)
+        ]
+
+    await client.append([{"type": "run.started", "run": "r-many", "data": {"name": "many"}}, *points(0, 5)])
+    page = await open_console(browser, daemon.http + "/#run/r-many?gc=1")
+    first, last = '#charts .chart[data-metric="m00"]', '#charts .chart[data-metric="m09"]'
+    await page.wait_for_selector(first + '[data-points="5"][data-draws]')
+    await page.wait_for_function(f"() => document.querySelector('{last}').hiddenFromView === true")
+    draws = await page.get_attribute(last, "data-draws")
+    await client.append(points(5, 10))
+    await page.wait_for_selector(first + '[data-points="15"]')
+    await page.wait_for_function(f"() => document.querySelector('{last}').stale === true")
+    assert await page.get_attribute(last, "data-draws") == draws  # not redrawn while out of sight
+    await page.locator(last).scroll_into_view_if_needed()
+    await page.wait_for_selector(last + '[data-points="15"]')
+    assert page.errors == []  # type: ignore[attr-defined]
+    await page.close()
