@@ -349,6 +349,7 @@ def query_items(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
+    console_item_filters(q, where, args)
     clause = " WHERE " + " AND ".join(where) if where else ""
     total = conn.execute(f"SELECT count(*) FROM items{clause}", args).fetchone()[0]
     rows = conn.execute(
@@ -643,6 +644,36 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
     return [row], 1
 
 
+# -- the web console's item facets ----------------------------------------------------
+
+
+def console_item_filters(q: Query, where: list[str], args: list[Any]) -> None:
+    """The `items` query's model and backend filters (an extension the web console uses)."""
+    for column, value in (("model", q.model), ("backend", q.backend)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+
+
+#: The item columns the console offers as filters, each with its values counted.
+FACET_COLUMNS: Final = ("stage", "status", "model", "backend", "kind")
+
+
+def query_item_facets(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+    """The values of a run's item stages, statuses, models, backends and kinds, each with its
+    item count, failures and mean duration: the console's item filters and per-stage summary."""
+    run = _require_run(conn, q.run, q)
+    rows: list[dict[str, Any]] = []
+    for column in FACET_COLUMNS:
+        for value, count, failed, mean in conn.execute(
+            f"SELECT {column}, count(*), sum(status = 'failed'), avg(duration) FROM items"
+            f" WHERE run = ? GROUP BY {column} ORDER BY {column}",
+            (run,),
+        ):
+            rows.append({"field": column, "value": value, "count": count, "failed": failed, "mean": mean})
+    return rows, len(rows)
+
+
 HANDLERS: Final = {
     "runs": query_runs,
     "metrics": query_metrics,
@@ -652,4 +683,5 @@ HANDLERS: Final = {
     "artifacts": query_artifacts,
     "search": query_search,
     "stats": query_stats,
+    "item_facets": query_item_facets,
 }

@@ -1,0 +1,351 @@
+"""The web console in headless Chromium: first full paint of a big comparison, and frame
+times while runs stream live.
+
+    python bench/console.py [--runs 20] [--points 100000] [--rate 100] [--seconds 10] [--repeat 3]
+                            [--table-runs 10000]
+
+1. A database of `runs` runs x 3 metrics x `points` points each is written through the
+   daemon's own append path (LogStore), then served by a daemon on loopback.
+2. First full paint: Chromium opens the compare view of all the runs by URL; the time is
+   from navigation start to the animation frame in which every chart has been drawn with
+   every run (the page's own `performance.now()`, recorded by app.js). The first load is
+   cold (plotly.js not in the browser's cache); the repeats reload the page (cached).
+3. Streaming: the runs stream live at `rate` points per second each (a 3-metric event
+   per point, appended every 100 ms) while the compare view of the runs is open. Reported:
+   the console's script time per animation frame (drawing plus message handling, as
+   app.js measures it) and the interval between animation frames (which includes the
+   browser's own style, layout and paint).
+4. The runs table: `table-runs` runs (their config, a tag, two metrics); the time from
+   navigation to the table of every run, and to sort it by name and redraw it.
+Needs /usr/bin/chromium and Playwright (the dev extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from websockets.asyncio.client import connect
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _daemon import BenchDaemon, machine
+
+from tracklog.daemon.store import LogStore
+from tracklog.protocol.events import (
+    Metrics,
+    MetricsData,
+    RunFinished,
+    RunFinishedData,
+    RunStarted,
+    RunStartedData,
+)
+from tracklog.protocol.messages import Append
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+]
+METRICS = ("loss", "acc", "lr")
+
+
+def build(path: Path, runs: int, points: int) -> None:
+    """`runs` runs, each with `points` steps of 3 metrics, written as the daemon writes appends."""
+    store = LogStore(path)
+    store.catch_up()
+    started = time.perf_counter()
+    batch: list[Any] = []
+    ts = 1_700_000_000.0
+    for r in range(runs):
+        run = f"run-{r:02d}"
+        batch.append(
+            RunStarted(
+                run=run,
+                ts=ts,
+                data=RunStartedData(
+                    name=f"sweep-{r:02d}",
+                    pipeline="train",
+                    config={"lr": 10 ** -(1 + r % 4), "batch": 16 << (r % 3), "seed": r},
+                ),
+            )
+        )
+        base = 0.5 + r / runs
+        for step in range(points):
+            batch.append(
+                Metrics(
+                    run=run,
+                    ts=ts + step,
+                    data=MetricsData(
+                        values={
+                            "loss": base / (1 + step / 1000) + 0.02 * math.sin(step / 37 + r),
+                            "acc": 1 - base / (2 + step / 500),
+                            "lr": 0.1 / (1 + step / 10_000),
+                        },
+                        step=step,
+                        epoch=step // 1000,
+                    ),
+                )
+            )
+            if len(batch) >= 10_000:
+                store.append_group([Append(events=batch)])
+                batch = []
+    if batch:
+        store.append_group([Append(events=batch)])
+    store.close()
+    print(
+        f"built {runs} runs x {len(METRICS)} metrics x {points:,} points"
+        f" ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.0f} s"
+    )
+
+
+def build_many(path: Path, runs: int) -> None:
+    """`runs` finished runs with a config, a tag and two metric values each (the runs table's load)."""
+    store = LogStore(path)
+    store.catch_up()
+    batch: list[Any] = []
+    ts = 1_700_000_000.0
+    for r in range(runs):
+        run = f"run-{r:05d}"
+        batch.append(
+            RunStarted(
+                run=run,
+                ts=ts + r,
+                data=RunStartedData(
+                    name=f"run {r}",
+                    pipeline="train",
+                    config={
+                        "lr": 10 ** -(1 + r % 3),
+                        "batch": 16 << (r % 2),
+                        "model": {"depth": 2 << (r % 3)},
+                    },
+                    tags=["a" if r % 2 else "b"],
+                ),
+            )
+        )
+        batch.append(
+            Metrics(run=run, ts=ts + r, data=MetricsData(values={"loss": 1 / (1 + r), "acc": r / runs}))
+        )
+        batch.append(RunFinished(run=run, ts=ts + r + 1, data=RunFinishedData(status="completed")))
+        if len(batch) >= 9_000:
+            store.append_group([Append(events=batch)])
+            batch = []
+    if batch:
+        store.append_group([Append(events=batch)])
+    store.close()
+
+
+async def measure_table(port: int, runs: int) -> None:
+    """Time to a table of every run, and to sort it by name and redraw it."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        await page.goto(f"http://127.0.0.1:{port}/")
+        await page.wait_for_selector(f'#runs[data-rows="{runs}"]')
+        await page.reload()
+        await page.wait_for_selector(f'#runs[data-rows="{runs}"]')
+        marks = await page.evaluate("() => window.__tracklogPerf.marks")
+        shown = await page.evaluate("() => performance.now()")
+        sort = await page.evaluate(
+            """async () => { const t0 = performance.now();
+                document.querySelector('#runs th[data-col="name"] button').click();
+                await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+                return performance.now() - t0; }"""
+        )
+        print(
+            f"runs table of {runs:,} runs (reloaded): every run loaded at {marks['runs']:.0f} ms,"
+            f" table shown by {shown:.0f} ms; sort by name and redraw {sort:.0f} ms"
+        )
+        await browser.close()
+
+
+def compare_url(port: int, runs: int) -> str:
+    sel = ",".join(f"run-{r:02d}" for r in range(runs))
+    return f"http://127.0.0.1:{port}/#compare?sel={sel}"
+
+
+async def first_paint(page: Any, url: str, reload: bool) -> tuple[float, float]:
+    if reload:
+        await page.reload()
+    else:
+        await page.goto(url)
+    await page.wait_for_function("() => window.__tracklogPerf && window.__tracklogPerf.sharpPaint !== null")
+    marks = await page.evaluate("() => window.__tracklogPerf.marks")
+    draws = await page.evaluate("() => window.__tracklogPerf.drawMs")
+    print(
+        "    (scripts parsed "
+        + ", ".join(f"{k} {v:.0f}" for k, v in marks.items())
+        + f" ms; chart draws {', '.join(f'{d:.0f}' for d in draws[:12])} ms)"
+    )
+    return tuple(
+        await page.evaluate("() => [window.__tracklogPerf.fullPaint, window.__tracklogPerf.sharpPaint]")
+    )
+
+
+async def stream(url: str, runs: int, rate: int, seconds: float, start_step: int) -> int:
+    """Append `rate` points per second per run, in appends every 100 ms; returns events sent."""
+    encode = msgspec.msgpack.encode
+    sent = 0
+    async with connect(url, max_size=None, compression=None) as ws:
+        await ws.send(encode({"op": "hello", "protocol": 1, "client": "bench-console"}))
+        await ws.recv()
+        per_tick = max(1, rate // 10)
+        step = start_step
+        began = time.perf_counter()
+        tick = 0
+        while time.perf_counter() - began < seconds:
+            events = [
+                {
+                    "type": "metrics",
+                    "run": f"run-{r:02d}",
+                    "data": {
+                        "values": {"loss": 0.3 + 0.01 * math.sin(s / 5 + r), "acc": 0.9, "lr": 0.05},
+                        "step": s,
+                    },
+                }
+                for s in range(step, step + per_tick)
+                for r in range(runs)
+            ]
+            step += per_tick
+            tick += 1
+            await ws.send(encode({"op": "append", "ref": tick, "events": events}))
+            await ws.recv()
+            sent += len(events)
+            await asyncio.sleep(max(0.0, began + tick * 0.1 - time.perf_counter()))
+    return sent
+
+
+def quantiles(values: list[float]) -> str:
+    values = sorted(values)
+    if not values:
+        return "no frames"
+
+    def at(q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    return (
+        f"median {statistics.median(values):.1f} ms, p95 {at(0.95):.1f} ms, p99 {at(0.99):.1f} ms,"
+        f" max {values[-1]:.1f} ms ({len(values)} frames)"
+    )
+
+
+async def measure(port: int, runs: int, points: int, rate: int, seconds: float, repeat: int) -> None:
+    from playwright.async_api import async_playwright
+
+    url = compare_url(port, runs)
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        paints = [await first_paint(page, url, reload=False)]
+        for _ in range(repeat):
+            paints.append(await first_paint(page, url, reload=True))
+        charts = await page.locator("#compare-charts .chart").count()
+        traces = await page.eval_on_selector_all(
+            "#compare-charts .chart", "bs => bs.map(b => Number(b.dataset.traces))"
+        )
+        print(
+            f"first full paint, {runs} runs x {charts} charts ({traces} lines each),"
+            f" {points:,} points a series:"
+        )
+        for label, which in (
+            ("every chart drawn (first answers)", 0),
+            ("every chart sharp (1,000 points a line)", 1),
+        ):
+            warm = [p[which] for p in paints[1:]]
+            print(
+                f"  {label}: cold {paints[0][which]:.0f} ms (plotly.js not cached);"
+                f" reloads {', '.join(f'{w:.0f}' for w in warm)} ms (median {statistics.median(warm):.0f} ms)"
+            )
+
+        # Streaming: frame intervals from a rAF loop in the page, and app.js's own frame work.
+        await page.evaluate(
+            """() => {
+                window.__intervals = []; let last = performance.now();
+                window.__tracklogPerf.frameWork.length = 0;
+                window.__tracklogPerf.drawMs.length = 0;
+                window.__tracklogPerf.messageTotal = 0;
+                const loop = (t) => { window.__intervals.push(t - last); last = t;
+                                      if (!window.__stopLoop) requestAnimationFrame(loop); };
+                requestAnimationFrame(loop);
+            }"""
+        )
+        draws_before = await page.eval_on_selector_all(
+            "#compare-charts .chart", "bs => bs.reduce((n, b) => n + Number(b.dataset.draws), 0)"
+        )
+        sent = await stream(f"ws://127.0.0.1:{port}/ws", runs, rate, seconds, points)
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('#compare-charts .chart')].every(b => "
+            "Number(b.dataset.points) > 0) && Number(document.getElementById('head').dataset.seq) > 0"
+        )
+        await page.evaluate("() => { window.__stopLoop = true; }")
+        intervals = await page.evaluate("() => window.__intervals.slice(1)")
+        work = await page.evaluate("() => window.__tracklogPerf.frameWork.slice()")
+        draws = (
+            await page.eval_on_selector_all(
+                "#compare-charts .chart", "bs => bs.reduce((n, b) => n + Number(b.dataset.draws), 0)"
+            )
+            - draws_before
+        )
+        print(
+            f"streaming {runs} runs x {rate} points/s ({sent:,} events in {seconds:.0f} s,"
+            f" {draws} chart redraws, {draws / seconds:.1f}/s):"
+        )
+        print(f"  console script time per frame: {quantiles(work)}")
+        print(f"  interval between animation frames: {quantiles(intervals)}")
+        redraws = await page.evaluate("() => window.__tracklogPerf.drawMs.slice()")
+        handling = await page.evaluate("() => window.__tracklogPerf.messageTotal")
+        print(f"  one chart redraw ({runs} lines): {quantiles(redraws).replace('frames', 'redraws')}")
+        print(f"  handling the pushed events: {handling / seconds:.0f} ms per second")
+        over = sum(1 for w in work if w > 16)
+        print(f"  frames whose script time exceeded 16 ms: {over} of {len(work)}")
+        if errors:
+            print("page errors:", errors)
+        await browser.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--rate", type=int, default=100, help="points per second per run while streaming")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--repeat", type=int, default=3, help="reloads after the cold load")
+    parser.add_argument("--db", type=Path, help="reuse (or build) the database here")
+    parser.add_argument(
+        "--table-runs", type=int, default=10_000, help="runs for the runs-table figure (0: skip)"
+    )
+    args = parser.parse_args()
+    print(machine())
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.db or Path(tmp) / "console.db"
+        if not db.exists():
+            build(db, args.runs, args.points)
+        with BenchDaemon(db) as daemon:
+            asyncio.run(measure(daemon.port, args.runs, args.points, args.rate, args.seconds, args.repeat))
+        if args.table_runs:
+            many = Path(tmp) / "many.db"
+            build_many(many, args.table_runs)
+            with BenchDaemon(many) as daemon:
+                asyncio.run(measure_table(daemon.port, args.table_runs))
+
+
+if __name__ == "__main__":
+    main()
