@@ -331,8 +331,8 @@ def json_value_problem(value: Any, field: str, max_depth: int = MAX_DEPTH) -> st
         if not parts:  # too deep: named at the field, as the limit is the field's
             return f"{field}: {what}"
         return field + "".join(reversed(parts)) + ": " + what
-    what = _scalar_problem(value)
-    return None if what is None else f"{field}: {what}"
+    problem = _scalar_problem(value)
+    return None if problem is None else f"{field}: {problem}"
 
 
 def _scalar_problem(value: Any) -> str | None:

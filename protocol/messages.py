@@ -319,7 +319,9 @@ class Codec:
     def _ref_of(self, frame: bytes | str) -> int | None:
         """The frame's `ref` if it can be read at all, for an error reply."""
         try:
-            ref = (self._json_env if isinstance(frame, str) else self._mp_env).decode(frame).ref
+            ref = (
+                self._json_env.decode(frame).ref if isinstance(frame, str) else self._mp_env.decode(frame).ref
+            )
         except Exception:
             return None
         return ref if isinstance(ref, int) and not isinstance(ref, bool) else None
@@ -465,9 +467,24 @@ class Codec:
     # -- encoding ---------------------------------------------------------------
 
     def encode(self, msg: Message, binary: bool) -> bytes:
-        """Encode a reply for a connection (binary: MessagePack, else JSON bytes)."""
+        """Encode a reply for a connection (binary: MessagePack, else JSON bytes).
+
+        A value JSON cannot carry (one logged before values were checked at the door: a
+        map key that is not a string, a MessagePack extension) is sent in a readable form
+        rather than failing the reply: nothing in the log is unreadable in any encoding.
+        """
         if binary:
             return self._mp_enc.encode(msg)
+        try:
+            return self._encode_json(msg)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+            if isinstance(msg, Result):
+                msg = Result(seq=msg.seq, rows=json_readable(msg.rows), total=msg.total, ref=msg.ref)
+            elif isinstance(msg, Events):
+                msg = Events(sub=msg.sub, events=[_readable_stored(e) for e in msg.events])
+            return self._json_enc.encode(msg)
+
+    def _encode_json(self, msg: Message) -> bytes:
         if isinstance(msg, Result):
             rows = finite_floats_as_strings(msgspec.to_builtins(msg.rows))
             msg = Result(seq=msg.seq, rows=rows, total=msg.total, ref=msg.ref)
@@ -493,11 +510,43 @@ class Codec:
         """One event in stored form, as it stands inside an `events` message."""
         if binary:
             return self._mp_enc.encode(e)
-        data = finite_floats_as_strings(msgspec.to_builtins(e.data))
-        return self._json_enc.encode(StoredEvent(e.seq, e.type, data, e.recorded, e.ts, e.id, e.run))
+        try:
+            data = finite_floats_as_strings(msgspec.to_builtins(e.data))
+            return self._json_enc.encode(StoredEvent(e.seq, e.type, data, e.recorded, e.ts, e.id, e.run))
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+            return self._json_enc.encode(_readable_stored(e))
 
     def encode_error(self, exc: errors.ProtocolError, binary: bool) -> bytes:
         return self.encode(Error(code=exc.code, message=exc.message, ref=exc.ref), binary)
+
+
+def json_readable(obj: Any) -> Any:
+    """A copy of obj that JSON can carry: keys as strings, extensions and other values JSON
+    has no form for as their `repr`, integers beyond 64 bits as strings, NaN and the
+    infinities as the strings the protocol uses. Only for values logged before the door
+    checked them; nothing accepted now needs it."""
+    cls = obj.__class__
+    if isinstance(obj, Struct):
+        obj, cls = msgspec.structs.asdict(obj), dict
+    if cls is dict:
+        return {(k if k.__class__ is str else repr(k)): json_readable(v) for k, v in obj.items()}
+    if cls is list or cls is tuple:
+        return [json_readable(v) for v in obj]
+    if obj is None or cls is bool or cls is str:
+        return obj
+    if cls is int:
+        return obj if -(2**63) <= obj < 2**64 else str(obj)
+    if cls is float:
+        return finite_floats_as_strings(obj)
+    if cls is bytes:
+        return obj  # base64 in JSON
+    if cls is msgspec.msgpack.Ext:
+        return f"msgpack-ext({obj.code}, {obj.data.hex()})"
+    return repr(obj)
+
+
+def _readable_stored(e: StoredEvent) -> StoredEvent:
+    return StoredEvent(e.seq, e.type, json_readable(e.data), e.recorded, e.ts, e.id, e.run)
 
 
 def client_message_op(

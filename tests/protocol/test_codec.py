@@ -1121,3 +1121,16 @@ def test_a_messagepack_event_with_a_string_that_is_not_utf8_is_rejected_alone() 
     assert [r.index for r in msg.rejected] == [0, 1]
     assert msg.rejected[1].message.startswith("event: undecodable")
     assert msg.indexes == [2]
+
+
+def test_a_logged_value_json_cannot_carry_is_sent_readable_not_as_a_failed_reply() -> None:
+    """Values logged before the door checked them (a tuple key, an extension, a 70-bit
+    integer) still reach a JSON reader, in a readable form; nothing acked is unreadable."""
+    codec = Codec()
+    data = {"data": {(1, 2): "v", "x": msgspec.msgpack.Ext(1, b"ab"), 3: 2**70, "f": float("nan")}}
+    event = StoredEvent(7, "item", data, 1.0, 1.0, "e-7", "r")
+    readable = {"data": {"(1, 2)": "v", "x": "msgpack-ext(1, 6162)", "3": str(2**70), "f": "NaN"}}
+    assert json.loads(codec.encode_stored(event, False))["data"] == readable
+    assert json.loads(codec.encode(Events(sub=1, events=[event]), False))["events"][0]["data"] == readable
+    result = json.loads(codec.encode(Result(seq=7, rows=[{"value": data}], ref=3), False))
+    assert result["rows"] == [{"value": readable}] and result["ref"] == 3
