@@ -190,6 +190,7 @@ class Daemon:
             logs.configure(settings.log_level, settings.log_format)
         self.settings = settings
         log.info("reloaded", tokens=len(settings.tokens), log_level=settings.log_level)
+        log.debug("reload read", tokens_file=str(settings.tokens_file), env_file=str(settings.env_file))
         self.notifier.ready(self.supervisor.status())
         return True
 
@@ -253,6 +254,7 @@ class Daemon:
             await self._close_connections()
         await self.writer.stop()
         self.readers.close()
+        self.notifier.close()
         log.info("stopped", head=self.writer.head)
 
     async def _close_connections(self) -> None:
@@ -302,7 +304,6 @@ class Daemon:
                 await supervisor
             loop.remove_signal_handler(signal.SIGHUP)
             await self.stop()
-            self.notifier.close()
 
     # -- HTTP ---------------------------------------------------------------------
 
@@ -736,7 +737,10 @@ class ConnectionStats:
 
 
 #: The stats of the connection whose handler is running (each handler is a task of its own).
-_connection_stats: contextvars.ContextVar[ConnectionStats] = contextvars.ContextVar("connection_stats")
+#: (The default counts for handlers run some other way, as tests may.)
+_connection_stats: contextvars.ContextVar[ConnectionStats] = contextvars.ContextVar(
+    "connection_stats", default=ConnectionStats()
+)
 
 
 def _log_slow(op: str, seconds: float, result: AppendResult | errors.ProtocolError) -> None:
