@@ -465,7 +465,7 @@ class Daemon:
         binary = await self._hello(ws)
         if binary is None:
             return
-        stats = _connection_stats.get()
+        stats = _connection_stats.get() or ConnectionStats()
         acks: asyncio.Queue[PendingAck | None] = asyncio.Queue(MAX_INFLIGHT_APPENDS)
         self._pending_acks[conn_id] = 0
         written: set[str] = set()
@@ -616,7 +616,7 @@ class Daemon:
         written: set[str],
     ) -> None:
         closed = False
-        stats = _connection_stats.get()
+        stats = _connection_stats.get() or ConnectionStats()
         while True:
             pending = await acks.get()
             if pending is None:
@@ -737,9 +737,9 @@ class ConnectionStats:
 
 
 #: The stats of the connection whose handler is running (each handler is a task of its own).
-#: (The default counts for handlers run some other way, as tests may.)
-_connection_stats: contextvars.ContextVar[ConnectionStats] = contextvars.ContextVar(
-    "connection_stats", default=ConnectionStats()
+#: (None for handlers run some other way, as tests may: they count into stats of their own.)
+_connection_stats: contextvars.ContextVar[ConnectionStats | None] = contextvars.ContextVar(
+    "connection_stats", default=None
 )
 
 
