@@ -75,7 +75,40 @@ def add_commands(sub: Any) -> None:
         metavar="NAME",
         help="a host name accepted in Host besides localhost, 127.0.0.1, ::1 (repeatable)",
     )
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument(
+        "--tokens-file",
+        type=Path,
+        default=os.environ.get("TRACKLOG_TOKENS_FILE") or None,
+        metavar="PATH",
+        help="accepted tokens, one a line (# comments); re-read on SIGHUP (also $TRACKLOG_TOKENS_FILE)",
+    )
+    s.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="KEY=VALUE file whose TRACKLOG_TOKENS and TRACKLOG_LOG_LEVEL are read at start and on SIGHUP"
+        " (then $TRACKLOG_TOKENS of the environment is not used)",
+    )
+    s.add_argument(
+        "--log-level",
+        default=os.environ.get("TRACKLOG_LOG_LEVEL", "info").lower(),
+        choices=["debug", "info", "warning", "error"],
+        help="default $TRACKLOG_LOG_LEVEL or info",
+    )
+    s.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["auto", "json", "console"],
+        help="auto: readable lines on a terminal, JSON lines otherwise",
+    )
+    s.add_argument(
+        "--slow-ms",
+        type=float,
+        default=1000.0,
+        metavar="MS",
+        help="log an append acked, or a query answered, after this many milliseconds (default 1000)",
+    )
     s.set_defaults(handler=_serve)
 
     r = sub.add_parser("rebuild", help="rebuild every table from the log (daemon stopped)" + needs)
@@ -138,8 +171,11 @@ def _serve(args: argparse.Namespace) -> int:
         from tracklog.daemon.server import Settings
     except ImportError as exc:
         return _not_installed("serve", exc)
-    # An empty --token is passed on as given, so that serve refuses it.
-    tokens = tuple(args.token) + tuple(t for t in os.environ.get("TRACKLOG_TOKENS", "").split(",") if t)
+    # An empty --token is passed on as given, so that serve refuses it. With --env-file,
+    # TRACKLOG_TOKENS comes from that file (re-read on SIGHUP), not from the environment.
+    tokens = tuple(args.token)
+    if args.env_file is None:
+        tokens += tuple(t for t in os.environ.get("TRACKLOG_TOKENS", "").split(",") if t)
     settings = Settings(
         db=_db(args),
         host=args.host,
@@ -150,8 +186,13 @@ def _serve(args: argparse.Namespace) -> int:
         lost_after=args.lost_after,
         allow_origins=tuple(args.allow_origin),
         allow_hosts=tuple(args.allow_host),
+        tokens_file=args.tokens_file,
+        env_file=args.env_file,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        slow_request_seconds=args.slow_ms / 1000,
     )
-    return commands.serve(settings, args.log_level)
+    return commands.serve(settings)
 
 
 def _rebuild(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import sqlite3
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,14 +21,17 @@ from .server import Daemon, Settings
 from .store import Durability, LogStore, connect, iter_table
 
 
-def serve(settings: Settings, log_level: str = "info") -> int:
+def serve(settings: Settings, log_level: str | None = None) -> int:
     """Run the daemon, holding the database's lock for its whole life."""
-    logs.configure(log_level)
+    if log_level is not None:
+        settings = replace(settings, log_level=log_level)
     try:
         daemon = Daemon(settings)
     except errors.TracklogError as exc:
         print(f"tracklog serve: {exc}", file=sys.stderr)
         return 2
+    # After the daemon read its environment file, which may set the level.
+    logs.configure(daemon.settings.log_level, daemon.settings.log_format)
     try:
         with exclusive(Path(settings.db)):
             asyncio.run(daemon.run())

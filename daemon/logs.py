@@ -1,16 +1,33 @@
-"""Structured logs: JSON lines when not on a terminal, readable lines on one."""
+"""Structured logs: JSON lines or readable console lines, on stderr.
+
+`auto` picks console lines on a terminal and JSON lines otherwise (journald, files,
+pipes); `--log-format` forces either. Each connection binds `conn_id` and `peer` with
+`structlog.contextvars`, so every line logged while serving it carries them.
+
+Loggers are not cached on first use, so `configure` again (SIGHUP's new log level)
+takes effect everywhere at once; the daemon logs per connection and per commit
+problem, never per frame at info level, so the few microseconds this costs per line
+stay off the ingest path.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Final, Literal
 
 import structlog
 
+LogFormat = Literal["auto", "json", "console"]
+LOG_FORMATS: Final = ("auto", "json", "console")
 
-def configure(level: str = "info") -> None:
+
+def configure(level: str = "info", fmt: LogFormat | str = "auto") -> None:
+    console = sys.stderr.isatty() if fmt == "auto" else fmt == "console"
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if sys.stderr.isatty() else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if console
+        else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[
@@ -22,5 +39,5 @@ def configure(level: str = "info") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,
     )

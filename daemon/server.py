@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hmac
 import ipaddress
 import itertools
 import os
 import signal
-import socket
-import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import urlsplit
-from collections.abc import Iterable
 from typing import Any, Final, assert_never
+from urllib.parse import urlsplit
 
 import msgspec
 import structlog
@@ -34,6 +33,7 @@ from websockets.http11 import Request, Response
 
 from tracklog.protocol.version import __version__
 from tracklog.protocol import errors
+from tracklog.protocol.events import RunFinished, RunFinishedData
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT, MAX_FRAME_BYTES, PROTOCOL_VERSION
 from tracklog.protocol.messages import (
     Append,
@@ -47,13 +47,15 @@ from tracklog.protocol.messages import (
     Unsubscribed,
     Welcome,
 )
-from tracklog.protocol.events import RunFinished, RunFinishedData
 
-from .hub import Filter, Hub, Subscription
+from . import logs
 from .http import HttpApi, HttpConnection, StreamedResponse, method_not_allowed
-from .webconsole import console_token
+from .hub import Filter, Hub, Subscription
+from .notify import Notifier
 from .queries import Readers, run_pipelines, scan_events
+from .service import Supervisor, load_reloadable
 from .store import AppendResult, CheckResult, Durability
+from .webconsole import console_token
 from .writer import Writer
 
 log = structlog.get_logger("tracklog.server")
@@ -88,6 +90,14 @@ class Settings:
     allow_origins: tuple[str, ...] = ()
     #: Host names accepted in `Host` besides localhost, 127.0.0.1 and ::1 (on loopback).
     allow_hosts: tuple[str, ...] = ()
+    #: Tokens, one a line, re-read on SIGHUP (added to `tokens`).
+    tokens_file: Path | None = None
+    #: A `KEY=VALUE` file whose TRACKLOG_TOKENS and TRACKLOG_LOG_LEVEL are re-read on SIGHUP.
+    env_file: Path | None = None
+    log_level: str = "info"
+    log_format: logs.LogFormat = "auto"
+    #: An append acked, or a query answered, after this many seconds is logged as slow.
+    slow_request_seconds: float = 1.0
 
 
 #: The names a loopback daemon answers to in `Host` (any port): others may be DNS rebinding.
@@ -132,11 +142,9 @@ class Daemon:
     """One tracklog daemon: start(), then wait for stop(); or `run()` to do both."""
 
     def __init__(self, settings: Settings) -> None:
-        check_tokens(settings.tokens)
-        if not is_loopback(settings.host) and not settings.tokens and not settings.insecure:
-            raise errors.TracklogError(
-                f"refusing to listen on {settings.host} without tokens: set --token, or --insecure"
-            )
+        #: The tokens given at start (command line); a reload adds those read from files.
+        self._static_tokens = settings.tokens
+        settings = self._with_reloaded(settings)
         self.settings = settings
         self.codec = Codec()
         self.writer = Writer(str(settings.db), settings.durability, self.codec)
@@ -153,6 +161,38 @@ class Daemon:
         #: Which connections have written to each run (for `lost` runs), and the timers.
         self._run_writers: dict[str, set[int]] = {}
         self._lost_timers: dict[str, asyncio.Task[None]] = {}
+        self.notifier = Notifier()
+        self.supervisor = Supervisor(self, self.notifier)
+
+    def _with_reloaded(self, settings: Settings) -> Settings:
+        """Settings with the tokens and log level read from the files again; TracklogError
+        (and nothing changed) when a file cannot be read or the result would be unsafe."""
+        reloaded = load_reloadable(settings.tokens_file, settings.env_file)
+        tokens = self._static_tokens + reloaded.tokens
+        check_tokens(tokens)
+        if not is_loopback(settings.host) and not tokens and not settings.insecure:
+            raise errors.TracklogError(
+                f"refusing to listen on {settings.host} without tokens: set --token, or --insecure"
+            )
+        return replace(settings, tokens=tokens, log_level=reloaded.log_level or settings.log_level)
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read tokens and log level. New tokens apply to connections opened
+        from now on; on an error the old settings stay and the error is logged."""
+        self.notifier.reloading()
+        try:
+            settings = self._with_reloaded(self.settings)
+        except errors.TracklogError as exc:
+            log.error("reload failed; settings unchanged", error=str(exc))
+            self.notifier.ready(self.supervisor.status())
+            return False
+        if settings.log_level != self.settings.log_level:
+            logs.configure(settings.log_level, settings.log_format)
+        self.settings = settings
+        log.info("reloaded", tokens=len(settings.tokens), log_level=settings.log_level)
+        log.debug("reload read", tokens_file=str(settings.tokens_file), env_file=str(settings.env_file))
+        self.notifier.ready(self.supervisor.status())
+        return True
 
     # -- life cycle -------------------------------------------------------------
 
@@ -214,6 +254,7 @@ class Daemon:
             await self._close_connections()
         await self.writer.stop()
         self.readers.close()
+        self.notifier.close()
         log.info("stopped", head=self.writer.head)
 
     async def _close_connections(self) -> None:
@@ -238,31 +279,31 @@ class Daemon:
             await closing
 
     async def run(self) -> None:
-        """Serve until SIGTERM or SIGINT, then shut down cleanly."""
-        await self.start()
+        """Serve until SIGTERM or SIGINT, then shut down cleanly; SIGHUP reloads.
+
+        The handlers are in place before start: a SIGTERM while the projections catch up
+        still stops cleanly (exit 0) once they have, rather than killing the process.
+        """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        notify("READY=1")
-        watchdog = asyncio.create_task(self._watchdog(stop))
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self.start()
+        supervisor: asyncio.Task[None] | None = None
         try:
-            await stop.wait()
+            if not stop.is_set():
+                self.notifier.ready(self.supervisor.status())
+                supervisor = asyncio.create_task(self.supervisor.run(stop))
+                await stop.wait()
         finally:
-            notify("STOPPING=1")
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+            log.info("stopping", connections=self.connections, head=self.writer.head)
+            self.notifier.stopping()
+            stop.set()
+            if supervisor is not None:
+                await supervisor
+            loop.remove_signal_handler(signal.SIGHUP)
             await self.stop()
-
-    async def _watchdog(self, stop: asyncio.Event) -> None:
-        usec = os.environ.get("WATCHDOG_USEC")
-        if not usec:
-            return
-        interval = int(usec) / 2_000_000
-        while not stop.is_set():
-            notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
 
     # -- HTTP ---------------------------------------------------------------------
 
@@ -321,6 +362,20 @@ class Daemon:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | StreamedResponse | None:
+        response = await self._route_request(connection, request)
+        if isinstance(response, Response) and response.status_code in (401, 403):
+            log.info(
+                "request refused",
+                peer=_peer(connection),
+                path=request.path.split("?", 1)[0],
+                status=response.status_code,
+                reason=_json_reason(bytes(response.body)),
+            )
+        return response
+
+    async def _route_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | StreamedResponse | None:
         refused = self._refusal(request)
         if refused is not None:
             return refused
@@ -359,7 +414,11 @@ class Daemon:
 
     async def _handle(self, ws: ServerConnection) -> None:
         conn_id = next(self._conn_ids)
-        structlog.contextvars.bind_contextvars(conn_id=conn_id)
+        # The handler runs in a task of its own, so these stay on this connection's lines.
+        structlog.contextvars.bind_contextvars(conn_id=conn_id, peer=_peer(ws))
+        stats = ConnectionStats()
+        _connection_stats.set(stats)
+        log.info("connection opened", connections=self.connections + 1)
         self.connections += 1
         try:
             await self._serve_connection(ws, conn_id)
@@ -368,7 +427,8 @@ class Daemon:
         finally:
             self.connections -= 1
             self._pending_acks.pop(conn_id, None)
-            structlog.contextvars.unbind_contextvars("conn_id")
+            stats.log_close(ws)
+            structlog.contextvars.unbind_contextvars("conn_id", "peer")
 
     async def _hello(self, ws: ServerConnection) -> bool | None:
         """Wait for hello; returns the connection's encoding (True: MessagePack) or None if refused."""
@@ -405,9 +465,8 @@ class Daemon:
         binary = await self._hello(ws)
         if binary is None:
             return
-        acks: asyncio.Queue[asyncio.Future[AppendResult | errors.ProtocolError] | None] = asyncio.Queue(
-            MAX_INFLIGHT_APPENDS
-        )
+        stats = _connection_stats.get() or ConnectionStats()
+        acks: asyncio.Queue[PendingAck | None] = asyncio.Queue(MAX_INFLIGHT_APPENDS)
         self._pending_acks[conn_id] = 0
         written: set[str] = set()
         ack_task = asyncio.create_task(self._send_acks(ws, acks, binary, conn_id, written))
@@ -419,11 +478,12 @@ class Daemon:
             async for frame in ws:
                 if self._stopping.is_set():
                     break
+                stats.frames += 1
                 if self.codec.is_append(frame):
                     # Decoded on the writer's thread with the rest of its group.
                     future = await self.writer.submit_frame(frame)
                     self._pending_acks[conn_id] += 1
-                    await acks.put(future)
+                    await acks.put((future, time.perf_counter()))
                     continue
                 try:
                     msg = self.codec.decode(frame)
@@ -436,7 +496,7 @@ class Daemon:
                         # above. Kept on the same path should the two ever disagree.
                         future = await self.writer.submit_frame(frame)
                         self._pending_acks[conn_id] += 1
-                        await acks.put(future)
+                        await acks.put((future, time.perf_counter()))
                     case Query():
                         task = asyncio.create_task(self._answer(ws, msg, binary))
                         tasks.add(task)
@@ -550,18 +610,24 @@ class Daemon:
     async def _send_acks(
         self,
         ws: ServerConnection,
-        acks: asyncio.Queue[asyncio.Future[AppendResult | errors.ProtocolError] | None],
+        acks: asyncio.Queue[PendingAck | None],
         binary: bool,
         conn_id: int,
         written: set[str],
     ) -> None:
         closed = False
+        stats = _connection_stats.get() or ConnectionStats()
         while True:
-            future = await acks.get()
-            if future is None:
+            pending = await acks.get()
+            if pending is None:
                 return
+            future, submitted = pending
             result = await future
             self._pending_acks[conn_id] = self._pending_acks.get(conn_id, 1) - 1
+            stats.count(result)
+            waited = time.perf_counter() - submitted
+            if waited > self.settings.slow_request_seconds:
+                _log_slow("append", waited, result)
             if isinstance(result, AppendResult) and result.runs:
                 await self._note_runs(conn_id, result.runs, written)
             if closed:
@@ -577,9 +643,13 @@ class Daemon:
                 closed = True  # keep draining: the appends are committed either way
 
     async def _answer(self, ws: ServerConnection, q: Query, binary: bool) -> None:
+        started = time.perf_counter()
         try:
             result = await self.readers.query(q)
             frame = self.codec.encode(result, binary)
+            took = time.perf_counter() - started
+            if took > self.settings.slow_request_seconds:
+                log.warning("slow request", op="query", q=q.q, ref=q.ref, ms=round(took * 1000, 1))
         except errors.ProtocolError as exc:
             exc.ref = q.ref
             frame = self.codec.encode_error(exc, binary)
@@ -616,6 +686,84 @@ class Daemon:
         await ws.send(frame, text=not binary)
 
 
+#: An append handed to the writer: its future, and when it was submitted (for slow ones).
+PendingAck = tuple[asyncio.Future[AppendResult | errors.ProtocolError], float]
+
+
+class ConnectionStats:
+    """What one connection did, for its close line: frames read, events accepted, rejected."""
+
+    __slots__ = ("appends", "duplicates", "errors", "events", "frames", "opened", "rejected")
+
+    def __init__(self) -> None:
+        self.opened = time.perf_counter()
+        self.frames = 0
+        self.appends = 0
+        self.events = 0
+        self.duplicates = 0
+        self.rejected = 0
+        self.errors = 0
+
+    def count(self, result: AppendResult | errors.ProtocolError) -> None:
+        if isinstance(result, AppendResult):
+            ack = result.ack
+            self.appends += 1
+            self.events += ack.accepted
+            if ack.duplicates:
+                self.duplicates += len(ack.duplicates)
+            if ack.rejected:
+                self.rejected += len(ack.rejected)
+        else:
+            self.errors += 1
+
+    def log_close(self, ws: ServerConnection) -> None:
+        """One line per connection: "connection rejected" when the daemon refused it (a
+        policy close: no hello, a bad token; or a frame too large), else "connection closed"."""
+        code = ws.close_code
+        sent = ws.protocol.close_sent
+        refused = sent is not None and sent.code in (1008, 1009) and ws.protocol.close_rcvd_then_sent is False
+        (log.warning if refused else log.info)(
+            "connection rejected" if refused else "connection closed",
+            seconds=round(time.perf_counter() - self.opened, 3),
+            frames=self.frames,
+            appends=self.appends,
+            events=self.events,
+            duplicates=self.duplicates,
+            rejected=self.rejected,
+            errors=self.errors,
+            code=code,
+            reason=ws.close_reason or None,
+        )
+
+
+#: The stats of the connection whose handler is running (each handler is a task of its own).
+#: (None for handlers run some other way, as tests may: they count into stats of their own.)
+_connection_stats: contextvars.ContextVar[ConnectionStats | None] = contextvars.ContextVar(
+    "connection_stats", default=None
+)
+
+
+def _log_slow(op: str, seconds: float, result: AppendResult | errors.ProtocolError) -> None:
+    ref = result.ack.ref if isinstance(result, AppendResult) else result.ref
+    log.warning("slow request", op=op, ref=ref, ms=round(seconds * 1000, 1))
+
+
+def _peer(connection: ServerConnection) -> str | None:
+    address = connection.remote_address
+    if not address:
+        return None
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _json_reason(body: bytes) -> str | None:
+    try:
+        message = msgspec.json.decode(body or b"{}").get("message")
+    except (msgspec.DecodeError, AttributeError):
+        return None
+    return message if isinstance(message, str) else None
+
+
 def _bearer(headers: Headers) -> str | None:
     value = headers.get("Authorization")
     if value and value.lower().startswith("bearer "):
@@ -629,18 +777,3 @@ def _json_response(status: HTTPStatus, body: Any) -> Response:
         [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), ("Cache-Control", "no-store")]
     )
     return Response(status.value, status.phrase, headers, payload)
-
-
-def notify(state: str) -> None:
-    """Tell systemd (through NOTIFY_SOCKET) about readiness, watchdog pings and stopping."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(state.encode())
-    except OSError as exc:
-        print(f"tracklog: cannot notify systemd: {exc}", file=sys.stderr)

@@ -38,9 +38,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 class DaemonProcess:
     """`python -m tracklog serve` in a subprocess; knows its port from its own log line."""
 
-    def __init__(self, db: Path, *extra: str) -> None:
+    def __init__(self, db: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.db = db
         self.extra = extra
+        #: Variables added to the daemon's environment (NOTIFY_SOCKET, say).
+        self.env = env or {}
         self.proc: subprocess.Popen[str] | None = None
         self._pump_thread: threading.Thread
         self.port = 0
@@ -56,7 +58,7 @@ class DaemonProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> DaemonProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.lines = queue.Queue()
         self.log = []
         self.proc = subprocess.Popen(
