@@ -18,12 +18,12 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import urlsplit
-from collections.abc import Iterable
 from typing import Any, Final, assert_never
+from urllib.parse import urlsplit
 
 import msgspec
 import structlog
@@ -34,6 +34,7 @@ from websockets.http11 import Request, Response
 
 from tracklog import __version__
 from tracklog.protocol import errors
+from tracklog.protocol.events import RunFinished, RunFinishedData
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT, MAX_FRAME_BYTES, PROTOCOL_VERSION
 from tracklog.protocol.messages import (
     Append,
@@ -47,13 +48,13 @@ from tracklog.protocol.messages import (
     Unsubscribed,
     Welcome,
 )
-from tracklog.protocol.events import RunFinished, RunFinishedData
 
-from .hub import Filter, Hub, Subscription
 from .http import HttpApi, HttpConnection, StreamedResponse, method_not_allowed
-from .webconsole import console_token
-from .queries import Readers, run_pipelines, scan_events
+from .hub import Filter, Hub, Subscription
+from .queries import Readers
+from .storage.readmodel import open_read_model
 from .store import AppendResult, CheckResult, Durability
+from .webconsole import console_token
 from .writer import Writer
 
 log = structlog.get_logger("tracklog.server")
@@ -140,7 +141,8 @@ class Daemon:
         self.settings = settings
         self.codec = Codec()
         self.writer = Writer(str(settings.db), settings.durability, self.codec)
-        self.readers = Readers(str(settings.db))
+        db_url = str(settings.db)
+        self.readers = Readers(lambda: open_read_model(db_url))
         self.http = HttpApi(self)
         self.started_at = time.time()
         self.port = settings.port
@@ -159,7 +161,7 @@ class Daemon:
     async def start(self) -> None:
         replayed = await self.writer.start()
         self.hub.published_seq = self.writer.head
-        self.hub.pipeline_of, self.hub.status_of = await self.readers.call(run_pipelines)
+        self.hub.pipeline_of, self.hub.status_of = await self.readers.call(lambda model: model.run_pipelines())
         # Runs left running by the last daemon have no writer yet: each gets the grace
         # period for one to come back, like a run whose writers just disconnected.
         for run, status in self.hub.status_of.items():
@@ -499,7 +501,9 @@ class Daemon:
             await ws.send(frame, text=not binary)
 
         async def read_log(after: int, limit: int, f: Filter) -> tuple[list[Any], int, int]:
-            result: tuple[list[Any], int, int] = await self.readers.call(scan_events, after, limit, f.runs, f.types, f.pipelines)
+            result: tuple[list[Any], int, int] = await self.readers.call(
+                lambda model: model.scan_events(after, limit, f.runs, f.types, f.pipelines)
+            )
             return result
 
         # `subscribed` goes out before the subscription's task can send anything.

@@ -1,7 +1,7 @@
 """The `sql` query: one read-only SQL statement on the daemon's database, for people
 (`tracklog sql`, `tracklog schema`) wherever the daemon can be reached.
 
-It runs on a reader's read-only connection, inside the read transaction `queries.answer`
+It runs on a reader's read-only connection, inside the read transaction `SqliteReadModel.snapshot`
 opened, under the same authorizer as `tracklog sql --db` (protocol/readonly_sql.py), with
 a row limit, a byte budget for the answer, a cap on the size of any one value and a time
 limit, so one statement cannot hold a reader thread or the daemon's memory for long.
