@@ -31,6 +31,7 @@ QUERIES: Final = frozenset(
         "resolve",
         "cache",
         "sql",
+        "schema",
         "runs",
         "metrics",
         "compare",
@@ -76,6 +77,8 @@ def dispatch(model: ReadModel, q: Query, now: float) -> Rows:
             return model.cache(q, now)
         case "sql":
             return model.sql(q)
+        case "schema":
+            return model.schema(q)
         case "runs":
             return model.runs(q)
         case "metrics":

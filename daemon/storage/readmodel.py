@@ -106,6 +106,10 @@ class ReadModel(ABC):
     def sql(self, q: Query) -> Rows:
         """One read-only SQL statement, for people (`tracklog sql`, `tracklog schema`)."""
 
+    @abstractmethod
+    def schema(self, q: Query) -> Rows:
+        """One row describing the store: `{tables: {table: [{name, type, notnull, pk}]}, ddl: [...]}`."""
+
     # -- the daemon's own reads -----------------------------------------------------------
 
     @abstractmethod

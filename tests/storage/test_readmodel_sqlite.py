@@ -106,3 +106,9 @@ def test_a_number_beyond_64_bits_from_a_filter_is_bad_query(sqlite_model: Sqlite
 def test_opening_a_missing_database_is_storage_error(tmp_path: Path) -> None:
     with pytest.raises(errors.StorageError):
         open_read_model(str(tmp_path / "absent" / "t.db"))
+
+
+def test_schema_lists_tables_with_columns_and_the_ddl(sqlite_model: SqliteReadModel) -> None:
+    (row,) = answer(sqlite_model, Query(q="schema")).rows
+    assert {"name": "run", "type": "TEXT", "notnull": False, "pk": 1} in row["tables"]["runs"]
+    assert any(ddl.startswith("CREATE TABLE runs") for ddl in row["ddl"])

@@ -150,6 +150,9 @@ class SqliteReadModel(ReadModel):
     def sql(self, q: Query) -> Rows:
         return self._call(sql.query_sql, q, what=q.q)
 
+    def schema(self, q: Query) -> Rows:
+        return self._call(sql.query_schema, q, what=q.q)
+
     # -- the daemon's own reads -------------------------------------------------------------
 
     def scan_events(
