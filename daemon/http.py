@@ -31,9 +31,9 @@ from tracklog.protocol.events import RunDeleted, RunRestored, finite_floats_as_s
 from tracklog.protocol.messages import Append, Query
 
 from .exports import EXPORT_TYPES, EXPORTERS, export
+from .filter_grammar import parse_run_query
 from .prometheus import PROMETHEUS_TYPE, prometheus_text
 from .storage.readmodel import MAX_ITEMS, MAX_RUNS, open_read_model
-from .storage.sqlite.filters import compile_filter
 from .webconsole import console_response, is_console_path
 
 _json = msgspec.json.Encoder()
@@ -120,7 +120,7 @@ def runs_query(params: Params) -> Query:
     """The `runs` query an /api/runs URL asks for: filter, order_by, page and simple fields."""
     text = params.text("filter")
     if text is not None:
-        compile_filter(text)  # report positions in the caller's filter, before it is combined
+        parse_run_query(text)  # report positions in the caller's filter, before it is combined
     clauses = [f"({text})"] if text and text.strip() else []
     for name in ("pipeline", "status", "user", "session"):
         value = params.text(name)
@@ -138,7 +138,7 @@ def runs_query(params: Params) -> Query:
         )
     order_by = params.texts("order_by")
     if order_by:
-        compile_filter(None, order_by)
+        parse_run_query(None, order_by)
     return Query(
         q="runs",
         filter=" and ".join(clauses) or None,

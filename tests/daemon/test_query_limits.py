@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tracklog.daemon.filter_grammar import MAX_METRIC_NAMES, MAX_TERMS, MAX_VALUES
 from tracklog.daemon.queries import answer
-from tracklog.daemon.storage.sqlite.filters import MAX_METRIC_NAMES, MAX_TERMS, MAX_VALUES
 from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
 from tracklog.daemon.store import LogStore, connect
 from tracklog.protocol import errors
