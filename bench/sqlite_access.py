@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _daemon import machine
 
 from tracklog.daemon import queries
+from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
 from tracklog.daemon.store import AppendResult, LogStore, connect
 from tracklog.protocol.events import (
     Item,
@@ -572,10 +573,15 @@ def record_query(path: Path, q: Query) -> Transaction:
     conn = connect(path, readonly=True)
     recorder = RecordingConnection(conn)
     try:
-        queries.answer(cast(Any, recorder), q)
+        queries.answer(SqliteReadModel(cast(Any, recorder)), q)
     finally:
         conn.close()
     return recorder.take()
+
+
+def run_on_model(model: SqliteReadModel, statements: Transaction) -> int:
+    """`run_in_thread` on a reader's own connection (what `Readers.call` hands over)."""
+    return run_in_thread(model.conn, statements)
 
 
 class AiosqliteReaders:
@@ -656,20 +662,20 @@ async def bench_queries(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "connections_each_way": queries.READERS,
         "queries": {},
     }
-    readers = queries.Readers(str(path))
+    readers = queries.Readers(lambda: SqliteReadModel.open(str(path)))
     pool = AiosqliteReaders(path, queries.READERS)
     await pool.open()
     try:
         for name, statements in recorded.items():
             # Both sides read the same rows.
-            a, b = await pool.run(statements), await readers.call(run_in_thread, statements)
+            a, b = await pool.run(statements), await readers.call(run_on_model, statements)
             if a != b:
                 raise RuntimeError(f"{name}: {a} rows through aiosqlite, {b} on the thread")
             print(f"  {name}: {len(statements)} statements, {a} rows")
             q = asks[name]
             calls: dict[str, Callable[[], Awaitable[Any]]] = {
                 "aiosqlite": lambda s=statements: pool.run(s),
-                "thread": lambda s=statements: readers.call(run_in_thread, s),
+                "thread": lambda s=statements: readers.call(run_on_model, s),
                 "thread_real_handler": lambda q=q: readers.query(q),
             }
             entry: dict[str, Any] = {"statements": len(statements), "rows": a, "by_callers": {}}

@@ -2,7 +2,8 @@
 export, sql and schema. Each prints an aligned table, or JSON with --json.
 
 Every command asks the daemon at --url (default $TRACKLOG_URL); sql and schema can also
-open a database file itself with --db (read-only, offline), without importing the daemon.
+read a database file with --db (read-only, offline), through the daemon's offline reader
+found by its entry point: this module holds no SQL and never imports the daemon.
 """
 
 from __future__ import annotations
@@ -12,18 +13,17 @@ import datetime as dt
 import json
 import math
 import os
-import sqlite3
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 from tracklog.protocol import errors
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
-from tracklog.protocol.readonly_sql import SCHEMA_COLUMNS_SQL, SCHEMA_DDL_SQL, read_only_authorizer
 
 from .queries import QueryClient
 
@@ -410,31 +410,37 @@ def _mark(args: argparse.Namespace, out: TextIO, deleted: bool) -> int:
     return 0
 
 
-# -- commands that read the database file -----------------------------------------------
+# -- sql and schema: through the daemon, or offline on a database file ----------------------
+
+#: The entry point group the daemon registers its offline reads under (pyproject.toml).
+OFFLINE_GROUP: Final = "tracklog.offline"
 
 
-def open_read_only(db: Path) -> sqlite3.Connection:
-    if not db.exists():
-        raise FileNotFoundError(f"no database at {db}")
-    conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
-    conn.set_authorizer(read_only_authorizer)
-    return conn
+def offline_reads() -> Any:
+    """The daemon's offline reader of database files (`offline_sql`, `offline_schema`),
+    found through its entry point so this client never imports the daemon itself."""
+    found = entry_points(group=OFFLINE_GROUP, name="sqlite")
+    if not found:
+        raise FileNotFoundError("--db needs the daemon installed (pip install 'tracklog[daemon]')")
+    return next(iter(found)).load()
 
 
 def _read_sql(args: argparse.Namespace, statement: str, limit: int) -> tuple[list[str], list[Any], bool]:
     """(columns, rows, more) of a read-only statement: through the daemon, or from the
-    file itself with --db (offline; same authorizer)."""
+    file itself with --db (offline; the daemon's authorizer)."""
     if args.db is None:
         [answer] = _client(args).query("sql", sql=statement, limit=limit)
         return answer["columns"], answer["rows"], answer["more"]
-    conn = open_read_only(args.db)
-    try:
-        cur = conn.execute(statement)
-        headers = [d[0] for d in cur.description or []]
-        rows = cur.fetchmany(limit + 1)
-    finally:
-        conn.close()
-    return headers, rows[:limit], len(rows) > limit
+    columns, rows, more = offline_reads().offline_sql(args.db, statement, limit)
+    return columns, rows, more
+
+
+def _read_schema(args: argparse.Namespace) -> dict[str, Any]:
+    """`{tables, ddl}` of the database: through the daemon, or from the file with --db."""
+    if args.db is None:
+        [schema] = _client(args).query("schema")
+        return dict(schema)
+    return dict(offline_reads().offline_schema(args.db))
 
 
 def cmd_sql(args: argparse.Namespace, out: TextIO) -> int:
@@ -443,7 +449,12 @@ def cmd_sql(args: argparse.Namespace, out: TextIO) -> int:
     except FileNotFoundError as exc:
         print(f"tracklog sql: {exc}", file=sys.stderr)
         return 2
-    except sqlite3.Error as exc:
+    except errors.BadQuery as exc:
+        if args.db is None:
+            raise
+        print(f"tracklog sql: {exc.message}", file=sys.stderr)
+        return 1
+    except errors.StorageError as exc:
         print(f"tracklog sql: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -463,24 +474,18 @@ def cmd_sql(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        if args.ddl:
-            _, objects, _ = _read_sql(args, SCHEMA_DDL_SQL, 10_000)
-            for _, _, sql in objects:
-                print(sql.rstrip(";") + ";", file=out)
-            return 0
-        _, columns, _ = _read_sql(args, SCHEMA_COLUMNS_SQL, 10_000)
+        schema = _read_schema(args)
     except FileNotFoundError as exc:
         print(f"tracklog schema: {exc}", file=sys.stderr)
         return 2
-    except sqlite3.Error as exc:
+    except errors.StorageError as exc:
         print(f"tracklog schema: {exc}", file=sys.stderr)
         return 1
-    tables: dict[str, list[dict[str, Any]]] = {}
-    for table_name, name, kind, notnull, pk in columns:
-        tables.setdefault(table_name, []).append(
-            {"name": name, "type": kind, "notnull": bool(notnull), "pk": pk}
-        )
-    as_json(tables, out)
+    if args.ddl:
+        for ddl in schema["ddl"]:
+            print(ddl.rstrip(";") + ";", file=out)
+        return 0
+    as_json(schema["tables"], out)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Run exports (json, jsonl, csv, xml), written piece by piece so memory stays bounded.
 
-An export is a generator of byte pieces of about PIECE_BYTES, read from one read
-transaction on its own connection: metric histories chunk by chunk (never a whole
+An export is a generator of byte pieces of about PIECE_BYTES, read through a ReadModel
+of its own inside one snapshot: metric histories chunk by chunk (never a whole
 series), items in pages. However long the run, the daemon holds a few pieces at a time.
 The JSON document has the same shape as before exports were streamed: each metric's
 columns (`steps`, `values`, `epochs`, `ts`) as arrays, so each column is a pass over
@@ -13,25 +13,18 @@ from __future__ import annotations
 import csv
 import io
 import re
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 from xml.sax.saxutils import escape, quoteattr
 
 import msgspec
-import numpy as np
 
 from tracklog.protocol.events import finite_floats_as_strings
-from tracklog.protocol.messages import Query
 
-from .queries import query_run
-from .reads import ITEM_COLUMNS, artifact_rows, item_dict
-from .schema import NO_EPOCH
+from .storage.readmodel import ReadModel
 
 #: About how many bytes each piece handed to the connection holds.
 PIECE_BYTES: Final = 256 * 1024
-#: Items read per page.
-ITEM_PAGE: Final = 1_000
 
 EXPORT_TYPES: Final = {
     "json": "application/json",
@@ -52,57 +45,6 @@ def _encode(value: Any) -> bytes:
     return _json.encode(_plain(value))
 
 
-# -- reading ------------------------------------------------------------------------------
-
-
-def run_summary(conn: sqlite3.Connection, run: str) -> dict[str, Any]:
-    """The run's fields (as the `run` query), without its artifacts (exported on their own)."""
-    summary = dict(query_run(conn, Query(q="run", run=run))[0][0])
-    summary.pop("artifacts", None)
-    return summary
-
-
-def metric_names(conn: sqlite3.Connection, run: str) -> list[tuple[str, int]]:
-    return list(conn.execute("SELECT name, count FROM metric_summaries WHERE run = ? ORDER BY name", (run,)))
-
-
-def metric_chunks(conn: sqlite3.Connection, run: str, name: str) -> Iterator[tuple[Any, ...]]:
-    """Each chunk of a metric as (steps, values, epochs, ts) lists, in logging order."""
-    for steps, vals, epochs, ts in conn.execute(
-        "SELECT steps, vals, epochs, ts FROM metric_chunks WHERE run = ? AND name = ? ORDER BY chunk",
-        (run, name),
-    ):
-        epoch_list: list[Any] = np.frombuffer(epochs, np.int64).tolist()
-        if NO_EPOCH in epoch_list:
-            epoch_list = [None if e == NO_EPOCH else e for e in epoch_list]
-        yield (
-            np.frombuffer(steps, np.int64).tolist(),
-            np.frombuffer(vals, np.float64).tolist(),
-            epoch_list,
-            np.frombuffer(ts, np.float64).tolist(),
-        )
-
-
-def points(conn: sqlite3.Connection, run: str, name: str) -> Iterator[tuple[int, float, int | None, float]]:
-    for steps, values, epochs, ts in metric_chunks(conn, run, name):
-        yield from zip(steps, values, epochs, ts, strict=True)
-
-
-def items(conn: sqlite3.Connection, run: str) -> Iterator[dict[str, Any]]:
-    """The run's items, oldest first, a page at a time (by seq, so no OFFSET scans)."""
-    after = -1
-    while True:
-        rows = conn.execute(
-            f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE run = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (run, after, ITEM_PAGE),
-        ).fetchall()
-        for row in rows:
-            yield item_dict(row)
-        if len(rows) < ITEM_PAGE:
-            return
-        after = rows[-1][0]
-
-
 # -- pieces -------------------------------------------------------------------------------
 
 
@@ -121,13 +63,16 @@ def pieces(parts: Iterable[bytes]) -> Iterator[bytes]:
         yield b"".join(buffer)
 
 
-def in_transaction(conn: sqlite3.Connection, parts: Iterator[bytes]) -> Iterator[bytes]:
-    """The parts, read in one read transaction: the export is one consistent state."""
-    conn.execute("BEGIN")
-    try:
+def in_snapshot(model: ReadModel, parts: Iterator[bytes]) -> Iterator[bytes]:
+    """The parts, read in one snapshot: the export is one consistent state."""
+    with model.snapshot("export"):
         yield from parts
-    finally:
-        conn.execute("COMMIT")
+
+
+def points(model: ReadModel, run: str, name: str) -> Iterator[tuple[int, float, int | None, float]]:
+    """A metric's points one by one, in logging order."""
+    for steps, values, epochs, ts in model.metric_chunks(run, name):
+        yield from zip(steps, values, epochs, ts, strict=True)
 
 
 # -- formats --------------------------------------------------------------------------------
@@ -147,36 +92,36 @@ def _json_array(chunks: Iterable[list[Any]]) -> Iterator[bytes]:
     yield b"]"
 
 
-def export_json(conn: sqlite3.Connection, run: str) -> Iterator[bytes]:
+def export_json(model: ReadModel, run: str) -> Iterator[bytes]:
     """One JSON document: run, metrics (each with steps, values, epochs, ts), items, artifacts."""
-    yield b'{"run":' + _encode(run_summary(conn, run)) + b',"metrics":['
-    for index, (name, count) in enumerate(metric_names(conn, run)):
+    yield b'{"run":' + _encode(model.run_summary(run)) + b',"metrics":['
+    for index, (name, count) in enumerate(model.metric_names(run)):
         head = {"run": run, "name": name, "points": count, "downsampled": False}
         yield (b"," if index else b"") + _encode(head)[:-1]
         for column, key in enumerate(("steps", "values", "epochs", "ts")):
             yield b',"' + key.encode() + b'":'
-            yield from _json_array(chunk[column] for chunk in metric_chunks(conn, run, name))
+            yield from _json_array(chunk[column] for chunk in model.metric_chunks(run, name))
         yield b"}"
     yield b'],"items":['
-    for index, item in enumerate(items(conn, run)):
+    for index, item in enumerate(model.item_rows(run)):
         yield (b"," if index else b"") + _encode(item)
     yield b'],"artifacts":'
-    yield _encode(artifact_rows(conn, run))
+    yield _encode(model.artifact_rows(run))
     yield b"}"
 
 
-def export_jsonl(conn: sqlite3.Connection, run: str) -> Iterator[bytes]:
+def export_jsonl(model: ReadModel, run: str) -> Iterator[bytes]:
     """A record per line: the run, each metric point, each item, each artifact."""
-    yield _encode({"record": "run", **run_summary(conn, run)}) + b"\n"
-    for name, _ in metric_names(conn, run):
-        for step, value, epoch, ts in points(conn, run, name):
+    yield _encode({"record": "run", **model.run_summary(run)}) + b"\n"
+    for name, _ in model.metric_names(run):
+        for step, value, epoch, ts in points(model, run, name):
             record = {"record": "metric", "run": run, "name": name, "step": step, "epoch": epoch}
             record["value"] = value
             record["ts"] = ts
             yield _encode(record) + b"\n"
-    for item in items(conn, run):
+    for item in model.item_rows(run):
         yield _encode({"record": "item", **item}) + b"\n"
-    for artifact in artifact_rows(conn, run):
+    for artifact in model.artifact_rows(run):
         yield _encode({"record": "artifact", **artifact}) + b"\n"
 
 
@@ -216,7 +161,7 @@ def _text(value: Any) -> str:
     return "" if value is None else csv_cell(_encode(value).decode())
 
 
-def export_csv(conn: sqlite3.Connection, run: str) -> Iterator[bytes]:
+def export_csv(model: ReadModel, run: str) -> Iterator[bytes]:
     """One table: a row per metric point, then per item and artifact (`record` says which)."""
     out = io.StringIO()
     # CRLF, as RFC 4180 has it: the writer then quotes any cell holding a CR or an LF.
@@ -230,9 +175,9 @@ def export_csv(conn: sqlite3.Connection, run: str) -> Iterator[bytes]:
 
     writer.writerow(CSV_COLUMNS)
     run_cell = csv_cell(run)
-    for name, _ in metric_names(conn, run):
+    for name, _ in model.metric_names(run):
         name_cell = csv_cell(name)
-        for steps, values, epochs, ts in metric_chunks(conn, run, name):
+        for steps, values, epochs, ts in model.metric_chunks(run, name):
             writer.writerows(
                 (
                     "metric",
@@ -251,7 +196,7 @@ def export_csv(conn: sqlite3.Connection, run: str) -> Iterator[bytes]:
                 for s, v, e, t in zip(steps, values, epochs, ts, strict=True)
             )
             yield flush()
-    for item in items(conn, run):
+    for item in model.item_rows(run):
         writer.writerow(
             (
                 "item",
@@ -270,7 +215,7 @@ def export_csv(conn: sqlite3.Connection, run: str) -> Iterator[bytes]:
         )
         if out.tell() >= PIECE_BYTES:
             yield flush()
-    for art in artifact_rows(conn, run):
+    for art in model.artifact_rows(run):
         writer.writerow(
             (
                 "artifact",
@@ -305,9 +250,9 @@ def _xml_element(tag: str, attrs: dict[str, Any]) -> bytes:
     return f"<{tag}{body} />".encode()
 
 
-def export_xml(conn: sqlite3.Connection, run: str) -> Iterator[bytes]:
+def export_xml(model: ReadModel, run: str) -> Iterator[bytes]:
     """<run id> with its fields, <metrics> of <point>s, <items>, <artifacts>."""
-    summary = run_summary(conn, run)
+    summary = model.run_summary(run)
     yield b'<?xml version="1.0" encoding="UTF-8"?>\n'
     yield f"<run id={quoteattr(_xml_text(run))}>".encode()
     for key, value in summary.items():
@@ -315,9 +260,9 @@ def export_xml(conn: sqlite3.Connection, run: str) -> Iterator[bytes]:
             continue
         yield f"<field name={quoteattr(key)}>{escape(_xml_text(value))}</field>".encode()
     yield b"<metrics>"
-    for name, _ in metric_names(conn, run):
+    for name, _ in model.metric_names(run):
         yield f"<metric name={quoteattr(_xml_text(name))}>".encode()
-        for steps, values, epochs, ts in metric_chunks(conn, run, name):
+        for steps, values, epochs, ts in model.metric_chunks(run, name):
             yield "".join(
                 f'<point step="{s}" value="{v!r}" ts="{t!r}" />'
                 if e is None
@@ -326,15 +271,15 @@ def export_xml(conn: sqlite3.Connection, run: str) -> Iterator[bytes]:
             ).encode()
         yield b"</metric>"
     yield b"</metrics><items>"
-    for item in items(conn, run):
+    for item in model.item_rows(run):
         yield _xml_element("item", item)
     yield b"</items><artifacts>"
-    for art in artifact_rows(conn, run):
+    for art in model.artifact_rows(run):
         yield _xml_element("artifact", art)
     yield b"</artifacts></run>"
 
 
-EXPORTERS: Final[dict[str, Callable[[sqlite3.Connection, str], Iterator[bytes]]]] = {
+EXPORTERS: Final[dict[str, Callable[[ReadModel, str], Iterator[bytes]]]] = {
     "json": export_json,
     "jsonl": export_jsonl,
     "csv": export_csv,
@@ -342,6 +287,6 @@ EXPORTERS: Final[dict[str, Callable[[sqlite3.Connection, str], Iterator[bytes]]]
 }
 
 
-def export(conn: sqlite3.Connection, run: str, fmt: str) -> Iterator[bytes]:
-    """The export of run in fmt, as pieces of about PIECE_BYTES, from one read transaction."""
-    return pieces(in_transaction(conn, EXPORTERS[fmt](conn, run)))
+def export(model: ReadModel, run: str, fmt: str) -> Iterator[bytes]:
+    """The export of run in fmt, as pieces of about PIECE_BYTES, from one snapshot."""
+    return pieces(in_snapshot(model, EXPORTERS[fmt](model, run)))

@@ -1,4 +1,4 @@
-"""HTTP on the daemon's port: the REST API, run exports, and Prometheus metrics.
+"""HTTP on the daemon's port: routing of the REST API, streamed run exports, and `/metrics`.
 
 Served from the websockets server's `process_request` hook (no second server). Every
 answer that reads the database runs on the Readers pool, so the event loop never waits
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import os
 import re
 import threading
 import time
@@ -31,10 +30,10 @@ from tracklog.protocol import errors
 from tracklog.protocol.events import RunDeleted, RunRestored, finite_floats_as_strings
 from tracklog.protocol.messages import Append, Query
 
-from . import reads
 from .exports import EXPORT_TYPES, EXPORTERS, export
-from .filters import compile_filter
-from .store import connect
+from .filter_grammar import parse_run_query
+from .prometheus import PROMETHEUS_TYPE, prometheus_text
+from .storage.readmodel import MAX_ITEMS, MAX_RUNS, open_read_model
 from .webconsole import console_response, is_console_path
 
 _json = msgspec.json.Encoder()
@@ -121,7 +120,7 @@ def runs_query(params: Params) -> Query:
     """The `runs` query an /api/runs URL asks for: filter, order_by, page and simple fields."""
     text = params.text("filter")
     if text is not None:
-        compile_filter(text)  # report positions in the caller's filter, before it is combined
+        parse_run_query(text)  # report positions in the caller's filter, before it is combined
     clauses = [f"({text})"] if text and text.strip() else []
     for name in ("pipeline", "status", "user", "session"):
         value = params.text(name)
@@ -139,12 +138,12 @@ def runs_query(params: Params) -> Query:
         )
     order_by = params.texts("order_by")
     if order_by:
-        compile_filter(None, order_by)
+        parse_run_query(None, order_by)
     return Query(
         q="runs",
         filter=" and ".join(clauses) or None,
         order_by=order_by,
-        limit=params.integer("limit", 1, reads.MAX_RUNS),
+        limit=params.integer("limit", 1, MAX_RUNS),
         offset=params.integer("offset", 0),
         deleted=params.text("deleted") in ("1", "true", "yes"),
     )
@@ -386,9 +385,7 @@ class HttpApi:
         )
 
     async def _prometheus(self, _args: dict[str, str], _params: Params) -> Answer:
-        return _response(
-            HTTPStatus.OK, self.prometheus().encode(), "text/plain; version=0.0.4; charset=utf-8"
-        )
+        return _response(HTTPStatus.OK, prometheus_text(self.daemon).encode(), PROMETHEUS_TYPE)
 
     async def _stats(self, _args: dict[str, str], _params: Params) -> Answer:
         result = await self.daemon.readers.query(Query(q="stats"))
@@ -448,7 +445,7 @@ class HttpApi:
             run=run,
             stage=params.text("stage"),
             status=params.text("status"),
-            limit=params.integer("limit", 0, reads.MAX_ITEMS),
+            limit=params.integer("limit", 0, MAX_ITEMS),
             offset=params.integer("offset", 0),
         )
         result = await readers.query(q)
@@ -464,13 +461,13 @@ class HttpApi:
         db = str(self.daemon.settings.db)
 
         def produce() -> Iterator[bytes]:
-            conn = connect(db, readonly=True)
-            # Read once, front to back: a large page cache would only hold memory.
-            conn.execute("PRAGMA cache_size = -2048")
+            # Read once, front to back, on a model of its own (not a reader's: a long
+            # download must not hold a reader thread).
+            model = open_read_model(db, scan=True)
             try:
-                yield from export(conn, run, fmt)
+                yield from export(model, run, fmt)
             finally:
-                conn.close()
+                model.close()
 
         headers = [
             ("Content-Type", EXPORT_TYPES[fmt]),
@@ -493,76 +490,3 @@ class HttpApi:
             "commits": stats.commits,
             "uptime": max(0.0, time.time() - daemon.started_at),
         }
-
-    def prometheus(self) -> str:
-        """The Prometheus text exposition of the daemon's counters and gauges."""
-        daemon = self.daemon
-        stats = daemon.writer.stats
-        hub = getattr(daemon, "hub", None)
-        lines: list[str] = []
-
-        def metric(name: str, kind: str, help_text: str, value: float) -> None:
-            lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value:g}"])
-
-        metric("tracklog_events_appended_total", "counter", "Events committed to the log.", stats.events)
-        metric("tracklog_appends_total", "counter", "Append messages committed.", stats.appends)
-        metric("tracklog_commits_total", "counter", "Group commits.", stats.commits)
-        metric(
-            "tracklog_duplicate_events_total",
-            "counter",
-            "Events not appended again (known id).",
-            stats.duplicates,
-        )
-        metric("tracklog_rejected_events_total", "counter", "Events rejected as invalid.", stats.rejected)
-        metric(
-            "tracklog_commit_seconds_total", "counter", "Time spent in group commits.", stats.commit_seconds
-        )
-        histogram = getattr(stats, "ack_latency", None)
-        if histogram is not None:
-            lines.extend(
-                histogram.exposition(
-                    "tracklog_ack_latency_seconds", "Time from an append reaching the writer to its commit."
-                )
-            )
-        writer = daemon.writer
-        metric("tracklog_head_seq", "gauge", "Seq of the newest committed event.", writer.head)
-        metric("tracklog_writer_up", "gauge", "1 while the writer runs, else 0.", int(writer.alive))
-        metric(
-            "tracklog_writer_oldest_request_seconds",
-            "gauge",
-            "How long the oldest request not yet committed has waited.",
-            writer.oldest_request_seconds(),
-        )
-        metric("tracklog_writer_queued_requests", "gauge", "Requests waiting for the writer.", writer.queued)
-        metric(
-            "tracklog_writer_failures_total",
-            "counter",
-            "Exceptions the writer caught around a request or a group (each one a bug).",
-            writer.failures,
-        )
-        episodes, refusals = writer.disk_full_counts()
-        disk_full = int(writer.disk_full is not None)
-        metric("tracklog_disk_full", "gauge", "1 while appends are refused for a full disk.", disk_full)
-        metric("tracklog_disk_full_episodes_total", "counter", "Times the disk became full.", episodes)
-        metric("tracklog_disk_full_refusals_total", "counter", "Requests answered disk_full.", refusals)
-        metric("tracklog_connections", "gauge", "Open WebSocket connections.", daemon.connections)
-        metric(
-            "tracklog_subscribers", "gauge", "Live subscriptions.", hub.subscribers if hub is not None else 0
-        )
-        lag = hub.lag() if hub is not None and hasattr(hub, "lag") else 0
-        metric("tracklog_subscriber_lag_events", "gauge", "Most events a subscriber has waiting.", lag)
-        metric(
-            "tracklog_database_bytes",
-            "gauge",
-            "Size of the database file and its WAL.",
-            database_bytes(str(daemon.settings.db)),
-        )
-        return "\n".join(lines) + "\n"
-
-
-def database_bytes(path: str) -> int:
-    total = 0
-    for suffix in ("", "-wal"):
-        with contextlib.suppress(OSError):
-            total += os.path.getsize(path + suffix)
-    return total

@@ -52,8 +52,9 @@ from . import logs
 from .http import HttpApi, HttpConnection, StreamedResponse, method_not_allowed
 from .hub import Filter, Hub, Subscription
 from .notify import Notifier
-from .queries import Readers, run_pipelines, scan_events
+from .queries import Readers
 from .service import Supervisor, load_reloadable
+from .storage.readmodel import open_read_model
 from .store import AppendResult, CheckResult, Durability
 from .webconsole import console_token
 from .writer import Writer
@@ -148,7 +149,8 @@ class Daemon:
         self.settings = settings
         self.codec = Codec()
         self.writer = Writer(str(settings.db), settings.durability, self.codec)
-        self.readers = Readers(str(settings.db))
+        db_url = str(settings.db)
+        self.readers = Readers(lambda: open_read_model(db_url))
         self.http = HttpApi(self)
         self.started_at = time.time()
         self.port = settings.port
@@ -199,7 +201,7 @@ class Daemon:
     async def start(self) -> None:
         replayed = await self.writer.start()
         self.hub.published_seq = self.writer.head
-        self.hub.pipeline_of, self.hub.status_of = await self.readers.call(run_pipelines)
+        self.hub.pipeline_of, self.hub.status_of = await self.readers.call(lambda model: model.run_pipelines())
         # Runs left running by the last daemon have no writer yet: each gets the grace
         # period for one to come back, like a run whose writers just disconnected.
         for run, status in self.hub.status_of.items():
@@ -559,7 +561,9 @@ class Daemon:
             await ws.send(frame, text=not binary)
 
         async def read_log(after: int, limit: int, f: Filter) -> tuple[list[Any], int, int]:
-            result: tuple[list[Any], int, int] = await self.readers.call(scan_events, after, limit, f.runs, f.types, f.pipelines)
+            result: tuple[list[Any], int, int] = await self.readers.call(
+                lambda model: model.scan_events(after, limit, f.runs, f.types, f.pipelines)
+            )
             return result
 
         # `subscribed` goes out before the subscription's task can send anything.

@@ -1,5 +1,5 @@
 """The rules for read-only SQL on a tracklog database, shared by the daemon's `sql` query
-and `tracklog sql --db` (which opens the file itself and never imports the daemon).
+and its offline reader behind `tracklog sql --db` (daemon/storage/sqlite/sql.py).
 
 An SQLite authorizer lets a statement read and refuses everything else: writes, schema
 changes, ATTACH (which could open any file), transactions, and PRAGMAs other than the
@@ -35,18 +35,6 @@ ACTING_PRAGMAS: Final = frozenset({"optimize", "wal_checkpoint", "incremental_va
 _SCHEMA_COLUMNS: Final = frozenset({"type", "name", "tbl_name", "rootpage", "sql"})
 _ALLOWED: Final = frozenset(
     {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
-)
-#: The tables and their columns, in one statement (what `tracklog schema` prints).
-SCHEMA_COLUMNS_SQL: Final = (
-    'SELECT m.name AS tbl, p.name, p.type, p."notnull", p.pk FROM sqlite_schema AS m'
-    " JOIN pragma_table_info(m.name) AS p"
-    " WHERE m.type = 'table' AND m.sql IS NOT NULL AND m.name NOT LIKE 'sqlite_%'"
-    " ORDER BY m.name, p.cid"
-)
-#: The CREATE statements, tables first (what `tracklog schema --ddl` prints).
-SCHEMA_DDL_SQL: Final = (
-    "SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
-    " ORDER BY CASE type WHEN 'table' THEN 0 ELSE 1 END, name"
 )
 
 

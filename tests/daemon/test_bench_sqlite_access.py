@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 from tracklog.daemon import queries
+from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
 from tracklog.daemon.store import connect
 from tracklog.protocol.messages import Query
 
@@ -51,7 +52,7 @@ def test_a_recorded_query_reads_in_one_read_transaction(tmp_path: Path) -> None:
     conn = connect(path, readonly=True)
     try:
         rows = bench.run_in_thread(conn, recorded)
-        answer = queries.answer(conn, Query(q="runs", limit=5))
+        answer = queries.answer(SqliteReadModel(conn), Query(q="runs", limit=5))
     finally:
         conn.close()
     assert len(answer.rows) == 5

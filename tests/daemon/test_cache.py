@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tracklog.daemon.queries import answer
+from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
 from tracklog.daemon.store import LogStore, connect
 from tracklog.protocol.events import CacheInvalidated, CacheInvalidatedData, CachePut, CachePutData
 from tracklog.protocol.messages import Query
@@ -25,7 +26,7 @@ def put(key: str, value: object, ttl: float | None = None, ts: float | None = No
 def cached(path: Path, key: str, clock: Clock) -> list[dict[str, object]]:
     conn = connect(path, readonly=True)
     try:
-        return answer(conn, Query(q="cache", key=key), clock).rows
+        return answer(SqliteReadModel(conn), Query(q="cache", key=key), clock).rows
     finally:
         conn.close()
 

@@ -6,8 +6,9 @@ import sqlite3
 from collections.abc import Iterator
 
 import pytest
-from tracklog.daemon.filters import compile_filter
+
 from tracklog.daemon.schema import PROJECTION_DDL
+from tracklog.daemon.storage.sqlite.filters import compile_filter
 from tracklog.protocol.errors import BadQuery
 
 RUNS = [

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tracklog.daemon.filters import MAX_METRIC_NAMES, MAX_TERMS, MAX_VALUES
+
+from tracklog.daemon.filter_grammar import MAX_METRIC_NAMES, MAX_TERMS, MAX_VALUES
 from tracklog.daemon.queries import answer
+from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
 from tracklog.daemon.store import LogStore, connect
 from tracklog.protocol import errors
 from tracklog.protocol.events import Item, ItemData, Metrics, MetricsData, RunStarted, RunStartedData
@@ -41,7 +43,7 @@ def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sqlite3.Connectio
 
 
 def ask(conn: sqlite3.Connection, **fields: Any) -> list[Any]:
-    return answer(conn, Query(**fields)).rows
+    return answer(SqliteReadModel(conn), Query(**fields)).rows
 
 
 def refused(conn: sqlite3.Connection, **fields: Any) -> str:

@@ -14,6 +14,7 @@ import pytest
 
 from tracklog.daemon import commands
 from tracklog.daemon.queries import answer
+from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
 from tracklog.daemon.store import AppendResult, LogStore, connect
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Append, Codec, Query
@@ -41,7 +42,7 @@ def append(store: LogStore, events: Sequence[dict[str, Any]]) -> None:
 def ask(store: LogStore, q: str, **args: Any) -> list[Any]:
     conn: sqlite3.Connection = connect(store.path, readonly=True)
     try:
-        return list(answer(conn, Query(q=q, **args)).rows)
+        return list(answer(SqliteReadModel(conn), Query(q=q, **args)).rows)
     finally:
         conn.close()
 

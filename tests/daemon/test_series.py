@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tracklog.daemon import commands
-from tracklog.daemon.reads import query_metrics
 from tracklog.daemon.schema import CHUNK_POINTS
-from tracklog.daemon.series import downsample_from_tiers, extremes_index, read_series
+from tracklog.daemon.series import extremes_index
+from tracklog.daemon.storage.sqlite.metrics import downsample_from_tiers, query_metrics, read_series
 from tracklog.daemon.store import LogStore
 from tracklog.protocol import errors
 from tracklog.protocol.events import Metrics, MetricsData

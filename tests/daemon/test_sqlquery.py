@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tracklog.daemon import sqlquery
 from tracklog.daemon.queries import answer
+from tracklog.daemon.storage.sqlite import sql as sqlquery
+from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
 from tracklog.daemon.store import LogStore, connect
 from tracklog.protocol import errors
 from tracklog.protocol import events as ev
@@ -31,7 +32,7 @@ def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def sql(conn: sqlite3.Connection, statement: str, limit: int | None = None) -> dict[str, object]:
-    [row] = answer(conn, Query(q="sql", sql=statement, limit=limit)).rows
+    [row] = answer(SqliteReadModel(conn), Query(q="sql", sql=statement, limit=limit)).rows
     return row
 
 
@@ -54,7 +55,7 @@ def test_a_statement_past_the_time_limit_is_interrupted_and_the_connection_still
     with pytest.raises(errors.BadQuery, match="not authorized"):
         sql(conn, "DELETE FROM runs")
     # authorizer, progress handler and length limit are put back: other queries work as before
-    assert len(answer(conn, Query(q="runs")).rows) == 5
+    assert len(answer(SqliteReadModel(conn), Query(q="runs")).rows) == 5
     assert conn.execute("SELECT length(zeroblob(20000000))").fetchone() == (20_000_000,)
 
 

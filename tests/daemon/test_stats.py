@@ -6,16 +6,18 @@ from __future__ import annotations
 import io
 import math
 import random
-from collections import Counter
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
 from tracklog.daemon import commands
 from tracklog.daemon.queries import answer
+from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
 from tracklog.daemon.store import LogStore, connect
 from tracklog.protocol import errors
 from tracklog.protocol.events import Item, ItemData, Metrics, MetricsData
@@ -91,7 +93,7 @@ def db(tmp_path: Path) -> Iterator[tuple[Path, list[Item]]]:
 def stats(path: Path, **fields: Any) -> dict[str, Any]:
     conn = connect(path, readonly=True)
     try:
-        row: dict[str, Any] = answer(conn, Query(q="stats", **fields)).rows[0]
+        row: dict[str, Any] = answer(SqliteReadModel(conn), Query(q="stats", **fields)).rows[0]
         return row
     finally:
         conn.close()
@@ -154,7 +156,7 @@ def points(run: str, values: list[float], first_step: int = 0) -> list[Metrics]:
 def run_metrics(path: Path, run: str) -> dict[str, Any]:
     conn = connect(path, readonly=True)
     try:
-        metrics: dict[str, Any] = answer(conn, Query(q="run", run=run)).rows[0]["metrics"]
+        metrics: dict[str, Any] = answer(SqliteReadModel(conn), Query(q="run", run=run)).rows[0]["metrics"]
         return metrics
     finally:
         conn.close()

@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from tracklog.daemon import commands
 from tracklog.daemon.queries import answer
 from tracklog.daemon.schema import CHUNK_POINTS, NO_EPOCH, PROJECTION_TABLES, PROJECTION_VERSION
+from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
 from tracklog.daemon.store import AppendResult, LogStore, connect, iter_table, read_events
 from tracklog.protocol import errors
 from tracklog.protocol import events as ev
@@ -943,14 +945,14 @@ def test_replay_refuses_to_overwrite_an_existing_file(
 
 def cache_rows(path: Path, key: str) -> list[Any]:
     with reader(path) as conn:
-        return answer(conn, Query(q="cache", key=key)).rows
+        return answer(SqliteReadModel(conn), Query(q="cache", key=key)).rows
 
 
 def test_cache_query_of_an_expired_entry_returns_nothing(store: LogStore) -> None:
     append(store, [{"type": "cache.put", "data": {"key": "short", "value": 1, "ttl": 1}}])
     # recorded = NOW, long in the past: NOW + 1 is behind the real clock.
     with reader(store.path) as conn:
-        result = answer(conn, Query(q="cache", key="short"))
+        result = answer(SqliteReadModel(conn), Query(q="cache", key="short"))
     assert (result.rows, result.total, result.seq) == ([], 0, 1)
 
 
@@ -1034,7 +1036,7 @@ def test_run_query_answers_fields_config_tags_metric_summaries_and_artifacts(sto
         ],
     )
     with reader(store.path) as conn:
-        result = answer(conn, Query(q="run", run="a", ref=4))
+        result = answer(SqliteReadModel(conn), Query(q="run", run="a", ref=4))
     assert (result.seq, result.total, result.ref) == (10, 1, 4)
     (row,) = result.rows
     metrics = row.pop("metrics")
@@ -1123,7 +1125,7 @@ def test_run_query_of_a_run_created_by_its_first_metric_has_it_running_and_start
 ) -> None:
     append(store, [metric("late", {"a": 1.0}, ts=5.0), metric("late", {"a": 2.0}, ts=6.0)])
     with reader(store.path) as conn:
-        (row,) = answer(conn, Query(q="run", run="late")).rows
+        (row,) = answer(SqliteReadModel(conn), Query(q="run", run="late")).rows
     assert (row["status"], row["started"], row["config"], row["tags"], row["artifacts"]) == (
         "running",
         5.0,
@@ -1142,7 +1144,7 @@ def test_run_query_shows_deleted_restored_and_resumed_runs(store: LogStore) -> N
         ],
     )
     with reader(store.path) as conn:
-        (row,) = answer(conn, Query(q="run", run="r")).rows
+        (row,) = answer(SqliteReadModel(conn), Query(q="run", run="r")).rows
         assert (row["status"], row["error"], row["deleted"]) == ("lost", "gone", True)
     append(
         store,
@@ -1152,13 +1154,13 @@ def test_run_query_shows_deleted_restored_and_resumed_runs(store: LogStore) -> N
         ],
     )
     with reader(store.path) as conn:
-        (row,) = answer(conn, Query(q="run", run="r")).rows
+        (row,) = answer(SqliteReadModel(conn), Query(q="run", run="r")).rows
     assert (row["status"], row["error"], row["finished"], row["deleted"]) == ("running", None, None, False)
 
 
 def test_run_query_of_an_unknown_run_is_not_found(store: LogStore) -> None:
     with reader(store.path) as conn, pytest.raises(errors.NotFound, match="nope"):
-        answer(conn, Query(q="run", run="nope", ref=2))
+        answer(SqliteReadModel(conn), Query(q="run", run="nope", ref=2))
 
 
 def test_read_events_filters_by_run_and_types_in_seq_order(store: LogStore) -> None:
@@ -1198,6 +1200,6 @@ def test_read_events_filters_by_run_and_types_in_seq_order(store: LogStore) -> N
 def test_events_query_on_a_read_only_connection_filters_like_read_events(store: LogStore) -> None:
     append(store, [metric("a", {"x": 1.0}), metric("b", {"x": 1.0}), {"type": "item", "run": "a"}])
     with reader(store.path) as conn:
-        result = answer(conn, Query(q="events", run="a", types=["item"]))
+        result = answer(SqliteReadModel(conn), Query(q="events", run="a", types=["item"]))
     assert result.seq == 3
     assert [(e.seq, e.type, e.run) for e in result.rows] == [(3, "item", "a")]

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import tracklog
-from tracklog.cli_queries import read_only_authorizer, sparkline
 
+import tracklog
 from tests.conftest import Client, DaemonProcess
+from tracklog.cli_queries import sparkline
+from tracklog.protocol.readonly_sql import read_only_authorizer
 
 
 def tracklog_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -163,3 +164,19 @@ async def test_cli_metrics_shows_the_true_last_value_and_refuses_an_unknown_name
     assert row.split() == ["v", "5000", "4999", "52", "0", "96"]  # 4999 % 97 == 52
     missing = tracklog_cli("metrics", "m", "--url", daemon.url, "--names", "v,nope")
     assert missing.returncode == 1 and "not_found" in missing.stderr and "'nope'" in missing.stderr
+
+
+async def test_cli_schema_through_the_daemon_matches_the_file(
+    daemon: DaemonProcess, client: Client, db_path: Path
+) -> None:
+    await some_runs(client)
+    asked = tracklog_cli("schema", "--url", daemon.url)
+    assert asked.returncode == 0, asked.stderr
+    assert json.loads(asked.stdout) == json.loads(tracklog_cli("schema", "--db", str(db_path)).stdout)
+    ddl = tracklog_cli("schema", "--url", daemon.url, "--ddl").stdout
+    assert ddl == tracklog_cli("schema", "--db", str(db_path), "--ddl").stdout
+
+
+def test_cli_sql_on_a_missing_file_says_so(tmp_path: Path) -> None:
+    missing = tracklog_cli("sql", "--db", str(tmp_path / "absent.db"), "SELECT 1")
+    assert missing.returncode == 2 and "no database" in missing.stderr

@@ -1,4 +1,4 @@
-"""The run filter grammar of PROTOCOL.md, parsed by recursive descent into parameterised SQL.
+"""The run filter grammar of PROTOCOL.md, parsed by recursive descent into a small tree.
 
     filter     := or_expr
     or_expr    := and_expr ("or" and_expr)*
@@ -11,38 +11,49 @@
     value      := 'single-quoted string' ('' is a quote) | number | true | false | null
 
 NAME and KEY are a run of letters, digits and `_ - / : .`, or any text in backticks
-(a doubled backtick is a backtick). Every value, metric name and config key is bound
-as a parameter: nothing from the filter text is pasted into the SQL, so the text can
-hold quotes, comments or semicolons without effect. The SQL reads the run table as
-`r`; metric fields join `metric_summaries` once per distinct name.
+(a doubled backtick is a backtick). Pure: no storage here. Every limit that keeps a
+filter harmless (length, nesting, comparisons, values, distinct metrics) is checked
+while parsing, with the position of the mistake, so every backend refuses the same
+filters; a backend compiles the tree (the SQLite one in `storage/sqlite/filters.py`,
+binding every value, name and key as a parameter).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeAlias
 
 from tracklog.protocol import errors
 
-#: Plain columns of the runs table a filter may name.
-RUN_FIELDS: Final = {
-    "id": "r.run",
-    "run": "r.run",
-    "status": "r.status",
-    "name": "r.name",
-    "pipeline": "r.pipeline",
-    "user": "r.user",
-    "host": "r.host",
-    "session": "r.session",
-    "parent": "r.parent",
-    "started": "r.started",
-    "finished": "r.finished",
-    "created": "r.created_seq",
-    "updated": "r.updated_seq",
-}
+#: Plain fields of a run a filter may name (and the words that name them).
+RUN_FIELDS: Final = frozenset(
+    {
+        "id",
+        "run",
+        "status",
+        "name",
+        "pipeline",
+        "user",
+        "host",
+        "session",
+        "parent",
+        "started",
+        "finished",
+        "created",
+        "updated",
+    }
+)
 _TIME_FIELDS: Final = frozenset({"started", "finished"})
-_OPERATORS: Final = {"=": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_OPERATORS: Final[dict[str, Operator]] = {
+    "=": "=",
+    "!=": "!=",
+    "<>": "!=",
+    "<": "<",
+    "<=": "<=",
+    ">": ">",
+    ">=": ">=",
+}
 _KEYWORDS: Final = frozenset({"and", "or", "in", "like", "not", "true", "false", "null", "asc", "desc"})
 _NAME_EXTRA: Final = frozenset("_-/:.")
 #: Longest filter accepted, in characters: far beyond any real one, short of harm.
@@ -53,8 +64,9 @@ MAX_IN_VALUES: Final = 1_000
 #: Comparisons in one filter. The SQL chains them (`a OR b OR ...`), one level of SQLite's
 #: expression tree each, and SQLite refuses trees deeper than 1,000.
 MAX_TERMS: Final = 500
-#: Values bound as parameters for one filter and its ordering (SQLite builds allow 32,766
-#: or more per statement; a query adds a few of its own).
+#: Values bound as parameters for one filter (SQLite builds allow 32,766 or more per
+#: statement; a query adds a few of its own). A config key counts as one (two when nested),
+#: a tag name as one.
 MAX_VALUES: Final = 10_000
 #: Distinct metrics one filter and its ordering name: each joins `metric_summaries` once,
 #: and SQLite joins at most 64 tables in one statement.
@@ -173,111 +185,148 @@ def tokenize(text: str) -> list[Token]:
     return tokens
 
 
+# -- the tree ---------------------------------------------------------------------------------
+
+FieldKind: TypeAlias = Literal["run", "time", "metric", "config", "tag"]
+Operator: TypeAlias = Literal["=", "!=", "<", "<=", ">", ">=", "in", "not in", "like", "not like"]
+
+
+@dataclass(frozen=True)
+class FieldRef:
+    """A field: a run's own (`name` is the field's word, lower case; `time` for the two
+    times), a metric's last value, a config key, or a tag (`name` is the metric, key or tag)."""
+
+    kind: FieldKind
+    name: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`field op value`; `in` and `not in` hold a tuple of values; `= null` is value None."""
+
+    field: FieldRef
+    op: Operator
+    value: Any
+
+
+@dataclass(frozen=True)
+class TagTest:
+    """`tags.NAME` (present) or `tags.NAME = false` (absent)."""
+
+    tag: str
+    present: bool
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    """Two or more conditions joined by `and` or `or`."""
+
+    op: Literal["and", "or"]
+    parts: tuple[Condition, ...]
+
+
+Condition: TypeAlias = Comparison | TagTest | BoolOp
+
+
+@dataclass(frozen=True)
+class OrderTerm:
+    """One entry of `order_by`: a field (never a tag), ascending or not; nulls always last."""
+
+    field: FieldRef
+    descending: bool
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    """A parsed filter (None: every run) and ordering, with the distinct metrics they name in
+    order of first use."""
+
+    condition: Condition | None
+    order: tuple[OrderTerm, ...]
+    metrics: tuple[str, ...]
+
+
+# -- the parser -------------------------------------------------------------------------------
+
+
 @dataclass
-class Compiled:
-    """A filter and an ordering as SQL over `runs AS r`, with their parameters in order."""
+class _Limits:
+    """What a filter and its ordering have used so far, checked against the limits."""
 
-    joins: list[str] = field(default_factory=list)
-    join_params: list[Any] = field(default_factory=list)
-    where: str = "1"
-    where_params: list[Any] = field(default_factory=list)
-    order: str = "r.created_seq, r.run"
-    order_params: list[Any] = field(default_factory=list)
-    _metric_alias: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, None] = field(default_factory=dict)
+    terms: int = 0
+    values: int = 0
 
-    def metric(self, name: str, position: int = 0) -> str:
-        """The alias of the metric_summaries row of metric `name` (joined once per name)."""
-        alias = self._metric_alias.get(name)
-        if alias is None:
-            if len(self._metric_alias) >= MAX_METRIC_NAMES:
+    def metric(self, name: str, position: int) -> None:
+        if name not in self.metrics:
+            if len(self.metrics) >= MAX_METRIC_NAMES:
                 raise bad(
                     f"more than {MAX_METRIC_NAMES} distinct metrics in the filter and order_by", position
                 )
-            alias = f"m{len(self._metric_alias)}"
-            self._metric_alias[name] = alias
-            self.joins.append(
-                f"LEFT JOIN metric_summaries {alias} ON {alias}.run = r.run AND {alias}.name = ?"
-            )
-            self.join_params.append(name)
-        return alias
-
-    @property
-    def from_sql(self) -> str:
-        return " ".join(["runs AS r", *self.joins])
-
-    @property
-    def params(self) -> list[Any]:
-        """Parameters of `SELECT ... FROM {from_sql} WHERE {where} ORDER BY {order}`."""
-        return [*self.join_params, *self.where_params, *self.order_params]
+            self.metrics[name] = None
 
 
-def _config_path(key: str) -> str:
-    if '"' in key:
-        raise errors.BadQuery('filter: a config key cannot hold a double quote (")')
-    return "$." + '"' + key + '"'
+def _field_values(ref: FieldRef) -> int:
+    """Parameters a field binds (config keys and tags are bound as values)."""
+    if ref.kind == "config":
+        return 2 if "." in ref.name else 1
+    return 1 if ref.kind == "tag" else 0
 
 
 class _Parser:
-    def __init__(self, text: str, out: Compiled) -> None:
+    def __init__(self, text: str, limits: _Limits) -> None:
         self.text = text
         self.tokens = tokenize(text)
         self.i = 0
-        self.out = out
+        self.limits = limits
         self.depth = 0
-        self.terms = 0
-        self.values = 0
 
     @property
     def tok(self) -> Token:
         return self.tokens[self.i]
 
-    def _is_word(self, *words: str) -> bool:
+    def is_word(self, *words: str) -> bool:
         tok = self.tok
         return tok.kind == "word" and tok.text.lower() in words
 
-    def parse(self) -> tuple[str, list[Any]]:
-        params: list[Any] = []
-        sql = self.or_expr(params)
+    def parse(self) -> Condition:
+        condition = self.or_expr()
         if self.tok.kind != "end":
             raise bad(f"unexpected {_shown(self.tok)}, expected 'and', 'or' or the end", self.tok.position)
-        return sql, params
+        return condition
 
-    def or_expr(self, params: list[Any]) -> str:
-        parts = [self.and_expr(params)]
-        while self._is_word("or"):
+    def or_expr(self) -> Condition:
+        parts = [self.and_expr()]
+        while self.is_word("or"):
             self.i += 1
-            parts.append(self.and_expr(params))
-        return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+            parts.append(self.and_expr())
+        return parts[0] if len(parts) == 1 else BoolOp("or", tuple(parts))
 
-    def and_expr(self, params: list[Any]) -> str:
-        parts = [self.term(params)]
-        while self._is_word("and"):
+    def and_expr(self) -> Condition:
+        parts = [self.term()]
+        while self.is_word("and"):
             self.i += 1
-            parts.append(self.term(params))
-        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+            parts.append(self.term())
+        return parts[0] if len(parts) == 1 else BoolOp("and", tuple(parts))
 
-    def term(self, params: list[Any]) -> str:
+    def term(self) -> Condition:
         tok = self.tok
         if tok.kind == "lparen":
             self.depth += 1
             if self.depth > MAX_NESTING:
                 raise bad(f"parentheses nested deeper than {MAX_NESTING}", tok.position)
             self.i += 1
-            sql = self.or_expr(params)
+            inner = self.or_expr()
             if self.tok.kind != "rparen":
                 raise bad(f"unexpected {_shown(self.tok)}, expected ')'", self.tok.position)
             self.i += 1
             self.depth -= 1
-            return "(" + sql + ")"
-        return self.comparison(params)
+            return inner
+        return self.comparison()
 
     # -- fields ----------------------------------------------------------------------
 
-    def field_ref(self, *, for_order: bool = False) -> tuple[str, str, list[Any], int]:
-        """Parse a field; returns (kind, SQL expression, its parameters, position).
-
-        kind is "run", "time", "metric", "config" or "tag" (the SQL then tests the tag).
-        """
+    def field_ref(self, *, for_order: bool = False) -> FieldRef:
         tok = self.tok
         if tok.kind != "word" or tok.text.lower() in _KEYWORDS:
             raise bad(
@@ -300,35 +349,23 @@ class _Parser:
             if not name or len(name) > 250:
                 raise bad("expected a name of 1 to 250 characters", tok.position)
             if lower in ("metrics", "metric"):
-                alias = self.out.metric(name, tok.position)
-                return "metric", f"{alias}.last", [], tok.position
+                self.limits.metric(name, tok.position)
+                return FieldRef("metric", name)
             if lower in ("config", "params"):
-                if "." in name:
-                    # `config.a.b`: the key "a.b" if there is one, else b inside a.
-                    nested = "$" + "".join(_config_path(part)[1:] for part in name.split("."))
-                    return (
-                        "config",
-                        "COALESCE(json_extract(r.config, ?), json_extract(r.config, ?))",
-                        [_config_path(name), nested],
-                        tok.position,
-                    )
-                return "config", "json_extract(r.config, ?)", [_config_path(name)], tok.position
+                if '"' in name:
+                    raise errors.BadQuery('filter: a config key cannot hold a double quote (")')
+                return FieldRef("config", name)
             if for_order:
                 raise bad("cannot order by a tag", tok.position)
-            return (
-                "tag",
-                "EXISTS (SELECT 1 FROM run_tags t WHERE t.run = r.run AND t.tag = ?)",
-                [name],
-                tok.position,
-            )
-        column = RUN_FIELDS.get(word.lower())
-        if column is None:
+            return FieldRef("tag", name)
+        lower_word = word.lower()
+        if lower_word not in RUN_FIELDS:
             raise bad(
                 f"unknown field '{word[:64]}', expected status, name, pipeline, user, session, started,"
                 " finished, metrics.NAME, config.KEY or tags.NAME",
                 tok.position,
             )
-        return ("time" if word.lower() in _TIME_FIELDS else "run"), column, [], tok.position
+        return FieldRef("time" if lower_word in _TIME_FIELDS else "run", lower_word)
 
     def value(self, kind: str) -> tuple[Any, int]:
         tok = self.tok
@@ -346,19 +383,21 @@ class _Parser:
         self.i -= 1
         raise bad(f"unexpected {_shown(tok)}, expected a value (a 'quoted string' or a number)", tok.position)
 
-    def comparison(self, params: list[Any]) -> str:
-        self.terms += 1
-        if self.terms > MAX_TERMS:
+    def comparison(self) -> Condition:
+        self.limits.terms += 1
+        if self.limits.terms > MAX_TERMS:
             raise bad(f"more than {MAX_TERMS} comparisons", self.tok.position)
-        start = len(params)
-        sql = self._comparison(params)
-        self.values += len(params) - start
-        if self.values > MAX_VALUES:
+        condition, values = self._comparison()
+        self.limits.values += values
+        if self.limits.values > MAX_VALUES:
             raise bad(f"more than {MAX_VALUES} values", self.tok.position)
-        return sql
+        return condition
 
-    def _comparison(self, params: list[Any]) -> str:
-        kind, expr, expr_params, _ = self.field_ref()
+    def _comparison(self) -> tuple[Condition, int]:
+        """A comparison, and how many values it binds (its field's included)."""
+        ref = self.field_ref()
+        kind = ref.kind
+        bound = _field_values(ref)
         tok = self.tok
         if kind == "tag":
             # `tags.x` alone, or compared with true/false.
@@ -368,19 +407,17 @@ class _Parser:
                 value, position = self.value(kind)
                 if value not in (0, 1) or isinstance(value, float):
                     raise bad("expected true or false after a tag", position)
-                params.extend(expr_params)
-                return expr if (value == 1) == (op == "=") else f"NOT {expr}"
-            params.extend(expr_params)
-            return expr
+                return TagTest(ref.name, (value == 1) == (op == "=")), bound
+            return TagTest(ref.name, True), bound
         negate = False
-        if self._is_word("not"):
+        if self.is_word("not"):
             negate = True
             self.i += 1
-            if not self._is_word("in", "like"):
+            if not self.is_word("in", "like"):
                 raise bad(
                     f"unexpected {_shown(self.tok)}, expected 'in' or 'like' after 'not'", self.tok.position
                 )
-        if self._is_word("in"):
+        if self.is_word("in"):
             self.i += 1
             if self.tok.kind != "lparen":
                 raise bad(f"unexpected {_shown(self.tok)}, expected '(' after 'in'", self.tok.position)
@@ -400,20 +437,15 @@ class _Parser:
                     self.i += 1
                     break
                 raise bad(f"unexpected {_shown(self.tok)}, expected ',' or ')'", self.tok.position)
-            params.extend(expr_params)
-            params.extend(values)
-            marks = ", ".join("?" * len(values))
-            return f"{expr} {'NOT IN' if negate else 'IN'} ({marks})"
-        if self._is_word("like"):
+            return Comparison(ref, "not in" if negate else "in", tuple(values)), bound + len(values)
+        if self.is_word("like"):
             self.i += 1
             value, position = self.value("run")
             if not isinstance(value, str):
                 raise bad("expected a 'quoted pattern' after 'like'", position)
             if len(value) > MAX_PATTERN_CHARS:
                 raise bad(f"a 'like' pattern longer than {MAX_PATTERN_CHARS} characters", position)
-            params.extend(expr_params)
-            params.append(value)
-            return f"{expr} {'NOT LIKE' if negate else 'LIKE'} ? ESCAPE '\\'"
+            return Comparison(ref, "not like" if negate else "like", value), bound + 1
         if tok.kind != "op":
             raise bad(
                 f"unexpected {_shown(tok)}, expected an operator (= != < <= > >= like in)", tok.position
@@ -421,13 +453,11 @@ class _Parser:
         self.i += 1
         op = _OPERATORS[tok.text]
         value, position = self.value(kind)
-        params.extend(expr_params)
         if value is None:
             if op not in ("=", "!="):
                 raise bad("null compares only with = or !=", position)
-            return f"{expr} IS {'NOT ' if op == '!=' else ''}NULL"
-        params.append(value)
-        return f"{expr} {op} ?"
+            return Comparison(ref, "=" if op == "=" else "!=", None), bound
+        return Comparison(ref, op, value), bound + 1
 
 
 def _timestamp(text: str, position: int) -> float:
@@ -443,39 +473,32 @@ def _timestamp(text: str, position: int) -> float:
     return moment.timestamp()
 
 
-def compile_filter(text: str | None, order_by: list[str] | None = None) -> Compiled:
-    """Parse a filter and an ordering into SQL; a mistake raises BadQuery with its position."""
-    out = Compiled()
+def parse_run_query(text: str | None, order_by: list[str] | None = None) -> RunQuery:
+    """Parse a filter and an ordering; a mistake raises BadQuery with its position."""
+    limits = _Limits()
     if text is not None and len(text) > MAX_FILTER_CHARS:
         raise errors.BadQuery(f"filter: longer than {MAX_FILTER_CHARS} characters")
-    if text is not None and text.strip():
-        parser = _Parser(text, out)
-        out.where, out.where_params = parser.parse()
+    condition = _Parser(text, limits).parse() if text is not None and text.strip() else None
+    order: list[OrderTerm] = []
     if order_by:
         if len(order_by) > MAX_ORDER_TERMS:
             raise errors.BadQuery(f"order_by: more than {MAX_ORDER_TERMS} entries")
-        terms: list[str] = []
-        for index, spec in enumerate(order_by):
-            terms.append(_order_term(spec, index, out))
-        terms.append("r.created_seq, r.run")
-        out.order = ", ".join(terms)
-    return out
+        order = [_order_term(spec, index, limits) for index, spec in enumerate(order_by)]
+    return RunQuery(condition, tuple(order), tuple(limits.metrics))
 
 
-def _order_term(spec: str, index: int, out: Compiled) -> str:
+def _order_term(spec: str, index: int, limits: _Limits) -> OrderTerm:
     if len(spec) > 1000:
         raise errors.BadQuery(f"order_by[{index}]: longer than 1000 characters")
     try:
-        parser = _Parser(spec, out)
-        _, expr, params, _ = parser.field_ref(for_order=True)
-        direction = "ASC"
-        if parser._is_word("asc", "desc"):
-            direction = parser.tok.text.upper()
+        parser = _Parser(spec, limits)
+        ref = parser.field_ref(for_order=True)
+        descending = False
+        if parser.is_word("asc", "desc"):
+            descending = parser.tok.text.lower() == "desc"
             parser.i += 1
         if parser.tok.kind != "end":
             raise bad(f"unexpected {_shown(parser.tok)}, expected asc, desc or the end", parser.tok.position)
     except errors.BadQuery as exc:
         raise errors.BadQuery(f"order_by[{index}]: {exc.message.removeprefix('filter: ')}") from None
-    # The expression appears twice (nulls last, then the value): so do its parameters.
-    out.order_params.extend(params * 2)
-    return f"{expr} IS NULL, {expr} {direction}"
+    return OrderTerm(ref, descending)

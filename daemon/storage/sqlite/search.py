@@ -1,0 +1,62 @@
+"""Full-text search over runs, items and artifacts (FTS5, ranked by bm25)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from tracklog.protocol import errors
+from tracklog.protocol.messages import Query
+
+from ..readmodel import DEFAULT_SEARCH, MAX_SEARCH
+from .rows import page
+
+
+def fts_query(text: str) -> str:
+    """The words of text as an FTS5 query of quoted terms (all must match; `word*` is a prefix).
+
+    Quoting every word means FTS5 operators and punctuation in the text are plain words,
+    so no input is a syntax error.
+    """
+    terms: list[str] = []
+    for word in text.split():
+        prefix = word.endswith("*")
+        word = word.rstrip("*")
+        if not word:
+            continue
+        terms.append('"' + word.replace('"', '""') + '"' + ("*" if prefix else ""))
+    return " ".join(terms)
+
+
+def query_search(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+    """Runs, items and artifacts whose text matches, best first (bm25), each with a snippet."""
+    if q.text is None or not q.text.strip():
+        raise errors.BadQuery("text: required for q 'search'", q.ref)
+    if len(q.text) > 10_000:
+        raise errors.BadQuery("text: longer than 10000 characters", q.ref)
+    limit, offset = page(q, DEFAULT_SEARCH, MAX_SEARCH)
+    match = fts_query(q.text)
+    if not match:
+        return [], 0
+    rows = conn.execute(
+        "SELECT d.doc, d.kind, d.run, r.name, d.title,"
+        " snippet(search, 1, '[', ']', '...', 12), bm25(search, 5.0, 1.0) AS score"
+        " FROM search JOIN search_docs d ON d.doc = search.rowid JOIN runs r ON r.run = d.run"
+        f" WHERE search MATCH ?{'' if q.deleted else ' AND r.deleted = 0'}"
+        " ORDER BY score, d.doc LIMIT ? OFFSET ?",
+        (match, limit, offset),
+    ).fetchall()
+    out = []
+    for doc, kind, run, run_name, title, snippet, score in rows:
+        row: dict[str, Any] = {
+            "kind": kind,
+            "run": run,
+            "run_name": run_name,
+            "title": title,
+            "snippet": snippet,
+            "score": -score,
+        }
+        if kind != "run":
+            row["seq"] = doc
+        out.append(row)
+    return out, None
