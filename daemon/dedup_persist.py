@@ -51,7 +51,7 @@ from . import dedup as dd
 if TYPE_CHECKING:
     from tracklog.protocol.messages import Check
 
-    from .store import LogStore
+    from .storage.sqlite.eventlog import SqliteEventLog
 
 log = structlog.get_logger("tracklog.dedup")
 
@@ -392,7 +392,7 @@ class DedupRuntime:
 
     def __init__(
         self,
-        store: LogStore,
+        store: SqliteEventLog,
         executor: ThreadPoolExecutor,
         loop: asyncio.AbstractEventLoop,
         files: Path | None,
@@ -435,7 +435,7 @@ class DedupRuntime:
         return None if event is None or event.is_set() else event
 
     def _load_all(self) -> None:
-        from .store import connect
+        from .storage.sqlite.connect import connect
 
         conn = connect(self.store.path, readonly=True)
         try:

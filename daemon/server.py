@@ -53,7 +53,8 @@ from .hub import Filter, Hub, Subscription
 from .http import HttpApi, HttpConnection, StreamedResponse, method_not_allowed
 from .webconsole import console_token
 from .queries import Readers, run_pipelines, scan_events
-from .store import AppendResult, CheckResult, Durability
+from .storage import Durability, open_backend
+from .storage.eventlog import AppendResult, CheckResult
 from .writer import Writer
 
 log = structlog.get_logger("tracklog.server")
@@ -139,7 +140,7 @@ class Daemon:
             )
         self.settings = settings
         self.codec = Codec()
-        self.writer = Writer(str(settings.db), settings.durability, self.codec)
+        self.writer = Writer(open_backend(settings.db, settings.durability), self.codec)
         self.readers = Readers(str(settings.db))
         self.http = HttpApi(self)
         self.started_at = time.time()

@@ -21,9 +21,10 @@ import structlog
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Ack, Append, Check, Codec, StoredEvent
 
-from .dedup_persist import DedupRuntime, files_dir
+from .dedup_persist import DedupRuntime
 from .histogram import LatencyHistogram
-from .store import AppendResult, CheckResult, Durability, LogStore, WriteRequest
+from .storage import Backend
+from .storage.eventlog import AppendResult, CheckResult, EventLog, LogRequest
 
 log = structlog.get_logger("tracklog.writer")
 
@@ -51,12 +52,11 @@ class WriterStats:
 
 
 class Writer:
-    """Owns the LogStore; everything that writes goes through `submit`."""
+    """Owns the event log; everything that writes goes through `submit`."""
 
-    def __init__(self, path: str, durability: Durability = "normal", codec: Codec | None = None) -> None:
-        self.path = path
+    def __init__(self, backend: Backend, codec: Codec | None = None) -> None:
+        self.backend = backend
         self.codec = codec or Codec()
-        self.durability: Durability = durability
         self.head = 0
         self.stats = WriterStats()
         self.listeners: list[CommitListener] = []
@@ -64,7 +64,7 @@ class Writer:
         self._queue: asyncio.Queue[tuple[Append, asyncio.Future[AppendResult | errors.ProtocolError]]] = (
             asyncio.Queue(MAX_QUEUED_APPENDS)
         )
-        self._store: LogStore | None = None
+        self._store: EventLog | None = None
         self._task: asyncio.Task[None] | None = None
         #: When each request not yet answered was submitted, oldest first (dicts keep order).
         self._submitted: dict[asyncio.Future[Any], float] = {}
@@ -76,14 +76,15 @@ class Writer:
         self.dedup: DedupRuntime | None = None
 
     async def start(self) -> int:
-        """Open the store and catch its projections up; returns how many events were replayed."""
+        """Open the log and catch its projections up; returns how many events were replayed."""
         loop = asyncio.get_running_loop()
-        self._store = await loop.run_in_executor(self._executor, LogStore, self.path, self.durability)
+        self._store = await loop.run_in_executor(self._executor, self.backend.open_log)
         replayed = await loop.run_in_executor(self._executor, self._store.catch_up)
         # The dedup indexes load in the background; a check waits only for its own (see `dedup_ready`).
-        self.dedup = DedupRuntime(self._store, self._executor, loop, files_dir(self.path))
-        await loop.run_in_executor(self._executor, self.dedup.begin)
-        self.dedup.start()
+        self.dedup = self._store.dedup_loader(self._executor, loop, self.backend.files_dir)
+        if self.dedup is not None:
+            await loop.run_in_executor(self._executor, self.dedup.begin)
+            self.dedup.start()
         self.head = self._store.head
         self._task = asyncio.create_task(self._run(), name="tracklog-writer")
         return replayed
@@ -196,7 +197,7 @@ class Writer:
             self._store = None
         self._executor.shutdown(wait=True)
 
-    def _commit(self, store: LogStore, requests: list[Any]) -> list[Any]:
+    def _commit(self, store: EventLog, requests: list[Any], publish: bool) -> list[Any]:
         """On the writer's thread: decode raw frames, then commit the group in one transaction.
 
         Decoding is per request: one that fails in any way gets its own error. Raises only
@@ -229,7 +230,7 @@ class Writer:
             todo.append(request)
             where.append(index)
         if todo:
-            committed = store.append_group(todo)
+            committed = store.append_group(todo, publish)
             if len(committed) != len(todo):  # a bug; answer what can be, never raise after a commit
                 self.failures += 1
                 log.error(
@@ -279,9 +280,9 @@ class Writer:
         store = self._store
         requests = [request for request, _ in batch]
         started = time.perf_counter()
-        store.publish = bool(self.listeners)
+        publish = bool(self.listeners)
         try:
-            results = await loop.run_in_executor(self._executor, self._commit, store, requests)
+            results = await loop.run_in_executor(self._executor, self._commit, store, requests, publish)
         except Exception as exc:
             # Nothing of the group was committed: retry it request by request, so only
             # the request that fails gets an error.
@@ -290,7 +291,9 @@ class Writer:
             results = []
             for request in requests:
                 try:
-                    results.extend(await loop.run_in_executor(self._executor, self._commit, store, [request]))
+                    results.extend(
+                        await loop.run_in_executor(self._executor, self._commit, store, [request], publish)
+                    )
                 except Exception as one_exc:
                     log.exception(
                         "a request failed in the writer", error=f"{type(one_exc).__name__}: {one_exc}"
@@ -367,7 +370,7 @@ class RawAppend:
 _BYTES_PER_EVENT: Final = 80
 
 
-def _weight(request: WriteRequest) -> int:
+def _weight(request: LogRequest | RawAppend) -> int:
     """How much of a group's event budget a request takes (a check: one per input)."""
     if request.__class__ is RawAppend:
         return len(request.frame) // _BYTES_PER_EVENT + 1  # type: ignore[union-attr]
