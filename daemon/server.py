@@ -47,9 +47,9 @@ from tracklog.protocol.messages import (
     Unsubscribed,
     Welcome,
 )
-from tracklog.protocol.events import RunFinished, RunFinishedData
 
 from .hub import Filter, Hub, Subscription
+from .liveness import RUNNING, lost_event
 from .http import HttpApi, HttpConnection, StreamedResponse, method_not_allowed
 from .webconsole import console_token
 from .queries import Readers, run_pipelines, scan_events
@@ -164,7 +164,7 @@ class Daemon:
         # Runs left running by the last daemon have no writer yet: each gets the grace
         # period for one to come back, like a run whose writers just disconnected.
         for run, status in self.hub.status_of.items():
-            if status == "running":
+            if status == RUNNING:
                 self._lost_timers[run] = asyncio.create_task(self._mark_lost_later(run))
         self.writer.listeners.append(self.hub.publish)
         if replayed:
@@ -540,10 +540,10 @@ class Daemon:
     async def _mark_lost_later(self, run: str) -> None:
         try:
             await asyncio.sleep(self.settings.lost_after)
-            if run in self._run_writers or self.hub.status_of.get(run) != "running":
+            if run in self._run_writers or self.hub.status_of.get(run) != RUNNING:
                 return
             log.info("run lost: no writer came back", run=run, after=self.settings.lost_after)
-            await self.writer.submit(Append(events=[RunFinished(run=run, data=RunFinishedData(status="lost"))]))
+            await self.writer.submit(Append(events=[lost_event(run)]))
         finally:
             if self._lost_timers.get(run) is asyncio.current_task():
                 del self._lost_timers[run]

@@ -19,14 +19,14 @@ from tracklog.daemon import commands
 from tracklog.daemon.queries import answer
 from tracklog.daemon.storage.eventlog import AppendResult
 from tracklog.daemon.storage.sqlite.connect import connect
-from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog, iter_table, read_events
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog, read_events
 from tracklog.daemon.storage.sqlite.schema import (
     CHUNK_POINTS,
     NO_EPOCH,
     PROJECTION_TABLES,
     PROJECTION_VERSION,
 )
-from tracklog.daemon.storage.sqlite.verify import compare_tables
+from tracklog.daemon.storage.sqlite.verify import compare_tables, iter_table
 from tracklog.protocol import errors
 from tracklog.protocol import events as ev
 from tracklog.protocol.messages import Ack, Append, Codec, Duplicate, Query

@@ -19,6 +19,7 @@ import structlog
 from tests.conftest import open_client
 from tracklog.daemon import writer as writer_module
 from tracklog.daemon.server import Daemon, Settings
+from tracklog.daemon.ingest import AppendRequest
 from tracklog.daemon.storage import SqliteBackend
 from tracklog.daemon.storage.eventlog import AppendResult
 from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
@@ -111,7 +112,7 @@ async def test_an_exception_in_the_writers_own_bookkeeping_fails_that_group_and_
     real = writer_module._weight
 
     def weight(request: Any) -> int:
-        if getattr(request, "ref", None) == 99:
+        if isinstance(request, AppendRequest) and request.append.ref == 99:
             raise RuntimeError("a writer bug")
         return real(request)
 

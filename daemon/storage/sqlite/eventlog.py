@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, assert_never
 
 import msgspec
 import structlog
@@ -22,26 +22,17 @@ import structlog
 from tracklog.protocol import errors
 from tracklog.protocol.events import (
     DATA_CLASSES,
-    DedupRecordedData,
-    Metrics,
-    RunDeleted,
-    RunRestored,
-    RunUpdated,
-    RunUpdatedData,
-    event_type,
+    DedupClearedData,
+    MetricsData,
 )
 from tracklog.protocol.messages import (
-    Ack,
     Append,
     Check,
-    Checked,
-    CheckOutcome,
-    Duplicate,
-    Match,
     StoredEvent,
 )
 
 from ... import dedup as dd
+from ... import ingest, liveness
 from ...dedup_persist import DedupRuntime
 from ...projections import LoggedEvent
 from ..eventlog import DISK_FULL_MESSAGE, AppendResult, CheckResult, EventLog, LogRequest, WriteResult
@@ -54,8 +45,6 @@ log = structlog.get_logger("tracklog.store")
 
 _ID_LOOKUP_CHUNK: Final = 500
 _REPLAY_BATCH: Final = 5_000
-#: Events that only mark a run deleted or not: they never resume a `lost` run.
-_MARK_EVENTS: Final = (RunDeleted, RunRestored)
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_any = msgspec.msgpack.Decoder().decode
@@ -65,9 +54,6 @@ _DATA_DECODERS: Final = {name: msgspec.msgpack.Decoder(cls) for name, cls in DAT
 def decode_data(type_: str, blob: bytes) -> Any:
     """A logged event's data as its typed struct."""
     return _DATA_DECODERS[type_].decode(blob)
-
-
-_DEDUP_TYPES: Final = frozenset({"dedup.recorded", "dedup.cleared"})
 
 
 class SqliteEventLog(EventLog):
@@ -85,8 +71,6 @@ class SqliteEventLog(EventLog):
         self.tables = Tables(self.conn)
         #: The near-duplicate indexes, in memory; loaded by `load_dedup` (or the first check).
         self.dedup = dd.DedupIndexes(None if str(path) == ":memory:" else Path(os.fspath(path) + ".dedup"))
-        #: Whether the group being committed returns its events in stored form.
-        self._publish = False
         #: Why appends are refused while the disk is full (None when it is not).
         self.disk_full: str | None = None
         self.disk_full_episodes = 0
@@ -252,15 +236,19 @@ class SqliteEventLog(EventLog):
         commit that appends again ends the episode. Raises only if nothing was committed.
         """
         head = self.head
-        self._publish = publish
         if not self.dedup.loaded and any(a.__class__ is Check for a in appends):
             self.load_dedup()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            results: list[WriteResult] = [
-                self._append_one(a) if a.__class__ is Append else self._check_one(a)  # type: ignore[arg-type]
-                for a in appends
-            ]
+            results: list[WriteResult] = []
+            for request in appends:
+                match request:
+                    case Append():
+                        results.append(self._append_one(request, publish))
+                    case Check():
+                        results.append(self._check_one(request, publish))
+                    case _:
+                        assert_never(request)
             self.tables.flush()
             self._set_meta("applied_seq", self.head)
             self.conn.execute("COMMIT")
@@ -302,236 +290,98 @@ class SqliteEventLog(EventLog):
         except sqlite3.Error as exc:
             raise errors.StorageError(f"cannot read dedup_entries: {exc}") from exc
 
-    def _check_one(self, check: Check) -> CheckResult | errors.ProtocolError:
-        """Look each input up and, when asked and new, record it: one atomic step on the writer.
+    def _check_one(self, check: Check, publish: bool) -> CheckResult | errors.ProtocolError:
+        """Answer a check (recording it when asked and new): one atomic step on the writer."""
+        self.dedup.ensure(self.conn, check.namespace, check.kind)  # a check that did not wait for its index
+        plan = ingest.plan_check(check, self.dedup, self.head + 1, self.clock(), publish)
+        if isinstance(plan, errors.ProtocolError):
+            return plan
+        self._write(plan.rows)
+        self._project(plan.rows)
+        return CheckResult(plan.checked, plan.events)
 
-        A later input of the same check (or a later check in the same group) sees what an
-        earlier one recorded, so of two racing checks of one text exactly one records.
-        """
-        kind = check.kind
-        namespace = check.namespace
-        self.dedup.ensure(self.conn, namespace, kind)  # a check that did not wait for its index to load
-        space = check.space if kind == "embedding" else None
-        if check.inputs is None:
-            inputs = [(check.text, check.value, check.vector, check.item)]
-        else:
-            inputs = [(i.text, i.value, i.vector, i.item) for i in check.inputs]
-        keys: list[Any] = []
-        dim = self.dedup.dimension(namespace, space) if space is not None else None
-        for position, (text, value, vector, _) in enumerate(inputs):
-            where = "check" if check.inputs is None else f"check.inputs[{position}]"
-            try:
-                if kind == "hash":
-                    keys.append(dd.sha256_key(text, value, has_value=value is not msgspec.UNSET))
-                elif kind == "simhash":
-                    keys.append(
-                        dd.simhash(text if value is msgspec.UNSET else dd.canonical_json(value).decode())
-                    )
-                else:
-                    arr = dd.as_unit_vector(vector)  # type: ignore[arg-type]
-                    if dim is None:
-                        dim = arr.shape[0]
-                    elif arr.shape[0] != dim:
-                        raise dd.InvalidCheck(
-                            f"vector: expected {dim} dimensions for space '{space}', got {arr.shape[0]}"
-                        )
-                    keys.append(arr)
-            except dd.InvalidCheck as exc:
-                return errors.BadMessage(f"{where}.{exc}", check.ref)
-        now = self.clock()
-        run = check.run
-        outcomes: list[CheckOutcome] = []
-        rows: list[tuple[Any, ...]] = []
-        stored: list[StoredEvent] = []
-        for key, (_, _, vector, item) in zip(keys, inputs, strict=True):
-            found = self.dedup.find(namespace, kind, key, check.threshold, space)
-            if found is not None:
-                match = Match(found.item, found.run, found.distance, found.seq)
-                outcomes.append(CheckOutcome(True, match))
-                continue
-            if not check.record:
-                outcomes.append(CheckOutcome(False, None))
-                continue
-            self.head += 1
-            seq = self.head
-            value = vector if kind == "embedding" else key
-            data = DedupRecordedData(namespace=namespace, kind=kind, value=value, item=item, space=space)
-            self.tables.apply_event(LoggedEvent(seq, "dedup.recorded", run, now, now, data, None))
-            self.dedup.record(namespace, kind, key, space, (seq, run, item))
-            rows.append((seq, None, "dedup.recorded", run, now, now, _encode(data)))
-            if self._publish:
-                stored.append(StoredEvent(seq, "dedup.recorded", data, now, now, None, run))
-            outcomes.append(CheckOutcome(False, None, seq))
-        if rows:
-            self.conn.executemany(
-                "INSERT INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-        if check.inputs is None:
-            one = outcomes[0]
-            checked = Checked(
-                duplicate=one.duplicate, match=one.match, seq=self.head, recorded=one.recorded, ref=check.ref
-            )
-        else:
-            checked = Checked(
-                duplicate=any(o.duplicate for o in outcomes),
-                match=None,
-                seq=self.head,
-                results=outcomes,
-                ref=check.ref,
-            )
-        return CheckResult(checked, stored)
-
-    def _apply_dedup(self, type_: str, seq: int, run: str | None, data: Any) -> None:
-        """Keep the loaded indexes level with a dedup event that came in an append."""
-        if type_ == "dedup.cleared":
-            self.dedup.clear(data.namespace, data.kind)
-
-    def _append_one(self, append: Append) -> AppendResult:
-        resumed = self._resume_lost_runs(append)
-        result = self._append_new(append)
+    def _append_one(self, append: Append, publish: bool) -> AppendResult:
+        """An append, preceded (in the same transaction) by the resumption of its lost runs."""
+        resumed = self._resume_lost_runs(append, publish)
+        result = self._append_new(append, publish)
         if resumed:
             result.events[:0] = resumed
         return result
 
-    def _resume_lost_runs(self, append: Append) -> list[StoredEvent]:
-        """A run marked `lost` that gets events again is running again: append
-        `run.updated {status: running}` for it just before them, in the same transaction."""
-        # Deleting or restoring a run is not a writer coming back: its status stays.
-        runs = {e.run for e in append.events if e.run is not None and e.__class__ not in _MARK_EVENTS}
+    def _resume_lost_runs(self, append: Append, publish: bool) -> list[StoredEvent]:
+        """Append `run.updated {status: running}` for each lost run this append writes to."""
+        runs = liveness.resumable_runs(append.events)
         if not runs:
             return []
         marks = ",".join("?" * len(runs))
         lost = [
             r
             for (r,) in self.conn.execute(
-                f"SELECT run FROM runs WHERE status = 'lost' AND run IN ({marks})", list(runs)
+                f"SELECT run FROM runs WHERE status = '{liveness.LOST}' AND run IN ({marks})", list(runs)
             )
         ]
         if not lost:
             return []
-        resume = Append(
-            events=[RunUpdated(run=r, data=RunUpdatedData(status="running")) for r in sorted(lost)]
-        )
-        return self._append_new(resume).events
+        return self._append_new(Append(events=liveness.resume_events(lost)), publish).events
 
-    def _append_new(self, append: Append) -> AppendResult:
-        now = self.clock()
-        if append.events:
-            fresh = self._append_fresh(append, now)
-            if fresh is not None:
-                return fresh
-        return self._append_checked(append, now)
-
-    def _append_fresh(self, append: Append, now: float) -> AppendResult | None:
-        """The common case, an append whose ids are all new: insert first, skipping ids the
-        log has, and if none was skipped apply the projections. Returns None (with nothing
-        changed) when some id was there, for `_append_checked` to sort out.
+    def _append_new(self, append: Append, publish: bool) -> AppendResult:
+        """Insert the append's rows presuming its ids new; should the unique index find one
+        that is not (a resend), take them out again and plan against the ids the log has.
 
         This spares a lookup of every id before inserting: the unique index already does it.
         """
-        events = append.events
-        conn = self.conn
+        now = self.clock()
         first = self.head + 1
+        plan = ingest.plan_fresh(append, first, now, publish)
+        if plan.rows and not self._insert_new(plan.rows):
+            known = self._known_ids([e.id for e in append.events if e.id is not None])
+            plan = ingest.plan_append(append, first, now, known, publish)
+            self._write(plan.rows)
+        self._project(plan.rows)
+        return AppendResult(plan.ack, plan.events)
+
+    def _insert_new(self, rows: list[ingest.Row]) -> bool:
+        """Insert rows whose ids are presumed new; False (with nothing left inserted) if the
+        log held one of them already."""
         encode = _encode
-        rows = [
-            (
-                first + position,
-                event.id,
-                "metrics" if event.__class__ is Metrics else event_type(event),
-                event.run,
-                now if event.ts is None else event.ts,
-                now,
-                encode(event.data),  # type: ignore[attr-defined]
-            )
-            for position, event in enumerate(events)
+        encoded = [
+            (seq, id_, type_, run, ts, rec, encode(data)) for seq, id_, type_, run, ts, rec, data in rows
         ]
+        conn = self.conn
         before = conn.total_changes
         conn.executemany(
             "INSERT OR IGNORE INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows,
+            encoded,
         )
         if conn.total_changes - before != len(rows):
-            # An id was already in the log (a resend): take this append's rows out again.
-            conn.execute("DELETE FROM events WHERE seq >= ?", (first,))
-            return None
+            conn.execute("DELETE FROM events WHERE seq >= ?", (rows[0][0],))
+            return False
+        self.head = rows[-1][0]
+        return True
+
+    def _write(self, rows: list[ingest.Row]) -> None:
+        """Insert rows already planned against the known ids."""
+        if not rows:
+            return
+        encode = _encode
+        self.conn.executemany(
+            "INSERT INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(seq, id_, type_, run, ts, rec, encode(data)) for seq, id_, type_, run, ts, rec, data in rows],
+        )
+        self.head = rows[-1][0]
+
+    def _project(self, rows: list[ingest.Row]) -> None:
+        """Apply the projections of appended rows (and keep the dedup indexes level)."""
         apply_event = self.tables.apply_event
         add_metrics = self.tables.add_metrics
-        publish = self._publish
-        stored: list[StoredEvent] = []
-        for row, event in zip(rows, events, strict=True):
-            seq, event_id, type_, run, ts, _, _ = row
-            data = event.data  # type: ignore[attr-defined]
-            if type_ == "metrics":
+        dedup_loaded = self.dedup.loaded
+        for seq, event_id, type_, run, ts, recorded, data in rows:
+            if isinstance(data, MetricsData) and run is not None:
                 add_metrics(run, seq, ts, data)
             else:
-                apply_event(LoggedEvent(seq, type_, run, ts, now, data, event_id))
-                if type_ in _DEDUP_TYPES and self.dedup.loaded:
-                    self._apply_dedup(type_, seq, run, data)
-            if publish:
-                stored.append(StoredEvent(seq, type_, data, now, ts, event_id, run))
-        last = first + len(rows) - 1
-        self.head = last
-        ack = Ack(
-            accepted=len(rows), first_seq=first, last_seq=last, rejected=append.rejected, ref=append.ref
-        )
-        return AppendResult(ack, stored)
-
-    def _append_checked(self, append: Append, now: float) -> AppendResult:
-        """An append some of whose ids may be in the log already: look them up first."""
-        events = append.events
-        indexes = append.indexes
-        known = self._known_ids([e.id for e in events if e.id is not None])
-        rows: list[tuple[Any, ...]] = []
-        stored: list[StoredEvent] = []
-        duplicates: list[Duplicate] = []
-        first_seq = self.head + 1
-        seq = self.head
-        apply_event = self.tables.apply_event
-        add_metrics = self.tables.add_metrics
-        encode = _encode
-        publish = self._publish
-        for position, event in enumerate(events):
-            index = position if indexes is None else indexes[position]
-            event_id = event.id
-            if event_id is not None:
-                original = known.get(event_id)
-                if original is not None:
-                    duplicates.append(Duplicate(index, original))
-                    continue
-            seq += 1
-            if event_id is not None:
-                known[event_id] = seq
-            ts = now if event.ts is None else event.ts
-            data = event.data  # type: ignore[attr-defined]
-            run = event.run
-            if event.__class__ is Metrics:
-                type_ = "metrics"
-                add_metrics(run, seq, ts, data)  # type: ignore[arg-type]
-            else:
-                type_ = event_type(event)
-                apply_event(LoggedEvent(seq, type_, run, ts, now, data, event_id))
-                if type_ in _DEDUP_TYPES and self.dedup.loaded:
-                    self._apply_dedup(type_, seq, run, data)
-            rows.append((seq, event_id, type_, run, ts, now, encode(data)))
-            if publish:
-                stored.append(StoredEvent(seq, type_, data, now, ts, event_id, run))
-        if rows:
-            self.conn.executemany(
-                "INSERT INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-        self.head = seq
-        accepted = len(rows)
-        ack = Ack(
-            accepted=accepted,
-            first_seq=first_seq if accepted else None,
-            last_seq=seq if accepted else None,
-            duplicates=duplicates,
-            rejected=append.rejected,
-            ref=append.ref,
-        )
-        return AppendResult(ack, stored)
+                apply_event(LoggedEvent(seq, type_, run, ts, recorded, data, event_id))
+                if dedup_loaded and isinstance(data, DedupClearedData):
+                    self.dedup.clear(data.namespace, data.kind)
 
     def _known_ids(self, ids: list[str]) -> dict[str, int]:
         """Seqs of the ids already in the log (including earlier in this transaction)."""
