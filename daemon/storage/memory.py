@@ -118,7 +118,7 @@ class MemoryEventLog(EventLog):
 
     def _write(self, rows: list[ingest.Row]) -> None:
         for row in rows:
-            seq, event_id, type_, run, ts, recorded, data = row
+            seq, event_id, data = row[0], row[1], row[6]
             if seq != len(self.rows) + 1:
                 raise errors.StorageError(f"seq {seq} does not follow the head {len(self.rows)}")
             if event_id is not None:
