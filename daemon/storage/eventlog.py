@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
@@ -52,6 +52,31 @@ class CheckResult(msgspec.Struct):
 #: What a log commits in groups: appends, and checks (which may append).
 LogRequest = Append | Check
 WriteResult = AppendResult | CheckResult | errors.ProtocolError
+
+
+#: A dedup entry as the indexes load it: (seq, space, value as MessagePack, run, item).
+DedupRow = tuple[int, str | None, bytes, str | None, str | None]
+
+
+class DedupEntries(ABC):
+    """The dedup projection (every recorded check not cleared), read by the in-memory
+    indexes when they load and catch up. One consistent state while in use."""
+
+    @abstractmethod
+    def units(self) -> list[tuple[str, str]]:
+        """Every (namespace, kind) with entries, in order."""
+
+    @abstractmethod
+    def rows(self, namespace: str, kind: str, after: int = 0, upto: int | None = None) -> Iterator[DedupRow]:
+        """A unit's entries with after < seq <= upto, in seq order."""
+
+    @abstractmethod
+    def seqs(self, namespace: str, kind: str, upto: int) -> list[int]:
+        """The seqs of a unit's entries up to `upto`, in order (no values read)."""
+
+    @abstractmethod
+    def entry(self, seq: int) -> tuple[str | None, bytes] | None:
+        """The (space, value) of the entry recorded at `seq`, or None."""
 
 
 class EventLog(ABC):

@@ -434,7 +434,7 @@ def saved(tmp_path: Path) -> tuple[Path, np.ndarray]:
 def _load(path: Path, namespace: str = "emb") -> tuple[dict[str, dd.EmbeddingIndex], str, int]:
     store = SqliteEventLog(path)
     try:
-        return dp.load_embeddings(store.conn, dp.files_dir(path), namespace, store.head)
+        return dp.load_embeddings(store.dedup_entries, dp.files_dir(path), namespace, store.head)
     finally:
         store.close()
 

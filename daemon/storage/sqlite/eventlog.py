@@ -7,10 +7,11 @@ write connection. sqlite3 errors are turned into StorageError here and go no fur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
@@ -38,6 +39,7 @@ from ...projections import LoggedEvent
 from ..eventlog import DISK_FULL_MESSAGE, AppendResult, CheckResult, EventLog, LogRequest, WriteResult
 from . import verify as verification
 from .connect import Durability, connect, ddl_statements, is_disk_full
+from .dedup_entries import SqliteDedupEntries
 from .schema import LOG_DDL, PROJECTION_DDL, PROJECTION_TABLES, PROJECTION_VERSION
 from .tables import Tables
 
@@ -69,6 +71,8 @@ class SqliteEventLog(EventLog):
         self.conn = connect(path, durability)
         self.clock = clock
         self.tables = Tables(self.conn)
+        #: The dedup projection read through the write connection (between transactions).
+        self.dedup_entries = SqliteDedupEntries(self.conn)
         #: The near-duplicate indexes, in memory; loaded by `load_dedup` (or the first check).
         self.dedup = dd.DedupIndexes(None if str(path) == ":memory:" else Path(os.fspath(path) + ".dedup"))
         #: Why appends are refused while the disk is full (None when it is not).
@@ -82,10 +86,8 @@ class SqliteEventLog(EventLog):
             raise errors.StorageError(f"cannot prepare {path}: {exc}") from exc
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(sqlite3.Error):  # a log that cannot checkpoint still closes
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
         self.conn.close()
 
     @property
@@ -132,6 +134,19 @@ class SqliteEventLog(EventLog):
         except sqlite3.Error as exc:
             raise errors.StorageError(f"replay failed: {exc}") from exc
         return applied
+
+    @contextlib.contextmanager
+    def dedup_snapshot(self) -> Iterator[SqliteDedupEntries]:
+        """The dedup projection as of now, on a read-only connection of its own (for the
+        loader thread: one read transaction, so one consistent state)."""
+        conn = connect(self.path, readonly=True)
+        try:
+            conn.execute("BEGIN")
+            yield SqliteDedupEntries(conn)
+        except sqlite3.Error as exc:
+            raise errors.StorageError(f"cannot read dedup_entries: {exc}") from exc
+        finally:
+            conn.close()
 
     def dedup_loader(
         self, executor: ThreadPoolExecutor, loop: asyncio.AbstractEventLoop, files: Path | None
@@ -286,13 +301,15 @@ class SqliteEventLog(EventLog):
     def load_dedup(self) -> int:
         """Build the in-memory dedup indexes from the dedup_entries table (outside a transaction)."""
         try:
-            return self.dedup.load(self.conn)
+            return self.dedup.load(self.dedup_entries)
         except sqlite3.Error as exc:
             raise errors.StorageError(f"cannot read dedup_entries: {exc}") from exc
 
     def _check_one(self, check: Check, publish: bool) -> CheckResult | errors.ProtocolError:
         """Answer a check (recording it when asked and new): one atomic step on the writer."""
-        self.dedup.ensure(self.conn, check.namespace, check.kind)  # a check that did not wait for its index
+        self.dedup.ensure(
+            self.dedup_entries, check.namespace, check.kind
+        )  # a check that did not wait for its index
         plan = ingest.plan_check(check, self.dedup, self.head + 1, self.clock(), publish)
         if isinstance(plan, errors.ProtocolError):
             return plan
