@@ -199,7 +199,12 @@ def plan_check(
             if kind == "hash":
                 keys.append(dd.sha256_key(text, value, has_value=value is not msgspec.UNSET))
             elif kind == "simhash":
-                keys.append(dd.simhash(text if value is msgspec.UNSET else dd.canonical_json(value).decode()))
+                if value is not msgspec.UNSET:
+                    keys.append(dd.simhash(dd.canonical_json(value).decode()))
+                elif text is not None:
+                    keys.append(dd.simhash(text))
+                else:  # the codec lets no such check through
+                    raise dd.InvalidCheck("text: required for kind 'simhash' (or value)")
             else:
                 arr = dd.as_unit_vector([] if vector is None else vector)
                 if dim is None:

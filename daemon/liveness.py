@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from tracklog.protocol.events import (
+    AnyEvent,
     Event,
     RunDeleted,
     RunFinished,
@@ -38,7 +39,7 @@ def resumable_runs(events: Iterable[Event]) -> set[str]:
     return {e.run for e in events if e.run is not None and e.__class__ not in MARK_EVENTS}
 
 
-def resume_events(lost: Iterable[str]) -> list[Event]:
+def resume_events(lost: Iterable[str]) -> list[AnyEvent]:
     """`run.updated {status: running}` for each lost run that gets events again, in run
     order: appended just before those events, in the same transaction."""
     return [RunUpdated(run=run, data=RunUpdatedData(status=RUNNING)) for run in sorted(lost)]

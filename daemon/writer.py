@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, assert_never
+from typing import Any, Final, assert_never, cast
 
 import msgspec
 import structlog
@@ -38,6 +38,10 @@ MAX_QUEUED_APPENDS: Final = 1_000
 STUCK_AFTER_SECONDS: Final = 60.0
 
 CommitListener = Callable[[list[StoredEvent]], None]
+#: What an append's (or a check's) future resolves to: the writer answers each request
+#: kind only with its own result or an error (see `_commit`), so the narrowing holds.
+_AppendAnswer = asyncio.Future[AppendResult | errors.ProtocolError]
+_CheckAnswer = asyncio.Future[CheckResult | errors.ProtocolError]
 
 
 class WriterStats:
@@ -92,17 +96,17 @@ class Writer:
 
     async def submit(self, append: Append) -> asyncio.Future[AppendResult | errors.ProtocolError]:
         """Queue an append; the future resolves once it is committed (or failed)."""
-        return await self._enqueue(AppendRequest(append))  # type: ignore[return-value]
+        return cast(_AppendAnswer, await self._enqueue(AppendRequest(append)))
 
     async def submit_frame(self, frame: bytes | str) -> asyncio.Future[AppendResult | errors.ProtocolError]:
         """Queue an `append` frame still undecoded: the writer's thread decodes and checks
         it with the rest of its group, so the event loop only moves bytes and one thread,
         not two, does the CPU work of ingest (two would mostly take turns at the GIL)."""
-        return await self._enqueue(RawAppendRequest(frame))  # type: ignore[return-value]
+        return cast(_AppendAnswer, await self._enqueue(RawAppendRequest(frame)))
 
     async def submit_check(self, check: Check) -> asyncio.Future[CheckResult | errors.ProtocolError]:
         """Queue a check behind the appends before it; it is answered (and recorded) in their order."""
-        return await self._enqueue(CheckRequest(check))  # type: ignore[return-value]
+        return cast(_CheckAnswer, await self._enqueue(CheckRequest(check)))
 
     async def _enqueue(self, request: WriteRequest) -> asyncio.Future[WriteResult]:
         """Queue a request for the writer; a writer that is not running answers `internal` at once
@@ -299,6 +303,7 @@ class Writer:
         requests = [request for request, _ in batch]
         started = time.perf_counter()
         publish = bool(self.listeners)
+        results: list[WriteResult]
         try:
             results = await loop.run_in_executor(self._executor, self._commit, store, requests, publish)
         except Exception as exc:
@@ -306,7 +311,7 @@ class Writer:
             # the request that fails gets an error.
             self.failures += 1
             log.exception("group commit failed; retrying its requests one by one", error=str(exc))
-            results: list[WriteResult] = []
+            results = []
             for request in requests:
                 try:
                     results.extend(

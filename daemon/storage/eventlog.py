@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 import msgspec
 
 from tracklog.protocol import errors
-from tracklog.protocol.events import Event
+from tracklog.protocol.events import AnyEvent
 from tracklog.protocol.messages import Ack, Append, Check, Checked, StoredEvent
 
 from .. import dedup as dd
@@ -151,7 +151,7 @@ class EventLog(ABC):
     def close(self) -> None:
         """Release the log (an SQLite log checkpoints its WAL)."""
 
-    def append_events(self, events: list[Event]) -> Ack:
+    def append_events(self, events: list[AnyEvent]) -> Ack:
         """Append events outside the server (tests, tools): one append, committed."""
         result = self.append_group([Append(events=events)])[0]
         if isinstance(result, errors.ProtocolError):

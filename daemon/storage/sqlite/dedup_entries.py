@@ -52,7 +52,8 @@ class SqliteDedupEntries(DedupEntries):
             return [
                 seq
                 for (seq,) in self.conn.execute(
-                    "SELECT seq FROM dedup_entries WHERE namespace = ? AND kind = ? AND seq <= ? ORDER BY seq",
+                    "SELECT seq FROM dedup_entries WHERE namespace = ? AND kind = ? AND seq <= ?"
+                    " ORDER BY seq",
                     (namespace, kind, upto),
                 )
             ]

@@ -367,7 +367,8 @@ class SqliteEventLog(EventLog):
         conn = self.conn
         before = conn.total_changes
         conn.executemany(
-            "INSERT OR IGNORE INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO events(seq, id, type, run, ts, recorded, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             encoded,
         )
         if conn.total_changes - before != len(rows):
@@ -433,7 +434,10 @@ def read_events(
         where.append(f"type IN ({','.join('?' * len(types))})")
         args.extend(types)
     args.append(limit)
-    sql = f"SELECT seq, id, type, run, ts, recorded, data FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+    sql = (
+        f"SELECT seq, id, type, run, ts, recorded, data FROM events WHERE {' AND '.join(where)}"
+        " ORDER BY seq LIMIT ?"
+    )
     return [
         StoredEvent(seq, type_, _decode_any(blob), recorded, ts, id_, run_)
         for seq, id_, type_, run_, ts, recorded, blob in conn.execute(sql, args)

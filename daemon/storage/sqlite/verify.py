@@ -67,7 +67,8 @@ def compare_tables(
                         diffs += 1
                         if diffs <= max_diffs:
                             print(
-                                f"{table} {dict(zip(key_columns, ka, strict=True))}: " + "; ".join(changed),
+                                f"{table} {dict(zip(key_columns, ka or (), strict=True))}: "
+                                + "; ".join(changed),
                                 file=out,
                             )
                 a, b = next(a_rows, None), next(b_rows, None)
