@@ -76,20 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     r = sub.add_parser("rebuild", help="rebuild every table from the log (daemon stopped)")
-    r.add_argument("--db", type=Path, default=None)
+    r.add_argument("--db", default=None, help="database: a path or sqlite:///PATH")
 
     v = sub.add_parser(
         "verify", help="compare the live tables with a rebuild from the log; exit 1 on a difference"
     )
-    v.add_argument("--db", type=Path, default=None)
+    v.add_argument("--db", default=None, help="database: a path or sqlite:///PATH")
 
     add_tail_parser(sub)
     add_watch_parser(sub)
 
     p = sub.add_parser("replay", help="write the state as of a seq into a new database")
-    p.add_argument("--db", type=Path, default=None)
+    p.add_argument("--db", default=None, help="database: a path or sqlite:///PATH")
     p.add_argument("--to", type=int, required=True, metavar="SEQ", help="last seq to include")
-    p.add_argument("--out", type=Path, required=True, help="path of the new database")
+    p.add_argument("--out", required=True, help="the new database: a path or sqlite:///PATH")
 
     cli_queries.add_parsers(sub)
     return parser

@@ -43,3 +43,20 @@ def test_an_sqlite_log_opened_through_the_factory_appends_and_reads(tmp_path: Pa
         assert log.head == 0
     finally:
         log.close()
+
+
+def test_offline_commands_take_an_sqlite_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tracklog.daemon import commands
+    from tracklog.protocol import events as ev
+
+    log = open_backend(tmp_path / "d.db").open_log()
+    log.catch_up()
+    log.append_events([ev.Metrics(run="r", data=ev.MetricsData(values={"a": 1.0}))] * 3)
+    log.close()
+    url = f"sqlite://{tmp_path}/d.db"
+    assert commands.verify(url) == 0
+    assert commands.rebuild(url) == 0
+    assert commands.replay(url, 2, f"sqlite://{tmp_path}/r.db") == 0
+    assert "state as of seq 2" in capsys.readouterr().out
+    assert commands.verify("postgresql://h/db") == 2
+    assert "not built yet" in capsys.readouterr().err
