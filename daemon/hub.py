@@ -22,7 +22,7 @@ import structlog
 
 from tracklog.protocol.messages import Codec, Live, StoredEvent, SubscribeFilter
 
-from .liveness import status_after
+from .liveness import STATUS_TYPES, status_after
 
 log = structlog.get_logger("tracklog.hub")
 
@@ -199,7 +199,9 @@ class Hub:
             run = e.run
             if run is None:
                 continue
-            status_of[run] = status_after(status_of.get(run), e.type, e.data)
+            # Most events (metrics) leave a known run's status alone: skip the call for them.
+            if run not in status_of or e.type in STATUS_TYPES:
+                status_of[run] = status_after(status_of.get(run), e.type, e.data)
             if e.type == "run.started":
                 pipeline = _field(e.data, "pipeline")
                 if pipeline is not None:

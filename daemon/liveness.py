@@ -27,6 +27,8 @@ LOST: Final = "lost"
 #: Events that only mark a run deleted or not: they are not a writer coming back, so
 #: they never resume a `lost` run.
 MARK_EVENTS: Final = (RunDeleted, RunRestored)
+#: The only event types that change the status of a run already seen.
+STATUS_TYPES: Final = frozenset({"run.finished", "run.updated"})
 
 
 def lost_event(run: str) -> RunFinished:
