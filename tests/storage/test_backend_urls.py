@@ -60,3 +60,14 @@ def test_offline_commands_take_an_sqlite_url(tmp_path: Path, capsys: pytest.Capt
     assert "state as of seq 2" in capsys.readouterr().out
     assert commands.verify("postgresql://h/db") == 2
     assert "not built yet" in capsys.readouterr().err
+
+
+def test_serve_refuses_the_memory_backend_until_reads_move_behind_storage(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracklog.daemon import commands
+    from tracklog.daemon.server import Settings
+
+    monkeypatch.setattr(commands.logs, "configure", lambda level: None)  # leave logging as the tests set it
+    assert commands.serve(Settings(db=Path("memory:")), "error") == 2
+    assert "serve needs an SQLite database for now" in capsys.readouterr().err
