@@ -5,7 +5,7 @@ times while runs stream live.
                             [--table-runs 10000]
 
 1. A database of `runs` runs x 3 metrics x `points` points each is written through the
-   daemon's own append path (LogStore), then served by a daemon on loopback.
+   daemon's own append path (SqliteEventLog), then served by a daemon on loopback.
 2. First full paint: Chromium opens the compare view of all the runs by URL; the time is
    from navigation start to the animation frame in which every chart has been drawn with
    every run (the page's own `performance.now()`, recorded by app.js). The first load is
@@ -38,7 +38,7 @@ from websockets.asyncio.client import connect
 sys.path.insert(0, str(Path(__file__).parent))
 from _daemon import BenchDaemon, machine
 
-from tracklog.daemon.store import LogStore
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.protocol.events import (
     Metrics,
     MetricsData,
@@ -62,7 +62,7 @@ METRICS = ("loss", "acc", "lr")
 
 def build(path: Path, runs: int, points: int) -> None:
     """`runs` runs, each with `points` steps of 3 metrics, written as the daemon writes appends."""
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     started = time.perf_counter()
     batch: list[Any] = []
@@ -111,7 +111,7 @@ def build(path: Path, runs: int, points: int) -> None:
 
 def build_many(path: Path, runs: int) -> None:
     """`runs` finished runs with a config, a tag and two metric values each (the runs table's load)."""
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     batch: list[Any] = []
     ts = 1_700_000_000.0

@@ -15,7 +15,7 @@
    trip latency) and in batches of 500 (checks/s).
 4. Start-up (`--startup-vectors 200000`, `--startup-simhash 1000000`): a database holding
    that many recorded embeddings (384 dims, one namespace) and SimHashes (another
-   namespace), written through LogStore. Then, each timed from the daemon's launch to
+   namespace), written through SqliteEventLog. Then, each timed from the daemon's launch to
    "listening" and to the first check answered in each namespace: the first start (no
    saved copy: the hnswlib index is rebuilt from the table, then saved); a restart after a
    clean stop (loads the saved copy); and a restart after `--startup-unsaved` more vectors
@@ -313,11 +313,11 @@ async def bench_end_to_end(texts: int, vectors: int, dims: int, rng: np.random.G
 
 
 def _record_directly(db: Path, vectors: int, dims: int, simhashes: int, rng: np.random.Generator) -> None:
-    """Write `dedup.recorded` events through LogStore (the projections fill dedup_entries)."""
-    from tracklog.daemon.store import LogStore
+    """Write `dedup.recorded` events through SqliteEventLog (the projections fill dedup_entries)."""
+    from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
     from tracklog.protocol.events import DedupRecorded, DedupRecordedData
 
-    store = LogStore(db)
+    store = SqliteEventLog(db)
     store.catch_up()
     started = time.perf_counter()
     for start in range(0, vectors, 5_000):
@@ -445,9 +445,9 @@ async def bench_startup(
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
         _record_directly(db, vectors, dims, simhashes, np.random.default_rng(11))
-        from tracklog.daemon.store import LogStore
+        from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 
-        store = LogStore(db)
+        store = SqliteEventLog(db)
         probe = msgspec.msgpack.decode(
             store.conn.execute(
                 "SELECT value FROM dedup_entries WHERE kind = 'embedding' ORDER BY seq DESC LIMIT 1"

@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from _daemon import BenchDaemon, machine
 
-from tracklog.daemon.store import LogStore
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.protocol.events import Metrics, MetricsData, RunStarted, RunStartedData
 from tracklog.protocol.messages import Append
 
@@ -36,7 +36,7 @@ RUN = "long"
 def build(path: Path, points: int, metrics: int) -> None:
     """One run with `points` metric points: `metrics` metrics logged at each step."""
     started = time.perf_counter()
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     names = [f"m{k}" for k in range(metrics)]
     batch: list[Any] = [RunStarted(run=RUN, ts=1.7e9, data=RunStartedData(name="long", pipeline="bench"))]

@@ -10,8 +10,8 @@ validate, dedup by id, log append, projections, commit, ack), not the client's.
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
+import os
 import sqlite3
 import statistics
 import sys

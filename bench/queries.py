@@ -6,7 +6,7 @@
     python bench/queries.py --stats    # `stats` by stage and kind over 1 million items
     python bench/queries.py --stats --index-cost   # item ingest with and without items_stage
 
-The database is written through LogStore directly (the daemon's own append path, without
+The database is written through SqliteEventLog directly (the daemon's own append path, without
 the socket), then a daemon serves it and every query goes over a WebSocket, end to end:
 a 1-million-point history downsampled to 1,000 points; a `runs` filter on a metric with
 an ordering and a page of 50; `best` over all runs; a full-text search. Then a client
@@ -31,7 +31,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _daemon import BenchDaemon, machine
-from tracklog.daemon.store import LogStore
+
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.protocol.events import (
     Item,
     ItemData,
@@ -73,7 +74,7 @@ BIG_POINTS = 1_000_000
 def build(path: Path, runs: int, points: int) -> None:
     """A database of `runs` runs holding `points` metric points, one run with 1M of them."""
     rng = random.Random(7)
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     started = time.perf_counter()
     batch: list[Any] = []
@@ -288,7 +289,7 @@ def build_items(path: Path, items: int) -> float:
     """A database of `items` items over 100 runs and 20 (stage, kind) pairs, 5% failed,
     durations exponential (mean 0.1 s), 10% without one; returns the seconds it took."""
     rng = random.Random(11)
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     started = time.perf_counter()
     batch: list[Any] = []
@@ -341,8 +342,8 @@ async def measure_stats(url: str, repeat: int) -> None:
 
 
 def index_cost(items: int = 200_000) -> None:
-    """Item ingest (LogStore alone) with and without the `items_stage` index, twice each."""
-    import tracklog.daemon.store as store_module
+    """Item ingest (SqliteEventLog alone) with and without the `items_stage` index, twice each."""
+    import tracklog.daemon.storage.sqlite.eventlog as store_module
 
     with_index = store_module.PROJECTION_DDL
     index = "CREATE INDEX IF NOT EXISTS items_stage ON items(stage, kind, duration, status);"

@@ -7,7 +7,7 @@ connection running a whole transaction in one hop (what daemon/writer.py and dae
 
 Both ways run the same statements with the same parameters. They are recorded from the
 daemon's own code, through a connection that notes every execute and executemany and
-passes it on: `LogStore.append_group` for writes (the events rows, the metric chunks,
+passes it on: `SqliteEventLog.append_group` for writes (the events rows, the metric chunks,
 tiers and summaries, the run counters, the projections' position, inside BEGIN IMMEDIATE
 ... COMMIT), `queries.answer` with the real handlers for reads (in one read transaction).
 Then each recorded transaction is replayed on a fresh database of the daemon's schema:
@@ -21,7 +21,7 @@ So both sides use the same settings (WAL, synchronous=NORMAL, the same cache), c
 reading the pragmas back, and after each write replay the tables are compared with those
 the real store wrote. Python work of the daemon between statements (decoding, projecting,
 building answers) is not in the replay: it is the same either way, and is shown apart
-(`real LogStore.append_group`, `thread, real handler`) for scale.
+(`real SqliteEventLog.append_group`, `thread, real handler`) for scale.
 
 Measured: group commit of 1,000 metric events (4 appends of 250, as 4 clients would send
 them); 1, 10 and 100 tasks each committing appends of 10 events (a transaction each, one
@@ -59,8 +59,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _daemon import machine
 
 from tracklog.daemon import queries
+from tracklog.daemon.storage.eventlog import AppendResult
+from tracklog.daemon.storage.sqlite.connect import connect
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
-from tracklog.daemon.store import AppendResult, LogStore, connect
 from tracklog.protocol.events import (
     Item,
     ItemData,
@@ -140,18 +142,18 @@ class RecordingConnection:
 
 
 def new_database(path: Path) -> None:
-    """A database of the daemon's schema with empty projections, made by LogStore itself."""
+    """A database of the daemon's schema with empty projections, made by SqliteEventLog itself."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     store.close()
 
 
-def recording_store(path: Path) -> tuple[LogStore, RecordingConnection]:
-    """A LogStore on a new database whose statements are all noted."""
+def recording_store(path: Path) -> tuple[SqliteEventLog, RecordingConnection]:
+    """A SqliteEventLog on a new database whose statements are all noted."""
     new_database(path)
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     recorder = RecordingConnection(store.conn)
     store.conn = cast(Any, recorder)
@@ -178,7 +180,7 @@ def metric_events(run: str, first_step: int, count: int, rng: random.Random, ts:
     ]
 
 
-def record(store: LogStore, recorder: RecordingConnection, appends: list[Append]) -> Transaction:
+def record(store: SqliteEventLog, recorder: RecordingConnection, appends: list[Append]) -> Transaction:
     """Commit appends in one group through the real store; the statements it ran."""
     for append, result in zip(appends, store.append_group(appends), strict=True):
         if not isinstance(result, AppendResult) or result.ack.accepted != len(append.events):
@@ -353,7 +355,7 @@ async def bench_group_commit(work: Path, args: argparse.Namespace) -> dict[str, 
     for rep in range(args.reps):
         sides, pragmas = await open_sides(work, "groups")
         new_database(work / "groups-real.db")
-        real = LogStore(work / "groups-real.db")
+        real = SqliteEventLog(work / "groups-real.db")
         real.catch_up()
         spent = dict.fromkeys(names, 0.0)
         for number, transaction in enumerate(recorded):
@@ -487,10 +489,10 @@ WORDS: Final = [
 
 def build_query_database(path: Path, runs: int, steps: int) -> None:
     """`runs` finished runs with a name, config, tag, notes, 3 metrics of `steps` points and 2 items,
-    written by LogStore itself."""
+    written by SqliteEventLog itself."""
     rng = random.Random(7)
     new_database(path)
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     ts = 1_700_000_000.0
     batch: list[Any] = []
@@ -749,7 +751,7 @@ def print_table(result: dict[str, Any]) -> None:
         *_rates(g["events_per_s"], g["thread_over_aiosqlite"]),
     )
     _row(
-        "  (real LogStore.append_group, on one thread: events/s)",
+        "  (real SqliteEventLog.append_group, on one thread: events/s)",
         "",
         f"{g['events_per_s']['real_store']:,.0f}",
     )

@@ -112,19 +112,19 @@ def add_commands(sub: Any) -> None:
     s.set_defaults(handler=_serve)
 
     r = sub.add_parser("rebuild", help="rebuild every table from the log (daemon stopped)" + needs)
-    r.add_argument("--db", type=Path, default=None)
+    r.add_argument("--db", default=None, help="database: a path or sqlite:///PATH")
     r.set_defaults(handler=_rebuild)
 
     v = sub.add_parser(
         "verify", help="compare the live tables with a rebuild from the log; exit 1 on a difference" + needs
     )
-    v.add_argument("--db", type=Path, default=None)
+    v.add_argument("--db", default=None, help="database: a path or sqlite:///PATH")
     v.set_defaults(handler=_verify)
 
     p = sub.add_parser("replay", help="write the state as of a seq into a new database" + needs)
-    p.add_argument("--db", type=Path, default=None)
+    p.add_argument("--db", default=None, help="database: a path or sqlite:///PATH")
     p.add_argument("--to", type=int, required=True, metavar="SEQ", help="last seq to include")
-    p.add_argument("--out", type=Path, required=True, help="path of the new database")
+    p.add_argument("--out", required=True, help="the new database: a path or sqlite:///PATH")
     p.set_defaults(handler=_replay)
 
 
@@ -156,8 +156,10 @@ def _default_db() -> Path:
     return Path.home() / ".local" / "share" / "tracklog" / "tracklog.db"
 
 
-def _db(args: argparse.Namespace) -> Path:
-    return args.db if args.db is not None else _default_db()
+def _db(args: argparse.Namespace) -> Path | str:
+    """The --db value (a path, or a URL for the offline commands), or the default path."""
+    db: Path | str | None = args.db
+    return db if db is not None else _default_db()
 
 
 def _not_installed(command: str, exc: ImportError) -> int:

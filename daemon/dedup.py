@@ -19,14 +19,16 @@ import hashlib
 import itertools
 import math
 import re
-import sqlite3
 import threading
 import unicodedata
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 import numpy as np
+
+if TYPE_CHECKING:
+    from .storage.eventlog import DedupEntries
 
 DedupKind = Literal["hash", "simhash", "embedding"]
 #: Thresholds when a check gives none (PROTOCOL.md, "check").
@@ -445,23 +447,8 @@ Unit = tuple[str, str]
 Built = Any
 
 
-def catalog(conn: sqlite3.Connection) -> list[Unit]:
-    """Every (namespace, kind) with entries, by one index probe each (fast at any size)."""
-    units: list[Unit] = []
-    first = "SELECT namespace, kind FROM dedup_entries ORDER BY namespace, kind LIMIT 1"
-    row = conn.execute(first).fetchone()
-    while row is not None:
-        units.append((row[0], row[1]))
-        row = conn.execute(
-            "SELECT namespace, kind FROM dedup_entries WHERE (namespace, kind) > (?, ?)"
-            " ORDER BY namespace, kind LIMIT 1",
-            row,
-        ).fetchone()
-    return units
-
-
 def read_exact(
-    conn: sqlite3.Connection,
+    entries: DedupEntries,
     namespace: str,
     after: int = 0,
     upto: int | None = None,
@@ -469,17 +456,13 @@ def read_exact(
 ) -> ExactIndex:
     """A namespace's hash entries with after < seq <= upto, added to `into` (or a new index)."""
     index = into if into is not None else ExactIndex()
-    for seq, blob, run, item in conn.execute(
-        "SELECT seq, value, run, item FROM dedup_entries WHERE namespace = ? AND kind = 'hash'"
-        " AND seq > ? AND seq <= ? ORDER BY seq",
-        (namespace, after, _MAX_SEQ if upto is None else upto),
-    ):
+    for seq, _, blob, run, item in entries.rows(namespace, "hash", after, upto):
         index.add(_msgpack_decode(blob), (seq, run, item))
     return index
 
 
 def read_simhash(
-    conn: sqlite3.Connection,
+    entries: DedupEntries,
     namespace: str,
     after: int = 0,
     upto: int | None = None,
@@ -488,16 +471,12 @@ def read_simhash(
     """A namespace's SimHash entries with after < seq <= upto, bulk-added to `into` (or a new index)."""
     index = into if into is not None else SimHashIndex()
     values: list[int] = []
-    entries: list[Entry] = []
+    held: list[Entry] = []
     decode = _msgpack_decode
-    for seq, blob, run, item in conn.execute(
-        "SELECT seq, value, run, item FROM dedup_entries WHERE namespace = ? AND kind = 'simhash'"
-        " AND seq > ? AND seq <= ? ORDER BY seq",
-        (namespace, after, _MAX_SEQ if upto is None else upto),
-    ):
+    for seq, _, blob, run, item in entries.rows(namespace, "simhash", after, upto):
         values.append(decode(blob))
-        entries.append((seq, run, item))
-    index.add_many(np.array(values, dtype=np.uint64), entries)
+        held.append((seq, run, item))
+    index.add_many(np.array(values, dtype=np.uint64), held)
     return index
 
 
@@ -634,29 +613,29 @@ class DedupIndexes:
 
     # -- loading --------------------------------------------------------------------
 
-    def begin_loading(self, conn: sqlite3.Connection) -> list[Unit]:
+    def begin_loading(self, entries: DedupEntries) -> list[Unit]:
         """Mark every unit with entries as pending (fast); returns them. Checks of other
         namespaces can be answered from here on; `install` brings each pending one in."""
         self.reset()
-        units = catalog(conn)
+        units = entries.units()
         self.pending = set(units)
         self.loaded = True
         return units
 
     def read_unit(
-        self, conn: sqlite3.Connection, unit: Unit, upto: int | None = None, use_files: bool = True
+        self, entries: DedupEntries, unit: Unit, upto: int | None = None, use_files: bool = True
     ) -> Built:
         """Build one unit from the table (embeddings: from their saved copy when it checks out)."""
         namespace, kind = unit
         if kind == "hash":
-            return read_exact(conn, namespace, upto=upto)
+            return read_exact(entries, namespace, upto=upto)
         if kind == "simhash":
-            return read_simhash(conn, namespace, upto=upto)
+            return read_simhash(entries, namespace, upto=upto)
         from . import dedup_persist  # imports hnswlib
 
-        return dedup_persist.load_embeddings(conn, self.files if use_files else None, namespace, upto)[0]
+        return dedup_persist.load_embeddings(entries, self.files if use_files else None, namespace, upto)[0]
 
-    def install(self, conn: sqlite3.Connection, unit: Unit, built: Built, upto: int | None) -> None:
+    def install(self, entries: DedupEntries, unit: Unit, built: Built, upto: int | None) -> None:
         """On the writer's thread, between transactions: put a unit loaded up to seq `upto`
         in place, adding what was recorded after it. A unit cleared meanwhile, or one
         whose load failed (`built` None), is read again from the table here."""
@@ -664,17 +643,17 @@ class DedupIndexes:
             return  # `ensure` got there first
         namespace, kind = unit
         if built is None or unit in self.cleared:
-            built = self.read_unit(conn, unit, use_files=False)
+            built = self.read_unit(entries, unit, use_files=False)
         elif upto is None:
             pass  # read up to now, on this thread: nothing to add
         elif kind == "hash":
-            read_exact(conn, namespace, after=upto, into=built)
+            read_exact(entries, namespace, after=upto, into=built)
         elif kind == "simhash":
-            read_simhash(conn, namespace, after=upto, into=built)
+            read_simhash(entries, namespace, after=upto, into=built)
         else:
             from . import dedup_persist
 
-            dedup_persist.add_rows(conn, built, namespace, after=upto, upto=None)
+            dedup_persist.add_rows(entries, built, namespace, after=upto, upto=None)
         if kind == "hash":
             if len(built):
                 self.exact[namespace] = built
@@ -687,16 +666,16 @@ class DedupIndexes:
         self.pending.discard(unit)
         self.cleared.discard(unit)
 
-    def ensure(self, conn: sqlite3.Connection, namespace: str, kind: str) -> None:
+    def ensure(self, entries: DedupEntries, namespace: str, kind: str) -> None:
         """Load a still-pending unit now, on this thread (a check that did not wait for it)."""
         unit = (namespace, kind)
         if unit in self.pending:
-            self.install(conn, unit, self.read_unit(conn, unit), None)
+            self.install(entries, unit, self.read_unit(entries, unit), None)
 
-    def load(self, conn: sqlite3.Connection) -> int:
-        """Build every index from the dedup_entries table now; returns how many entries are held."""
-        for unit in self.begin_loading(conn):
-            self.install(conn, unit, self.read_unit(conn, unit), None)
+    def load(self, entries: DedupEntries) -> int:
+        """Build every index from the dedup projection now; returns how many entries are held."""
+        for unit in self.begin_loading(entries):
+            self.install(entries, unit, self.read_unit(entries, unit), None)
         self._journal.clear()
         return self.count()
 

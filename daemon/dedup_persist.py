@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import sqlite3
 import struct
 import threading
 import time
@@ -51,7 +50,8 @@ from . import dedup as dd
 if TYPE_CHECKING:
     from tracklog.protocol.messages import Check
 
-    from .store import LogStore
+    from .storage.eventlog import DedupEntries
+    from .storage.sqlite.eventlog import SqliteEventLog
 
 log = structlog.get_logger("tracklog.dedup")
 
@@ -208,7 +208,7 @@ def _hnsw_file_header(path: Path) -> tuple[int, int]:
 
 
 def load_saved(
-    conn: sqlite3.Connection, files: Path, namespace: str, upto: int
+    logged: DedupEntries, files: Path, namespace: str, upto: int
 ) -> tuple[dict[str, dd.EmbeddingIndex], int] | None:
     """A namespace's saved spaces and the seq they cover, checked against the table; None
     when there is no saved copy. Raises StaleSave when one does not match."""
@@ -256,14 +256,7 @@ def load_saved(
     except (msgspec.DecodeError, ValueError, TypeError, IndexError) as exc:
         raise StaleSave(f"{header.entries_file}: malformed ({exc})") from None
     live_seqs.sort()
-    table_seqs = [
-        seq
-        for (seq,) in conn.execute(
-            "SELECT seq FROM dedup_entries WHERE namespace = ? AND kind = 'embedding' AND seq <= ?"
-            " ORDER BY seq",
-            (namespace, header.seq),
-        )
-    ]
+    table_seqs = logged.seqs(namespace, "embedding", header.seq)
     if live_seqs != table_seqs:
         raise StaleSave(f"its entries differ from the log's up to seq {header.seq}")
     built: dict[str, dd.EmbeddingIndex] = {}
@@ -286,12 +279,12 @@ def load_saved(
             raise StaleSave(f"{saved.file}: hnswlib refused it ({exc})") from None
         index.set_ef(dd.HNSW_EF)
         emb = dd.EmbeddingIndex.wrap(index, saved.dim, entries, gone)
-        _spot_check(conn, saved, emb)
+        _spot_check(logged, saved, emb)
         built[saved.space] = emb
     return built, header.seq
 
 
-def _spot_check(conn: sqlite3.Connection, saved: SavedSpace, emb: dd.EmbeddingIndex) -> None:
+def _spot_check(entries: DedupEntries, saved: SavedSpace, emb: dd.EmbeddingIndex) -> None:
     """Compare a few of the copy's vectors (first, last, evenly between) with the table's."""
     live = [i for i in range(len(emb.entries)) if i not in emb.deleted]
     if not live:
@@ -299,9 +292,7 @@ def _spot_check(conn: sqlite3.Connection, saved: SavedSpace, emb: dd.EmbeddingIn
     picks = sorted({live[int(k)] for k in np.linspace(0, len(live) - 1, num=min(SPOT_CHECKS, len(live)))})
     stored = emb.index.get_items(picks)
     for label, vector in zip(picks, stored, strict=True):
-        row = conn.execute(
-            "SELECT space, value FROM dedup_entries WHERE seq = ?", (emb.entries[label][0],)
-        ).fetchone()
+        row = entries.entry(emb.entries[label][0])
         if row is None or (row[0] or "") != saved.space:
             raise StaleSave(f"seq {emb.entries[label][0]} is not in space '{saved.space}' in the log")
         logged = np.asarray(_decode(row[1]), dtype=np.float32)
@@ -313,7 +304,7 @@ def _spot_check(conn: sqlite3.Connection, saved: SavedSpace, emb: dd.EmbeddingIn
 
 
 def add_rows(
-    conn: sqlite3.Connection,
+    entries: DedupEntries,
     built: dict[str, dd.EmbeddingIndex],
     namespace: str,
     after: int,
@@ -325,25 +316,21 @@ def add_rows(
     added = 0
 
     def flush(space: str) -> None:
-        vectors, entries = pending.pop(space)
+        vectors, held = pending.pop(space)
         matrix = np.asarray(vectors, dtype=np.float32)
         emb = built.get(space)
         if emb is None:
             emb = built[space] = dd.EmbeddingIndex(
-                matrix.shape[1], capacity=max(dd.HNSW_INITIAL_CAPACITY, len(entries))
+                matrix.shape[1], capacity=max(dd.HNSW_INITIAL_CAPACITY, len(held))
             )
-        emb.add_many(matrix, entries)
+        emb.add_many(matrix, held)
 
-    for seq, space, blob, run, item in conn.execute(
-        "SELECT seq, space, value, run, item FROM dedup_entries WHERE namespace = ? AND kind = 'embedding'"
-        " AND seq > ? AND seq <= ? ORDER BY seq",
-        (namespace, after, dd._MAX_SEQ if upto is None else upto),
-    ):
-        vectors, entries = pending.setdefault(space or "", ([], []))
+    for seq, space, blob, run, item in entries.rows(namespace, "embedding", after, upto):
+        vectors, held = pending.setdefault(space or "", ([], []))
         vectors.append(_decode(blob))
-        entries.append((seq, run, item))
+        held.append((seq, run, item))
         added += 1
-        if len(entries) >= ADD_CHUNK:
+        if len(held) >= ADD_CHUNK:
             flush(space or "")
             if stop is not None and stop.is_set():
                 raise InterruptedError("stopping")
@@ -353,7 +340,7 @@ def add_rows(
 
 
 def load_embeddings(
-    conn: sqlite3.Connection,
+    entries: DedupEntries,
     files: Path | None,
     namespace: str,
     upto: int | None,
@@ -366,7 +353,7 @@ def load_embeddings(
     how = "rebuilt"
     if files is not None:
         try:
-            loaded = load_saved(conn, files, namespace, dd._MAX_SEQ if upto is None else upto)
+            loaded = load_saved(entries, files, namespace, dd._MAX_SEQ if upto is None else upto)
         except (StaleSave, OSError) as exc:
             log.warning("saved embedding index not used; rebuilding it", namespace=namespace, reason=str(exc))
             loaded = None
@@ -375,7 +362,7 @@ def load_embeddings(
             how = "saved"
     if built is None:
         built = {}
-    added = add_rows(conn, built, namespace, after, upto, stop)
+    added = add_rows(entries, built, namespace, after, upto, stop)
     return built, how, added
 
 
@@ -392,7 +379,7 @@ class DedupRuntime:
 
     def __init__(
         self,
-        store: LogStore,
+        store: SqliteEventLog,
         executor: ThreadPoolExecutor,
         loop: asyncio.AbstractEventLoop,
         files: Path | None,
@@ -417,7 +404,7 @@ class DedupRuntime:
     def begin(self) -> None:
         """On the writer's thread: list the units to load (they become pending)."""
         self.store.dedup.files = self.files
-        self.units = self.store.dedup.begin_loading(self.store.conn)
+        self.units = self.store.dedup.begin_loading(self.store.dedup_entries)
         self.upto = self.store.head
         # Hashes and SimHashes first (quick), then embeddings.
         self.units.sort(key=lambda unit: unit[1] == "embedding")
@@ -435,18 +422,14 @@ class DedupRuntime:
         return None if event is None or event.is_set() else event
 
     def _load_all(self) -> None:
-        from .store import connect
-
-        conn = connect(self.store.path, readonly=True)
-        try:
-            conn.execute("BEGIN")
+        with self.store.dedup_snapshot() as entries:
             for unit in self.units:
                 if self._stop.is_set():
                     return
                 started = time.perf_counter()
                 built: dd.Built = None
                 try:
-                    built = self._read(conn, unit)
+                    built = self._read(entries, unit)
                 except InterruptedError:
                     return
                 except Exception:
@@ -463,14 +446,12 @@ class DedupRuntime:
                     self.loop.call_soon_threadsafe(self._install_later, unit, built)
                 except RuntimeError:  # the loop is closed: the daemon is gone
                     return
-        finally:
-            conn.close()
 
-    def _read(self, conn: sqlite3.Connection, unit: dd.Unit) -> dd.Built:
+    def _read(self, entries: DedupEntries, unit: dd.Unit) -> dd.Built:
         namespace, kind = unit
         if kind != "embedding":
-            return self.store.dedup.read_unit(conn, unit, upto=self.upto)
-        built, how, added = load_embeddings(conn, self.files, namespace, self.upto, self._stop)
+            return self.store.dedup.read_unit(entries, unit, upto=self.upto)
+        built, how, added = load_embeddings(entries, self.files, namespace, self.upto, self._stop)
         self.sources[namespace] = (how, added)
         log.info(
             "embedding index",
@@ -503,7 +484,7 @@ class DedupRuntime:
         try:
             if not self._closed:
                 await self.loop.run_in_executor(
-                    self.executor, self.store.dedup.install, self.store.conn, unit, built, self.upto
+                    self.executor, self.store.dedup.install, self.store.dedup_entries, unit, built, self.upto
                 )
         except Exception:
             log.exception(

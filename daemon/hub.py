@@ -22,6 +22,8 @@ import structlog
 
 from tracklog.protocol.messages import Codec, Live, StoredEvent, SubscribeFilter
 
+from .liveness import STATUS_TYPES, status_after
+
 log = structlog.get_logger("tracklog.hub")
 
 #: Events a subscription may have waiting in memory before it falls back to the log.
@@ -197,13 +199,10 @@ class Hub:
             run = e.run
             if run is None:
                 continue
-            if run not in status_of:
-                status_of[run] = "running"
-            if e.type == "run.finished":
-                status_of[run] = _field(e.data, "status")
-            elif e.type == "run.updated" and _field(e.data, "status") == "running":
-                status_of[run] = "running"
-            elif e.type == "run.started":
+            # Most events (metrics) leave a known run's status alone: skip the call for them.
+            if run not in status_of or e.type in STATUS_TYPES:
+                status_of[run] = status_after(status_of.get(run), e.type, e.data)
+            if e.type == "run.started":
                 pipeline = _field(e.data, "pipeline")
                 if pipeline is not None:
                     self.pipeline_of[run] = pipeline

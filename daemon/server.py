@@ -31,9 +31,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from tracklog.protocol.version import __version__
 from tracklog.protocol import errors
-from tracklog.protocol.events import RunFinished, RunFinishedData
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT, MAX_FRAME_BYTES, PROTOCOL_VERSION
 from tracklog.protocol.messages import (
     Append,
@@ -47,15 +45,18 @@ from tracklog.protocol.messages import (
     Unsubscribed,
     Welcome,
 )
+from tracklog.protocol.version import __version__
 
 from . import logs
 from .http import HttpApi, HttpConnection, StreamedResponse, method_not_allowed
 from .hub import Filter, Hub, Subscription
+from .liveness import RUNNING, lost_event
 from .notify import Notifier
 from .queries import Readers
 from .service import Supervisor, load_reloadable
+from .storage import Durability, open_backend
+from .storage.eventlog import AppendResult, CheckResult
 from .storage.readmodel import open_read_model
-from .store import AppendResult, CheckResult, Durability
 from .webconsole import console_token
 from .writer import Writer
 
@@ -148,7 +149,7 @@ class Daemon:
         settings = self._with_reloaded(settings)
         self.settings = settings
         self.codec = Codec()
-        self.writer = Writer(str(settings.db), settings.durability, self.codec)
+        self.writer = Writer(open_backend(settings.db, settings.durability), self.codec)
         db_url = str(settings.db)
         self.readers = Readers(lambda: open_read_model(db_url))
         self.http = HttpApi(self)
@@ -205,7 +206,7 @@ class Daemon:
         # Runs left running by the last daemon have no writer yet: each gets the grace
         # period for one to come back, like a run whose writers just disconnected.
         for run, status in self.hub.status_of.items():
-            if status == "running":
+            if status == RUNNING:
                 self._lost_timers[run] = asyncio.create_task(self._mark_lost_later(run))
         self.writer.listeners.append(self.hub.publish)
         if replayed:
@@ -603,10 +604,10 @@ class Daemon:
     async def _mark_lost_later(self, run: str) -> None:
         try:
             await asyncio.sleep(self.settings.lost_after)
-            if run in self._run_writers or self.hub.status_of.get(run) != "running":
+            if run in self._run_writers or self.hub.status_of.get(run) != RUNNING:
                 return
             log.info("run lost: no writer came back", run=run, after=self.settings.lost_after)
-            await self.writer.submit(Append(events=[RunFinished(run=run, data=RunFinishedData(status="lost"))]))
+            await self.writer.submit(Append(events=[lost_event(run)]))
         finally:
             if self._lost_timers.get(run) is asyncio.current_task():
                 del self._lost_timers[run]

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from typing import Any, Final, assert_never, cast
 
 import msgspec
 import structlog
@@ -21,9 +21,11 @@ import structlog
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Ack, Append, Check, Codec, StoredEvent
 
-from .dedup_persist import DedupRuntime, files_dir
+from .dedup_persist import DedupRuntime
 from .histogram import LatencyHistogram
-from .store import AppendResult, CheckResult, Durability, LogStore, WriteRequest
+from .ingest import AppendRequest, CheckRequest, RawAppendRequest, WriteRequest, weight
+from .storage import Backend
+from .storage.eventlog import AppendResult, CheckResult, EventLog, LogRequest, WriteResult
 
 log = structlog.get_logger("tracklog.writer")
 
@@ -36,6 +38,10 @@ MAX_QUEUED_APPENDS: Final = 1_000
 STUCK_AFTER_SECONDS: Final = 60.0
 
 CommitListener = Callable[[list[StoredEvent]], None]
+#: What an append's (or a check's) future resolves to: the writer answers each request
+#: kind only with its own result or an error (see `_commit`), so the narrowing holds.
+_AppendAnswer = asyncio.Future[AppendResult | errors.ProtocolError]
+_CheckAnswer = asyncio.Future[CheckResult | errors.ProtocolError]
 
 
 class WriterStats:
@@ -51,20 +57,19 @@ class WriterStats:
 
 
 class Writer:
-    """Owns the LogStore; everything that writes goes through `submit`."""
+    """Owns the event log; everything that writes goes through `submit`."""
 
-    def __init__(self, path: str, durability: Durability = "normal", codec: Codec | None = None) -> None:
-        self.path = path
+    def __init__(self, backend: Backend, codec: Codec | None = None) -> None:
+        self.backend = backend
         self.codec = codec or Codec()
-        self.durability: Durability = durability
         self.head = 0
         self.stats = WriterStats()
         self.listeners: list[CommitListener] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracklog-writer")
-        self._queue: asyncio.Queue[tuple[Append, asyncio.Future[AppendResult | errors.ProtocolError]]] = (
-            asyncio.Queue(MAX_QUEUED_APPENDS)
+        self._queue: asyncio.Queue[tuple[WriteRequest, asyncio.Future[WriteResult]]] = asyncio.Queue(
+            MAX_QUEUED_APPENDS
         )
-        self._store: LogStore | None = None
+        self._store: EventLog | None = None
         self._task: asyncio.Task[None] | None = None
         #: When each request not yet answered was submitted, oldest first (dicts keep order).
         self._submitted: dict[asyncio.Future[Any], float] = {}
@@ -76,36 +81,37 @@ class Writer:
         self.dedup: DedupRuntime | None = None
 
     async def start(self) -> int:
-        """Open the store and catch its projections up; returns how many events were replayed."""
+        """Open the log and catch its projections up; returns how many events were replayed."""
         loop = asyncio.get_running_loop()
-        self._store = await loop.run_in_executor(self._executor, LogStore, self.path, self.durability)
+        self._store = await loop.run_in_executor(self._executor, self.backend.open_log)
         replayed = await loop.run_in_executor(self._executor, self._store.catch_up)
         # The dedup indexes load in the background; a check waits only for its own (see `dedup_ready`).
-        self.dedup = DedupRuntime(self._store, self._executor, loop, files_dir(self.path))
-        await loop.run_in_executor(self._executor, self.dedup.begin)
-        self.dedup.start()
+        self.dedup = self._store.dedup_loader(self._executor, loop, self.backend.files_dir)
+        if self.dedup is not None:
+            await loop.run_in_executor(self._executor, self.dedup.begin)
+            self.dedup.start()
         self.head = self._store.head
         self._task = asyncio.create_task(self._run(), name="tracklog-writer")
         return replayed
 
     async def submit(self, append: Append) -> asyncio.Future[AppendResult | errors.ProtocolError]:
         """Queue an append; the future resolves once it is committed (or failed)."""
-        return await self._enqueue(append)
+        return cast(_AppendAnswer, await self._enqueue(AppendRequest(append)))
 
     async def submit_frame(self, frame: bytes | str) -> asyncio.Future[AppendResult | errors.ProtocolError]:
         """Queue an `append` frame still undecoded: the writer's thread decodes and checks
         it with the rest of its group, so the event loop only moves bytes and one thread,
         not two, does the CPU work of ingest (two would mostly take turns at the GIL)."""
-        return await self._enqueue(RawAppend(frame))
+        return cast(_AppendAnswer, await self._enqueue(RawAppendRequest(frame)))
 
     async def submit_check(self, check: Check) -> asyncio.Future[CheckResult | errors.ProtocolError]:
         """Queue a check behind the appends before it; it is answered (and recorded) in their order."""
-        return await self._enqueue(check)
+        return cast(_CheckAnswer, await self._enqueue(CheckRequest(check)))
 
-    async def _enqueue(self, request: Any) -> asyncio.Future[Any]:
+    async def _enqueue(self, request: WriteRequest) -> asyncio.Future[WriteResult]:
         """Queue a request for the writer; a writer that is not running answers `internal` at once
         (rather than letting requests pile up where nothing takes them)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         if self._task is not None and self._task.done():
             future.set_result(errors.InternalError("the daemon's writer is not running", _ref_of(request)))
             return future
@@ -196,40 +202,39 @@ class Writer:
             self._store = None
         self._executor.shutdown(wait=True)
 
-    def _commit(self, store: LogStore, requests: list[Any]) -> list[Any]:
+    def _commit(self, store: EventLog, requests: list[WriteRequest], publish: bool) -> list[WriteResult]:
         """On the writer's thread: decode raw frames, then commit the group in one transaction.
 
         Decoding is per request: one that fails in any way gets its own error. Raises only
         if the store did (and then nothing was committed: the caller may retry).
         """
-        results: list[Any] = [None] * len(requests)
-        todo: list[Any] = []
+        results: list[WriteResult | None] = [None] * len(requests)
+        todo: list[LogRequest] = []
         where: list[int] = []
         runs: dict[int, frozenset[str]] = {}
         for index, request in enumerate(requests):
-            if request.__class__ is RawAppend:
-                try:
-                    msg = self.codec.decode(request.frame)
-                except errors.ProtocolError as exc:
-                    results[index] = exc
-                    continue
-                except Exception as exc:  # the codec raises only ProtocolError; should it not:
-                    self.failures += 1
-                    log.exception("decoding an append failed", error=f"{type(exc).__name__}: {exc}")
-                    results[index] = errors.InternalError("the append could not be decoded", None)
-                    continue
-                if not isinstance(msg, Append):  # the loop saw "append"; the codec did not
-                    results[index] = errors.BadMessage("op: expected append", getattr(msg, "ref", None))
-                    continue
-                if not msg.events:
-                    results[index] = AppendResult(Ack(accepted=0, rejected=msg.rejected, ref=msg.ref), [])
-                    continue
-                runs[index] = frozenset(e.run for e in msg.events if e.run is not None)
-                request = msg
-            todo.append(request)
+            match request:
+                case AppendRequest(append):
+                    todo.append(append)
+                case CheckRequest(check):
+                    todo.append(check)
+                case RawAppendRequest(frame):
+                    decoded = self._decode_append(frame)
+                    if not isinstance(decoded, Append):
+                        results[index] = decoded
+                        continue
+                    if not decoded.events:
+                        results[index] = AppendResult(
+                            Ack(accepted=0, rejected=decoded.rejected, ref=decoded.ref), []
+                        )
+                        continue
+                    runs[index] = frozenset(e.run for e in decoded.events if e.run is not None)
+                    todo.append(decoded)
+                case _:
+                    assert_never(request)
             where.append(index)
         if todo:
-            committed = store.append_group(todo)
+            committed = store.append_group(todo, publish)
             if len(committed) != len(todo):  # a bug; answer what can be, never raise after a commit
                 self.failures += 1
                 log.error(
@@ -238,15 +243,33 @@ class Writer:
                     results=len(committed),
                 )
             for position, index in enumerate(where):
-                result = committed[position] if position < len(committed) else None
-                if result is None:
-                    result = errors.InternalError("the request got no answer", _ref_of(todo[position]))
-                elif index in runs and isinstance(result, AppendResult):
-                    result.runs = runs[index]
+                if position < len(committed):
+                    result = committed[position]
+                    if index in runs and isinstance(result, AppendResult):
+                        result.runs = runs[index]
+                else:
+                    result = errors.InternalError("the request got no answer", todo[position].ref)
                 results[index] = result
             if self.dedup is not None:
                 self.dedup.after_commit()
-        return results
+        return [
+            errors.InternalError("the request got no answer", _ref_of(requests[i])) if r is None else r
+            for i, r in enumerate(results)
+        ]
+
+    def _decode_append(self, frame: bytes | str) -> Append | AppendResult | errors.ProtocolError:
+        """An `append` frame decoded and checked, or the error to answer it with."""
+        try:
+            msg = self.codec.decode(frame)
+        except errors.ProtocolError as exc:
+            return exc
+        except Exception as exc:  # the codec raises only ProtocolError; should it not:
+            self.failures += 1
+            log.exception("decoding an append failed", error=f"{type(exc).__name__}: {exc}")
+            return errors.InternalError("the append could not be decoded", None)
+        if not isinstance(msg, Append):  # the loop saw "append"; the codec did not
+            return errors.BadMessage("op: expected append", getattr(msg, "ref", None))
+        return msg
 
     async def _run(self) -> None:
         """Take groups off the queue and commit them, forever: no exception of one request
@@ -273,15 +296,16 @@ class Writer:
                     self._submitted.pop(future, None)
                     queue.task_done()
 
-    async def _commit_batch(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+    async def _commit_batch(self, batch: list[tuple[WriteRequest, asyncio.Future[WriteResult]]]) -> None:
         loop = asyncio.get_running_loop()
         assert self._store is not None
         store = self._store
         requests = [request for request, _ in batch]
         started = time.perf_counter()
-        store.publish = bool(self.listeners)
+        publish = bool(self.listeners)
+        results: list[WriteResult]
         try:
-            results = await loop.run_in_executor(self._executor, self._commit, store, requests)
+            results = await loop.run_in_executor(self._executor, self._commit, store, requests, publish)
         except Exception as exc:
             # Nothing of the group was committed: retry it request by request, so only
             # the request that fails gets an error.
@@ -290,7 +314,9 @@ class Writer:
             results = []
             for request in requests:
                 try:
-                    results.extend(await loop.run_in_executor(self._executor, self._commit, store, [request]))
+                    results.extend(
+                        await loop.run_in_executor(self._executor, self._commit, store, [request], publish)
+                    )
                 except Exception as one_exc:
                     log.exception(
                         "a request failed in the writer", error=f"{type(one_exc).__name__}: {one_exc}"
@@ -327,12 +353,17 @@ class Writer:
                     log.exception("commit listener failed")
 
 
-def _ref_of(request: Any) -> int | None:
+def _ref_of(request: WriteRequest) -> int | None:
     """The ref of a queued request, for its error (a raw frame's is read from the frame)."""
-    if request.__class__ is RawAppend:
-        return _raw_ref(request.frame)
-    ref = getattr(request, "ref", None)
-    return ref if isinstance(ref, int) and not isinstance(ref, bool) else None
+    match request:
+        case AppendRequest(append):
+            return append.ref
+        case CheckRequest(check):
+            return check.ref
+        case RawAppendRequest(frame):
+            return _raw_ref(frame)
+        case _:
+            assert_never(request)
 
 
 class _RefOnly(msgspec.Struct):
@@ -353,24 +384,5 @@ def _raw_ref(frame: bytes | str) -> int | None:
     return ref if isinstance(ref, int) and not isinstance(ref, bool) else None
 
 
-class RawAppend:
-    """An `append` frame to be decoded on the writer's thread."""
-
-    __slots__ = ("frame",)
-
-    def __init__(self, frame: bytes | str) -> None:
-        self.frame = frame
-
-
-#: Bytes of frame counted as one event when sizing a group (a metrics event in a frame
-#: takes 60 to 120 bytes).
-_BYTES_PER_EVENT: Final = 80
-
-
-def _weight(request: WriteRequest) -> int:
-    """How much of a group's event budget a request takes (a check: one per input)."""
-    if request.__class__ is RawAppend:
-        return len(request.frame) // _BYTES_PER_EVENT + 1  # type: ignore[union-attr]
-    if request.__class__ is Check:
-        return len(request.inputs or ()) + 1  # type: ignore[union-attr]
-    return len(request.events)  # type: ignore[union-attr]
+#: How much of a group's event budget a request takes (a module name: tests wrap it).
+_weight = weight

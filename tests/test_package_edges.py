@@ -223,5 +223,6 @@ def test_the_daemon_commands_keep_their_arguments() -> None:
     args = cli.build_parser().parse_args(["serve", "--port", "0", "--token", "a", "--lost-after", "5"])
     assert (args.port, args.token, args.lost_after, args.db) == (0, ["a"], 5.0, None)
     assert callable(args.handler)
-    replay = cli.build_parser().parse_args(["replay", "--to", "3", "--out", "o.db"])
-    assert isinstance(replay, argparse.Namespace) and (replay.to, replay.out) == (3, Path("o.db"))
+    # The offline commands name databases by URL (a path or sqlite:///PATH), kept as given.
+    replay = cli.build_parser().parse_args(["replay", "--to", "3", "--out", "sqlite:///o.db"])
+    assert isinstance(replay, argparse.Namespace) and (replay.to, replay.out) == (3, "sqlite:///o.db")

@@ -6,11 +6,11 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-import tracklog
-from tracklog.protocol import errors
 from websockets.sync.server import Server, ServerConnection, serve
 
+import tracklog
 from tests.client.conftest import Daemon, free_port, stored_events
+from tracklog.protocol import errors
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 from types import ModuleType
 
 from tracklog.daemon import queries
+from tracklog.daemon.storage.sqlite.connect import connect
 from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
-from tracklog.daemon.store import connect
 from tracklog.protocol.messages import Query
 
 BENCH = Path(__file__).parents[2] / "bench" / "sqlite_access.py"

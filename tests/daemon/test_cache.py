@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tracklog.daemon.queries import answer
+from tracklog.daemon.storage.sqlite.connect import connect
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
-from tracklog.daemon.store import LogStore, connect
 from tracklog.protocol.events import CacheInvalidated, CacheInvalidatedData, CachePut, CachePutData
 from tracklog.protocol.messages import Query
 
@@ -34,7 +35,7 @@ def cached(path: Path, key: str, clock: Clock) -> list[dict[str, object]]:
 def test_an_entry_is_returned_until_its_ttl_has_passed_on_the_daemons_clock(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     clock = Clock(1_000.0)
-    store = LogStore(path, clock=clock)
+    store = SqliteEventLog(path, clock=clock)
     try:
         store.catch_up()
         # The client's ts is far in the past: expiry counts from when the daemon recorded it.
@@ -55,7 +56,7 @@ def test_an_entry_is_returned_until_its_ttl_has_passed_on_the_daemons_clock(tmp_
 def test_a_new_put_restarts_the_ttl_and_invalidation_removes_one_key_or_all(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     clock = Clock(100.0)
-    store = LogStore(path, clock=clock)
+    store = SqliteEventLog(path, clock=clock)
     try:
         store.catch_up()
         store.append_events([put("a", 1, ttl=10), put("b", 2)])
@@ -75,7 +76,7 @@ def test_a_new_put_restarts_the_ttl_and_invalidation_removes_one_key_or_all(tmp_
 def test_a_rebuild_gives_the_same_expiry_times_as_live(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     clock = Clock(500.0)
-    store = LogStore(path, clock=clock)
+    store = SqliteEventLog(path, clock=clock)
     try:
         store.catch_up()
         store.append_events([put("k", "v", ttl=30)])

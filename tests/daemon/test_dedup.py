@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from tracklog.daemon import dedup as dd
 from tracklog.daemon import dedup_persist as dp
-from tracklog.daemon.store import CheckResult, LogStore
+from tracklog.daemon.storage.eventlog import CheckResult
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.protocol import errors
 from tracklog.protocol.events import DedupCleared, DedupClearedData
 from tracklog.protocol.messages import Check, CheckInput
@@ -276,8 +277,8 @@ def _check(kind: str = "simhash", ref: int | None = None, **kw: object) -> Check
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> LogStore:
-    s = LogStore(tmp_path / "t.db")
+def store(tmp_path: Path) -> SqliteEventLog:
+    s = SqliteEventLog(tmp_path / "t.db")
     s.catch_up()
     yield s  # type: ignore[misc]
     s.close()
@@ -288,7 +289,7 @@ def _checked(result: object) -> CheckResult:
     return result
 
 
-def test_of_two_checks_of_one_text_in_one_group_only_the_first_records(store: LogStore) -> None:
+def test_of_two_checks_of_one_text_in_one_group_only_the_first_records(store: SqliteEventLog) -> None:
     a, b = store.append_group([_check(text="the same text", ref=1), _check(text="the  same TEXT", ref=2)])
     first, second = _checked(a).checked, _checked(b).checked
     assert (first.duplicate, first.recorded) == (False, 1)
@@ -297,7 +298,7 @@ def test_of_two_checks_of_one_text_in_one_group_only_the_first_records(store: Lo
     assert store.head == 1
 
 
-def test_a_later_input_of_a_batch_sees_what_an_earlier_one_recorded(store: LogStore) -> None:
+def test_a_later_input_of_a_batch_sees_what_an_earlier_one_recorded(store: SqliteEventLog) -> None:
     inputs = [
         CheckInput(text="a b c d", item="x"),
         CheckInput(text="e f g h", item="y"),
@@ -310,7 +311,7 @@ def test_a_later_input_of_a_batch_sees_what_an_earlier_one_recorded(store: LogSt
     assert checked.duplicate and checked.match is None
 
 
-def test_a_check_without_record_appends_nothing(store: LogStore) -> None:
+def test_a_check_without_record_appends_nothing(store: SqliteEventLog) -> None:
     checked = _checked(store.append_group([_check("hash", text="t", record=False)])[0]).checked
     assert not checked.duplicate and checked.recorded is None
     assert store.head == 0
@@ -319,7 +320,7 @@ def test_a_check_without_record_appends_nothing(store: LogStore) -> None:
 
 
 def test_a_failed_group_leaves_no_entry_in_the_index(
-    store: LogStore, monkeypatch: pytest.MonkeyPatch
+    store: SqliteEventLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def fail() -> None:
         raise RuntimeError("disk on fire")
@@ -333,7 +334,7 @@ def test_a_failed_group_leaves_no_entry_in_the_index(
     assert not checked.duplicate and checked.recorded == 1
 
 
-def test_a_wrong_dimension_in_a_batch_is_refused_with_its_index_and_records_nothing(store: LogStore) -> None:
+def test_a_wrong_dimension_in_a_batch_is_refused_with_its_index_and_records_nothing(store: SqliteEventLog) -> None:
     inputs = [CheckInput(vector=[1.0, 0.0]), CheckInput(vector=[1.0, 0.0, 0.0])]
     result = store.append_group([_check("embedding", space="s", inputs=inputs, ref=9)])[0]
     assert isinstance(result, errors.BadMessage)
@@ -341,7 +342,7 @@ def test_a_wrong_dimension_in_a_batch_is_refused_with_its_index_and_records_noth
     assert store.head == 0
 
 
-def test_embedding_checks_in_a_tiny_space_find_near_vectors_below_the_threshold(store: LogStore) -> None:
+def test_embedding_checks_in_a_tiny_space_find_near_vectors_below_the_threshold(store: SqliteEventLog) -> None:
     store.append_group([_check("embedding", space="s", vector=[1.0, 0.0, 0.0], item="a")])
     near = _checked(store.append_group([_check("embedding", space="s", vector=[1.0, 0.05, 0.0])])[0]).checked
     far = _checked(store.append_group([_check("embedding", space="s", vector=[0.0, 1.0, 0.0])])[0]).checked
@@ -352,7 +353,7 @@ def test_embedding_checks_in_a_tiny_space_find_near_vectors_below_the_threshold(
     assert not other_space.duplicate
 
 
-def test_dedup_cleared_forgets_only_its_kind_when_given_one(store: LogStore) -> None:
+def test_dedup_cleared_forgets_only_its_kind_when_given_one(store: SqliteEventLog) -> None:
     store.append_group([_check("hash", text="t"), _check("simhash", text="t")])
     store.append_events([DedupCleared(data=DedupClearedData(namespace="ns", kind="hash"))])
     hashed = _checked(store.append_group([_check("hash", text="t", record=False)])[0]).checked
@@ -363,7 +364,7 @@ def test_dedup_cleared_forgets_only_its_kind_when_given_one(store: LogStore) -> 
 
 def test_indexes_loaded_from_the_table_answer_like_the_live_ones(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
-    live = LogStore(path)
+    live = SqliteEventLog(path)
     live.catch_up()
     live.append_group(
         [
@@ -374,7 +375,7 @@ def test_indexes_loaded_from_the_table_answer_like_the_live_ones(tmp_path: Path)
     )
     live.append_events([DedupCleared(data=DedupClearedData(namespace="gone"))])
     live.close()
-    again = LogStore(path)
+    again = SqliteEventLog(path)
     try:
         again.catch_up()
         assert again.load_dedup() == 3
@@ -396,13 +397,13 @@ def test_indexes_loaded_from_the_table_answer_like_the_live_ones(tmp_path: Path)
 # -- saved embedding indexes (dedup_persist) ----------------------------------------------
 
 
-def _record_vectors(store: LogStore, vectors: np.ndarray, namespace: str = "emb", space: str = "s") -> None:
+def _record_vectors(store: SqliteEventLog, vectors: np.ndarray, namespace: str = "emb", space: str = "s") -> None:
     inputs = [CheckInput(vector=v.tolist(), item=f"i{k}") for k, v in enumerate(vectors)]
     result = store.append_group([_check("embedding", namespace=namespace, space=space, inputs=inputs)])[0]
     assert not _checked(result).checked.duplicate
 
 
-def _save(store: LogStore, namespace: str = "emb") -> dp.Header | None:
+def _save(store: SqliteEventLog, namespace: str = "emb") -> dp.Header | None:
     spaces = dp.snapshot(store.dedup, namespace)
     try:
         return dp.save_namespace(dp.files_dir(store.path), namespace, store.head, spaces)
@@ -420,7 +421,7 @@ def saved(tmp_path: Path) -> tuple[Path, np.ndarray]:
     """A database with 40 vectors in namespace 'emb' (a saved copy of the first 30) and a hash."""
     path = tmp_path / "t.db"
     vectors = _unit_vectors(np.random.default_rng(7), 40, 16)
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     store.append_group([_check("hash", text="x")])
     _record_vectors(store, vectors[:30])
@@ -431,9 +432,9 @@ def saved(tmp_path: Path) -> tuple[Path, np.ndarray]:
 
 
 def _load(path: Path, namespace: str = "emb") -> tuple[dict[str, dd.EmbeddingIndex], str, int]:
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     try:
-        return dp.load_embeddings(store.conn, dp.files_dir(path), namespace, store.head)
+        return dp.load_embeddings(store.dedup_entries, dp.files_dir(path), namespace, store.head)
     finally:
         store.close()
 
@@ -508,12 +509,12 @@ def test_a_saved_index_of_another_dimension_or_other_vectors_is_rebuilt(tmp_path
     rng = np.random.default_rng(3)
     for other_dims in (8, 4):  # the same seqs, another dimension; then the same dimension, other vectors
         a, b = tmp_path / f"a{other_dims}.db", tmp_path / f"b{other_dims}.db"
-        other = LogStore(a)
+        other = SqliteEventLog(a)
         other.catch_up()
         _record_vectors(other, _unit_vectors(rng, 5, other_dims))
         _save(other)
         other.close()
-        mine = LogStore(b)
+        mine = SqliteEventLog(b)
         mine.catch_up()
         vectors = _unit_vectors(rng, 5, 4)
         _record_vectors(mine, vectors)
@@ -528,7 +529,7 @@ def test_a_namespace_cleared_after_its_save_loads_without_the_cleared_vectors(
     saved: tuple[Path, np.ndarray],
 ) -> None:
     path, vectors = saved
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.append_events([DedupCleared(data=DedupClearedData(namespace="emb"))])
     _record_vectors(store, vectors[:2])
     store.close()
@@ -541,7 +542,7 @@ def test_a_rolled_back_vector_stays_deleted_in_the_saved_copy(
 ) -> None:
     path = tmp_path / "t.db"
     vectors = _unit_vectors(np.random.default_rng(5), 3, 8)
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     _record_vectors(store, vectors[:2])
     # The group fails before its COMMIT (as a full disk would): the vector is rolled back.
@@ -562,7 +563,7 @@ def test_load_dedup_uses_the_saved_copy_and_answers_like_the_live_index(
     saved: tuple[Path, np.ndarray],
 ) -> None:
     path, vectors = saved
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     try:
         store.catch_up()
         assert store.load_dedup() == 41

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from tracklog.daemon.hub import Filter, Hub
 from tracklog.protocol.events import MetricsData
 from tracklog.protocol.messages import Codec, Events, StoredEvent, SubscribeFilter
-from tracklog.daemon.hub import Filter, Hub
 
 
 def events(n: int, start: int = 1) -> list[StoredEvent]:

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 import pytest
+
 from tracklog.daemon import projections as p
 from tracklog.daemon.projections import LoggedEvent, project
 from tracklog.protocol import events as ev

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from tracklog.daemon.filter_grammar import MAX_METRIC_NAMES, MAX_TERMS, MAX_VALUES
 from tracklog.daemon.queries import answer
+from tracklog.daemon.storage.sqlite.connect import connect
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
-from tracklog.daemon.store import LogStore, connect
 from tracklog.protocol import errors
 from tracklog.protocol.events import Item, ItemData, Metrics, MetricsData, RunStarted, RunStartedData
 from tracklog.protocol.messages import Append, Query
@@ -24,7 +25,7 @@ from tracklog.protocol.messages import Append, Query
 def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sqlite3.Connection]:
     """A read-only connection to a small database: runs with config, tags, metrics and items."""
     path: Path = tmp_path_factory.mktemp("limits") / "limits.db"
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     events: list[Any] = []
     for i in range(5):

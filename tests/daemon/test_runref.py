@@ -14,8 +14,10 @@ import pytest
 
 from tracklog.daemon import commands
 from tracklog.daemon.queries import answer
+from tracklog.daemon.storage.eventlog import AppendResult
+from tracklog.daemon.storage.sqlite.connect import connect
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
-from tracklog.daemon.store import AppendResult, LogStore, connect
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Append, Codec, Query
 
@@ -23,8 +25,8 @@ CODEC = Codec()
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[LogStore]:
-    s = LogStore(tmp_path / "t.db", clock=lambda: 1_000_000_000.0)
+def store(tmp_path: Path) -> Iterator[SqliteEventLog]:
+    s = SqliteEventLog(tmp_path / "t.db", clock=lambda: 1_000_000_000.0)
     s.catch_up()
     try:
         yield s
@@ -32,14 +34,14 @@ def store(tmp_path: Path) -> Iterator[LogStore]:
         s.close()
 
 
-def append(store: LogStore, events: Sequence[dict[str, Any]]) -> None:
+def append(store: SqliteEventLog, events: Sequence[dict[str, Any]]) -> None:
     msg = CODEC.decode(json.dumps({"op": "append", "events": list(events)}))
     assert isinstance(msg, Append) and not msg.rejected
     for result in store.append_group([msg]):
         assert isinstance(result, AppendResult), result
 
 
-def ask(store: LogStore, q: str, **args: Any) -> list[Any]:
+def ask(store: SqliteEventLog, q: str, **args: Any) -> list[Any]:
     conn: sqlite3.Connection = connect(store.path, readonly=True)
     try:
         return list(answer(SqliteReadModel(conn), Query(q=q, **args)).rows)
@@ -52,7 +54,7 @@ def started(run: str, name: str | None = None, **data: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def runs(store: LogStore) -> LogStore:
+def runs(store: SqliteEventLog) -> SqliteEventLog:
     append(
         store,
         [
@@ -71,7 +73,7 @@ def runs(store: LogStore) -> LogStore:
 # -- references ---------------------------------------------------------------------------
 
 
-def test_a_unique_id_prefix_names_its_run_in_every_run_taking_query(runs: LogStore) -> None:
+def test_a_unique_id_prefix_names_its_run_in_every_run_taking_query(runs: SqliteEventLog) -> None:
     assert ask(runs, "run", run="0190b")[0]["id"] == "0190bbbb-0003"
     assert ask(runs, "metrics", run="0190aaaa-0002")[0]["run"] == "0190aaaa-0002"
     assert ask(runs, "metrics", run="0190b")[0]["run"] == "0190bbbb-0003"
@@ -83,7 +85,7 @@ def test_a_unique_id_prefix_names_its_run_in_every_run_taking_query(runs: LogSto
     }
 
 
-def test_a_name_names_the_latest_run_with_it_and_says_how_many_share_it(runs: LogStore) -> None:
+def test_a_name_names_the_latest_run_with_it_and_says_how_many_share_it(runs: SqliteEventLog) -> None:
     assert ask(runs, "run", run="baseline")[0]["id"] == "0190bbbb-0003"
     [resolved] = ask(runs, "resolve", run="baseline")
     assert resolved == {
@@ -98,21 +100,21 @@ def test_a_name_names_the_latest_run_with_it_and_says_how_many_share_it(runs: Lo
     assert ask(runs, "resolve", run="0190b")[0]["by"] == "prefix"
 
 
-def test_an_ambiguous_prefix_is_bad_query_listing_the_candidates(runs: LogStore) -> None:
+def test_an_ambiguous_prefix_is_bad_query_listing_the_candidates(runs: SqliteEventLog) -> None:
     with pytest.raises(errors.BadQuery, match="'0190a' is ambiguous") as caught:
         ask(runs, "metrics", run="0190a")
     assert "0190aaaa-0001 (baseline)" in caught.value.message
     assert "0190aaaa-0002 (tuned)" in caught.value.message
 
 
-def test_an_unknown_reference_is_not_found(runs: LogStore) -> None:
+def test_an_unknown_reference_is_not_found(runs: SqliteEventLog) -> None:
     with pytest.raises(errors.NotFound, match="no run 'zzz'"):
         ask(runs, "run", run="zzz")
     with pytest.raises(errors.NotFound, match="no run 'zzz'"):
         ask(runs, "items", run="zzz")
 
 
-def test_a_name_that_is_also_a_prefix_of_another_id_is_ambiguous(store: LogStore) -> None:
+def test_a_name_that_is_also_a_prefix_of_another_id_is_ambiguous(store: SqliteEventLog) -> None:
     append(store, [started("abc-1"), started("zzz-9", "abc")])
     with pytest.raises(errors.BadQuery, match=r"ambiguous.*abc-1"):
         ask(store, "run", run="abc")
@@ -121,7 +123,7 @@ def test_a_name_that_is_also_a_prefix_of_another_id_is_ambiguous(store: LogStore
 # -- delete and restore --------------------------------------------------------------------
 
 
-def test_a_deleted_run_is_left_out_of_queries_unless_asked_for(runs: LogStore) -> None:
+def test_a_deleted_run_is_left_out_of_queries_unless_asked_for(runs: SqliteEventLog) -> None:
     append(runs, [{"type": "run.deleted", "run": "0190aaaa-0002"}])
     assert [r["id"] for r in ask(runs, "runs")] == ["0190aaaa-0001", "0190bbbb-0003"]
     assert len(ask(runs, "runs", deleted=True)) == 3
@@ -137,7 +139,7 @@ def test_a_deleted_run_is_left_out_of_queries_unless_asked_for(runs: LogStore) -
     assert ask(runs, "run", run="tuned")[0]["deleted"] is True  # still shown when named
 
 
-def test_deleting_and_restoring_a_lost_run_keeps_it_lost_with_its_counts(runs: LogStore) -> None:
+def test_deleting_and_restoring_a_lost_run_keeps_it_lost_with_its_counts(runs: SqliteEventLog) -> None:
     run = "0190aaaa-0001"
     append(runs, [{"type": "run.finished", "run": run, "data": {"status": "lost"}}])
     before = ask(runs, "run", run=run)[0]
@@ -152,12 +154,12 @@ def test_deleting_and_restoring_a_lost_run_keeps_it_lost_with_its_counts(runs: L
     assert types[-2:] == ["run.deleted", "run.restored"]  # no run.updated {status: running} slipped in
 
 
-def test_deleting_an_unknown_run_makes_no_run(store: LogStore) -> None:
+def test_deleting_an_unknown_run_makes_no_run(store: SqliteEventLog) -> None:
     append(store, [{"type": "run.deleted", "run": "ghost"}])
     assert ask(store, "runs", deleted=True) == []
 
 
-def test_rebuild_after_deletes_and_restores_verifies_equal(runs: LogStore) -> None:
+def test_rebuild_after_deletes_and_restores_verifies_equal(runs: SqliteEventLog) -> None:
     append(
         runs,
         [{"type": "run.deleted", "run": "0190aaaa-0001"}, {"type": "run.deleted", "run": "0190bbbb-0003"}],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from tracklog.daemon.schema import PROJECTION_DDL, PROJECTION_TABLES
-from tracklog.daemon.store import ddl_statements
+from tracklog.daemon.storage.sqlite.connect import ddl_statements
+from tracklog.daemon.storage.sqlite.schema import PROJECTION_DDL, PROJECTION_TABLES
 
 
 def test_a_semicolon_inside_a_comment_does_not_cut_a_statement() -> None:
@@ -29,10 +29,10 @@ def test_the_projection_ddl_creates_every_projection_table() -> None:
 
 
 def test_a_database_missing_only_the_full_text_index_is_rebuilt_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tracklog.daemon.store import LogStore
+    from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
     from tracklog.protocol.events import RunStarted, RunStartedData
 
-    store = LogStore(tmp_path / "t.db")
+    store = SqliteEventLog(tmp_path / "t.db")
     store.catch_up()
     store.append_events([RunStarted(run="r", data=RunStartedData(name="findable words"))])
     store.conn.execute("DROP TABLE search")

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracklog.daemon import commands
-from tracklog.daemon.schema import CHUNK_POINTS
 from tracklog.daemon.series import extremes_index
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.daemon.storage.sqlite.metrics import downsample_from_tiers, query_metrics, read_series
-from tracklog.daemon.store import LogStore
+from tracklog.daemon.storage.sqlite.schema import CHUNK_POINTS
 from tracklog.protocol import errors
 from tracklog.protocol.events import Metrics, MetricsData
 from tracklog.protocol.messages import Append, Query
@@ -29,7 +29,7 @@ SPIKE_AT = 12_345
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "series.db"
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     values = [math.sin(i / 500) for i in range(POINTS)]
     values[SPIKE_AT] = 100.0
@@ -125,7 +125,7 @@ def test_downsampled_histories_start_and_end_with_the_series_at_any_max_points(
 
 def test_five_points_over_ten_thousand_steps_begin_at_step_0_and_end_at_step_9999(tmp_path: Path) -> None:
     """The report: `--max-points 5` over steps 0..9999 answered steps 2, 5112, 5123, 9980."""
-    store = LogStore(tmp_path / "t.db")
+    store = SqliteEventLog(tmp_path / "t.db")
     store.catch_up()
     rng = np.random.default_rng(7)
     events = [

@@ -11,8 +11,9 @@ import pytest
 
 from tracklog.daemon.queries import answer
 from tracklog.daemon.storage.sqlite import sql as sqlquery
+from tracklog.daemon.storage.sqlite.connect import connect
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
-from tracklog.daemon.store import LogStore, connect
 from tracklog.protocol import errors
 from tracklog.protocol import events as ev
 from tracklog.protocol.messages import Query
@@ -20,7 +21,7 @@ from tracklog.protocol.messages import Query
 
 @pytest.fixture
 def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    store = LogStore(tmp_path / "t.db")
+    store = SqliteEventLog(tmp_path / "t.db")
     store.catch_up()
     store.append_events([ev.RunStarted(run=f"r-{i}", data=ev.RunStartedData(name=f"n{i}")) for i in range(5)])
     store.close()

@@ -17,8 +17,9 @@ import pytest
 
 from tracklog.daemon import commands
 from tracklog.daemon.queries import answer
+from tracklog.daemon.storage.sqlite.connect import connect
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
-from tracklog.daemon.store import LogStore, connect
 from tracklog.protocol import errors
 from tracklog.protocol.events import Item, ItemData, Metrics, MetricsData
 from tracklog.protocol.messages import Append, Query
@@ -82,7 +83,7 @@ def assert_stages_equal(got: list[dict[str, Any]], want: list[dict[str, Any]]) -
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[tuple[Path, list[Item]]]:
     path = tmp_path / "stats.db"
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     items = logged_items()
     store.append_group([Append(events=list(items))])
@@ -122,7 +123,7 @@ def test_stats_of_one_run_summarise_only_its_items(db: tuple[Path, list[Item]]) 
 def test_the_sql_and_the_numpy_summaries_agree_on_a_single_run(tmp_path: Path) -> None:
     """Overall (SQL on the index) and per run (numpy) are two computations of one definition."""
     path = tmp_path / "one.db"
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     items = [Item(run="only", ts=i.ts, data=i.data) for i in logged_items(seed=11, count=3000)]
     store.append_group([Append(events=list(items))])
@@ -137,7 +138,7 @@ def test_stats_of_an_unknown_run_are_not_found(db: tuple[Path, list[Item]]) -> N
 
 
 def test_stats_without_items_have_no_stages(tmp_path: Path) -> None:
-    store = LogStore(tmp_path / "empty.db")
+    store = SqliteEventLog(tmp_path / "empty.db")
     store.catch_up()
     store.close()
     assert stats(tmp_path / "empty.db")["stages"] == []
@@ -166,11 +167,11 @@ def test_the_mean_leaves_nan_out_and_survives_a_restart_and_equals_a_rebuild(tmp
     path = tmp_path / "mean.db"
     first = [0.1 * i for i in range(1500)] + [math.nan]
     second = [math.nan, 3.0, -7.25] + [1e-3 * i for i in range(900)]
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     store.append_group([Append(events=list(points("r", first)))])
     store.close()
-    store = LogStore(path)  # a new process: the series' sum is read back from its summary row
+    store = SqliteEventLog(path)  # a new process: the series' sum is read back from its summary row
     store.catch_up()
     store.append_group([Append(events=list(points("r", second, 10_000)))])
     store.append_group([Append(events=list(points("inf", [1.0, math.inf, -math.inf])))])
@@ -186,7 +187,7 @@ def test_the_mean_leaves_nan_out_and_survives_a_restart_and_equals_a_rebuild(tmp
 
 def test_a_database_of_the_previous_projection_version_is_caught_up_with_the_mean(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     store.append_group([Append(events=list(points("r", [1.0, 2.0, 6.0])))])
     store.close()
@@ -195,7 +196,7 @@ def test_a_database_of_the_previous_projection_version_is_caught_up_with_the_mea
         conn.execute("ALTER TABLE metric_summaries DROP COLUMN sum")
         conn.execute("ALTER TABLE metric_summaries DROP COLUMN summed")
         conn.execute("UPDATE meta SET value = 4 WHERE key = 'projection_version'")
-    store = LogStore(path)
+    store = SqliteEventLog(path)
     store.catch_up()
     store.close()
     assert run_metrics(path, "r")["v"]["mean"] == 3.0

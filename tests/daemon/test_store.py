@@ -1,4 +1,4 @@
-"""LogStore against a real SQLite file: seqs, idempotent ids, group commit, metric chunks
+"""SqliteEventLog against a real SQLite file: seqs, idempotent ids, group commit, metric chunks
 and summaries, rebuild/verify/catch-up/replay, and the queries that read the tables."""
 
 from __future__ import annotations
@@ -17,9 +17,17 @@ import pytest
 
 from tracklog.daemon import commands
 from tracklog.daemon.queries import answer
-from tracklog.daemon.schema import CHUNK_POINTS, NO_EPOCH, PROJECTION_TABLES, PROJECTION_VERSION
+from tracklog.daemon.storage.eventlog import AppendResult
+from tracklog.daemon.storage.sqlite.connect import connect
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog, read_events
 from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
-from tracklog.daemon.store import AppendResult, LogStore, connect, iter_table, read_events
+from tracklog.daemon.storage.sqlite.schema import (
+    CHUNK_POINTS,
+    NO_EPOCH,
+    PROJECTION_TABLES,
+    PROJECTION_VERSION,
+)
+from tracklog.daemon.storage.sqlite.verify import compare_tables, iter_table
 from tracklog.protocol import errors
 from tracklog.protocol import events as ev
 from tracklog.protocol.messages import Ack, Append, Codec, Duplicate, Query
@@ -51,8 +59,8 @@ def append_msg(events: Sequence[Event], ref: int | None = None) -> Append:
     return msg
 
 
-def open_store(path: Path, clock: Callable[[], float] = lambda: NOW) -> LogStore:
-    store = LogStore(path, clock=clock)
+def open_store(path: Path, clock: Callable[[], float] = lambda: NOW) -> SqliteEventLog:
+    store = SqliteEventLog(path, clock=clock)
     try:
         store.catch_up()
     except BaseException:
@@ -62,7 +70,7 @@ def open_store(path: Path, clock: Callable[[], float] = lambda: NOW) -> LogStore
 
 
 @contextmanager
-def opened(path: Path) -> Iterator[LogStore]:
+def opened(path: Path) -> Iterator[SqliteEventLog]:
     store = open_store(path)
     try:
         yield store
@@ -90,13 +98,13 @@ def raw(path: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def append(store: LogStore, events: Sequence[Event], ref: int | None = None) -> Ack:
+def append(store: SqliteEventLog, events: Sequence[Event], ref: int | None = None) -> Ack:
     result = store.append_group([append_msg(events, ref)])[0]
     assert isinstance(result, AppendResult), result
     return result.ack
 
 
-def append_structs(store: LogStore, events: Sequence[ev.Event]) -> Ack:
+def append_structs(store: SqliteEventLog, events: Sequence[ev.Event]) -> Ack:
     return store.append_events(list(events))
 
 
@@ -140,7 +148,7 @@ def log_rows(path: Path) -> list[tuple[Any, ...]]:
 def differences(a: Path, b: Path) -> tuple[int, str]:
     out = io.StringIO()
     with closing(sqlite3.connect(a)) as live, closing(sqlite3.connect(b)) as other:
-        count = commands.compare_tables(live, other, out)
+        count = compare_tables(live, other, out)
     return count, out.getvalue()
 
 
@@ -325,7 +333,7 @@ def split(events: list[ev.Event], sizes: Sequence[int]) -> list[list[ev.Event]]:
 
 
 def append_all(
-    store: LogStore, events: list[ev.Event], sizes: Sequence[int] = (1, 3, 17, 250, 2, 1000)
+    store: SqliteEventLog, events: list[ev.Event], sizes: Sequence[int] = (1, 3, 17, 250, 2, 1000)
 ) -> None:
     for part in split(events, sizes):
         append_structs(store, part)
@@ -337,7 +345,7 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db: Path) -> Iterator[LogStore]:
+def store(db: Path) -> Iterator[SqliteEventLog]:
     with opened(db) as s:
         yield s
 
@@ -360,7 +368,7 @@ def copy_db(source: Path, target: Path) -> Path:
 # -- seqs --------------------------------------------------------------------------------
 
 
-def test_new_store_is_empty_with_head_zero_and_projection_tables_ready(store: LogStore) -> None:
+def test_new_store_is_empty_with_head_zero_and_projection_tables_ready(store: SqliteEventLog) -> None:
     assert store.head == 0
     assert store.meta("projection_version") == PROJECTION_VERSION
     assert int(store.meta("applied_seq")) == 0
@@ -368,7 +376,7 @@ def test_new_store_is_empty_with_head_zero_and_projection_tables_ready(store: Lo
     assert set(PROJECTION_TABLES) <= present
 
 
-def test_seqs_start_at_one_and_stay_consecutive_and_gapless_across_appends(store: LogStore) -> None:
+def test_seqs_start_at_one_and_stay_consecutive_and_gapless_across_appends(store: SqliteEventLog) -> None:
     acks = [append(store, [metric("r", {"a": float(i)}) for i in range(n)]) for n in (1, 3, 5, 2)]
     assert [(a.accepted, a.first_seq, a.last_seq) for a in acks] == [
         (1, 1, 1),
@@ -391,7 +399,7 @@ def test_seqs_continue_from_the_head_after_the_store_is_reopened(db: Path) -> No
         assert seqs(s.conn) == [1, 2, 3, 4, 5]
 
 
-def test_append_of_only_rejected_events_uses_no_seq_and_acks_the_rejections(store: LogStore) -> None:
+def test_append_of_only_rejected_events_uses_no_seq_and_acks_the_rejections(store: SqliteEventLog) -> None:
     append(store, [metric("r", {"a": 1.0})])
     ack = append(
         store, [{"type": "nope"}, {"type": "metrics", "run": "r", "data": {"values": {"a": True}}}], ref=3
@@ -405,7 +413,7 @@ def test_append_of_only_rejected_events_uses_no_seq_and_acks_the_rejections(stor
 
 
 def test_good_events_of_a_partly_bad_append_get_consecutive_seqs_and_the_bad_are_not_logged(
-    store: LogStore,
+    store: SqliteEventLog,
 ) -> None:
     ack = append(
         store, [metric("r", {"a": 1.0}, id_="e0"), {"type": "nope"}, metric("r", {"a": 2.0}, id_="e2")]
@@ -418,7 +426,7 @@ def test_good_events_of_a_partly_bad_append_get_consecutive_seqs_and_the_bad_are
 # -- idempotent ids ---------------------------------------------------------------------------
 
 
-def test_id_seen_before_is_a_duplicate_and_the_ack_names_the_original_seq(store: LogStore) -> None:
+def test_id_seen_before_is_a_duplicate_and_the_ack_names_the_original_seq(store: SqliteEventLog) -> None:
     append(store, [metric("r", {"a": 1.0}, id_="x"), metric("r", {"a": 2.0}, id_="y")])
     for i in range(5):
         append(store, [metric("r", {"a": float(i)})])
@@ -441,7 +449,7 @@ def test_id_is_a_duplicate_after_the_store_is_closed_and_reopened(db: Path) -> N
 
 
 def test_id_sent_twice_within_one_append_is_logged_once_and_the_second_names_the_first_seq(
-    store: LogStore,
+    store: SqliteEventLog,
 ) -> None:
     append(store, [metric("r", {"a": 0.0})])
     ack = append(
@@ -460,13 +468,13 @@ def test_id_sent_twice_within_one_append_is_logged_once_and_the_second_names_the
     assert [(e.seq, e.id) for e in read_events(store.conn)] == [(1, None), (2, "x"), (3, None)]
 
 
-def test_id_of_a_rejected_event_is_not_remembered(store: LogStore) -> None:
+def test_id_of_a_rejected_event_is_not_remembered(store: SqliteEventLog) -> None:
     append(store, [{"id": "x", "type": "metrics", "run": "r", "data": {"values": {"a": "oops"}}}])
     ack = append(store, [metric("r", {"a": 1.0}, id_="x")])
     assert (ack.accepted, ack.duplicates) == (1, [])
 
 
-def test_id_seen_in_an_earlier_append_of_the_same_group_is_a_duplicate(store: LogStore) -> None:
+def test_id_seen_in_an_earlier_append_of_the_same_group_is_a_duplicate(store: SqliteEventLog) -> None:
     results = store.append_group(
         [
             append_msg([metric("r", {"a": 1.0}, id_="x")]),
@@ -482,11 +490,11 @@ def test_id_seen_in_an_earlier_append_of_the_same_group_is_a_duplicate(store: Lo
 # -- group commit ---------------------------------------------------------------------------
 
 
-def test_group_of_several_appends_gives_each_consecutive_seqs_in_order(store: LogStore) -> None:
+def test_group_of_several_appends_gives_each_consecutive_seqs_in_order(store: SqliteEventLog) -> None:
     append(store, [metric("r", {"a": 0.0})])
-    store.publish = True  # the results carry the stored events, as when the hub listens
     group = [append_msg([metric("r", {"a": float(i)}) for i in range(n)], ref=n) for n in (2, 3, 1)]
-    results = store.append_group(group)
+    # publish: the results carry the stored events, as when the hub listens
+    results = store.append_group(group, publish=True)
     acks = [r.ack for r in results if isinstance(r, AppendResult)]
     assert [(a.ref, a.first_seq, a.last_seq) for a in acks] == [(2, 2, 3), (3, 4, 6), (1, 7, 7)]
     events = [[e.seq for e in r.events] for r in results if isinstance(r, AppendResult)]
@@ -495,8 +503,7 @@ def test_group_of_several_appends_gives_each_consecutive_seqs_in_order(store: Lo
     assert int(store.meta("applied_seq")) == 7
 
 
-def test_append_result_holds_the_events_in_stored_form_when_someone_listens(store: LogStore) -> None:
-    store.publish = True
+def test_append_result_holds_the_events_in_stored_form_when_someone_listens(store: SqliteEventLog) -> None:
     (result,) = store.append_group(
         [
             append_msg(
@@ -505,7 +512,8 @@ def test_append_result_holds_the_events_in_stored_form_when_someone_listens(stor
                     {"type": "cache.put", "data": {"key": "k", "value": 1}},
                 ]
             )
-        ]
+        ],
+        publish=True,
     )
     assert isinstance(result, AppendResult)
     first, second = result.events
@@ -548,7 +556,7 @@ def test_group_where_one_append_fails_to_project_commits_the_others_with_gapless
     ids=["step", "epoch", "iteration", "size"],
 )
 def test_integer_beyond_int64_is_rejected_alone_and_the_rest_of_the_append_is_kept(
-    store: LogStore, bad: Event
+    store: SqliteEventLog, bad: Event
 ) -> None:
     results = store.append_group([append_msg([metric("r", {"a": 1.0}, id_="good"), bad])])
     assert isinstance(results[0], AppendResult), results[0]
@@ -560,7 +568,7 @@ def test_integer_beyond_int64_is_rejected_alone_and_the_rest_of_the_append_is_ke
 
 
 def test_metric_series_longer_than_a_chunk_reads_back_exactly_across_many_appends_of_varied_sizes(
-    store: LogStore,
+    store: SqliteEventLog,
 ) -> None:
     total = 3000
     loss_points: list[tuple[int, int | None, float, float]] = []
@@ -600,7 +608,7 @@ def test_metric_series_longer_than_a_chunk_reads_back_exactly_across_many_append
         assert run == (total, 2 * total)
 
 
-def test_summary_keeps_the_earliest_point_on_ties_and_never_takes_nan_as_min_or_max(store: LogStore) -> None:
+def test_summary_keeps_the_earliest_point_on_ties_and_never_takes_nan_as_min_or_max(store: SqliteEventLog) -> None:
     values = [math.nan, 3.0, 1.0, math.nan, 1.0, 5.0, 5.0, 2.0, math.nan]
     for i, value in enumerate(values):
         append(store, [metric("r", {"v": value}, step=i * 10, epoch=i, ts=100.0 + i)])
@@ -619,18 +627,18 @@ def test_summary_keeps_the_earliest_point_on_ties_and_never_takes_nan_as_min_or_
     )
 
 
-def test_summary_of_a_series_of_only_nan_has_no_min_or_max(store: LogStore) -> None:
+def test_summary_of_a_series_of_only_nan_has_no_min_or_max(store: SqliteEventLog) -> None:
     append(store, [metric("r", {"v": math.nan}, step=1), metric("r", {"v": math.nan}, step=2)])
     assert summary(store.conn, "r", "v") == (2, None, 2, None, NOW, None, None, None, None, None, None)
 
 
-def test_infinities_can_be_the_min_and_max(store: LogStore) -> None:
+def test_infinities_can_be_the_min_and_max(store: SqliteEventLog) -> None:
     append(store, [metric("r", {"v": v}, step=i) for i, v in enumerate([1.0, math.inf, -math.inf, 0.0])])
     (count, last, *_, mn, mn_step, _, mx, mx_step, _) = summary(store.conn, "r", "v")
     assert (count, last, mn, mn_step, mx, mx_step) == (4, 0.0, -math.inf, 2, math.inf, 1)
 
 
-def test_step_less_metric_gets_its_index_in_its_own_series(store: LogStore) -> None:
+def test_step_less_metric_gets_its_index_in_its_own_series(store: SqliteEventLog) -> None:
     append(store, [metric("r", {"a": 1.0}), metric("r", {"a": 2.0, "b": 5.0})])
     append(store, [metric("r", {"a": 3.0}, step=100), metric("r", {"a": 4.0, "b": 6.0})])
     np.testing.assert_array_equal(read_series(store.conn, "r", "a")["steps"], [0, 1, 100, 3])
@@ -712,7 +720,7 @@ def test_tables_do_not_depend_on_how_appends_were_grouped_into_transactions(
 def test_rebuild_in_many_small_replay_transactions_equals_the_live_tables(
     workload_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("tracklog.daemon.store._REPLAY_BATCH", 97)
+    monkeypatch.setattr("tracklog.daemon.storage.sqlite.eventlog._REPLAY_BATCH", 97)
     path = copy_db(workload_db, tmp_path / "small-batches.db")
     with opened(path) as s:
         assert s.rebuild() == s.head
@@ -723,7 +731,7 @@ def test_tables_are_the_same_when_metric_series_are_evicted_from_the_cache_betwe
     workload_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every series is then reloaded from its summary and open chunk at each transaction.
-    monkeypatch.setattr("tracklog.daemon.tables.MAX_CACHED_SERIES", 1)
+    monkeypatch.setattr("tracklog.daemon.storage.sqlite.tables.MAX_CACHED_SERIES", 1)
     path = tmp_path / "evicting.db"
     with opened(path) as s:
         append_all(s, workload(), (1, 2, 900, 5))
@@ -736,7 +744,7 @@ def test_tables_are_the_same_when_every_event_goes_through_project_and_apply(
     # Tables may take shortcuts for hot event types; the result must be what applying
     # project()'s changes one by one gives.
     from tracklog.daemon.projections import LoggedEvent, project
-    from tracklog.daemon.tables import Tables
+    from tracklog.daemon.storage.sqlite.tables import Tables
 
     def apply_event(self: Tables, event: LoggedEvent) -> None:
         for change in project(event):
@@ -803,7 +811,7 @@ def test_catch_up_does_nothing_when_the_tables_are_level_with_the_log(
     before = table_rows(path)
     with opened(path):  # opened() runs catch_up
         pass
-    store = LogStore(path, clock=lambda: NOW)
+    store = SqliteEventLog(path, clock=lambda: NOW)
     try:
         assert store.catch_up() == 0
     finally:
@@ -818,7 +826,7 @@ def test_catch_up_rebuilds_everything_when_a_projection_table_was_dropped(
     path = copy_db(workload_db, tmp_path / "dropped.db")
     with raw(path) as conn:
         conn.execute(f"DROP TABLE {table}")
-    store = LogStore(path, clock=lambda: NOW)
+    store = SqliteEventLog(path, clock=lambda: NOW)
     try:
         assert store.catch_up() == store.head == len(workload())
     finally:
@@ -835,7 +843,7 @@ def test_catch_up_rebuilds_everything_when_the_projection_version_differs(
         conn.execute("UPDATE meta SET value = ? WHERE key = 'projection_version'", (version,))
         # A change that only a rebuild undoes: the old version's rows are not trusted.
         conn.execute("UPDATE runs SET n_events = 999")
-    store = LogStore(path, clock=lambda: NOW)
+    store = SqliteEventLog(path, clock=lambda: NOW)
     try:
         assert store.catch_up() == store.head
         assert store.meta("projection_version") == PROJECTION_VERSION
@@ -852,7 +860,7 @@ def test_catch_up_applies_the_events_a_rebuild_to_an_earlier_seq_left_out(
     with opened(path) as s:
         assert s.rebuild(to_seq=k) == k
         assert int(s.meta("applied_seq")) == k
-    store = LogStore(path, clock=lambda: NOW)
+    store = SqliteEventLog(path, clock=lambda: NOW)
     try:
         assert store.catch_up() == store.head - k
         assert int(store.meta("applied_seq")) == store.head
@@ -876,7 +884,7 @@ def test_catch_up_applies_events_written_to_the_log_behind_the_tables_back(
         conn.execute("INSERT INTO main.events SELECT * FROM full.events WHERE seq > ?", (k,))
         conn.commit()
         conn.execute("DETACH DATABASE full")
-    store = LogStore(path, clock=lambda: NOW)
+    store = SqliteEventLog(path, clock=lambda: NOW)
     try:
         assert int(store.meta("applied_seq")) == k
         assert store.catch_up() == len(workload()) - k
@@ -903,7 +911,7 @@ def test_catch_up_replays_from_an_applied_seq_set_back_by_hand_over_tables_of_th
         conn.execute("UPDATE main.meta SET value = ? WHERE key = 'applied_seq'", (k,))
         conn.commit()
         conn.execute("DETACH DATABASE old")
-    store = LogStore(path, clock=lambda: NOW)
+    store = SqliteEventLog(path, clock=lambda: NOW)
     try:
         assert store.catch_up() == store.head - k
     finally:
@@ -948,7 +956,7 @@ def cache_rows(path: Path, key: str) -> list[Any]:
         return answer(SqliteReadModel(conn), Query(q="cache", key=key)).rows
 
 
-def test_cache_query_of_an_expired_entry_returns_nothing(store: LogStore) -> None:
+def test_cache_query_of_an_expired_entry_returns_nothing(store: SqliteEventLog) -> None:
     append(store, [{"type": "cache.put", "data": {"key": "short", "value": 1, "ttl": 1}}])
     # recorded = NOW, long in the past: NOW + 1 is behind the real clock.
     with reader(store.path) as conn:
@@ -956,7 +964,7 @@ def test_cache_query_of_an_expired_entry_returns_nothing(store: LogStore) -> Non
     assert (result.rows, result.total, result.seq) == ([], 0, 1)
 
 
-def test_cache_query_returns_a_live_entry_with_its_value_and_expiry(store: LogStore) -> None:
+def test_cache_query_returns_a_live_entry_with_its_value_and_expiry(store: SqliteEventLog) -> None:
     append(
         store,
         [
@@ -971,7 +979,7 @@ def test_cache_query_returns_a_live_entry_with_its_value_and_expiry(store: LogSt
     assert cache_rows(store.path, "absent") == []
 
 
-def test_cache_put_again_replaces_the_value_and_its_expiry(store: LogStore) -> None:
+def test_cache_put_again_replaces_the_value_and_its_expiry(store: SqliteEventLog) -> None:
     append(store, [{"type": "cache.put", "data": {"key": "k", "value": 1}}])
     append(store, [{"type": "cache.put", "data": {"key": "k", "value": 2, "ttl": 1}}])
     assert cache_rows(store.path, "k") == []
@@ -979,7 +987,7 @@ def test_cache_put_again_replaces_the_value_and_its_expiry(store: LogStore) -> N
     assert cache_rows(store.path, "k") == [{"key": "k", "value": 3, "expires_at": None}]
 
 
-def test_cache_invalidated_drops_one_key_or_with_no_key_all_of_them(store: LogStore) -> None:
+def test_cache_invalidated_drops_one_key_or_with_no_key_all_of_them(store: SqliteEventLog) -> None:
     append(store, [{"type": "cache.put", "data": {"key": k, "value": k}} for k in ("a", "b", "c")])
     append(store, [{"type": "cache.invalidated", "data": {"key": "a"}}])
     assert [bool(cache_rows(store.path, k)) for k in ("a", "b", "c")] == [False, True, True]
@@ -987,7 +995,7 @@ def test_cache_invalidated_drops_one_key_or_with_no_key_all_of_them(store: LogSt
     assert [bool(cache_rows(store.path, k)) for k in ("a", "b", "c")] == [False, False, False]
 
 
-def test_run_query_answers_fields_config_tags_metric_summaries_and_artifacts(store: LogStore) -> None:
+def test_run_query_answers_fields_config_tags_metric_summaries_and_artifacts(store: SqliteEventLog) -> None:
     append(
         store,
         [
@@ -1121,7 +1129,7 @@ def test_run_query_answers_fields_config_tags_metric_summaries_and_artifacts(sto
 
 
 def test_run_query_of_a_run_created_by_its_first_metric_has_it_running_and_started_then(
-    store: LogStore,
+    store: SqliteEventLog,
 ) -> None:
     append(store, [metric("late", {"a": 1.0}, ts=5.0), metric("late", {"a": 2.0}, ts=6.0)])
     with reader(store.path) as conn:
@@ -1135,7 +1143,7 @@ def test_run_query_of_a_run_created_by_its_first_metric_has_it_running_and_start
     )
 
 
-def test_run_query_shows_deleted_restored_and_resumed_runs(store: LogStore) -> None:
+def test_run_query_shows_deleted_restored_and_resumed_runs(store: SqliteEventLog) -> None:
     append(
         store,
         [
@@ -1158,12 +1166,12 @@ def test_run_query_shows_deleted_restored_and_resumed_runs(store: LogStore) -> N
     assert (row["status"], row["error"], row["finished"], row["deleted"]) == ("running", None, None, False)
 
 
-def test_run_query_of_an_unknown_run_is_not_found(store: LogStore) -> None:
+def test_run_query_of_an_unknown_run_is_not_found(store: SqliteEventLog) -> None:
     with reader(store.path) as conn, pytest.raises(errors.NotFound, match="nope"):
         answer(SqliteReadModel(conn), Query(q="run", run="nope", ref=2))
 
 
-def test_read_events_filters_by_run_and_types_in_seq_order(store: LogStore) -> None:
+def test_read_events_filters_by_run_and_types_in_seq_order(store: SqliteEventLog) -> None:
     append(
         store,
         [
@@ -1197,7 +1205,7 @@ def test_read_events_filters_by_run_and_types_in_seq_order(store: LogStore) -> N
     assert (put.run, put.data, put.ts) == (None, {"key": "k", "value": [1]}, NOW)
 
 
-def test_events_query_on_a_read_only_connection_filters_like_read_events(store: LogStore) -> None:
+def test_events_query_on_a_read_only_connection_filters_like_read_events(store: SqliteEventLog) -> None:
     append(store, [metric("a", {"x": 1.0}), metric("b", {"x": 1.0}), {"type": "item", "run": "a"}])
     with reader(store.path) as conn:
         result = answer(SqliteReadModel(conn), Query(q="events", run="a", types=["item"]))

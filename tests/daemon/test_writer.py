@@ -18,8 +18,11 @@ import structlog
 
 from tests.conftest import open_client
 from tracklog.daemon import writer as writer_module
+from tracklog.daemon.ingest import AppendRequest
 from tracklog.daemon.server import Daemon, Settings
-from tracklog.daemon.store import AppendResult, LogStore
+from tracklog.daemon.storage import SqliteBackend
+from tracklog.daemon.storage.eventlog import AppendResult
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.daemon.writer import Writer
 from tracklog.protocol import errors
 from tracklog.protocol.events import Metrics, MetricsData
@@ -40,7 +43,7 @@ def frame(ref: int) -> str:
 
 @pytest.fixture
 async def writer(tmp_path: Path) -> AsyncIterator[Writer]:
-    w = Writer(str(tmp_path / "w.db"))
+    w = Writer(SqliteBackend(tmp_path / "w.db"))
     await w.start()
     try:
         yield w
@@ -62,10 +65,10 @@ async def test_a_failing_group_is_retried_request_by_request_so_only_the_bad_req
     assert store is not None
     real = store.append_group
 
-    def poisoned(requests: Any) -> Any:
+    def poisoned(requests: Any, publish: bool = False) -> Any:
         if any(getattr(r, "ref", None) == 13 for r in requests):
             raise RuntimeError("boom")
-        return real(requests)
+        return real(requests, publish)
 
     store.append_group = poisoned  # type: ignore[method-assign]
     # Queued before the writer runs again, so the three go in one group.
@@ -109,7 +112,7 @@ async def test_an_exception_in_the_writers_own_bookkeeping_fails_that_group_and_
     real = writer_module._weight
 
     def weight(request: Any) -> int:
-        if getattr(request, "ref", None) == 99:
+        if isinstance(request, AppendRequest) and request.append.ref == 99:
             raise RuntimeError("a writer bug")
         return real(request)
 
@@ -201,10 +204,10 @@ async def test_healthz_and_metrics_say_when_the_writer_is_stuck_and_recover_when
     real = store.append_group
     entered, release = threading.Event(), threading.Event()
 
-    def blocked(requests: Any) -> Any:
+    def blocked(requests: Any, publish: bool = False) -> Any:
         entered.set()
         release.wait(WAIT)
-        return real(requests)
+        return real(requests, publish)
 
     store.append_group = blocked  # type: ignore[method-assign]
     daemon.writer.stuck_after = 0.0  # any wait counts: the test needs no clock
@@ -227,7 +230,7 @@ async def test_healthz_and_metrics_say_when_the_writer_is_stuck_and_recover_when
 
 async def test_a_full_disk_is_disk_full_logged_once_reported_and_recovered_from(daemon: Daemon) -> None:
     writer = daemon.writer
-    store: LogStore | None = writer._store
+    store: SqliteEventLog | None = writer._store
     assert store is not None
     client, _ = await open_client(f"ws://127.0.0.1:{daemon.port}/ws")
     item = {"type": "item", "run": "r", "data": {"data": {"text": "x" * 2000}}}

@@ -6,6 +6,7 @@ import json
 
 import msgspec
 import pytest
+
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Check, Checked, CheckOutcome, Codec, Match
 

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from tracklog.daemon.queries import answer
+from tracklog.daemon.storage.eventlog import AppendResult
 from tracklog.daemon.storage.readmodel import ReadModel, open_read_model
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel, sqlite_path
-from tracklog.daemon.store import AppendResult, LogStore
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Append, Codec, Query
 
@@ -23,8 +24,8 @@ CODEC = Codec()
 
 
 def build_sqlite(path: Path, events: list[dict[str, Any]]) -> None:
-    """A database at path holding events, appended one per group through the daemon's LogStore."""
-    store = LogStore(path, clock=lambda: RECORDED)
+    """A database at path holding events, appended one per group through the daemon's SqliteEventLog."""
+    store = SqliteEventLog(path, clock=lambda: RECORDED)
     try:
         store.catch_up()
         for event in events:

@@ -10,7 +10,7 @@ from tracklog.protocol import errors
 from tracklog.protocol.limits import MAX_QUERY_LIMIT
 from tracklog.protocol.messages import Query, StoredEvent
 
-from ...store import read_events
+from .eventlog import read_events
 from .rows import marks, msgpack_decode
 
 #: Seqs a catch-up read looks through at most, so a narrow filter over a long log still

@@ -19,11 +19,11 @@ import numpy as np
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Query
 
-from ...schema import NO_EPOCH
 from ...series import F64, Series, extremes_index
 from ..readmodel import MAX_RUNS, ChunkColumns
 from .rows import SUMMARY_COLUMNS, marks, require_run, summary_row
 from .runref import resolve_live
+from .schema import NO_EPOCH
 
 #: Most points a `metrics` row holds when max_points is not given.
 MAX_SERIES_POINTS: Final = 10_000_000

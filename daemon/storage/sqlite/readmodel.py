@@ -17,9 +17,9 @@ from typing import Any, Final, TypeVar
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Query, StoredEvent
 
-from ...store import connect
 from ..readmodel import ChunkColumns, ReadModel, Rows
 from . import cache, events, items, metrics, runs, search, sql, stats
+from .connect import connect
 from .rows import artifact_rows
 
 _T = TypeVar("_T")

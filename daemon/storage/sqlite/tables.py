@@ -20,7 +20,7 @@ import numpy as np
 
 from tracklog.protocol.events import MetricsData
 
-from . import projections as p
+from ... import projections as p
 from .schema import CHUNK_POINTS, NO_EPOCH
 
 _json_encode = msgspec.json.Encoder(order="sorted").encode
@@ -42,12 +42,15 @@ def tier_row(chunk: tuple[Any, ...]) -> tuple[Any, ...]:
         return (run, name, number, n, step_min, step_max, *(None,) * 10)
     out: list[Any] = [run, name, number, n, step_min, step_max]
     for at in (int(np.nanargmin(values)), int(np.nanargmax(values))):
-        out.extend((
-            float(values[at]), at,
-            int(np.frombuffer(steps, np.int64, 1, at * 8)[0]),
-            int(np.frombuffer(epochs, np.int64, 1, at * 8)[0]),
-            float(np.frombuffer(ts, np.float64, 1, at * 8)[0]),
-        ))
+        out.extend(
+            (
+                float(values[at]),
+                at,
+                int(np.frombuffer(steps, np.int64, 1, at * 8)[0]),
+                int(np.frombuffer(epochs, np.int64, 1, at * 8)[0]),
+                float(np.frombuffer(ts, np.float64, 1, at * 8)[0]),
+            )
+        )
     return tuple(out)
 
 
@@ -246,7 +249,7 @@ class Tables:
             self._known_runs.add(run)
         self._counters[run] = [1, 0, 0, 0, 0, seq, ts]
 
-    def apply(self, change: p.AnyChange) -> None:  # noqa: C901 - one branch per change kind
+    def apply(self, change: p.AnyChange) -> None:
         conn = self.conn
         match change:
             case p.TouchRun(run, seq, ts):
@@ -309,7 +312,9 @@ class Tables:
                 merged.update(config)
                 conn.execute("UPDATE runs SET config = ? WHERE run = ?", (json_text(merged), run))
             case p.ChangeTags(run, add, remove):
-                conn.executemany("INSERT OR IGNORE INTO run_tags(run, tag) VALUES (?, ?)", [(run, t) for t in add])
+                conn.executemany(
+                    "INSERT OR IGNORE INTO run_tags(run, tag) VALUES (?, ?)", [(run, t) for t in add]
+                )
                 conn.executemany("DELETE FROM run_tags WHERE run = ? AND tag = ?", [(run, t) for t in remove])
                 self._search_runs.add(run)
             case p.FinishRun(run, status, error, finished):
@@ -335,7 +340,15 @@ class Tables:
                 conn.execute(
                     "INSERT INTO dedup_entries(seq, namespace, kind, space, value, run, item)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (seq, entry.namespace, entry.kind, entry.space, _msgpack_encode(entry.value), run, entry.item),
+                    (
+                        seq,
+                        entry.namespace,
+                        entry.kind,
+                        entry.space,
+                        _msgpack_encode(entry.value),
+                        run,
+                        entry.item,
+                    ),
                 )
             case p.ClearDedup(namespace, kind):
                 if kind is None:
@@ -427,7 +440,10 @@ class Tables:
             for doc, title, body in conn.execute(
                 f"SELECT doc, title, body FROM search_docs WHERE doc IN ({','.join('?' * len(part))})", part
             ).fetchall():
-                conn.execute("INSERT INTO search(search, rowid, title, body) VALUES ('delete', ?, ?, ?)", (doc, title, body))
+                conn.execute(
+                    "INSERT INTO search(search, rowid, title, body) VALUES ('delete', ?, ?, ?)",
+                    (doc, title, body),
+                )
 
     def _write_run_documents(self) -> None:
         """Rewrite the search document of each run whose name, notes or tags changed.
@@ -439,7 +455,9 @@ class Tables:
         """
         conn = self.conn
         for run in sorted(self._search_runs):
-            row = conn.execute("SELECT created_seq, name, notes, pipeline FROM runs WHERE run = ?", (run,)).fetchone()
+            row = conn.execute(
+                "SELECT created_seq, name, notes, pipeline FROM runs WHERE run = ?", (run,)
+            ).fetchone()
             if row is None:
                 continue
             created, name, notes, pipeline = row
@@ -450,7 +468,9 @@ class Tables:
             if old is not None:
                 if tuple(old) == (title, body):
                     continue
-                conn.execute("INSERT INTO search(search, rowid, title, body) VALUES ('delete', ?, ?, ?)", (doc, *old))
+                conn.execute(
+                    "INSERT INTO search(search, rowid, title, body) VALUES ('delete', ?, ?, ?)", (doc, *old)
+                )
             conn.execute(
                 "INSERT OR REPLACE INTO search_docs(doc, kind, run, title, body) VALUES (?, 'run', ?, ?, ?)",
                 (doc, run, title, body),

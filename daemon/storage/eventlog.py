@@ -1,0 +1,161 @@
+"""The event log's interface: what the writer, the commands and the dedup loader need
+of a storage backend, whatever holds the events.
+
+An `EventLog` appends groups of requests with their projections in one transaction
+(all of a group or none of it), reads ranges of the log, knows its head and how far its
+projections are applied, and can rebuild the projections from the log and check them
+against a rebuild. Implementations: `sqlite.eventlog.SqliteEventLog` (the daemon's) and
+`memory.MemoryEventLog` (fast tests); `tests/storage/eventlog_suite.py` holds every
+implementation to the same behaviour. Backend errors are translated to
+`errors.StorageError` (or `errors.DiskFull` results) inside the implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TextIO
+
+import msgspec
+
+from tracklog.protocol import errors
+from tracklog.protocol.events import AnyEvent
+from tracklog.protocol.messages import Ack, Append, Check, Checked, StoredEvent
+
+from .. import dedup as dd
+
+if TYPE_CHECKING:
+    from ..dedup_persist import DedupRuntime
+
+DISK_FULL_MESSAGE: Final = "the daemon's disk is full: nothing was committed; send it again later"
+
+
+class AppendResult(msgspec.Struct):
+    """An append's ack, and its events in stored form (when the caller asked to publish)."""
+
+    ack: Ack
+    events: list[StoredEvent]
+    #: The runs the append wrote to (set by the writer for frames it decoded itself).
+    runs: frozenset[str] = frozenset()
+
+
+class CheckResult(msgspec.Struct):
+    """A check's answer, and the `dedup.recorded` events it wrote (for subscribers)."""
+
+    checked: Checked
+    events: list[StoredEvent]
+
+
+#: What a log commits in groups: appends, and checks (which may append).
+LogRequest = Append | Check
+WriteResult = AppendResult | CheckResult | errors.ProtocolError
+
+
+#: A dedup entry as the indexes load it: (seq, space, value as MessagePack, run, item).
+DedupRow = tuple[int, str | None, bytes, str | None, str | None]
+
+
+class DedupEntries(ABC):
+    """The dedup projection (every recorded check not cleared), read by the in-memory
+    indexes when they load and catch up. One consistent state while in use."""
+
+    @abstractmethod
+    def units(self) -> list[tuple[str, str]]:
+        """Every (namespace, kind) with entries, in order."""
+
+    @abstractmethod
+    def rows(self, namespace: str, kind: str, after: int = 0, upto: int | None = None) -> Iterator[DedupRow]:
+        """A unit's entries with after < seq <= upto, in seq order."""
+
+    @abstractmethod
+    def seqs(self, namespace: str, kind: str, upto: int) -> list[int]:
+        """The seqs of a unit's entries up to `upto`, in order (no values read)."""
+
+    @abstractmethod
+    def entry(self, seq: int) -> tuple[str | None, bytes] | None:
+        """The (space, value) of the entry recorded at `seq`, or None."""
+
+
+class EventLog(ABC):
+    """The log and its projections, behind append / read / rebuild / verify.
+
+    Used from one thread at a time (the writer's, or a command's).
+    """
+
+    #: The seq of the last event in the log (0 when empty).
+    head: int
+    #: The near-duplicate indexes, in memory, kept level with the dedup projection.
+    dedup: dd.DedupIndexes
+    #: Why appends are refused while the disk is full (None when it is not).
+    disk_full: str | None = None
+    disk_full_episodes: int = 0
+    disk_full_refusals: int = 0
+
+    @property
+    @abstractmethod
+    def applied_seq(self) -> int:
+        """The last seq whose projections are applied."""
+
+    @abstractmethod
+    def append_group(self, requests: Sequence[LogRequest], publish: bool = False) -> list[WriteResult]:
+        """Commit many requests in one transaction (group commit); one result each, in order.
+
+        One request that cannot be committed fails alone; a full disk fails them all with
+        `disk_full`. With `publish`, results carry their events in stored form.
+        """
+
+    @abstractmethod
+    def read(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        run: str | None = None,
+        types: Sequence[str] | None = None,
+        to_seq: int | None = None,
+    ) -> list[StoredEvent]:
+        """Events with after < seq <= to_seq (of one run, of some types), oldest first."""
+
+    @abstractmethod
+    def catch_up(self) -> int:
+        """Bring the projections level with the log; returns how many events were applied."""
+
+    @abstractmethod
+    def rebuild(self, to_seq: int | None = None) -> int:
+        """Drop every projection and replay the log (up to `to_seq`) into new ones."""
+
+    @abstractmethod
+    def verify(self, out: TextIO) -> int:
+        """Compare the live projections with a rebuild from the log (leaving the live ones
+        as they are), print the differences to `out`; returns their count."""
+
+    @abstractmethod
+    def replay(self, to_seq: int, target: str) -> int:
+        """Write a new database at `target` holding the log up to `to_seq` and the state as
+        of that seq; returns how many events it holds."""
+
+    @abstractmethod
+    def load_dedup(self) -> int:
+        """Build the in-memory dedup indexes from the dedup projection; returns entries read."""
+
+    def dedup_loader(
+        self, executor: ThreadPoolExecutor, loop: asyncio.AbstractEventLoop, files: Path | None
+    ) -> DedupRuntime | None:
+        """What loads the dedup indexes in the background after start (and saves the embedding
+        ones); None when `load_dedup` is quick enough to run at the first check."""
+        return None
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the log (an SQLite log checkpoints its WAL)."""
+
+    def append_events(self, events: list[AnyEvent]) -> Ack:
+        """Append events outside the server (tests, tools): one append, committed."""
+        result = self.append_group([Append(events=events)])[0]
+        if isinstance(result, errors.ProtocolError):
+            raise result
+        if not isinstance(result, AppendResult):
+            raise errors.StorageError("an append was answered as a check")
+        return result.ack

@@ -1,0 +1,73 @@
+"""The `--db` value chooses the backend: a path or sqlite:///PATH, memory:, and a clear
+refusal for schemes not built yet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tracklog.daemon.storage import MemoryBackend, SqliteBackend, open_backend
+from tracklog.protocol import errors
+
+
+def test_a_plain_path_is_an_sqlite_database(tmp_path: Path) -> None:
+    backend = open_backend(tmp_path / "a.db")
+    assert isinstance(backend, SqliteBackend) and backend.path == tmp_path / "a.db"
+
+
+def test_an_sqlite_url_with_three_slashes_names_an_absolute_path(tmp_path: Path) -> None:
+    backend = open_backend(f"sqlite://{tmp_path}/b.db")
+    assert isinstance(backend, SqliteBackend) and backend.path == tmp_path / "b.db"
+
+
+def test_memory_url_is_the_in_memory_backend() -> None:
+    assert isinstance(open_backend("memory:"), MemoryBackend)
+
+
+@pytest.mark.parametrize("url", ["postgresql://localhost/tracklog", "postgres://h/db"])
+def test_postgresql_is_refused_as_not_built_yet(url: str) -> None:
+    with pytest.raises(errors.StorageError, match="not built yet"):
+        open_backend(url)
+
+
+def test_an_unknown_scheme_is_refused_by_name() -> None:
+    with pytest.raises(errors.StorageError, match="unknown database scheme 'mysql'"):
+        open_backend("mysql://h/db")
+
+
+def test_an_sqlite_log_opened_through_the_factory_appends_and_reads(tmp_path: Path) -> None:
+    log = open_backend(f"sqlite://{tmp_path}/c.db").open_log()
+    try:
+        log.catch_up()
+        assert log.head == 0
+    finally:
+        log.close()
+
+
+def test_offline_commands_take_an_sqlite_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tracklog.daemon import commands
+    from tracklog.protocol import events as ev
+
+    log = open_backend(tmp_path / "d.db").open_log()
+    log.catch_up()
+    log.append_events([ev.Metrics(run="r", data=ev.MetricsData(values={"a": 1.0}))] * 3)
+    log.close()
+    url = f"sqlite://{tmp_path}/d.db"
+    assert commands.verify(url) == 0
+    assert commands.rebuild(url) == 0
+    assert commands.replay(url, 2, f"sqlite://{tmp_path}/r.db") == 0
+    assert "state as of seq 2" in capsys.readouterr().out
+    assert commands.verify("postgresql://h/db") == 2
+    assert "not built yet" in capsys.readouterr().err
+
+
+def test_serve_refuses_the_memory_backend_until_reads_move_behind_storage(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracklog.daemon import commands
+    from tracklog.daemon.server import Settings
+
+    monkeypatch.setattr(commands.logs, "configure", lambda level: None)  # leave logging as the tests set it
+    assert commands.serve(Settings(db=Path("memory:")), "error") == 2
+    assert "serve needs an SQLite database for now" in capsys.readouterr().err
