@@ -436,6 +436,17 @@ def _spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def read_samples(path: Path) -> list[Sample]:
+    """Samples back from a CSV that `write_samples` wrote (to plot them again)."""
+    with open(path, newline="") as f:
+        return [
+            Sample(
+                float(r["t"]), float(r["rss_mib"]), int(r["fds"]), float(r["cpu_percent"]), float(r["load1"])
+            )
+            for r in csv.DictReader(f)
+        ]
+
+
 def write_samples(samples: list[Sample], out: Path, title: str) -> str:
     """The samples as a CSV, and as a PNG when matplotlib is installed; says which."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -457,10 +468,11 @@ def write_samples(samples: list[Sample], out: Path, title: str) -> str:
     axes[0].set_ylabel("daemon RSS (MiB)")
     axes[1].plot(t, [s.fds for s in samples])
     axes[1].set_ylabel("daemon open fds")
-    axes[2].plot(t, [s.cpu_percent for s in samples], label="daemon CPU %")
-    axes[2].plot(t, [s.load1 * 100 for s in samples], label="load average x100")
-    axes[2].set_ylabel("%")
-    axes[2].legend()
+    axes[2].plot(t, [s.cpu_percent for s in samples], color="tab:blue")
+    axes[2].set_ylabel("daemon CPU %", color="tab:blue")
+    load_axis = axes[2].twinx()
+    load_axis.plot(t, [s.load1 for s in samples], color="tab:orange")
+    load_axis.set_ylabel("load average (1 min)", color="tab:orange")
     axes[2].set_xlabel("seconds")
     axes[0].set_title(title)
     fig.tight_layout()
