@@ -43,10 +43,23 @@ RAW_WRITERS = 2
 
 
 def free_port() -> int:
-    """A port free on loopback now; the daemon binds it again after every restart."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on loopback now, below the ephemeral range; the daemon binds it after every restart.
+
+    Below the range so that no client's own end of a connection ever gets it: a client
+    reconnecting while the daemon is down could otherwise connect to itself on the port
+    (a TCP self-connect) and keep the restarted daemon from binding it.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = list(range(max(1024, low - 10_000), low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @dataclass
