@@ -58,7 +58,7 @@ class HelloFrame(Struct, tag="hello", tag_field="op", omit_defaults=True):
     token: str | None = None
 
 
-def _enc_hook(obj: Any) -> Any:
+def enc_hook(obj: Any) -> Any:
     """Encode the common non-JSON values pipelines log: numpy scalars and arrays, paths, sets."""
     if isinstance(obj, PurePath):
         return str(obj)
@@ -70,7 +70,7 @@ def _enc_hook(obj: Any) -> Any:
     raise TypeError(f"cannot log a value of type {type(obj).__name__}; use numbers, strings, lists and dicts")
 
 
-encoder: Final = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+encoder: Final = msgspec.msgpack.Encoder(enc_hook=enc_hook)
 encode: Final = encoder.encode
 decode_reply: Final = msgspec.msgpack.Decoder(ServerMessage).decode
 decode_any: Final = msgspec.msgpack.Decoder().decode
