@@ -17,7 +17,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from tracklog.protocol.messages import Ack, Result
+from tracklog.protocol.events import (
+    CacheInvalidated,
+    CacheInvalidatedData,
+    CachePut,
+    CachePutData,
+    event_type,
+)
+from tracklog.protocol.messages import Ack, Append, Query, Result
 
 from . import wire
 from .ids import uuid7
@@ -28,7 +35,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _MISSING: Final = object()
-_canonical = msgspec.json.Encoder(order="sorted", enc_hook=wire._enc_hook).encode
+_canonical = msgspec.json.Encoder(order="sorted", enc_hook=wire.enc_hook).encode
 
 #: Detail names that are secrets (compared lower-cased, `-` read as `_`): left out of keys.
 SECRET_NAMES: Final = frozenset(
@@ -114,26 +121,27 @@ class Cache:
 
     def _get(self, key: str, timeout: float | None) -> Any:
         wire.check_name("key", key)
-        reply = self._tracker._requests.request({"op": "query", "q": "cache", "key": key}, timeout)
+        reply = self._tracker._requests.request(Query(q="cache", key=key), timeout)
         assert isinstance(reply, Result), reply
         return reply.rows[0]["value"] if reply.rows else _MISSING
 
     def set(self, key: str, value: Any, ttl: float | None = None, *, timeout: float | None = None) -> None:
         """Cache value under key, for ttl seconds (None: until invalidated). Waits for the ack."""
         wire.check_name("key", key)
-        data: dict[str, Any] = {"key": key, "value": value}
-        if ttl is not None:
-            data["ttl"] = wire.check_float("ttl", ttl)
-        self._append("cache.put", data, timeout)
+        ttl = None if ttl is None else wire.check_float("ttl", ttl)
+        ts = time.time()
+        self._append(CachePut(id=uuid7(ts), ts=ts, data=CachePutData(key, value, ttl)), timeout)
 
     def invalidate(self, key: str, *, timeout: float | None = None) -> None:
         """Forget one key."""
         wire.check_name("key", key)
-        self._append("cache.invalidated", {"key": key}, timeout)
+        ts = time.time()
+        self._append(CacheInvalidated(id=uuid7(ts), ts=ts, data=CacheInvalidatedData(key)), timeout)
 
     def clear(self, *, timeout: float | None = None) -> None:
         """Forget every key."""
-        self._append("cache.invalidated", {}, timeout)
+        ts = time.time()
+        self._append(CacheInvalidated(id=uuid7(ts), ts=ts), timeout)
 
     def get_or_set(
         self, key: str, compute: Callable[[], T], ttl: float | None = None, *, timeout: float | None = None
@@ -154,10 +162,10 @@ class Cache:
             self.set(key, value, ttl, timeout=timeout)
         return value
 
-    def _append(self, type_: str, data: dict[str, Any], timeout: float | None) -> None:
-        ts = time.time()
-        event = {"id": uuid7(ts), "type": type_, "ts": ts, "data": data}
-        reply = self._tracker._requests.request({"op": "append", "events": [event]}, timeout)
+    def _append(self, event: CachePut | CacheInvalidated, timeout: float | None) -> None:
+        reply = self._tracker._requests.request(Append(events=[event]), timeout)
         assert isinstance(reply, Ack), reply
         if reply.rejected:
-            raise ValueError(f"cache: the daemon refused the {type_} event: {reply.rejected[0].message}")
+            raise ValueError(
+                f"cache: the daemon refused the {event_type(event)} event: {reply.rejected[0].message}"
+            )

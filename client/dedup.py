@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from tracklog.protocol.messages import Checked
+import msgspec
+
+from tracklog.protocol.messages import Check, Checked, CheckInput
 
 from .requests import DaemonUnavailable
 
@@ -53,19 +55,14 @@ def _vector(vector: Any) -> list[float]:
     return [float(x) for x in values]
 
 
-def _input(kind: Kind, thing: Any, item: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _input(kind: Kind, thing: Any, item: str | None) -> CheckInput:
     if kind == "embedding":
-        out["vector"] = _vector(thing)
-    elif isinstance(thing, str):
-        out["text"] = thing
-    elif kind == "simhash":
+        return CheckInput(vector=_vector(thing), item=item)
+    if isinstance(thing, str):
+        return CheckInput(text=thing, item=item)
+    if kind == "simhash":
         raise TypeError(f"check_simhash: expected a string, got {type(thing).__name__}")
-    else:
-        out["value"] = thing
-    if item is not None:
-        out["item"] = item
-    return out
+    return CheckInput(value=thing, item=item)
 
 
 def check(
@@ -80,8 +77,14 @@ def check(
     item: str | None,
     timeout: float | None,
 ) -> CheckResult:
-    msg = _message(run, kind, namespace, threshold, space, record)
-    msg.update(_input(kind, thing, item))
+    one = _input(kind, thing, item)
+    msg = msgspec.structs.replace(
+        _message(run, kind, namespace, threshold, space, record),
+        text=one.text,
+        value=one.value,
+        vector=one.vector,
+        item=one.item,
+    )
     reply = run._tracker._requests.request(msg, timeout)
     assert isinstance(reply, Checked), reply
     return CheckResult(reply.duplicate, _match(reply.match), reply.recorded)
@@ -105,8 +108,10 @@ def check_many(
     for start in range(0, len(things), BATCH):
         chunk = things[start : start + BATCH]
         ids = items[start : start + BATCH] if items is not None else [None] * len(chunk)
-        msg = _message(run, kind, namespace, threshold, space, record)
-        msg["inputs"] = [_input(kind, thing, item) for thing, item in zip(chunk, ids, strict=True)]
+        msg = msgspec.structs.replace(
+            _message(run, kind, namespace, threshold, space, record),
+            inputs=[_input(kind, thing, item) for thing, item in zip(chunk, ids, strict=True)],
+        )
         reply = run._tracker._requests.request(msg, timeout)
         assert isinstance(reply, Checked) and reply.results is not None, reply
         out.extend(CheckResult(r.duplicate, _match(r.match), r.recorded) for r in reply.results)
@@ -115,23 +120,20 @@ def check_many(
 
 def _message(
     run: Run, kind: Kind, namespace: str, threshold: float | None, space: str | None, record: bool
-) -> dict[str, Any]:
+) -> Check:
+    """The `check` without its input (added by the caller)."""
     if not isinstance(namespace, str) or not namespace:
         raise TypeError("namespace: expected a non-empty string")
-    msg: dict[str, Any] = {
-        "op": "check",
-        "namespace": namespace,
-        "kind": kind,
-        "record": record,
-        "run": run.id,
-    }
-    if threshold is not None:
-        msg["threshold"] = threshold
-    if kind == "embedding":
-        if not space:
-            raise TypeError("space: required for embeddings (the name of the embedding model)")
-        msg["space"] = space
-    return msg
+    if kind == "embedding" and not space:
+        raise TypeError("space: required for embeddings (the name of the embedding model)")
+    return Check(
+        namespace=namespace,
+        kind=kind,
+        record=record,
+        run=run.id,
+        threshold=threshold,
+        space=space if kind == "embedding" else None,
+    )
 
 
 def filter_duplicates(

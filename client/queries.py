@@ -9,22 +9,18 @@ a millisecond. MessagePack carries NaN and the infinities as they are.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import msgspec
 from websockets.sync.client import connect
 
 from tracklog.protocol import errors
-from tracklog.protocol.limits import PROTOCOL_VERSION
+from tracklog.protocol.connection import Answered, ClientConnection, Refused
+from tracklog.protocol.events import RunDeleted, RunRestored
+from tracklog.protocol.messages import Ack, Append, Error, Query, Result, ServerMessage
 
 from .ids import uuid7
-
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder().decode
-_refs = itertools.count(1)
 
 
 class Rows(list):  # type: ignore[type-arg]
@@ -84,17 +80,21 @@ class QueryClient:
         with self._connection() as exchange:
 
             def ask(q: str, **args: Any) -> Rows:
-                reply = exchange({"op": "query", "q": q, **{k: v for k, v in args.items() if v is not None}})
-                rows = Rows(reply.get("rows") or [])
-                rows.seq = reply.get("seq", 0)
-                rows.total = reply.get("total")
+                reply = exchange(Query(q=q, **{k: v for k, v in args.items() if v is not None}))
+                assert isinstance(reply, Result), reply
+                rows = Rows(reply.rows or [])
+                rows.seq = reply.seq
+                rows.total = reply.total
                 return rows
 
             yield ask
 
     @contextmanager
-    def _connection(self) -> Iterator[Callable[[dict[str, Any]], dict[str, Any]]]:
-        """Open, say hello, and yield `exchange(message) -> reply` (errors raised); close."""
+    def _connection(self) -> Iterator[Callable[[Query | Append], ServerMessage]]:
+        """Open, say hello, and yield `exchange(request) -> reply` (errors raised); close.
+
+        The protocol (hello, refs, matching) is the connection object's; this only moves frames.
+        """
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         with connect(
             self.url,
@@ -104,30 +104,22 @@ class QueryClient:
             additional_headers=headers,
             compression=None,
         ) as ws:
-            ws.send(
-                _encode(
-                    {
-                        "op": "hello",
-                        "protocol": PROTOCOL_VERSION,
-                        "client": self.client_name,
-                        "token": self.token,
-                    }
-                )
-            )
-            welcome = _decode(ws.recv(self.timeout, decode=False))
-            if welcome.get("op") == "error":
-                raise errors.error_for_code(welcome.get("code", ""), welcome.get("message", ""))
+            conn = ClientConnection(self.client_name, self.token)
+            ws.send(conn.hello())
+            for event in conn.receive(ws.recv(self.timeout, decode=False)):
+                if isinstance(event, Refused):
+                    raise errors.error_for_code(event.error.code, event.error.message)
 
-            def exchange(message: dict[str, Any]) -> dict[str, Any]:
-                ref = next(_refs)
-                ws.send(_encode({**message, "ref": ref}))
+            def exchange(request: Query | Append) -> ServerMessage:
+                ref, data = conn.request(request)
+                ws.send(data)
                 while True:
-                    reply: dict[str, Any] = _decode(ws.recv(self.timeout, decode=False))
-                    if reply.get("ref") != ref:
-                        continue
-                    if reply.get("op") == "error":
-                        raise errors.error_for_code(reply.get("code", ""), reply.get("message", ""), ref)
-                    return reply
+                    for event in conn.receive(ws.recv(self.timeout, decode=False)):
+                        if not isinstance(event, Answered) or event.ref != ref:
+                            continue
+                        if isinstance(event.reply, Error):
+                            raise errors.error_for_code(event.reply.code, event.reply.message, ref)
+                        return event.reply
 
             yield exchange
 
@@ -146,15 +138,14 @@ class QueryClient:
         committed. The run's status is not changed.
         """
         with self._connection() as exchange:
-            resolved = exchange({"op": "query", "q": "resolve", "run": run})["rows"][0]
-            event = {
-                "id": uuid7.new(),
-                "type": "run.deleted" if deleted else "run.restored",
-                "run": resolved["id"],
-            }
-            ack = exchange({"op": "append", "events": [event]})
-        for rejection in ack.get("rejected") or []:
-            raise errors.error_for_code(rejection.get("code", ""), rejection.get("message", ""))
+            answer = exchange(Query(q="resolve", run=run))
+            assert isinstance(answer, Result), answer
+            resolved = answer.rows[0]
+            mark = RunDeleted if deleted else RunRestored
+            ack = exchange(Append(events=[mark(id=uuid7.new(), run=resolved["id"])]))
+        assert isinstance(ack, Ack), ack
+        for rejection in ack.rejected:
+            raise errors.error_for_code(rejection.code, rejection.message)
         return dict(resolved)
 
     # -- the questions, one method each ------------------------------------------------

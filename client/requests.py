@@ -5,14 +5,13 @@ answer. They go through this second connection rather than the sender's: the sen
 connection is a pipeline of appends whose acks are matched by order and replayed from the
 spool after a reconnect, and mixing request and answer traffic into it would couple a
 caller's wait to that machinery (and to its backoff while the daemon is away). Here a
-caller sends one request and waits, with a timeout, for the reply carrying its ref; a
+caller sends one request and waits, with a timeout, for the reply to it; a
 lock makes threads take turns. The connection opens on first use and is kept.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import threading
 import time
 from typing import Any, Final
@@ -22,8 +21,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from tracklog.protocol import errors
-from tracklog.protocol.limits import MAX_FRAME_BYTES, PROTOCOL_VERSION
-from tracklog.protocol.messages import Error, Welcome
+from tracklog.protocol.connection import Answered, ConnectionViolation, Refused
+from tracklog.protocol.connection import ClientConnection as Connection
+from tracklog.protocol.limits import MAX_FRAME_BYTES
+from tracklog.protocol.messages import Append, Check, Error, Query
 
 from . import wire
 
@@ -44,7 +45,11 @@ class RequestTimeout(DaemonUnavailable):
 
 
 class Requests:
-    """One lazily opened connection for request/answer calls, shared by a tracker's threads."""
+    """One lazily opened connection for request/answer calls, shared by a tracker's threads.
+
+    The protocol (hello, refs, matching replies) is the connection object's; this class
+    only opens the socket, moves frames, and waits with a timeout.
+    """
 
     def __init__(
         self, url: str, token: str | None, client_name: str, timeout: float = DEFAULT_TIMEOUT
@@ -54,12 +59,12 @@ class Requests:
         self.client_name = client_name
         self.timeout = timeout
         self._ws: ClientConnection | None = None
+        self._conn: Connection | None = None
         self._lock = threading.Lock()
-        self._refs = itertools.count(1)
         self._closed = False
 
-    def request(self, msg: dict[str, Any], timeout: float | None = None) -> Any:
-        """Send msg (a plain dict; `ref` is added) and return the reply with its ref.
+    def request(self, msg: Query | Check | Append, timeout: float | None = None) -> Any:
+        """Send msg (its `ref` is allocated here) and return the reply to it.
 
         Raises DaemonUnavailable (RequestTimeout after `timeout` seconds) when the daemon
         is away, and the ProtocolError of the daemon's error code when it refuses.
@@ -69,25 +74,34 @@ class Requests:
         with self._lock:
             if self._closed:
                 raise DaemonUnavailable("the tracker is closed")
-            ref = next(self._refs)
             try:
-                ws = self._ws if self._ws is not None else self._open(limit)
-                ws.send(wire.encode({**msg, "ref": ref}))
-                while True:
+                ws, conn = (
+                    (self._ws, self._conn)
+                    if self._ws is not None and self._conn is not None
+                    else self._open(limit)
+                )
+                ref, data = conn.request(msg)
+                ws.send(data)
+                reply = None
+                while reply is None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise TimeoutError
-                    frame = ws.recv(timeout=remaining)
-                    try:
-                        reply = wire.decode_reply(frame.encode() if isinstance(frame, str) else frame)
-                    except msgspec.ValidationError:
-                        continue  # a reply this client does not know
-                    if getattr(reply, "ref", None) == ref:
-                        break
+                    for event in conn.receive(ws.recv(timeout=remaining, decode=False)):
+                        if isinstance(event, Answered) and event.ref == ref:
+                            reply = event.reply
             except TimeoutError as exc:
                 self._drop()  # a late answer must not be taken for the next request's
                 raise RequestTimeout(f"no answer from {self.url} within {limit:g} s") from exc
-            except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, ConnectionRefusedError) as exc:
+            except (
+                OSError,
+                ConnectionClosed,
+                InvalidHandshake,
+                InvalidURI,
+                ConnectionRefusedError,
+                ConnectionViolation,
+                msgspec.DecodeError,
+            ) as exc:
                 self._drop()
                 raise DaemonUnavailable(
                     f"cannot reach the daemon at {self.url}: {type(exc).__name__}: {exc}"
@@ -96,7 +110,7 @@ class Requests:
             raise errors.error_for_code(reply.code, reply.message, reply.ref)
         return reply
 
-    def _open(self, timeout: float) -> ClientConnection:
+    def _open(self, timeout: float) -> tuple[ClientConnection, Connection]:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         ws = connect(
             self.url,
@@ -110,21 +124,20 @@ class Requests:
         # Held open across calls, so entered by hand (websockets >= 17.1 warns when a
         # connection is used without `with`), and closed by `close`.
         ws.__enter__()
+        conn = Connection(self.client_name, self.token, enc_hook=wire.enc_hook)
         try:
-            ws.send(wire.encode(wire.HelloFrame(PROTOCOL_VERSION, self.client_name, self.token)))
-            reply = wire.decode_reply(ws.recv(timeout=timeout, decode=False))
-            if isinstance(reply, Error):
-                raise ConnectionRefusedError(f"{reply.code}: {reply.message}")
-            if not isinstance(reply, Welcome):
-                raise ConnectionRefusedError(f"expected welcome, got {type(reply).__name__}")
+            ws.send(conn.hello())
+            for event in conn.receive(ws.recv(timeout=timeout, decode=False)):
+                if isinstance(event, Refused):
+                    raise ConnectionRefusedError(f"{event.error.code}: {event.error.message}")
         except BaseException:
             ws.close()
             raise
-        self._ws = ws
-        return ws
+        self._ws, self._conn = ws, conn
+        return ws, conn
 
     def _drop(self) -> None:
-        ws, self._ws = self._ws, None
+        ws, self._ws, self._conn = self._ws, None, None
         if ws is not None:
             with contextlib.suppress(Exception):  # closing a broken connection: nothing more to do
                 ws.close()

@@ -16,8 +16,9 @@ rest happens on the sender's thread:
 - the connector reconnects with capped, jittered exponential backoff and, on each new
   connection, adopts spools that dead processes left behind;
 - acks are matched to appends by `ref` (the daemon acks a connection's appends in
-  order); an append whose connection dies before its ack is sent again, with the same
-  event ids, so the daemon stores it once;
+  order) by the protocol's `ClientConnection`, which also says hello; an append
+  whose connection dies before its ack is sent again, with the same event ids, so
+  the daemon stores it once;
 - only transport failures and transient daemon states (`overloaded`, `disk_full`) make
   an append go again as it was. An append refused for what it holds is split in halves,
   sent again ahead of everything else, down to single events; a single event refused
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
 import threading
@@ -50,8 +50,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tracklog.protocol import errors as codes
-from tracklog.protocol.limits import MAX_FRAME_BYTES, PROTOCOL_VERSION
-from tracklog.protocol.messages import Ack, Error, Welcome
+from tracklog.protocol.connection import Answered, ConnectionViolation, Notice, Refused, State
+from tracklog.protocol.connection import ClientConnection as Connection
+from tracklog.protocol.limits import MAX_FRAME_BYTES
+from tracklog.protocol.messages import Ack, Error
 
 from . import wire
 from .spool import Spool
@@ -171,7 +173,8 @@ class Sender:
         #: reconnected to twenty times a second. An ack ends the streak.
         self._unacked_sessions = 0
         self._errors_lock = threading.Lock()
-        self._refs = itertools.count(1)
+        #: The protocol of the current connection (refs, ack order); None while down.
+        self._conn: Connection | None = None
         self._down = False  # a connect attempt failed or the connection dropped, and no new one yet
         self._last_sync = 0.0
         self._spool_broken_until = 0.0
@@ -462,14 +465,14 @@ class Sender:
         retry = self._retry
         while retry and len(inflight) < limit:
             payload, count = retry.popleft()
-            self._send(frames, _Append(next(self._refs), payload, count))
+            self._send(frames, payload, count)
         while len(inflight) < limit:
             source = self.spool.next_unread()
             if source is not None:
                 record = source.read_next()
                 if record is not None:
                     payload, count, end = record
-                    self._send(frames, _Append(next(self._refs), payload, count, source, end))
+                    self._send(frames, payload, count, source, end)
                 continue
             if not queue:
                 return
@@ -477,12 +480,18 @@ class Sender:
             if partial and inflight and not self._closing and self._flush_requested == self._flush_done:
                 return  # an ack will come soon; let the batch grow until then
             for payload, count in self._take_batches(queue, self.options.batch_size):
-                self._send(frames, _Append(next(self._refs), payload, count))
+                self._send(frames, payload, count)
 
-    def _send(self, frames: asyncio.Queue[bytes], append: _Append) -> None:
-        self._inflight.append(append)
-        self._inflight_events += append.count
-        frames.put_nowait(wire.encode(wire.AppendFrame(append.ref, Raw(append.payload))))
+    def _send(
+        self, frames: asyncio.Queue[bytes], payload: bytes, count: int, spool: Any = None, end: int = 0
+    ) -> None:
+        """Send a batch (an encoded array of events) as an append, and keep it until acked."""
+        conn = self._conn
+        assert conn is not None
+        ref, frame = conn.append_encoded(payload)
+        self._inflight.append(_Append(ref, payload, count, spool, end))
+        self._inflight_events += count
+        frames.put_nowait(frame)
 
     def _housekeeping(self) -> None:
         spool = self.spool
@@ -543,7 +552,7 @@ class Sender:
         attempt = 0
         while True:
             try:
-                ws = await self._open()
+                ws, conn = await self._open()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -552,11 +561,11 @@ class Sender:
                 await asyncio.sleep(self._backoff(attempt))
                 continue
             attempt = 0
-            self._connected(ws)
+            self._connected(ws, conn)
             try:
                 await self._serve(ws)
                 self._failed(f"the daemon at {self.url} closed the connection")
-            except (ConnectionClosed, OSError, _Reconnect, msgspec.DecodeError) as exc:
+            except (ConnectionClosed, OSError, _Reconnect, ConnectionViolation, msgspec.DecodeError) as exc:
                 self._failed(f"connection to {self.url} lost: {_describe(exc)}")
             finally:
                 self._disconnected(ws)
@@ -571,7 +580,7 @@ class Sender:
         delay = min(o.backoff_max, o.backoff_base * 2.0 ** min(attempt - 1, 30))
         return delay * random.uniform(0.5, 1.0)
 
-    async def _open(self) -> ClientConnection:
+    async def _open(self) -> tuple[ClientConnection, Connection]:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         ws = await connect(
             self.url,
@@ -581,23 +590,24 @@ class Sender:
             compression=None,
             user_agent_header=self.options.client_name,
         )
+        conn = Connection(self.options.client_name, self.token, enc_hook=wire.enc_hook)
         try:
-            hello = wire.HelloFrame(PROTOCOL_VERSION, self.options.client_name, self.token)
-            await ws.send(wire.encode(hello))
+            await ws.send(conn.hello())
             frame = await asyncio.wait_for(ws.recv(), self.options.open_timeout)
-            reply = wire.decode_reply(frame.encode() if isinstance(frame, str) else frame)
-            if isinstance(reply, Error):
-                raise ConnectionRefusedError(f"{reply.code}: {reply.message}")
-            if not isinstance(reply, Welcome):
-                raise ConnectionRefusedError(f"expected welcome, got {type(reply).__name__}")
+            for event in conn.receive(frame):
+                if isinstance(event, Refused):
+                    raise ConnectionRefusedError(f"{event.error.code}: {event.error.message}")
+            if conn.state is not State.OPEN:
+                raise ConnectionRefusedError("expected welcome")
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 2.0)
             raise
-        return ws
+        return ws, conn
 
-    def _connected(self, ws: ClientConnection) -> None:
+    def _connected(self, ws: ClientConnection, conn: Connection) -> None:
         self._ws = ws
+        self._conn = conn
         self._frames = asyncio.Queue()
         self._down = False
         self.counters.connects += 1
@@ -618,6 +628,7 @@ class Sender:
         if self._ws is not ws:
             return
         self._ws = None
+        self._conn = None
         self._frames = None
         self._down = True
         if any(a.spool is None for a in self._inflight):
@@ -640,17 +651,18 @@ class Sender:
         assert frames is not None
         writer = asyncio.create_task(self._write(ws, frames), name="tracklog-writer")
         try:
+            conn = self._conn
+            assert conn is not None
             async for frame in ws:
-                if isinstance(frame, str):
-                    frame = frame.encode()
-                try:
-                    reply = wire.decode_reply(frame)
-                except msgspec.ValidationError:
-                    continue  # a reply this client does not know: ignore it, as the protocol says
-                if isinstance(reply, Ack):
-                    self._on_ack(reply)
-                elif isinstance(reply, Error):
-                    self._on_error(reply)
+                for event in conn.receive(frame):
+                    if type(event) is Answered:
+                        reply = event.reply
+                        if isinstance(reply, Ack):
+                            self._on_ack(reply)
+                        elif isinstance(reply, Error):
+                            self._on_error(reply)
+                    elif isinstance(event, Notice):
+                        self._on_error(event.error)
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import random
 import time
 from collections import deque
@@ -22,18 +21,26 @@ from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect as sync_connect
 
+from tracklog.protocol.connection import (
+    Answered,
+    ClientConnection,
+    Delivered,
+    Notice,
+    Refused,
+    WentLive,
+)
 from tracklog.protocol.errors import error_for_code
-from tracklog.protocol.limits import PROTOCOL_VERSION
+from tracklog.protocol.messages import Error, Subscribed
 
-_encode = msgspec.msgpack.encode
-_decode = msgspec.msgpack.Decoder().decode
 BACKOFF_START: Final = 0.05
 BACKOFF_MAX: Final = 5.0
 _RETRYABLE = (ConnectionClosed, OSError, InvalidHandshake, TimeoutError)
 
 
 class SubscriptionState:
-    """What a subscription knows, shared by the sync and async forms (no I/O here)."""
+    """What a subscription knows across its connections, shared by the sync and async forms
+    (no I/O here). Each connection's protocol (hello, subscribe, position, duplicates) is a
+    fresh `ClientConnection`, started by `hello()`."""
 
     def __init__(
         self,
@@ -45,45 +52,44 @@ class SubscriptionState:
     ) -> None:
         #: The seq of the last event yielded; None until the position is known.
         self.last_seq = from_seq
-        self.filter = {k: v for k, v in (("runs", runs), ("types", types), ("pipelines", pipelines)) if v}
+        #: The seq of the last event received (queued or yielded): where a new connection resumes.
+        self.received_seq = from_seq
+        self.runs, self.types, self.pipelines = runs, types, pipelines
         self.token = token
         #: True once the daemon said `live` (caught up), until the next reconnect.
         self.live = False
         self.reconnects = 0
         self.pending: deque[dict[str, Any]] = deque()
-        self._refs = itertools.count(1)
+        self._conn: ClientConnection | None = None
 
     def hello(self) -> bytes:
-        msg: dict[str, Any] = {"op": "hello", "protocol": PROTOCOL_VERSION, "client": "tracklog-subscribe"}
-        if self.token:
-            msg["token"] = self.token
-        return _encode(msg)
+        """The first frame of a new connection."""
+        self._conn = ClientConnection("tracklog-subscribe", self.token)
+        return self._conn.hello()
 
     def subscribe(self) -> bytes:
-        msg: dict[str, Any] = {"op": "subscribe", "ref": next(self._refs), "from_seq": self.last_seq}
-        if self.filter:
-            msg["filter"] = self.filter
-        return _encode(msg)
+        """Subscribe on the new connection, after the last event received."""
+        assert self._conn is not None, "hello() first"
+        _, data = self._conn.subscribe(self.received_seq, self.runs, self.types, self.pipelines)
+        return data
 
     def receive(self, frame: bytes | str) -> None:
         """Take one frame from the daemon: queue new events, note position and `live`."""
-        msg = _decode(frame) if isinstance(frame, bytes) else msgspec.json.decode(frame)
-        op = msg.get("op")
-        if op == "events":
-            last = self.last_seq if self.last_seq is not None else -1
-            for event in msg["events"]:
-                if event["seq"] > last:  # never twice, even across a resubscribe
-                    self.pending.append(event)
-                    last = event["seq"]
-        elif op == "subscribed":
-            if self.last_seq is None:
-                self.last_seq = msg["head"]  # "from now on": resume from here after a drop
-        elif op == "live":
-            self.live = True
-        elif op == "error":
-            raise error_for_code(msg.get("code", "internal"), msg.get("message", ""), msg.get("ref"))
-        elif op == "welcome":
-            pass
+        assert self._conn is not None, "hello() first"
+        for event in self._conn.receive(frame):
+            match event:
+                case Delivered():
+                    self.pending.extend(msgspec.structs.asdict(e) for e in event.events)
+                    self.received_seq = event.events[-1].seq
+                case Answered(reply=Subscribed(head=head)):
+                    if self.received_seq is None:
+                        self.received_seq = head  # "from now on": resume from here after a drop
+                    if self.last_seq is None:
+                        self.last_seq = head
+                case Answered(reply=Error() as error) | Refused(error=error) | Notice(error=error):
+                    raise error_for_code(error.code, error.message, error.ref)
+                case WentLive():
+                    self.live = True
 
     def take(self) -> dict[str, Any]:
         event = self.pending.popleft()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import math
 import os
 import sys
@@ -22,8 +21,17 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from tracklog.protocol.connection import (
+    Answered,
+    ClientConnection,
+    ClientEvent,
+    Delivered,
+    Notice,
+    Refused,
+    WentLive,
+)
 from tracklog.protocol.errors import TracklogError, error_for_code
-from tracklog.protocol.limits import PROTOCOL_VERSION
+from tracklog.protocol.messages import Error, Query, Result
 
 from .subscribe import _RETRYABLE, _backoff
 
@@ -48,16 +56,6 @@ STATUS_STYLES: Final = {
     "lost": "bold magenta",
     "killed": "yellow",
 }
-
-_encode = msgspec.msgpack.encode
-_decode = msgspec.msgpack.Decoder().decode
-
-
-def _frame(frame: str | bytes) -> dict[str, Any]:
-    """A message from the daemon: MessagePack (what `hello` asked for), or JSON text."""
-    msg: dict[str, Any] = _decode(frame) if isinstance(frame, bytes) else msgspec.json.decode(frame)
-    return msg
-
 
 # -- state ----------------------------------------------------------------------------------
 
@@ -300,7 +298,7 @@ class Feed:
         self.token = token
         self.loaded = False
         self._ws: Any = None
-        self._refs = itertools.count(1)
+        self._conn: ClientConnection | None = None
         self._attempt = 0
         self._retry_at = 0.0
 
@@ -309,40 +307,42 @@ class Feed:
 
         ws = connect(self.url, open_timeout=10, max_size=None, compression=None).__enter__()
         try:
-            hello: dict[str, Any] = {"op": "hello", "protocol": PROTOCOL_VERSION, "client": "tracklog-watch"}
-            if self.token:
-                hello["token"] = self.token
-            ws.send(_encode(hello))
-            self._check(_frame(ws.recv(timeout=30)))
+            conn = ClientConnection("tracklog-watch", self.token)
+            ws.send(conn.hello())
+            self._check(conn.receive(ws.recv(timeout=30)))
             if not self.loaded:
-                query: dict[str, Any] = {
-                    "op": "query",
-                    "ref": next(self._refs),
-                    "q": "runs",
-                    "limit": MAX_RUNS,
-                }
+                runs_filter = None
                 if self.state.pipeline:
-                    query["filter"] = "pipeline = '" + self.state.pipeline.replace("'", "''") + "'"
-                ws.send(_encode(query))
-                reply = self._check(_frame(ws.recv(timeout=60)))
-                self.state.load_runs(reply["rows"], reply["seq"])
+                    runs_filter = "pipeline = '" + self.state.pipeline.replace("'", "''") + "'"
+                ref, data = conn.request(Query(q="runs", limit=MAX_RUNS, filter=runs_filter))
+                ws.send(data)
+                reply = self._reply(conn, ws, ref)
+                self.state.load_runs(reply.rows, reply.seq)
                 self.loaded = True
-            sub: dict[str, Any] = {"op": "subscribe", "ref": next(self._refs), "from_seq": self.state.seq}
-            if self.state.pipeline:
-                sub["filter"] = {"pipelines": [self.state.pipeline]}
-            ws.send(_encode(sub))
+            pipelines = [self.state.pipeline] if self.state.pipeline else None
+            ws.send(conn.subscribe(self.state.seq, pipelines=pipelines)[1])
         except BaseException:
             ws.close()
             raise
-        self._ws = ws
+        self._ws, self._conn = ws, conn
         self.state.connected = True
         self.state.note = ""
 
+    def _reply(self, conn: ClientConnection, ws: Any, ref: int) -> Result:
+        """Wait for the answer to query `ref` (the first frames after the hello)."""
+        while True:
+            for event in self._check(conn.receive(ws.recv(timeout=60))):
+                if isinstance(event, Answered) and event.ref == ref and isinstance(event.reply, Result):
+                    return event.reply
+
     @staticmethod
-    def _check(msg: dict[str, Any]) -> dict[str, Any]:
-        if msg.get("op") == "error":
-            raise error_for_code(msg.get("code", "internal"), msg.get("message", ""), msg.get("ref"))
-        return msg
+    def _check(events: list[ClientEvent]) -> list[ClientEvent]:
+        """The events, or the daemon's error raised."""
+        for event in events:
+            match event:
+                case Answered(reply=Error() as error) | Refused(error=error) | Notice(error=error):
+                    raise error_for_code(error.code, error.message, error.ref)
+        return events
 
     def poll(self, timeout: float) -> None:
         """Apply what arrives within `timeout` seconds (returns early after a batch)."""
@@ -357,35 +357,38 @@ class Feed:
             except _RETRYABLE as exc:
                 self._dropped(exc)
                 return
+        assert self._conn is not None
         try:
-            msg = self._check(_frame(self._ws.recv(timeout=timeout)))
+            events = self._check(self._conn.receive(self._ws.recv(timeout=timeout)))
         except TimeoutError:
             return
         except _RETRYABLE as exc:
             self._dropped(exc)
             return
-        op = msg.get("op")
-        if op == "events":
-            for event in msg["events"]:
-                self.state.apply(event)
-            self._ask_restored()
-        elif op == "result" and msg.get("rows"):
-            self.state.load_runs(msg["rows"], 0)
-        elif op == "live":
-            self.state.live = True
+        for event in events:
+            match event:
+                case Delivered():
+                    for stored in event.events:
+                        self.state.apply(msgspec.structs.asdict(stored))
+                    self._ask_restored()
+                case Answered(reply=Result(rows=rows)) if rows:
+                    self.state.load_runs(rows, 0)
+                case WentLive():
+                    self.state.live = True
 
     def _ask_restored(self) -> None:
         """Ask for the rows of runs restored since last time (answered as `result`)."""
         state = self.state
+        assert self._conn is not None
         while state.restored:
             run = state.restored.pop()
-            self._ws.send(_encode({"op": "query", "ref": next(self._refs), "q": "run", "run": run}))
+            self._ws.send(self._conn.request(Query(q="run", run=run))[1])
 
     def _dropped(self, exc: BaseException) -> None:
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 self._ws.close()
-            self._ws = None
+            self._ws = self._conn = None
         self.state.connected = self.state.live = False
         self.state.note = f"reconnecting ({type(exc).__name__})"
         self._retry_at = time.monotonic() + _backoff(self._attempt)
@@ -394,7 +397,7 @@ class Feed:
     def close(self) -> None:
         if self._ws is not None:
             self._ws.close()
-            self._ws = None
+            self._ws = self._conn = None
 
 
 # -- the command ----------------------------------------------------------------------------

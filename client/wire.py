@@ -7,7 +7,9 @@ data (a dict the caller changes later does not change the event) and makes an
 unencodable value a `TypeError` at the call, where the programming error is.
 
 A batch travels as the MessagePack array of its events (bytes); the same bytes are a
-spool record and, wrapped in `AppendFrame` as `Raw`, the `events` of an append.
+spool record and, given to `ClientConnection.append_encoded` (the protocol's
+`EncodedAppend`), the `events` of an append. Every message other than these batches is
+the protocol's own struct, sent through `tracklog.protocol.connection.ClientConnection`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from typing import Any, Final
 
 import msgspec
 from msgspec import Raw, Struct
-
-from tracklog.protocol.messages import ServerMessage
 
 #: A queued metrics event: (id, run, ts, values, step, epoch) from `log_metrics`, or
 #: (id, run, ts, name, value, step, epoch) from `log_metric`.
@@ -45,20 +45,7 @@ class MetricsEvent(Struct, tag="metrics", tag_field="type", omit_defaults=True, 
     data: MetricsData
 
 
-class AppendFrame(Struct, tag="append", tag_field="op"):
-    """An append whose `events` are an already-encoded MessagePack array."""
-
-    ref: int
-    events: Raw
-
-
-class HelloFrame(Struct, tag="hello", tag_field="op", omit_defaults=True):
-    protocol: int
-    client: str
-    token: str | None = None
-
-
-def _enc_hook(obj: Any) -> Any:
+def enc_hook(obj: Any) -> Any:
     """Encode the common non-JSON values pipelines log: numpy scalars and arrays, paths, sets."""
     if isinstance(obj, PurePath):
         return str(obj)
@@ -70,9 +57,8 @@ def _enc_hook(obj: Any) -> Any:
     raise TypeError(f"cannot log a value of type {type(obj).__name__}; use numbers, strings, lists and dicts")
 
 
-encoder: Final = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+encoder: Final = msgspec.msgpack.Encoder(enc_hook=enc_hook)
 encode: Final = encoder.encode
-decode_reply: Final = msgspec.msgpack.Decoder(ServerMessage).decode
 decode_any: Final = msgspec.msgpack.Decoder().decode
 
 

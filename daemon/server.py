@@ -1,6 +1,7 @@
 """The daemon: WebSocket connections, the handshake, dispatch, HTTP, start and stop.
 
-A connection's handler only moves frames: it decodes with the protocol's Codec, hands
+A connection's handler only moves frames: the protocol's ServerConnection (hello, token,
+decoding, refs, encoding of replies) says what each frame asks; the handler hands
 appends to the writer and queries to the readers, and sends what comes back. Acks go
 out in the order the appends came in; queries answer as they finish, so a slow query
 never holds back an ack.
@@ -17,7 +18,7 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
@@ -32,19 +33,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tracklog.protocol import errors
-from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT, MAX_FRAME_BYTES, PROTOCOL_VERSION
-from tracklog.protocol.messages import (
-    Append,
-    Check,
-    Codec,
-    Hello,
-    Query,
-    Subscribe,
-    Subscribed,
-    Unsubscribe,
-    Unsubscribed,
-    Welcome,
-)
+from tracklog.protocol.connection import AppendFrame, Close, Greeted, Send
+from tracklog.protocol.connection import ServerConnection as Connection
+from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT, MAX_FRAME_BYTES
+from tracklog.protocol.messages import Append, Check, Codec, Query, Subscribe, Unsubscribe
 from tracklog.protocol.version import __version__
 
 from . import logs
@@ -433,46 +425,46 @@ class Daemon:
             stats.log_close(ws)
             structlog.contextvars.unbind_contextvars("conn_id", "peer")
 
-    async def _hello(self, ws: ServerConnection) -> bool | None:
-        """Wait for hello; returns the connection's encoding (True: MessagePack) or None if refused."""
+    def _authorizer(self, ws: ServerConnection) -> Callable[[str | None], bool] | None:
+        """The token check of this connection's hello: the hello's token, else the upgrade's
+        `Authorization: Bearer`; None when no tokens are configured."""
+        if not self.settings.tokens:
+            return None
+        headers = ws.request.headers if ws.request else Headers()
+
+        def authorize(token: str | None) -> bool:
+            return self._token_ok(token if token is not None else _bearer(headers))
+
+        return authorize
+
+    async def _hello(self, ws: ServerConnection) -> Connection | None:
+        """Wait for hello and answer it; the open connection, or None if refused."""
+        conn = Connection(self.codec, f"tracklog/{__version__}", self._authorizer(ws))
         try:
             frame = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
         except TimeoutError:
             await ws.close(1008, "hello expected")
             return None
-        binary = isinstance(frame, bytes)
-        try:
-            msg = self.codec.decode(frame)
-        except errors.ProtocolError:
-            msg = None
-        if not isinstance(msg, Hello):
-            # The reply echoes the ref of whatever came first, as every reply does.
-            refused = errors.HelloRequired("the first message must be hello", getattr(msg, "ref", None))
-            await self._send(ws, self.codec.encode_error(refused, binary), binary)
-            await ws.close(1008, "hello required")
+        outcome = conn.receive(frame)
+        if isinstance(outcome, Close):
+            await self._send(ws, outcome.data, conn.binary)
+            await ws.close(outcome.code, outcome.reason)
             return None
-        if self.settings.tokens:
-            token = msg.token if msg.token is not None else _bearer(ws.request.headers if ws.request else Headers())
-            if not self._token_ok(token):
-                await self._send(ws, self.codec.encode_error(errors.Unauthorized("bad or missing token", msg.ref), binary), binary)
-                await ws.close(1008, "unauthorized")
-                return None
-        welcome = Welcome(
-            protocol=PROTOCOL_VERSION, server=f"tracklog/{__version__}", head=self.writer.head, ref=msg.ref
-        )
-        await self._send(ws, self.codec.encode(welcome, binary), binary)
-        log.debug("hello", client=msg.client)
-        return binary
+        assert isinstance(outcome, Greeted)
+        await self._send(ws, conn.welcome(self.writer.head), conn.binary)
+        log.debug("hello", client=outcome.hello.client)
+        return conn
 
     async def _serve_connection(self, ws: ServerConnection, conn_id: int) -> None:
-        binary = await self._hello(ws)
-        if binary is None:
+        conn = await self._hello(ws)
+        if conn is None:
             return
+        binary = conn.binary
         stats = _connection_stats.get() or ConnectionStats()
         acks: asyncio.Queue[PendingAck | None] = asyncio.Queue(MAX_INFLIGHT_APPENDS)
         self._pending_acks[conn_id] = 0
         written: set[str] = set()
-        ack_task = asyncio.create_task(self._send_acks(ws, acks, binary, conn_id, written))
+        ack_task = asyncio.create_task(self._send_acks(ws, acks, conn, conn_id, written))
         tasks: set[asyncio.Task[None]] = set()
         # Per (namespace, kind): the last check of this connection waiting for its dedup index.
         waiting: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -482,57 +474,47 @@ class Daemon:
                 if self._stopping.is_set():
                     break
                 stats.frames += 1
-                if self.codec.is_append(frame):
-                    # Decoded on the writer's thread with the rest of its group.
-                    future = await self.writer.submit_frame(frame)
-                    self._pending_acks[conn_id] += 1
-                    await acks.put((future, time.perf_counter()))
-                    continue
-                try:
-                    msg = self.codec.decode(frame)
-                except errors.ProtocolError as exc:
-                    await self._send(ws, self.codec.encode_error(exc, binary), binary)
-                    continue
-                match msg:
-                    case Append():
-                        # Not reached: `is_append` sends every append frame to the writer
-                        # above. Kept on the same path should the two ever disagree.
-                        future = await self.writer.submit_frame(frame)
+                received = conn.receive(frame)
+                match received:
+                    case AppendFrame():
+                        # Decoded on the writer's thread with the rest of its group.
+                        future = await self.writer.submit_frame(received.frame)
                         self._pending_acks[conn_id] += 1
                         await acks.put((future, time.perf_counter()))
+                    case Send():
+                        await self._send(ws, received.data, binary)
                     case Query():
-                        task = asyncio.create_task(self._answer(ws, msg, binary))
+                        task = asyncio.create_task(self._answer(ws, received, conn))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
                     case Check():
+                        msg = received
                         loading = self.writer.dedup_ready(msg)
                         before = waiting.get((msg.namespace, msg.kind))
                         if loading is None and (before is None or before.done()):
                             # Queued here, in the connection's order; answered when committed.
                             checked = await self.writer.submit_check(msg)
-                            task = asyncio.create_task(self._answer_check(ws, checked, msg.ref, binary))
+                            task = asyncio.create_task(self._answer_check(ws, checked, msg.ref, conn))
                         else:
                             # Its index is still loading: wait for it alone (this connection's later
                             # checks of that index queue behind it; everything else goes on).
-                            later = self._check_when_loaded(ws, msg, binary, loading, before)
+                            later = self._check_when_loaded(ws, msg, conn, loading, before)
                             task = waiting[(msg.namespace, msg.kind)] = asyncio.create_task(later)
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
-                    case Hello():
-                        await self._send(ws, self.codec.encode_error(errors.BadMessage("hello: already said", msg.ref), binary), binary)
                     case Subscribe():
-                        await self._subscribe(ws, msg, binary, subscriptions)
+                        await self._subscribe(ws, received, conn, subscriptions)
                     case Unsubscribe():
-                        sub = subscriptions.pop(msg.sub, None)
-                        if sub is None:
-                            await self._send(ws, self.codec.encode_error(
-                                errors.NotFound(f"sub: no subscription {msg.sub} on this connection", msg.ref), binary), binary)
-                        else:
+                        sub = subscriptions.pop(received.sub, None)
+                        if sub is not None:
                             await self.hub.unsubscribe([sub])
-                            await self._send(ws, self.codec.encode(Unsubscribed(sub=msg.sub, ref=msg.ref), binary), binary)
+                        await self._send(ws, conn.unsubscribed(received), binary)
+                    case Greeted() | Close():
+                        raise AssertionError("the handshake is over")  # pragma: no cover
                     case _:
-                        assert_never(msg)
+                        assert_never(received)
         finally:
+            conn.close()
             await self.hub.unsubscribe(subscriptions.values())
             await acks.put(None)
             # Acks for appends already handed to the writer are still sent if the
@@ -551,12 +533,10 @@ class Daemon:
 
     # -- subscriptions ----------------------------------------------------------------
 
-    async def _subscribe(self, ws: ServerConnection, msg: Subscribe, binary: bool,
+    async def _subscribe(self, ws: ServerConnection, msg: Subscribe, conn: Connection,
                          subscriptions: dict[int, Subscription]) -> None:
-        if msg.from_seq is not None and not 0 <= msg.from_seq < 2**63:  # the log's seqs are 64-bit
-            await self._send(ws, self.codec.encode_error(errors.BadMessage("subscribe.from_seq: expected 0 to 2^63-1", msg.ref), binary), binary)
-            return
         flt = Filter(msg.filter)
+        binary = conn.binary
 
         async def send(frame: bytes) -> None:
             await ws.send(frame, text=not binary)
@@ -570,7 +550,7 @@ class Daemon:
         # `subscribed` goes out before the subscription's task can send anything.
         head = self.hub.published_seq
         sub_id = self.hub.next_id()
-        await self._send(ws, self.codec.encode(Subscribed(sub=sub_id, head=head, ref=msg.ref), binary), binary)
+        await self._send(ws, conn.subscribed(sub_id, head, msg.ref), binary)
         subscriptions[sub_id] = self.hub.subscribe(sub_id, flt, msg.from_seq, binary, send, read_log)
 
     # -- liveness: runs whose writers are all gone become `lost` -----------------------
@@ -616,7 +596,7 @@ class Daemon:
         self,
         ws: ServerConnection,
         acks: asyncio.Queue[PendingAck | None],
-        binary: bool,
+        conn: Connection,
         conn_id: int,
         written: set[str],
     ) -> None:
@@ -635,47 +615,47 @@ class Daemon:
                 _log_slow("append", waited, result)
             if isinstance(result, AppendResult) and result.runs:
                 await self._note_runs(conn_id, result.runs, written)
+            # Made even when closed: the connection counts the appends still to be acked.
+            frame = conn.ack(result.ack if isinstance(result, AppendResult) else result)
             if closed:
                 continue
-            frame = (
-                self.codec.encode(result.ack, binary)
-                if isinstance(result, AppendResult)
-                else self.codec.encode_error(result, binary)
-            )
             try:
-                await self._send(ws, frame, binary)
+                await self._send(ws, frame, conn.binary)
             except ConnectionClosed:
                 closed = True  # keep draining: the appends are committed either way
 
-    async def _answer(self, ws: ServerConnection, q: Query, binary: bool) -> None:
+    async def _answer(self, ws: ServerConnection, q: Query, conn: Connection) -> None:
         started = time.perf_counter()
         try:
-            result = await self.readers.query(q)
-            frame = self.codec.encode(result, binary)
+            frame = conn.answer(await self.readers.query(q))
             took = time.perf_counter() - started
             if took > self.settings.slow_request_seconds:
                 log.warning("slow request", op="query", q=q.q, ref=q.ref, ms=round(took * 1000, 1))
         except errors.ProtocolError as exc:
-            exc.ref = q.ref
-            frame = self.codec.encode_error(exc, binary)
+            frame = conn.error(exc, q.ref)
         except Exception as exc:
             log.exception("query failed", q=q.q)
-            frame = self.codec.encode_error(errors.InternalError(f"query failed: {type(exc).__name__}", q.ref), binary)
+            frame = conn.error(errors.InternalError(f"query failed: {type(exc).__name__}"), q.ref)
         with contextlib.suppress(ConnectionClosed):
-            await self._send(ws, frame, binary)
+            await self._send(ws, frame, conn.binary)
 
-    async def _answer_check(self, ws: ServerConnection, future: asyncio.Future[CheckResult | errors.ProtocolError],
-                            ref: int | None, binary: bool) -> None:
+    async def _answer_check(
+        self,
+        ws: ServerConnection,
+        future: asyncio.Future[CheckResult | errors.ProtocolError],
+        ref: int | None,
+        conn: Connection,
+    ) -> None:
         result = await future
         if isinstance(result, CheckResult):
-            frame = self.codec.encode(result.checked, binary)
+            frame = conn.answer(result.checked)
         else:
             result.ref = ref
-            frame = self.codec.encode_error(result, binary)
+            frame = conn.error(result)
         with contextlib.suppress(ConnectionClosed):
-            await self._send(ws, frame, binary)
+            await self._send(ws, frame, conn.binary)
 
-    async def _check_when_loaded(self, ws: ServerConnection, msg: Check, binary: bool,
+    async def _check_when_loaded(self, ws: ServerConnection, msg: Check, conn: Connection,
                                  loading: asyncio.Event | None, before: asyncio.Task[None] | None) -> None:
         """Queue a check once its dedup index is loaded and the connection's earlier checks are queued."""
         if before is not None:
@@ -684,7 +664,7 @@ class Daemon:
         if loading is not None:
             await loading.wait()
         checked = await self.writer.submit_check(msg)
-        await self._answer_check(ws, checked, msg.ref, binary)
+        await self._answer_check(ws, checked, msg.ref, conn)
 
     @staticmethod
     async def _send(ws: ServerConnection, frame: bytes, binary: bool) -> None:

@@ -130,3 +130,33 @@ def test_the_reconnect_backoff_stays_bounded_after_hours_of_attempts() -> None:
 
     assert 0 < _backoff(0) <= BACKOFF_MAX
     assert BACKOFF_MAX / 2 <= _backoff(5000) <= BACKOFF_MAX  # 2**5000 overflowed the float
+
+
+def test_a_reconnect_resumes_after_events_received_but_not_yet_taken_so_none_comes_twice() -> None:
+    """Driven through the protocol's server end, with no socket: three events are queued,
+    none taken, and the connection drops; the next one subscribes from seq 3, and events
+    sent again anyway are not queued a second time."""
+    from tracklog.protocol.connection import ServerConnection
+    from tracklog.protocol.messages import Codec, Events, StoredEvent, Subscribe
+    from tracklog.subscribe import SubscriptionState
+
+    def connect(state: SubscriptionState) -> tuple[ServerConnection, Subscribe]:
+        server = ServerConnection(Codec(), "tracklog/test")
+        server.receive(state.hello())
+        state.receive(server.welcome(head=3))
+        request = server.receive(state.subscribe())
+        assert isinstance(request, Subscribe)
+        state.receive(server.subscribed(sub=1, head=3, ref=request.ref))
+        return server, request
+
+    def events(server: ServerConnection, *seqs: int) -> bytes:
+        return server.encode(Events(sub=1, events=[StoredEvent(s, "metrics", {}, 1.0, 1.0) for s in seqs]))
+
+    state = SubscriptionState(0, None, None, None, None)
+    server, _ = connect(state)
+    state.receive(events(server, 1, 2, 3))
+    assert [e["seq"] for e in state.pending] == [1, 2, 3] and state.last_seq == 0
+    server, request = connect(state)  # the connection dropped: a new one
+    assert request.from_seq == 3
+    state.receive(events(server, 2, 3, 4))
+    assert [state.take()["seq"] for _ in range(len(state.pending))] == [1, 2, 3, 4]
