@@ -66,3 +66,21 @@ def test_a_type_error_fails_with_the_repository_path(tmp_path: Path) -> None:
     assert "src_a/use.py:5: error:" in done.stdout and "import-not-found" not in done.stdout
     only_b = typecheck(root, "src_b")  # the error is in src_a: src_b alone is clean
     assert only_b.returncode == 0, only_b.stdout + only_b.stderr
+
+
+def test_a_subpackage_without_its_own_package_dir_entry_is_checked(tmp_path: Path) -> None:
+    """`pkg.sub.deep` is listed in packages but not in package-dir (setuptools finds it at
+    src_b/deep), as daemon/storage is: its modules are checked and imports of it resolve."""
+    root = project(tmp_path, "from pkg.sub.deep.inner import answer as answer\n")
+    pyproject = root / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"pkg.sub"]', '"pkg.sub", "pkg.sub.deep"]'))
+    (root / "src_b" / "deep").mkdir()
+    (root / "src_b" / "deep" / "__init__.py").write_text("")
+    inner = root / "src_b" / "deep" / "inner.py"
+    inner.write_text("def answer() -> int:\n    return 21\n")
+    done = typecheck(root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    inner.write_text('def answer() -> int:\n    return "21"\n')
+    broken = typecheck(root)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "src_b/deep/inner.py:2: error:" in broken.stdout and "import-not-found" not in broken.stdout
