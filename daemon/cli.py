@@ -162,6 +162,12 @@ def _db(args: argparse.Namespace) -> Path | str:
     return db if db is not None else _default_db()
 
 
+def _serve_db(args: argparse.Namespace) -> Path:
+    """serve's --db (argparse makes it a Path: serve takes no URL), or the default path."""
+    db: Path | None = args.db
+    return db if db is not None else _default_db()
+
+
 def _not_installed(command: str, exc: ImportError) -> int:
     print(f"tracklog {command}: the daemon is not installed ({exc}); {INSTALL_HINT}", file=sys.stderr)
     return 2
@@ -179,7 +185,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.env_file is None:
         tokens += tuple(t for t in os.environ.get("TRACKLOG_TOKENS", "").split(",") if t)
     settings = Settings(
-        db=_db(args),
+        db=_serve_db(args),
         host=args.host,
         port=args.port,
         durability=args.durability,

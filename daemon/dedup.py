@@ -22,7 +22,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import msgspec
 import numpy as np
@@ -483,6 +483,28 @@ def read_simhash(
 _MAX_SEQ: Final = (1 << 63) - 1
 
 
+_Key = TypeVar("_Key")
+_Value = TypeVar("_Value")
+
+
+def _undo_insert(mapping: dict[_Key, _Value], key: _Key) -> Callable[[], None]:
+    """A journal step that takes key back out of mapping (an index made during a batch)."""
+
+    def undo() -> None:
+        mapping.pop(key, None)
+
+    return undo
+
+
+def _undo_removal(mapping: dict[_Key, _Value], key: _Key, value: _Value) -> Callable[[], None]:
+    """A journal step that puts value back at key in mapping (an index a clear dropped)."""
+
+    def undo() -> None:
+        mapping[key] = value
+
+    return undo
+
+
 class DedupIndexes:
     """Every namespace's indexes, with an undo journal for the open transaction.
 
@@ -544,18 +566,20 @@ class DedupIndexes:
             return None if hit is None else Found(hit[0], hit[1], hit[2], 0)
         if kind == "simhash":
             index = self.simhash.get(namespace)
-            t = DEFAULT_SIMHASH_THRESHOLD if threshold is None else int(threshold)
-            found = index.search(key, t) if index is not None else None
+            bits = DEFAULT_SIMHASH_THRESHOLD if threshold is None else int(threshold)
+            if index is None:
+                return None
+            found = index.search(key, bits)
             if found is None:
                 return None
-            seq, run, item = index.entries[found[0]]  # type: ignore[union-attr]
+            seq, run, item = index.entries[found[0]]
             return Found(seq, run, item, found[1])
         emb = self.embedding.get((namespace, space or ""))
         if emb is None:
             return None
         near = emb.search(key)
-        t = DEFAULT_EMBEDDING_THRESHOLD if threshold is None else float(threshold)
-        if near is None or not near[1] < t:
+        limit = DEFAULT_EMBEDDING_THRESHOLD if threshold is None else float(threshold)
+        if near is None or not near[1] < limit:
             return None
         seq, run, item = emb.entries[near[0]]
         return Found(seq, run, item, near[1])
@@ -573,13 +597,13 @@ class DedupIndexes:
             exact = self.exact.get(namespace)
             if exact is None:
                 exact = self.exact[namespace] = ExactIndex()
-                self._journal.append(lambda: self.exact.pop(namespace, None))  # type: ignore[arg-type,return-value]
+                self._journal.append(_undo_insert(self.exact, namespace))
             undo = exact.add(value, entry)
         elif kind == "simhash":
             index = self.simhash.get(namespace)
             if index is None:
                 index = self.simhash[namespace] = SimHashIndex()
-                self._journal.append(lambda: self.simhash.pop(namespace, None))  # type: ignore[arg-type,return-value]
+                self._journal.append(_undo_insert(self.simhash, namespace))
             undo = index.add(int(value), entry)
         else:
             vector = as_unit_vector(value)
@@ -587,7 +611,7 @@ class DedupIndexes:
             emb = self.embedding.get(key)
             if emb is None:
                 emb = self.embedding[key] = EmbeddingIndex(vector.shape[0])
-                self._journal.append(lambda: self.embedding.pop(key, None))  # type: ignore[arg-type,return-value]
+                self._journal.append(_undo_insert(self.embedding, key))
             undo = emb.add(vector, entry)
             self.unsaved[namespace] = self.unsaved.get(namespace, 0) + 1
         if undo is not None:
@@ -600,16 +624,14 @@ class DedupIndexes:
                 self.cleared.add((namespace, k))  # not undone on rollback: a needless re-read at worst
         if kind in (None, "hash") and namespace in self.exact:
             old_exact = self.exact.pop(namespace)
-            self._journal.append(lambda: self.exact.__setitem__(namespace, old_exact))
+            self._journal.append(_undo_removal(self.exact, namespace, old_exact))
         if kind in (None, "simhash") and namespace in self.simhash:
             old_sim = self.simhash.pop(namespace)
-            self._journal.append(lambda: self.simhash.__setitem__(namespace, old_sim))
+            self._journal.append(_undo_removal(self.simhash, namespace, old_sim))
         if kind in (None, "embedding"):
             for key in [k for k in self.embedding if k[0] == namespace]:
                 old_emb = self.embedding.pop(key)
-                self._journal.append(
-                    lambda key=key, old_emb=old_emb: self.embedding.__setitem__(key, old_emb)
-                )  # type: ignore[misc]
+                self._journal.append(_undo_removal(self.embedding, key, old_emb))
 
     # -- loading --------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ code decides what every table holds however the event reached it.
 
 from __future__ import annotations
 
-from typing import Any, Final, Union
+from typing import Any, Final, cast
 
 import msgspec
 from msgspec import Struct
@@ -110,24 +110,34 @@ class ClearDedup(Change):
     kind: str | None
 
 
-AnyChange = Union[
-    TouchRun,
-    SetRunFields,
-    MergeConfig,
-    ChangeTags,
-    FinishRun,
-    ResumeRun,
-    AddPoints,
-    AddItem,
-    AddArtifact,
-    PutCache,
-    DropCache,
-    AddDedupEntry,
-    ClearDedup,
-]
+AnyChange = (
+    TouchRun
+    | SetRunFields
+    | MergeConfig
+    | ChangeTags
+    | FinishRun
+    | ResumeRun
+    | AddPoints
+    | AddItem
+    | AddArtifact
+    | PutCache
+    | DropCache
+    | AddDedupEntry
+    | ClearDedup
+)
 
 _encode_value = msgspec.msgpack.Encoder().encode
 _RUN_FIELDS: Final = ("name", "pipeline", "notes", "parent", "user", "host", "session")
+
+
+def metric_values(data: ev.MetricsData) -> dict[str, float]:
+    """A logged metrics event's values, typed as the floats they are.
+
+    On the wire a value may be one of the strings "NaN", "Infinity", "-Infinity", so the
+    field is typed `float | NonFinite`; check_event turns those into floats in place before
+    an event is logged, so every value read back from the log is a float. No copy: this
+    is on the hot path of ingest."""
+    return cast("dict[str, float]", data.values)
 
 
 def project(event: LoggedEvent) -> list[AnyChange]:
@@ -145,7 +155,7 @@ def project(event: LoggedEvent) -> list[AnyChange]:
     match data:
         case ev.MetricsData():
             assert run is not None
-            changes.append(AddPoints(run, event.ts, data.values, data.step, data.epoch))
+            changes.append(AddPoints(run, event.ts, metric_values(data), data.step, data.epoch))
         case ev.ItemData():
             assert run is not None
             changes.append(AddItem(event.seq, run, event.ts, data))
@@ -232,7 +242,9 @@ def artifact_search_document(artifact: ev.ArtifactData) -> tuple[str, str]:
     return title, " ".join(body)[:MAX_SEARCH_TEXT]
 
 
-def run_search_document(name: str | None, notes: str | None, pipeline: str | None, tags: list[str]) -> tuple[str, str]:
+def run_search_document(
+    name: str | None, notes: str | None, pipeline: str | None, tags: list[str]
+) -> tuple[str, str]:
     """(title, body) of a run's search document: its name; its notes, pipeline and tags."""
     body = [t for t in (notes, pipeline) if t]
     body.extend(tags)

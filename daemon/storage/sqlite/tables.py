@@ -226,7 +226,7 @@ class Tables:
             counter[0] += 1
             counter[5] = seq
             counter[6] = ts
-        values = data.values
+        values = p.metric_values(data)
         counter[1] += len(values)
         step = data.step
         epoch = data.epoch
@@ -394,8 +394,8 @@ class Tables:
                 chunk_rows,
             )
             conn.executemany(
-                "INSERT OR REPLACE INTO metric_tiers(run, name, chunk, n, step_min, step_max, lo, lo_at, lo_step,"
-                " lo_epoch, lo_ts, hi, hi_at, hi_step, hi_epoch, hi_ts)"
+                "INSERT OR REPLACE INTO metric_tiers(run, name, chunk, n, step_min, step_max,"
+                " lo, lo_at, lo_step, lo_epoch, lo_ts, hi, hi_at, hi_step, hi_epoch, hi_ts)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [tier_row(row) for row in chunk_rows],
             )
