@@ -194,7 +194,9 @@ class Daemon:
     async def start(self) -> None:
         replayed = await self.writer.start()
         self.hub.published_seq = self.writer.head
-        self.hub.pipeline_of, self.hub.status_of = await self.readers.call(lambda model: model.run_pipelines())
+        self.hub.pipeline_of, self.hub.status_of = await self.readers.call(
+            lambda model: model.run_pipelines()
+        )
         # Runs left running by the last daemon have no writer yet: each gets the grace
         # period for one to come back, like a run whose writers just disconnected.
         for run, status in self.hub.status_of.items():
@@ -223,7 +225,13 @@ class Daemon:
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
-        log.info("listening", host=self.settings.host, port=self.port, db=str(self.settings.db), head=self.writer.head)
+        log.info(
+            "listening",
+            host=self.settings.host,
+            port=self.port,
+            db=str(self.settings.db),
+            head=self.writer.head,
+        )
 
     async def stop(self) -> None:
         """Stop accepting, commit and ack what is queued, close connections, checkpoint."""
@@ -344,7 +352,10 @@ class Daemon:
         if not self._host_ok(host):
             return _json_response(
                 HTTPStatus.FORBIDDEN,
-                {"error": "forbidden", "message": f"Host '{(host or '')[:100]}' not accepted; see --allow-host"},
+                {
+                    "error": "forbidden",
+                    "message": f"Host '{(host or '')[:100]}' not accepted; see --allow-host",
+                },
             )
         origin = request.headers.get("Origin")
         if origin is not None and not self._origin_ok(origin, host):
@@ -381,10 +392,16 @@ class Daemon:
             if self.settings.tokens:
                 token = _bearer(request.headers)
                 if token is not None and not self._token_ok(token):
-                    return _json_response(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "bad token"})
+                    return _json_response(
+                        HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "bad token"}
+                    )
             return None
-        if self.settings.tokens and not self._token_ok(_bearer(request.headers) or console_token(request.path)):
-            return _json_response(HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "a bearer token is required"})
+        if self.settings.tokens and not self._token_ok(
+            _bearer(request.headers) or console_token(request.path)
+        ):
+            return _json_response(
+                HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "a bearer token is required"}
+            )
         if path == "/healthz":
             return self.health_response()
         return await self.http.respond(request)
@@ -533,8 +550,9 @@ class Daemon:
 
     # -- subscriptions ----------------------------------------------------------------
 
-    async def _subscribe(self, ws: ServerConnection, msg: Subscribe, conn: Connection,
-                         subscriptions: dict[int, Subscription]) -> None:
+    async def _subscribe(
+        self, ws: ServerConnection, msg: Subscribe, conn: Connection, subscriptions: dict[int, Subscription]
+    ) -> None:
         flt = Filter(msg.filter)
         binary = conn.binary
 
@@ -655,8 +673,14 @@ class Daemon:
         with contextlib.suppress(ConnectionClosed):
             await self._send(ws, frame, conn.binary)
 
-    async def _check_when_loaded(self, ws: ServerConnection, msg: Check, conn: Connection,
-                                 loading: asyncio.Event | None, before: asyncio.Task[None] | None) -> None:
+    async def _check_when_loaded(
+        self,
+        ws: ServerConnection,
+        msg: Check,
+        conn: Connection,
+        loading: asyncio.Event | None,
+        before: asyncio.Task[None] | None,
+    ) -> None:
         """Queue a check once its dedup index is loaded and the connection's earlier checks are queued."""
         if before is not None:
             with contextlib.suppress(BaseException):
@@ -759,6 +783,10 @@ def _bearer(headers: Headers) -> str | None:
 def _json_response(status: HTTPStatus, body: Any) -> Response:
     payload = _json.encode(body)
     headers = Headers(
-        [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), ("Cache-Control", "no-store")]
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(payload))),
+            ("Cache-Control", "no-store"),
+        ]
     )
     return Response(status.value, status.phrase, headers, payload)

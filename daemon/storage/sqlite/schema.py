@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Final
 
 #: Bump when a projection's shape or meaning changes: the daemon then rebuilds every
-#: projection table from the log at start.
-PROJECTION_VERSION: Final = 6  # 5: run.deleted/run.restored only flip the mark, runs(name) index; 6: metric_summaries.sum and .summed (the mean), items_stage
+#: projection table from the log at start. 5: run.deleted/run.restored only flip the mark,
+#: runs(name) index; 6: metric_summaries.sum and .summed (the mean), items_stage.
+PROJECTION_VERSION: Final = 6
 
 #: Points per metric chunk. A chunk is sealed when full; only the open one is rewritten.
 CHUNK_POINTS: Final = 1024
