@@ -46,7 +46,7 @@ def loaded_after(statement: str, tmp_path: Path) -> list[str]:
 
 
 def test_importing_the_protocol_loads_no_client_module_and_no_websockets(tmp_path: Path) -> None:
-    loaded = loaded_after("import tracklog.protocol, tracklog.protocol.readonly_sql", tmp_path)
+    loaded = loaded_after("import tracklog.protocol", tmp_path)
     assert "tracklog.protocol.messages" in loaded  # the probe saw the import
     assert [m for m in loaded if m.startswith("websockets")] == []
     assert [m for m in loaded if m in CLIENT_MODULES] == []
@@ -226,3 +226,26 @@ def test_the_daemon_commands_keep_their_arguments() -> None:
     # The offline commands name databases by URL (a path or sqlite:///PATH), kept as given.
     replay = cli.build_parser().parse_args(["replay", "--to", "3", "--out", "sqlite:///o.db"])
     assert isinstance(replay, argparse.Namespace) and (replay.to, replay.out) == (3, "sqlite:///o.db")
+
+
+def test_no_module_outside_the_storage_package_uses_sqlite() -> None:
+    """SQL lives only in daemon/storage/: nothing else imports sqlite3, so a second backend
+    (PostgreSQL) means a package of its own, not edits all over the daemon."""
+    root = ROOT
+    storage = root / "daemon" / "storage"
+    offenders = []
+    for folder in ("client", "protocol", "daemon"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path.is_relative_to(storage):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                if any(name == "sqlite3" or name.startswith("sqlite3.") for name in names):
+                    offenders.append(str(path.relative_to(root)))
+    assert offenders == []

@@ -13,7 +13,7 @@ import pytest
 import tracklog
 from tests.conftest import Client, DaemonProcess
 from tracklog.cli_queries import sparkline
-from tracklog.protocol.readonly_sql import read_only_authorizer
+from tracklog.daemon.storage.sqlite.readonly import read_only_authorizer
 
 
 def tracklog_cli(*args: str) -> subprocess.CompletedProcess[str]:

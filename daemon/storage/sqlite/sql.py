@@ -5,7 +5,7 @@ the daemon can be reached; and the same two offline on a database file
 `tracklog.offline` entry point rather than importing the daemon.
 
 It runs on a reader's read-only connection, inside the read transaction `SqliteReadModel.snapshot`
-opened, under the same authorizer as `tracklog sql --db` (protocol/readonly_sql.py), with
+opened, under the same authorizer as `tracklog sql --db` (readonly.py), with
 a row limit, a byte budget for the answer, a cap on the size of any one value and a time
 limit, so one statement cannot hold a reader thread or the daemon's memory for long.
 The connection is shared with other queries: every setting is put back afterwards.
@@ -21,7 +21,7 @@ from typing import Any, Final
 from tracklog.protocol import errors
 from tracklog.protocol.limits import MAX_QUERY_LIMIT
 from tracklog.protocol.messages import Query
-from tracklog.protocol.readonly_sql import read_only_authorizer
+from .readonly import read_only_authorizer
 
 DEFAULT_SQL_ROWS: Final = 1000
 #: Seconds a statement may run before it is interrupted.

@@ -1,5 +1,5 @@
 """The rules for read-only SQL on a tracklog database, shared by the daemon's `sql` query
-and its offline reader behind `tracklog sql --db` (daemon/storage/sqlite/sql.py).
+and its offline reader behind `tracklog sql --db` (sql.py beside this module).
 
 An SQLite authorizer lets a statement read and refuses everything else: writes, schema
 changes, ATTACH (which could open any file), transactions, and PRAGMAs other than the
