@@ -21,6 +21,7 @@ from typing import Any, Final
 from tracklog.protocol import errors
 from tracklog.protocol.limits import MAX_QUERY_LIMIT
 from tracklog.protocol.messages import Query
+
 from .readonly import read_only_authorizer
 
 DEFAULT_SQL_ROWS: Final = 1000
