@@ -1,4 +1,4 @@
-"""The daemon's commands on the `tracklog` command line: serve, rebuild, verify, replay.
+"""The daemon's commands on the `tracklog` command line: serve, rebuild, verify, replay, backup.
 
 The client's command line (client/cli.py) never imports the daemon. It finds this module
 through the `tracklog.commands` entry point group (pyproject.toml) and calls
@@ -127,6 +127,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="the new database: a path or sqlite:///PATH")
     p.set_defaults(handler=_replay)
 
+    b = sub.add_parser(
+        "backup", help="copy the database while the daemon runs (SQLite's online backup)" + needs
+    )
+    b.add_argument("dest", help="path of the copy (must not exist)")
+    b.add_argument("--db", default=None, help="database: a path or sqlite:///PATH")
+    b.set_defaults(handler=_backup)
+
 
 def missing_dependencies() -> list[str]:
     """The distributions of the `daemon` extra that are not installed, read from the
@@ -217,6 +224,14 @@ def _verify(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return _not_installed("verify", exc)
     return commands.verify(_db(args))
+
+
+def _backup(args: argparse.Namespace) -> int:
+    try:
+        from tracklog.daemon import commands
+    except ImportError as exc:
+        return _not_installed("backup", exc)
+    return commands.backup(_db(args), args.dest)
 
 
 def _replay(args: argparse.Namespace) -> int:

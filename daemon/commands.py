@@ -1,4 +1,4 @@
-"""The daemon's commands: serve, rebuild, verify, replay.
+"""The daemon's commands: serve, rebuild, verify, replay, backup.
 
 Each names its database by a `--db` value (a path, `sqlite:///PATH`) and gets the event
 log from `storage.open_backend`; none of them touches a database itself.
@@ -89,6 +89,21 @@ def verify(db: Database, out: TextIO = sys.stdout) -> int:
         print(f"tracklog verify: {exc}", file=sys.stderr)
         return 2
     return 1 if diffs else 0
+
+
+def backup(db: Database, dest: Database) -> int:
+    """Copy db to dest online (a running daemon goes on writing); dest must not exist."""
+    try:
+        backend = open_backend(db)
+        if not backend.exists():
+            print(f"tracklog backup: no database at {backend}", file=sys.stderr)
+            return 2
+        head = backend.backup(dest)
+    except errors.StorageError as exc:
+        print(f"tracklog backup: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {dest}: the log up to seq {head} with its tables")
+    return 0
 
 
 def replay(db: Database, to_seq: int, out_path: Database) -> int:

@@ -50,6 +50,10 @@ class Backend(ABC):
         """Where derived indexes are saved beside the database (None: nowhere)."""
         return None
 
+    def backup(self, dest: str | os.PathLike[str]) -> int:
+        """Copy the database to dest while a daemon may write to it; the seq the copy holds."""
+        raise errors.StorageError(f"{self.url}: backup is not supported by this backend")
+
     def __str__(self) -> str:
         return self.url
 
@@ -80,6 +84,11 @@ class SqliteBackend(Backend):
     @property
     def files_dir(self) -> Path | None:
         return Path(os.fspath(self.path) + ".dedup")
+
+    def backup(self, dest: str | os.PathLike[str]) -> int:
+        from .sqlite.backup import backup
+
+        return backup(self.path, dest)
 
 
 class MemoryBackend(Backend):
