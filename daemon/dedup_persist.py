@@ -37,7 +37,7 @@ import struct
 import threading
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -395,6 +395,8 @@ class DedupRuntime:
         self._loader: threading.Thread | None = None
         self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracklog-dedup-save")
         self._saving: set[str] = set()
+        #: The latest save of each namespace, running or done (what a caller can wait for).
+        self.saves: dict[str, Future[None]] = {}
         self._last_save: dict[str, float] = {}
         self._closed = False
         self._installs: set[asyncio.Task[None]] = set()
@@ -511,7 +513,7 @@ class DedupRuntime:
                 spaces = snapshot(self.store.dedup, namespace)
                 unsaved[namespace] = 0
                 self._saving.add(namespace)
-                self._saver.submit(self._save, namespace, self.store.head, spaces)
+                self.saves[namespace] = self._saver.submit(self._save, namespace, self.store.head, spaces)
 
     def _save(self, namespace: str, seq: int, spaces: list[SpaceSnapshot]) -> None:
         started = time.perf_counter()

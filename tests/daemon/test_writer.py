@@ -9,7 +9,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -175,12 +175,6 @@ async def metrics(d: Daemon) -> dict[str, float]:
         for line in body.decode().splitlines()
         if not line.startswith("#")
     }
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(WAIT):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def test_healthz_and_metrics_say_when_the_writer_is_down(daemon: Daemon) -> None:

@@ -71,6 +71,8 @@ class RawAcks:
     errors: list[Any] = field(default_factory=list)
     stop: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set while the daemon is up: a writer whose connection failed waits for it.
+    up: asyncio.Event = field(default_factory=asyncio.Event)
 
     def record(self, batch: list[dict[str, Any]], ack: dict[str, Any]) -> None:
         """Map each event of the batch to its seq: accepted ones in order, duplicates as named."""
@@ -136,8 +138,8 @@ async def raw_writer(number: int, url: str, acks: RawAcks) -> None:
                     acks.record(pending, reply)
                     pending = None
         except (OSError, TimeoutError, WebSocketException):
-            # The daemon is down or just died: try again soon (a pace, not a wait for it).
-            await asyncio.sleep(0.02)
+            # The daemon is down or just died: try again once it is back.
+            await acks.up.wait()
 
 
 def start_thin_writer(url: str, spool: Path, run_id: str) -> subprocess.Popen[str]:
@@ -205,6 +207,7 @@ async def test_kill_9_under_load_loses_and_doubles_nothing(tmp_path: Path) -> No
     daemon = DaemonProcess(db, "--port", str(port)).start()
     url = daemon.url
     acks = RawAcks()
+    acks.up.set()
     thin: dict[str, tuple[subprocess.Popen[str], Path]] = {}
     raw_tasks: list[asyncio.Task[None]] = []
     try:
@@ -218,9 +221,11 @@ async def test_kill_9_under_load_loses_and_doubles_nothing(tmp_path: Path) -> No
                 lambda t=target: acks.total >= t, f"{target} acked events before kill {kill + 1}"
             )
             daemon.kill()
+            acks.up.clear()
             if kill == kills - 1:
                 break  # the last outage lasts while the writers stop, so their spools hold events
             await asyncio.to_thread(daemon.start)
+            acks.up.set()
         # The daemon is down. Raw writers stop; thin writers stop two ways: one keeps
         # trying until its events are acked, the others close at once and leave a spool
         # that a new process delivers.
@@ -239,6 +244,7 @@ async def test_kill_9_under_load_loses_and_doubles_nothing(tmp_path: Path) -> No
             if how == "spool"
         }
         await asyncio.to_thread(daemon.start)
+        acks.up.set()
         results = {
             run_id: await asyncio.to_thread(finish_process, proc)
             for run_id, (how, proc) in stopping.items()

@@ -145,14 +145,6 @@ async def _in_process(db: Path) -> Daemon:
     return d
 
 
-async def _wait_for(condition: Any, timeout: float = 30) -> None:
-    """Poll a condition until it holds (the loop keeps running meanwhile)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
 async def test_a_check_waits_for_its_namespace_index_alone_while_other_work_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -258,9 +250,11 @@ async def test_the_embedding_index_is_saved_every_n_vectors_while_the_daemon_run
         r = await c.request(
             check("embedding", namespace="ns", space="s", inputs=[{"vector": v} for v in _vectors(6)])
         )
+        # The save was started by the commit that answered the check: wait for it to end.
+        assert d.writer.dedup is not None
+        await asyncio.wait_for(asyncio.wrap_future(d.writer.dedup.saves["ns"]), 30)
         header = db.parent / "t.db.dedup" / f"{stem('ns')}.json"
-        await _wait_for(header.exists)
-        await _wait_for(lambda: msgspec.json.decode(header.read_bytes())["seq"] == r["seq"])
+        assert msgspec.json.decode(header.read_bytes())["seq"] == r["seq"]
     finally:
         await d.stop()
 
