@@ -84,3 +84,20 @@ def test_a_subpackage_without_its_own_package_dir_entry_is_checked(tmp_path: Pat
     broken = typecheck(root)
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "src_b/deep/inner.py:2: error:" in broken.stdout and "import-not-found" not in broken.stdout
+
+
+def test_the_link_tree_plain_mypy_reads_mirrors_the_package() -> None:
+    """`mypy` (pyproject's [tool.mypy]) reads the package through .typecheck/tracklog: one
+    link per module of client/, and protocol/ and daemon/ whole. A module added to client/
+    without its link would go unchecked by plain mypy, so this fails until it is linked."""
+    root = Path(__file__).resolve().parent.parent
+    tree = root / ".typecheck" / "tracklog"
+    client = {p.name for p in (root / "client").iterdir() if p.suffix == ".py" or p.name == "py.typed"}
+    linked = {p.name for p in tree.iterdir() if p.name not in ("protocol", "daemon")}
+    assert linked == client, (
+        f"link them: cd .typecheck/tracklog && ln -s ../../client/NAME NAME ({client ^ linked})"
+    )
+    for name in client:
+        assert (tree / name).resolve() == (root / "client" / name).resolve()
+    assert (tree / "protocol").resolve() == (root / "protocol").resolve()
+    assert (tree / "daemon").resolve() == (root / "daemon").resolve()

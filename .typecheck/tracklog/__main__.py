@@ -1,0 +1,1 @@
+../../client/__main__.py

@@ -1,0 +1,1 @@
+../../client/cli_queries.py
