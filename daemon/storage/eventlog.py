@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import TYPE_CHECKING, Final, TextIO, assert_never
 
 import msgspec
 
@@ -106,6 +106,27 @@ class EventLog(ABC):
         One request that cannot be committed fails alone; a full disk fails them all with
         `disk_full`. With `publish`, results carry their events in stored form.
         """
+
+    def _apply_requests(self, requests: Sequence[LogRequest], publish: bool) -> list[WriteResult]:
+        """Inside a backend's transaction: each request applied in order, one result each."""
+        results: list[WriteResult] = []
+        for request in requests:
+            match request:
+                case Append():
+                    results.append(self._append_one(request, publish))
+                case Check():
+                    results.append(self._check_one(request, publish))
+                case _:
+                    assert_never(request)
+        return results
+
+    @abstractmethod
+    def _append_one(self, append: Append, publish: bool) -> AppendResult:
+        """Within the open transaction: one append's events, projected."""
+
+    @abstractmethod
+    def _check_one(self, check: Check, publish: bool) -> CheckResult | errors.ProtocolError:
+        """Within the open transaction: one check answered (and recorded if asked)."""
 
     @abstractmethod
     def read(

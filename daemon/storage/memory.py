@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TextIO, assert_never
+from typing import TextIO
 
 import msgspec
 import structlog
@@ -54,15 +54,7 @@ class MemoryEventLog(EventLog):
     def append_group(self, requests: Sequence[LogRequest], publish: bool = False) -> list[WriteResult]:
         mark = (len(self.rows), self.head, len(self.changes), dict(self.run_status))
         try:
-            results: list[WriteResult] = []
-            for request in requests:
-                match request:
-                    case Append():
-                        results.append(self._append_one(request, publish))
-                    case Check():
-                        results.append(self._check_one(request, publish))
-                    case _:
-                        assert_never(request)
+            results = self._apply_requests(requests, publish)
         except Exception as exc:
             self._roll_back(*mark)
             if len(requests) == 1:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Final, TextIO, assert_never
+from typing import Any, Final, TextIO
 
 import msgspec
 import structlog
@@ -255,15 +255,7 @@ class SqliteEventLog(EventLog):
             self.load_dedup()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            results: list[WriteResult] = []
-            for request in appends:
-                match request:
-                    case Append():
-                        results.append(self._append_one(request, publish))
-                    case Check():
-                        results.append(self._check_one(request, publish))
-                    case _:
-                        assert_never(request)
+            results = self._apply_requests(appends, publish)
             self.tables.flush()
             self._set_meta("applied_seq", self.head)
             self.conn.execute("COMMIT")
