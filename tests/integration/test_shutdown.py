@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
-import select
 import socket
 import struct
 import termios
@@ -32,20 +31,15 @@ async def fill_log(client: Client, events: int) -> None:
 
 
 async def wait_for_unread_bytes(ws: ClientConnection, least: int, timeout: float = 60) -> None:
-    """Until the client's socket holds `least` bytes it has not read: the daemon is stalled on it.
-
-    The kernel says when: with SO_RCVLOWAT at `least`, the socket polls readable only once
-    that many bytes wait in it."""
+    """Until the client's socket holds `least` bytes it has not read: the daemon is stalled on it."""
     sock = ws.transport.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, least)
-    try:
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        ready = await asyncio.to_thread(poller.poll, int(timeout * 1000))
+    deadline = time.monotonic() + timeout
+    while True:
         unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-        assert ready and unread >= least, f"only {unread} bytes arrived"
-    finally:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        if unread >= least:
+            return
+        assert time.monotonic() < deadline, f"only {unread} bytes arrived"
+        await asyncio.sleep(0.05)
 
 
 async def test_sigterm_is_bounded_with_a_subscriber_that_stopped_reading_during_catch_up(
