@@ -17,10 +17,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
-import msgspec
 import structlog
 
-from tracklog.protocol.messages import Codec, Live, StoredEvent, SubscribeFilter
+from tracklog.protocol.connection import EventFrames, ServerSubscription
+from tracklog.protocol.messages import Codec, StoredEvent, SubscribeFilter
 
 from .liveness import STATUS_TYPES, status_after
 
@@ -68,34 +68,39 @@ class Filter:
 
 
 class Subscription:
-    """One subscription: its position, its buffer while live, and the task that sends."""
+    """One subscription's scheduling: its buffer while live, the task that sends, and
+    whether its send is blocked. What has been delivered, and the frames, are the
+    protocol's (`ServerSubscription`): this side only chooses when, and moves bytes."""
 
     def __init__(
         self,
         hub: Hub,
-        sub_id: int,
+        state: ServerSubscription,
         flt: Filter,
-        after: int,
-        binary: bool,
         send: Send,
         read_log: LogReader,
-        catch_up: bool,
     ) -> None:
         self.hub = hub
-        self.id = sub_id
+        self.state = state
+        self.id = state.sub
         self.filter = flt
-        self.last = after  # the highest seq sent (or known to be before the start)
-        self.binary = binary
         self._send = send
         self._read_log = read_log
-        self._catch_up = catch_up
         self.buffer: deque[list[StoredEvent]] = deque()
         self.buffered = 0
         self.live = False
         self.fell_behind = False
         self.wake = asyncio.Event()
-        self.sent_events = 0
+        #: True while a send is under way. Seen from any other task on the loop, it means
+        #: the send is waiting for the client's socket to take the frame: blocked.
+        self.sending = False
+        self._block_check_due = False
+        self.was_blocked = False
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def position(self) -> int:
+        return self.state.position
 
     def offer(self, events: list[StoredEvent]) -> None:
         """From Hub.publish: buffer, or fall out of live delivery when the buffer is full."""
@@ -111,14 +116,14 @@ class Subscription:
         self.wake.set()
 
     async def run(self) -> None:
-        codec = self.hub.codec
-        if not self._catch_up:
-            self.hub._attach(self)
-            await self._send(codec.encode(Live(sub=self.id, seq=self.last), self.binary))
+        state = self.state
         while True:
             if not self.live:
-                await self._read_until_live()
-                await self._send(codec.encode(Live(sub=self.id, seq=self.last), self.binary))
+                if state.position < self.hub.published_seq:
+                    await self._read_until_live()
+                else:  # nothing published after the start: live at once, no read
+                    self.hub._attach(self)
+                await self._send_frame(state.live())
             await self.wake.wait()
             self.wake.clear()
             while self.buffer and not self.fell_behind:
@@ -126,43 +131,51 @@ class Subscription:
                 while self.buffer and len(batch) < MAX_BATCH:
                     chunk = self.buffer.popleft()
                     self.buffered -= len(chunk)
-                    batch.extend(e for e in chunk if e.seq > self.last)
-                if batch:
-                    await self._deliver(batch)
+                    batch.extend(chunk)
+                await self._deliver(batch)
             if self.fell_behind:
                 self.fell_behind = False
-                log.info("subscriber fell behind; reading the log", sub=self.id, seq=self.last)
+                log.info("subscriber fell behind; reading the log", sub=self.id, seq=state.position)
 
     async def _read_until_live(self) -> None:
         """Read the log until caught up with what the hub has published, then attach."""
+        state = self.state
         while True:
-            events, scanned_to, head = await self._read_log(self.last, MAX_BATCH, self.filter)
+            events, scanned_to, head = await self._read_log(state.position, MAX_BATCH, self.filter)
             if events:
                 await self._deliver(events)
-            position = max(scanned_to, self.last)
+            state.skip_to(scanned_to)
             # Attaching is synchronous with publish (both run on the event loop), so no
             # event can slip between the last read and live delivery: anything
-            # published up to now is at or below `position`, or we read again.
-            if position >= head and self.hub.published_seq <= position:
-                self.last = position
+            # published up to now is at or below the position, or we read again.
+            if state.position >= head and self.hub.published_seq <= state.position:
                 self.hub._attach(self)
                 return
-            self.last = position
 
     async def _deliver(self, events: list[StoredEvent]) -> None:
+        """Send `events` (in seq order) in messages of at most MAX_BATCH; the protocol's
+        state drops any already delivered."""
         for start in range(0, len(events), MAX_BATCH):
-            batch = events[start : start + MAX_BATCH]
-            frame = self.hub.encode_events(self.id, batch, self.binary)
-            self.last = batch[-1].seq
-            self.sent_events += len(batch)
+            frame = self.state.events(events[start : start + MAX_BATCH])
+            if frame is not None:
+                await self._send_frame(frame)
+
+    async def _send_frame(self, frame: bytes) -> None:
+        self.sending = True
+        if not self._block_check_due:
+            # Runs on the loop's next turn: if this send is still under way then, it waits.
+            self._block_check_due = True
+            asyncio.get_running_loop().call_soon(self._check_blocked)
+        try:
             await self._send(frame)
+        finally:
+            self.sending = False
 
-
-_ENCODED_CACHE: Final = 4 * MAX_BUFFERED_EVENTS
-_mp_encode = msgspec.msgpack.encode
-#: The MessagePack of {"op": "events", "sub": ..., "events": [...]} up to the sub's value.
-_MP_EVENTS_HEAD: Final = b"\x83" + _mp_encode("op") + _mp_encode("events") + _mp_encode("sub")
-_MP_EVENTS_KEY: Final = _mp_encode("events")
+    def _check_blocked(self) -> None:
+        self._block_check_due = False
+        if self.sending and not self.was_blocked:
+            self.was_blocked = True
+            log.info("subscriber blocked: its socket takes no more", sub=self.id, seq=self.state.position)
 
 
 class Hub:
@@ -170,6 +183,8 @@ class Hub:
 
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
+        #: Every connection's `events` frames come from here: each event encoded once.
+        self.frames = EventFrames(codec, keep=4 * MAX_BUFFERED_EVENTS)
         self.published_seq = 0
         self.pipeline_of: dict[str, str | None] = {}
         #: Each run's status as of the last publish (for `lost` runs).
@@ -179,12 +194,15 @@ class Hub:
         self._next_id = 0
         self.delivered = 0
         self.fallbacks = 0
-        #: Each recent event's encoding (by seq), per encoding (True: MessagePack).
-        self._encoded: dict[bool, dict[int, bytes]] = {True: {}, False: {}}
 
     @property
     def subscribers(self) -> int:
         return len(self._all)
+
+    @property
+    def blocked(self) -> int:
+        """Subscriptions whose send waits for the client's socket to take a frame."""
+        return sum(1 for s in self._all.values() if s.sending)
 
     def lag(self) -> int:
         """The largest number of events a subscriber has waiting in memory."""
@@ -217,10 +235,11 @@ class Hub:
         return self._next_id
 
     def subscribe(
-        self, sub_id: int, flt: Filter, from_seq: int | None, binary: bool, send: Send, read_log: LogReader
+        self, state: ServerSubscription, flt: Filter, send: Send, read_log: LogReader
     ) -> Subscription:
-        after = self.published_seq if from_seq is None else from_seq
-        sub = Subscription(self, sub_id, flt, after, binary, send, read_log, catch_up=from_seq is not None)
+        """Start delivering to the subscription `state` (opened by the connection, whose
+        `subscribed` frame has gone out): from the log after its position, then live."""
+        sub = Subscription(self, state, flt, send, read_log)
         self._all[sub.id] = sub
         sub.task = asyncio.create_task(self._run(sub), name=f"tracklog-sub-{sub.id}")
         return sub
@@ -236,7 +255,7 @@ class Hub:
         finally:
             self._detach(sub)
             self._all.pop(sub.id, None)
-            self.delivered += sub.sent_events
+            self.delivered += sub.state.delivered
 
     async def unsubscribe(self, subs: Iterable[Subscription]) -> None:
         tasks = []
@@ -256,40 +275,6 @@ class Hub:
     def _detach(self, sub: Subscription) -> None:
         if self._live.pop(sub.id, None) is not None:
             sub.live = False
-
-    def encode_events(self, sub_id: int, events: list[StoredEvent], binary: bool) -> bytes:
-        """An `events` message, assembled from each event's encoding.
-
-        Each event is encoded once per encoding however many subscribers it goes to;
-        a subscriber's frame is then a header and a join (the same bytes as encoding
-        the whole `Events` message, which a test holds).
-        """
-        cache = self._encoded[binary]
-        encode_one = self.codec.encode_stored
-        parts = []
-        for e in events:
-            part = cache.get(e.seq)
-            if part is None:
-                part = cache[e.seq] = encode_one(e, binary)
-            parts.append(part)
-        if len(cache) > _ENCODED_CACHE:
-            for seq in [seq for seq in cache if seq <= self.published_seq - _ENCODED_CACHE // 2]:
-                del cache[seq]
-            if len(cache) > _ENCODED_CACHE:  # mostly old seqs read by catch-up: start over
-                cache.clear()
-        if binary:
-            n = len(parts)
-            header = (
-                bytes([0x90 | n])
-                if n < 16
-                else b"\xdc" + n.to_bytes(2, "big")
-                if n < 65536
-                else b"\xdd" + n.to_bytes(4, "big")
-            )
-            return b"".join((_MP_EVENTS_HEAD, _mp_encode(sub_id), _MP_EVENTS_KEY, header, *parts))
-        return b"".join(
-            (b'{"op":"events","sub":', str(sub_id).encode(), b',"events":[', b",".join(parts), b"]}")
-        )
 
     def stop(self) -> list[asyncio.Task[None]]:
         tasks = [s.task for s in self._all.values() if s.task is not None]

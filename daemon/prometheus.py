@@ -66,6 +66,13 @@ def prometheus_text(daemon: Any) -> str:
     metric("tracklog_subscribers", "gauge", "Live subscriptions.", hub.subscribers if hub is not None else 0)
     lag = hub.lag() if hub is not None and hasattr(hub, "lag") else 0
     metric("tracklog_subscriber_lag_events", "gauge", "Most events a subscriber has waiting.", lag)
+    blocked = getattr(hub, "blocked", 0)
+    metric(
+        "tracklog_subscribers_blocked",
+        "gauge",
+        "Subscriptions whose send waits for the client's socket to take a frame.",
+        blocked,
+    )
     metric(
         "tracklog_database_bytes",
         "gauge",

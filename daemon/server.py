@@ -456,7 +456,7 @@ class Daemon:
 
     async def _hello(self, ws: ServerConnection) -> Connection | None:
         """Wait for hello and answer it; the open connection, or None if refused."""
-        conn = Connection(self.codec, f"tracklog/{__version__}", self._authorizer(ws))
+        conn = Connection(self.codec, f"tracklog/{__version__}", self._authorizer(ws), self.hub.frames)
         try:
             frame = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
         except TimeoutError:
@@ -566,10 +566,9 @@ class Daemon:
             return result
 
         # `subscribed` goes out before the subscription's task can send anything.
-        head = self.hub.published_seq
-        sub_id = self.hub.next_id()
-        await self._send(ws, conn.subscribed(sub_id, head, msg.ref), binary)
-        subscriptions[sub_id] = self.hub.subscribe(sub_id, flt, msg.from_seq, binary, send, read_log)
+        state, frame = conn.subscribed(msg, self.hub.next_id(), self.hub.published_seq)
+        await self._send(ws, frame, binary)
+        subscriptions[state.sub] = self.hub.subscribe(state, flt, send, read_log)
 
     # -- liveness: runs whose writers are all gone become `lost` -----------------------
 

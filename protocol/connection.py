@@ -1,7 +1,8 @@
 """Both ends of one connection as state machines: bytes in, events and bytes out, no I/O.
 
 The handshake, `ref` allocation and matching, the order of acks, the position of each
-subscription and the choice of encoding live here, once. A socket handler (the daemon's
+subscription (on both ends: what the client was given, what the daemon has delivered)
+and the choice of encoding live here, once. A socket handler (the daemon's
 WebSocket handler, each of the client's speakers) only moves frames: it gives every
 frame it receives to `receive` and sends the bytes the methods return. Nothing here
 imports asyncio or websockets, so both sides are tested by calling them
@@ -18,6 +19,7 @@ imports asyncio or websockets, so both sides are tested by calling them
 
 from __future__ import annotations
 
+import bisect
 import enum
 import itertools
 from collections import deque
@@ -364,6 +366,112 @@ class ClientConnection:
 
 # -- the daemon's end -------------------------------------------------------------------
 
+_mp_encode = msgspec.msgpack.encode
+#: The MessagePack of {"op": "events", "sub": ..., "events": [...]} up to the sub's value.
+_MP_EVENTS_HEAD: Final = b"\x83" + _mp_encode("op") + _mp_encode("events") + _mp_encode("sub")
+_MP_EVENTS_KEY: Final = _mp_encode("events")
+
+
+def _seq_of(event: StoredEvent) -> int:
+    return event.seq
+
+
+class EventFrames:
+    """`events` frames assembled from each event's encoding, shared by a daemon's connections.
+
+    An event that goes to many subscribers is encoded once per encoding; each subscriber's
+    frame is then a header and a join, the same bytes as encoding the whole `Events`
+    message (a test holds it). The newest `keep` events are remembered per encoding; older
+    ones (read back by a catch-up) are encoded again when asked for.
+    """
+
+    def __init__(self, codec: Codec, keep: int = 40_000) -> None:
+        self.codec = codec
+        self.keep = keep
+        #: Each recent event's encoding (by seq), per encoding (True: MessagePack).
+        self._encoded: dict[bool, dict[int, bytes]] = {True: {}, False: {}}
+        self._newest = 0
+
+    def frame(self, sub: int, events: list[StoredEvent], binary: bool) -> bytes:
+        """The `events` message of subscription `sub` carrying `events`, in that encoding."""
+        cache = self._encoded[binary]
+        encode_one = self.codec.encode_stored
+        parts = []
+        for e in events:
+            part = cache.get(e.seq)
+            if part is None:
+                part = cache[e.seq] = encode_one(e, binary)
+            parts.append(part)
+        if events and events[-1].seq > self._newest:
+            self._newest = events[-1].seq
+        if len(cache) > self.keep:
+            self._trim(cache)
+        if binary:
+            n = len(parts)
+            header = (
+                bytes([0x90 | n])
+                if n < 16
+                else b"\xdc" + n.to_bytes(2, "big")
+                if n < 65536
+                else b"\xdd" + n.to_bytes(4, "big")
+            )
+            return b"".join((_MP_EVENTS_HEAD, _mp_encode(sub), _MP_EVENTS_KEY, header, *parts))
+        return b"".join(
+            (b'{"op":"events","sub":', str(sub).encode(), b',"events":[', b",".join(parts), b"]}")
+        )
+
+    def _trim(self, cache: dict[int, bytes]) -> None:
+        oldest_kept = self._newest - self.keep // 2
+        for seq in [seq for seq in cache if seq <= oldest_kept]:
+            del cache[seq]
+        if len(cache) > self.keep:  # mostly old seqs read by catch-up: start over
+            cache.clear()
+
+
+class ServerSubscription:
+    """One subscription on the daemon's end: how far it has been delivered, and its frames.
+
+    Whoever feeds it (the daemon's hub, from the log and from live commits) may offer an
+    event more than once; the subscription makes each matching event go out once, in seq
+    order, never at or below `position`. Its frames are in the connection's encoding.
+    """
+
+    __slots__ = ("_binary", "_frames", "active", "delivered", "position", "sub")
+
+    def __init__(self, sub: int, position: int, binary: bool, frames: EventFrames) -> None:
+        self.sub = sub
+        #: The highest seq delivered, or known to hold nothing for this subscription.
+        self.position = position
+        #: Events delivered so far.
+        self.delivered = 0
+        #: False once unsubscribed or the connection closed: no frame is made after that.
+        self.active = True
+        self._binary = binary
+        self._frames = frames
+
+    def events(self, events: list[StoredEvent]) -> bytes | None:
+        """The `events` frame of those of `events` (in seq order) after the position, which
+        moves past them; None when none is new or the subscription has ended."""
+        if not self.active or not events:
+            return None
+        if events[0].seq <= self.position:
+            events = events[bisect.bisect_right(events, self.position, key=_seq_of) :]
+            if not events:
+                return None
+        self.position = events[-1].seq
+        self.delivered += len(events)
+        return self._frames.frame(self.sub, events, self._binary)
+
+    def skip_to(self, seq: int) -> None:
+        """The log was read up to `seq` with nothing more for this subscription: resume after
+        it (never moves back)."""
+        if seq > self.position:
+            self.position = seq
+
+    def live(self) -> bytes:
+        """The `live` frame: caught up with the log at the position; what follows is live."""
+        return self._frames.codec.encode(Live(sub=self.sub, seq=self.position), self._binary)
+
 
 @dataclass(frozen=True, slots=True)
 class Greeted:
@@ -405,11 +513,17 @@ class ServerConnection:
 
     `authorize(token)` gets the hello's token (None when it has none) and says whether it
     may connect; None means no tokens are configured. Acks must be made (`ack`) in the
-    order the appends came; `unacked` counts the appends still waiting for theirs.
+    order the appends came; `unacked` counts the appends still waiting for theirs. Each
+    subscription keeps its delivery state (`ServerSubscription`); `frames` is shared by the
+    daemon's connections so that an event is encoded once for all of its subscribers.
     """
 
     def __init__(
-        self, codec: Codec, server: str, authorize: Callable[[str | None], bool] | None = None
+        self,
+        codec: Codec,
+        server: str,
+        authorize: Callable[[str | None], bool] | None = None,
+        frames: EventFrames | None = None,
     ) -> None:
         self.codec = codec
         self.server = server
@@ -418,8 +532,9 @@ class ServerConnection:
         self.encoding = Encoding.MSGPACK
         self.hello: Hello | None = None
         self.unacked = 0
-        #: The subscriptions open on this connection.
-        self.subscriptions: set[int] = set()
+        self.frames = frames if frames is not None else EventFrames(codec)
+        #: The subscriptions open on this connection, by id.
+        self.subscriptions: dict[int, ServerSubscription] = {}
 
     @property
     def binary(self) -> bool:
@@ -457,7 +572,7 @@ class ServerConnection:
                 if msg.sub not in self.subscriptions:
                     message = f"sub: no subscription {msg.sub} on this connection"
                     return Send(self.error(errors.NotFound(message), msg.ref))
-                self.subscriptions.discard(msg.sub)
+                self.subscriptions.pop(msg.sub).active = False
                 return msg
             case Query() | Check():
                 return msg
@@ -490,10 +605,14 @@ class ServerConnection:
             exc.ref = ref
         return self.codec.encode_error(exc, self.binary)
 
-    def subscribed(self, sub: int, head: int, ref: int | None) -> bytes:
-        """Subscription `sub` is open on this connection, from `head`."""
-        self.subscriptions.add(sub)
-        return self.encode(Subscribed(sub=sub, head=head, ref=ref))
+    def subscribed(self, request: Subscribe, sub: int, head: int) -> tuple[ServerSubscription, bytes]:
+        """Open subscription `sub` for `request` (`head`: the newest seq published): its
+        state, starting after the request's `from_seq` (after `head` when it has none), and
+        the `subscribed` frame, which goes out before any of its events."""
+        position = head if request.from_seq is None else request.from_seq
+        subscription = ServerSubscription(sub, position, self.binary, self.frames)
+        self.subscriptions[sub] = subscription
+        return subscription, self.encode(Subscribed(sub=sub, head=head, ref=request.ref))
 
     def unsubscribed(self, request: Unsubscribe) -> bytes:
         return self.encode(Unsubscribed(sub=request.sub, ref=request.ref))
@@ -502,7 +621,11 @@ class ServerConnection:
         return self.codec.encode(msg, self.binary)
 
     def close(self) -> None:
+        """The connection ended: its subscriptions make no more frames."""
         self.state = State.CLOSED
+        for subscription in self.subscriptions.values():
+            subscription.active = False
+        self.subscriptions.clear()
 
     def _handshake(self, frame: bytes | str) -> ServerEvent:
         self.encoding = Encoding.JSON if isinstance(frame, str) else Encoding.MSGPACK

@@ -146,7 +146,7 @@ def test_a_reconnect_resumes_after_events_received_but_not_yet_taken_so_none_com
         state.receive(server.welcome(head=3))
         request = server.receive(state.subscribe())
         assert isinstance(request, Subscribe)
-        state.receive(server.subscribed(sub=1, head=3, ref=request.ref))
+        state.receive(server.subscribed(request, sub=1, head=3)[1])
         return server, request
 
     def events(server: ServerConnection, *seqs: int) -> bytes:

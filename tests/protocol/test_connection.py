@@ -4,6 +4,7 @@ to each other through plain bytes, with no socket and no event loop."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import msgspec
@@ -18,15 +19,18 @@ from tracklog.protocol.connection import (
     ConnectionViolation,
     Delivered,
     Encoding,
+    EventFrames,
     Greeted,
     Notice,
     Opened,
     Refused,
     Send,
     ServerConnection,
+    ServerSubscription,
     State,
     WentLive,
 )
+from tracklog.protocol.events import MetricsData
 from tracklog.protocol.messages import (
     Ack,
     Append,
@@ -34,11 +38,13 @@ from tracklog.protocol.messages import (
     Codec,
     Error,
     Events,
+    Hello,
     Live,
     Query,
     Result,
     StoredEvent,
     Subscribe,
+    Subscribed,
     Unsubscribe,
 )
 
@@ -295,7 +301,8 @@ def subscribed(
     ref, data = client.subscribe(from_seq, **filters)
     request = server.receive(data)
     assert isinstance(request, Subscribe)
-    [event] = client.receive(server.subscribed(sub=7, head=head, ref=request.ref))
+    _, frame = server.subscribed(request, sub=7, head=head)
+    [event] = client.receive(frame)
     assert isinstance(event, Answered) and event.ref == ref
     return 7
 
@@ -383,3 +390,122 @@ def test_unsubscribing_ends_the_subscription_on_both_ends() -> None:
     assert isinstance(event, Answered) and event.ref == ref
     assert sub not in client.positions
     assert client.receive(events_frame(server, sub, 1)) == []
+
+
+# -- the daemon's end of a subscription --------------------------------------------------
+
+
+def server_subscription(
+    server: ServerConnection, from_seq: int | None, head: int = 10
+) -> tuple[ServerSubscription, bytes]:
+    request = server.receive(CODEC.encode(Subscribe(from_seq=from_seq, ref=1), server.binary))
+    assert isinstance(request, Subscribe)
+    return server.subscribed(request, sub=7, head=head)
+
+
+@pytest.mark.parametrize("encoding", list(Encoding))
+def test_the_daemon_s_subscription_frames_reach_the_client_in_its_encoding(encoding: Encoding) -> None:
+    client, server = opened_pair(encoding)
+    ref, data = client.subscribe(0)
+    request = server.receive(data.decode() if encoding is Encoding.JSON else data)
+    assert isinstance(request, Subscribe)
+    state, frame = server.subscribed(request, sub=4, head=3)
+    assert client.receive(frame) == [Answered(ref, Subscribed(sub=4, head=3, ref=ref))]
+    sent = state.events([stored(1), stored(2)])
+    assert sent is not None
+    [delivered] = client.receive(sent)
+    assert isinstance(delivered, Delivered) and [e.seq for e in delivered.events] == [1, 2]
+    assert client.receive(state.live()) == [WentLive(4, 2)]
+
+
+def test_the_daemon_s_subscription_starts_after_from_seq_or_after_the_head() -> None:
+    _, server = opened_pair()
+    assert server_subscription(server, from_seq=4)[0].position == 4
+    assert server_subscription(server, from_seq=None, head=10)[0].position == 10
+
+
+def test_the_daemon_s_subscription_delivers_each_event_once_in_order() -> None:
+    _, server = opened_pair()
+    state, _ = server_subscription(server, from_seq=2)
+    frame = state.events([stored(s) for s in (1, 2, 3, 4)])
+    assert frame is not None and [e["seq"] for e in msgspec.msgpack.decode(frame)["events"]] == [3, 4]
+    assert state.position == 4 and state.delivered == 2
+    assert state.events([stored(3), stored(4)]) is None  # offered again (a catch-up overlap)
+    frame = state.events([stored(4), stored(5)])
+    assert frame is not None and [e["seq"] for e in msgspec.msgpack.decode(frame)["events"]] == [5]
+    assert state.delivered == 3
+
+
+def test_the_daemon_s_subscription_skips_what_the_log_held_for_others_but_never_moves_back() -> None:
+    _, server = opened_pair()
+    state, _ = server_subscription(server, from_seq=2)
+    state.skip_to(9)
+    assert state.position == 9 and state.events([stored(8)]) is None
+    state.skip_to(5)
+    assert state.position == 9
+    assert msgspec.msgpack.decode(state.live()) == {"op": "live", "sub": 7, "seq": 9}
+
+
+def test_an_ended_subscription_makes_no_more_frames() -> None:
+    _, server = opened_pair()
+    state, _ = server_subscription(server, from_seq=0)
+    outcome = server.receive(CODEC.encode(Unsubscribe(sub=7, ref=2), True))
+    assert isinstance(outcome, Unsubscribe)
+    assert state.events([stored(1)]) is None
+    other, _ = server_subscription(server, from_seq=0)
+    server.close()
+    assert other.events([stored(1)]) is None and server.subscriptions == {}
+
+
+def events_with_floats(n: int, start: int = 1) -> list[StoredEvent]:
+    """Metrics with NaN and infinity, which JSON carries as strings."""
+    return [
+        StoredEvent(
+            seq,
+            "metrics",
+            MetricsData(values={"loss": 1 / seq, "odd": math.nan if seq % 2 else math.inf}, step=seq),
+            100.0 + seq,
+            50.0 + seq,
+            f"id-{seq}",
+            f"r{seq % 3}",
+        )
+        for seq in range(start, start + n)
+    ]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("count", [1, 15, 16, 1000, 70_000])
+def test_an_assembled_events_frame_equals_encoding_the_whole_message(binary: bool, count: int) -> None:
+    batch = events_with_floats(count)
+    assembled = EventFrames(CODEC).frame(7, batch, binary)
+    assert assembled == CODEC.encode(Events(sub=7, events=batch), binary)
+
+
+def test_each_event_is_encoded_once_for_many_subscribers() -> None:
+    codec = Codec()
+    calls = 0
+    real = codec.encode_stored
+
+    def counting(e: StoredEvent, binary: bool) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real(e, binary)
+
+    codec.encode_stored = counting  # type: ignore[method-assign]
+    frames = EventFrames(codec)
+    servers = [ServerConnection(codec, "tracklog/test", frames=frames) for _ in range(100)]
+    batch = events_with_floats(10)
+    for server in servers:
+        server.receive(codec.encode(Hello(client="c"), True))
+        server.welcome(head=0)
+        state, _ = server_subscription(server, from_seq=0)
+        assert state.events(batch) is not None
+    assert calls == 10
+
+
+def test_event_frames_remember_only_the_newest_events() -> None:
+    frames = EventFrames(CODEC, keep=100)
+    for start in range(1, 1001, 50):
+        frames.frame(1, events_with_floats(50, start), True)
+    remembered = frames._encoded[True]
+    assert len(remembered) <= 100 and max(remembered) == 1000
