@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
+import contextlib
 import json
 import socket
-import struct
-import termios
 import time
+import urllib.request
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from tests.conftest import Client, DaemonProcess
 
@@ -30,16 +29,19 @@ async def fill_log(client: Client, events: int) -> None:
         assert ack["accepted"] == 1000
 
 
-async def wait_for_unread_bytes(ws: ClientConnection, least: int, timeout: float = 60) -> None:
-    """Until the client's socket holds `least` bytes it has not read: the daemon is stalled on it."""
-    sock = ws.transport.get_extra_info("socket")
+def wait_for_blocked_subscriber(daemon: DaemonProcess, timeout: float = 60) -> None:
+    """Until the daemon says a subscriber's send waits for its socket (a log line, read as it
+    comes); then its /metrics counts that subscriber as blocked, for as long as it stays so."""
     deadline = time.monotonic() + timeout
     while True:
-        unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-        if unread >= least:
-            return
-        assert time.monotonic() < deadline, f"only {unread} bytes arrived"
-        await asyncio.sleep(0.05)
+        line = daemon.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        assert line, "daemon exited:\n" + "".join(daemon.log)
+        with contextlib.suppress(ValueError):
+            if json.loads(line).get("event") == "subscriber blocked: its socket takes no more":
+                break
+    with urllib.request.urlopen(f"{daemon.http}/metrics", timeout=timeout) as response:
+        metrics = response.read().decode()
+    assert "\ntracklog_subscribers_blocked 1\n" in metrics, metrics
 
 
 async def test_sigterm_is_bounded_with_a_subscriber_that_stopped_reading_during_catch_up(
@@ -53,7 +55,7 @@ async def test_sigterm_is_bounded_with_a_subscriber_that_stopped_reading_during_
         await stalled.recv()
         await stalled.send(json.dumps({"op": "subscribe", "from_seq": 0, "ref": 1}))
         await stalled.recv()  # subscribed; then it never reads again
-        await wait_for_unread_bytes(stalled, 100_000)
+        await asyncio.to_thread(wait_for_blocked_subscriber, daemon)
         started = time.monotonic()
         assert daemon.proc is not None
         code = await asyncio.to_thread(daemon.stop, 60)
