@@ -24,7 +24,7 @@ import msgspec
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _daemon import BenchDaemon, machine  # noqa: E402
+from _daemon import BenchDaemon, machine
 
 
 def uuid7(ms: int) -> str:
@@ -95,15 +95,22 @@ def raw_sqlite(path: Path, events: list[dict], batch: int, with_schema: bool) ->
     conn.execute("PRAGMA synchronous = NORMAL")
     if with_schema:
         conn.executescript(
-            "CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT, type TEXT NOT NULL, run TEXT, ts REAL NOT NULL,"
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT, type TEXT NOT NULL, run TEXT,"
+            " ts REAL NOT NULL,"
             " recorded REAL NOT NULL, data BLOB NOT NULL);"
             "CREATE UNIQUE INDEX events_id ON events(id) WHERE id IS NOT NULL;"
             "CREATE INDEX events_run ON events(run, seq) WHERE run IS NOT NULL;"
         )
     else:
-        conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT, type TEXT, run TEXT, ts REAL, recorded REAL, data BLOB)")
+        conn.execute(
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT, type TEXT, run TEXT, ts REAL,"
+            " recorded REAL, data BLOB)"
+        )
     encode = msgspec.msgpack.encode
-    rows = [(i + 1, e["id"], e["type"], e["run"], e["ts"], e["ts"], encode(e["data"])) for i, e in enumerate(events)]
+    rows = [
+        (i + 1, e["id"], e["type"], e["run"], e["ts"], e["ts"], encode(e["data"]))
+        for i, e in enumerate(events)
+    ]
     start = time.perf_counter()
     for i in range(0, len(rows), batch):
         conn.execute("BEGIN")
@@ -115,7 +122,9 @@ def raw_sqlite(path: Path, events: list[dict], batch: int, with_schema: bool) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--inflight", type=int, default=8)
@@ -132,8 +141,14 @@ def main() -> None:
     p50 = statistics.median(lat) * 1e3
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3
     print(f"machine: {machine()}")
-    print(f"command: python bench/ingest.py --events {args.events} --batch {args.batch} --inflight {args.inflight} --durability {args.durability}")
-    print(f"tracklog end to end       {rate:>12,.0f} events/s   ({args.events:,} metrics events, appends of {args.batch}, {args.inflight} in flight)")
+    print(
+        f"command: python bench/ingest.py --events {args.events} --batch {args.batch}"
+        f" --inflight {args.inflight} --durability {args.durability}"
+    )
+    print(
+        f"tracklog end to end       {rate:>12,.0f} events/s   ({args.events:,} metrics events,"
+        f" appends of {args.batch}, {args.inflight} in flight)"
+    )
     print(f"ack latency per append    p50 {p50:.1f} ms   p99 {p99:.1f} ms")
     print(f"raw sqlite3, plain table  {raw_plain:>12,.0f} rows/s     -> tracklog at {rate / raw_plain:.0%}")
     print(f"raw sqlite3, log schema   {raw_schema:>12,.0f} rows/s     -> tracklog at {rate / raw_schema:.0%}")

@@ -26,8 +26,8 @@ import msgspec
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _daemon import BenchDaemon, machine  # noqa: E402
-from ingest import make_events, run_client  # noqa: E402
+from _daemon import BenchDaemon, machine
+from ingest import make_events, run_client
 
 
 class _Ev(msgspec.Struct):
@@ -40,7 +40,9 @@ class _Msg(msgspec.Struct):
     events: list[_Ev] | None = None
 
 
-async def subscriber(url: str, ready: asyncio.Event, latencies: list[float], counts: list[int], stop: asyncio.Event) -> None:
+async def subscriber(
+    url: str, ready: asyncio.Event, latencies: list[float], counts: list[int], stop: asyncio.Event
+) -> None:
     decode = msgspec.msgpack.Decoder(_Msg).decode
     async with connect(url, max_size=None, compression=None) as ws:
         await ws.send(msgspec.msgpack.encode({"op": "hello", "protocol": 1}))
@@ -69,7 +71,10 @@ async def paced_writer(url: str, rate: int, seconds: float, batch: int = 100) ->
         start = time.perf_counter()
         ref = 0
         while time.perf_counter() - start < seconds:
-            events = [{"type": "metrics", "run": "paced", "data": {"values": {"loss": 0.5}, "step": sent + i}} for i in range(batch)]
+            events = [
+                {"type": "metrics", "run": "paced", "data": {"values": {"loss": 0.5}, "step": sent + i}}
+                for i in range(batch)
+            ]
             ref += 1
             await ws.send(msgspec.msgpack.encode({"op": "append", "ref": ref, "events": events}))
             await ws.recv()
@@ -114,7 +119,9 @@ async def stalled(url: str, events: list[dict], daemon: BenchDaemon) -> tuple[fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--paced-rate", type=int, default=5_000, help="events/s the writer sends in phase 2")
@@ -127,26 +134,42 @@ def main() -> None:
         with BenchDaemon(Path(tmp) / "a.db") as d:
             rate_alone = args.events / asyncio.run(run_client(d.url, make_events(args.events), 1000, 8))[0]
             rss_alone = d.rss_kib()
-        print(f"1. ingest, no subscriber            {rate_alone:>10,.0f} events/s   daemon RSS {rss_alone / 1024:.0f} MiB")
+        print(
+            f"1. ingest, no subscriber            {rate_alone:>10,.0f} events/s"
+            f"   daemon RSS {rss_alone / 1024:.0f} MiB"
+        )
 
         with BenchDaemon(Path(tmp) / "b.db") as d:
-            sent, lat, counts = asyncio.run(with_subscribers(d.url, args.subscribers, paced_writer(d.url, args.paced_rate, args.seconds)))
+            sent, lat, counts = asyncio.run(
+                with_subscribers(d.url, args.subscribers, paced_writer(d.url, args.paced_rate, args.seconds))
+            )
         delivered = sum(counts)
-        print(f"2. fan-out to {args.subscribers} subscribers, writer at {args.paced_rate:,}/s: delivered {delivered:,} of "
-              f"{int(sent) * args.subscribers:,} ({delivered / args.seconds:,.0f} events/s in total); "
-              f"commit-to-delivery p50 {pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms")
+        print(
+            f"2. fan-out to {args.subscribers} subscribers, writer at {args.paced_rate:,}/s:"
+            f" delivered {delivered:,} of "
+            f"{int(sent) * args.subscribers:,} ({delivered / args.seconds:,.0f} events/s in total); "
+            f"commit-to-delivery p50 {pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms"
+        )
 
         with BenchDaemon(Path(tmp) / "c.db") as d:
             events = make_events(args.events)
-            (elapsed_lat, _), _, counts = asyncio.run(with_subscribers(d.url, args.subscribers, run_client(d.url, events, 1000, 8)))
+            (elapsed_lat, _), _, counts = asyncio.run(
+                with_subscribers(d.url, args.subscribers, run_client(d.url, events, 1000, 8))
+            )
             rate_fan = args.events / elapsed_lat
-        print(f"3. ingest with {args.subscribers} subscribers reading  {rate_fan:>10,.0f} events/s   "
-              f"({rate_fan / rate_alone:.0%} of phase 1; every subscriber got {min(counts):,} to {max(counts):,} events)")
+        print(
+            f"3. ingest with {args.subscribers} subscribers reading  {rate_fan:>10,.0f} events/s   "
+            f"({rate_fan / rate_alone:.0%} of phase 1;"
+            f" every subscriber got {min(counts):,} to {max(counts):,} events)"
+        )
 
         with BenchDaemon(Path(tmp) / "d.db") as d:
             rate_stalled, before, after = asyncio.run(stalled(d.url, make_events(args.events), d))
-        print(f"4. ingest with a stalled subscriber {rate_stalled:>10,.0f} events/s   ({rate_stalled / rate_alone:.0%} of phase 1); "
-              f"daemon RSS {before / 1024:.0f} MiB before, {after / 1024:.0f} MiB after {args.events:,} events")
+        print(
+            f"4. ingest with a stalled subscriber {rate_stalled:>10,.0f} events/s"
+            f"   ({rate_stalled / rate_alone:.0%} of phase 1); "
+            f"daemon RSS {before / 1024:.0f} MiB before, {after / 1024:.0f} MiB after {args.events:,} events"
+        )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
 Not for CI (an hour by default). It runs one load of `--minutes`, samples the daemon's
 RSS and open file descriptors every second, keeps the samples taken while the writers
 write, drops the first `--warmup` share of them (caches and buffers filling up), fits a
-least-squares line through the rest and fails (exit 1) when RSS grows faster than `--max-rss-mb-per-hour` MiB/hour or the fds
-faster than `--max-fds-per-hour`, or when the load itself reports an error or a loss.
+least-squares line through the rest and fails (exit 1) when RSS grows faster than
+`--max-rss-mb-per-hour` MiB/hour or the fds faster than `--max-fds-per-hour`, or when
+the load itself reports an error or a loss.
 Writes `--out`.json/.csv/.png (default bench/results/soak).
 """
 

@@ -48,7 +48,9 @@ async def test_an_async_run_that_raises_is_marked_failed(daemon: Daemon, spool_d
     assert (row["rows"][0]["status"], row["rows"][0]["error"]) == ("failed", "RuntimeError: out of memory")
 
 
-async def test_async_run_checks_wait_for_the_answer_without_blocking_the_loop(daemon: Daemon, spool_dir: Path) -> None:
+async def test_async_run_checks_wait_for_the_answer_without_blocking_the_loop(
+    daemon: Daemon, spool_dir: Path
+) -> None:
     async with tracklog.AsyncTracker(daemon.url, spool_dir=spool_dir) as tl:
         run = await tl.start_run(name="async checks")
         first = await run.check_hash("the same text", namespace="aio")

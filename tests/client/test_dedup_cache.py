@@ -106,13 +106,17 @@ def test_cache_keys_ignore_order_and_secrets_but_not_other_details() -> None:
     assert a != tracklog.cache_key("model_card", host="db1", port=5432)
     assert tracklog.cache_key("x", opts={"auth_token": "t", "tokenizer": "bert"}) == tracklog.cache_key(
         "x", opts={"tokenizer": "bert"})
-    assert tracklog.cache_key("x", opts={"tokenizer": "bert"}) != tracklog.cache_key("x", opts={"tokenizer": "t5"})
+    assert tracklog.cache_key("x", opts={"tokenizer": "bert"}) != tracklog.cache_key(
+        "x", opts={"tokenizer": "t5"}
+    )
     assert tracklog.cache_key("x", dsn="postgresql://u:pw1@h:5/db") == tracklog.cache_key(
         "x", dsn="postgresql://u:pw2@h:5/db")
     assert "s3cret" not in a
 
 
-def test_checks_raise_daemon_unavailable_when_no_daemon_listens(make_tracker: Callable[..., tracklog.Tracker]) -> None:
+def test_checks_raise_daemon_unavailable_when_no_daemon_listens(
+    make_tracker: Callable[..., tracklog.Tracker],
+) -> None:
     tl = make_tracker(f"ws://127.0.0.1:{free_port()}/ws")
     run = tl.start_run()
     with pytest.raises(tracklog.DaemonUnavailable, match="cannot reach"):

@@ -334,7 +334,9 @@ def test_a_failed_group_leaves_no_entry_in_the_index(
     assert not checked.duplicate and checked.recorded == 1
 
 
-def test_a_wrong_dimension_in_a_batch_is_refused_with_its_index_and_records_nothing(store: SqliteEventLog) -> None:
+def test_a_wrong_dimension_in_a_batch_is_refused_with_its_index_and_records_nothing(
+    store: SqliteEventLog,
+) -> None:
     inputs = [CheckInput(vector=[1.0, 0.0]), CheckInput(vector=[1.0, 0.0, 0.0])]
     result = store.append_group([_check("embedding", space="s", inputs=inputs, ref=9)])[0]
     assert isinstance(result, errors.BadMessage)
@@ -342,7 +344,9 @@ def test_a_wrong_dimension_in_a_batch_is_refused_with_its_index_and_records_noth
     assert store.head == 0
 
 
-def test_embedding_checks_in_a_tiny_space_find_near_vectors_below_the_threshold(store: SqliteEventLog) -> None:
+def test_embedding_checks_in_a_tiny_space_find_near_vectors_below_the_threshold(
+    store: SqliteEventLog,
+) -> None:
     store.append_group([_check("embedding", space="s", vector=[1.0, 0.0, 0.0], item="a")])
     near = _checked(store.append_group([_check("embedding", space="s", vector=[1.0, 0.05, 0.0])])[0]).checked
     far = _checked(store.append_group([_check("embedding", space="s", vector=[0.0, 1.0, 0.0])])[0]).checked
@@ -397,7 +401,9 @@ def test_indexes_loaded_from_the_table_answer_like_the_live_ones(tmp_path: Path)
 # -- saved embedding indexes (dedup_persist) ----------------------------------------------
 
 
-def _record_vectors(store: SqliteEventLog, vectors: np.ndarray, namespace: str = "emb", space: str = "s") -> None:
+def _record_vectors(
+    store: SqliteEventLog, vectors: np.ndarray, namespace: str = "emb", space: str = "s"
+) -> None:
     inputs = [CheckInput(vector=v.tolist(), item=f"i{k}") for k, v in enumerate(vectors)]
     result = store.append_group([_check("embedding", namespace=namespace, space=space, inputs=inputs)])[0]
     assert not _checked(result).checked.duplicate

@@ -9,7 +9,10 @@ from tracklog.daemon.storage.sqlite.schema import PROJECTION_DDL, PROJECTION_TAB
 
 
 def test_a_semicolon_inside_a_comment_does_not_cut_a_statement() -> None:
-    script = "-- first; with a semicolon\nCREATE TABLE a (x INTEGER);\n-- and; another\nCREATE INDEX a_x ON a(x);\n"
+    script = (
+        "-- first; with a semicolon\nCREATE TABLE a (x INTEGER);\n"
+        "-- and; another\nCREATE INDEX a_x ON a(x);\n"
+    )
     statements = ddl_statements(script)
     assert len(statements) == 2
     conn = sqlite3.connect(":memory:")

@@ -608,7 +608,9 @@ def test_metric_series_longer_than_a_chunk_reads_back_exactly_across_many_append
         assert run == (total, 2 * total)
 
 
-def test_summary_keeps_the_earliest_point_on_ties_and_never_takes_nan_as_min_or_max(store: SqliteEventLog) -> None:
+def test_summary_keeps_the_earliest_point_on_ties_and_never_takes_nan_as_min_or_max(
+    store: SqliteEventLog,
+) -> None:
     values = [math.nan, 3.0, 1.0, math.nan, 1.0, 5.0, 5.0, 2.0, math.nan]
     for i, value in enumerate(values):
         append(store, [metric("r", {"v": value}, step=i * 10, epoch=i, ts=100.0 + i)])

@@ -20,11 +20,19 @@ from tests.conftest import Client, DaemonProcess, open_client
 
 
 def metric(i: int, run: str = "r1", **extra: Any) -> dict[str, Any]:
-    return {"id": f"m-{run}-{i}", "type": "metrics", "run": run, "data": {"values": {"loss": 1 / (i + 1)}, "step": i}, **extra}
+    return {
+        "id": f"m-{run}-{i}",
+        "type": "metrics",
+        "run": run,
+        "data": {"values": {"loss": 1 / (i + 1)}, "step": i},
+        **extra,
+    }
 
 
 def tracklog(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tracklog", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tracklog", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 # -- handshake ---------------------------------------------------------------------
@@ -37,7 +45,9 @@ async def test_welcome_names_the_protocol_and_the_head(daemon: DaemonProcess) ->
     await client.ws.close()
 
 
-async def test_a_first_message_other_than_hello_gets_hello_required_and_a_close(daemon: DaemonProcess) -> None:
+async def test_a_first_message_other_than_hello_gets_hello_required_and_a_close(
+    daemon: DaemonProcess,
+) -> None:
     async with connect(daemon.url) as ws:
         await ws.send(json.dumps({"op": "append", "events": []}))
         reply = json.loads(await ws.recv())
@@ -50,7 +60,9 @@ async def test_a_first_message_other_than_hello_gets_hello_required_and_a_close(
 async def test_a_messagepack_hello_gets_messagepack_replies(daemon: DaemonProcess) -> None:
     client, welcome = await open_client(daemon.url, binary=True)
     assert welcome["op"] == "welcome"
-    ack = await client.append([metric(0), {"type": "metrics", "run": "r1", "data": {"values": {"x": float("nan")}}}])
+    ack = await client.append(
+        [metric(0), {"type": "metrics", "run": "r1", "data": {"values": {"x": float("nan")}}}]
+    )
     assert ack["accepted"] == 2
     rows = (await client.query("events", from_seq=0))["rows"]
     assert rows[1]["data"]["values"]["x"] != rows[1]["data"]["values"]["x"]  # NaN survives MessagePack
@@ -112,7 +124,9 @@ async def test_an_append_of_only_bad_events_is_acked_with_nothing_accepted(clien
     assert ack["rejected"][0]["index"] == 0
 
 
-async def test_an_append_over_ten_thousand_events_is_too_large_and_nothing_of_it_is_kept(client: Client) -> None:
+async def test_an_append_over_ten_thousand_events_is_too_large_and_nothing_of_it_is_kept(
+    client: Client,
+) -> None:
     reply = await client.append([{"type": "metrics", "run": "r1", "data": {"values": {"x": 1}}}] * 10_001)
     assert reply["op"] == "error" and reply["code"] == "too_large"
     assert (await client.query("events", from_seq=0))["rows"] == []
@@ -121,7 +135,13 @@ async def test_an_append_over_ten_thousand_events_is_too_large_and_nothing_of_it
 
 async def test_nan_and_infinities_travel_as_strings_in_json(client: Client) -> None:
     ack = await client.append(
-        [{"type": "metrics", "run": "r1", "data": {"values": {"a": "NaN", "b": "Infinity", "c": "-Infinity", "d": 1}}}]
+        [
+            {
+                "type": "metrics",
+                "run": "r1",
+                "data": {"values": {"a": "NaN", "b": "Infinity", "c": "-Infinity", "d": 1}},
+            }
+        ]
     )
     assert ack["accepted"] == 1
     event = (await client.query("events", from_seq=0))["rows"][0]
@@ -145,11 +165,18 @@ async def test_nan_and_infinities_travel_as_strings_in_json(client: Client) -> N
         ('{"op": "query"}', "bad_message"),
         ('{"op": "hello", "protocol": 1}', "bad_message"),
         ("[" * 100_000 + "]" * 100_000, "bad_message"),
-        ('{"op": "append", "events": [{"type": "item", "run": "r", "data": {"data": ' + "[" * 100_000 + "]" * 100_000 + "}}]}",
-         "bad_frame"),
+        (
+            '{"op": "append", "events": [{"type": "item", "run": "r", "data": {"data": '
+            + "[" * 100_000
+            + "]" * 100_000
+            + "}}]}",
+            "bad_frame",
+        ),
     ],
 )
-async def test_a_bad_message_gets_its_error_and_the_connection_stays_up(client: Client, frame: str, code: str) -> None:
+async def test_a_bad_message_gets_its_error_and_the_connection_stays_up(
+    client: Client, frame: str, code: str
+) -> None:
     await client.append([metric(0)])
     await client.ws.send(frame)
     reply = await client.recv()
@@ -171,7 +198,9 @@ async def test_item_data_nested_deeper_than_the_limit_is_rejected_alone(client: 
     assert ack["rejected"][0]["message"].startswith("item.data: nested deeper than")
 
 
-async def test_names_too_long_or_with_control_characters_are_rejected_naming_the_field(client: Client) -> None:
+async def test_names_too_long_or_with_control_characters_are_rejected_naming_the_field(
+    client: Client,
+) -> None:
     ack = await client.append(
         [
             {"type": "metrics", "run": "r1", "data": {"values": {"x" * 251: 1}}},
@@ -197,7 +226,9 @@ async def test_an_unknown_query_is_bad_query_and_a_missing_run_is_not_found(clie
     assert reply["code"] == "not_found" and "nope" in reply["message"]
 
 
-async def test_a_frame_over_the_size_limit_closes_with_1009_and_acked_events_survive(daemon: DaemonProcess) -> None:
+async def test_a_frame_over_the_size_limit_closes_with_1009_and_acked_events_survive(
+    daemon: DaemonProcess,
+) -> None:
     client, _ = await open_client(daemon.url)
     await client.append([metric(0)])
     await client.ws.send("x" * (16 * 1024 * 1024 + 1))
@@ -219,7 +250,13 @@ async def test_every_acked_event_survives_kill_9_and_no_append_is_half_there(db_
         client, _ = await open_client(proc.url)
         # Pipeline appends without waiting, then kill the daemon while more are in flight.
         for k in range(40):
-            await client.send({"op": "append", "ref": k, "events": [metric(k * 100 + i, run=f"r{k % 3}") for i in range(100)]})
+            await client.send(
+                {
+                    "op": "append",
+                    "ref": k,
+                    "events": [metric(k * 100 + i, run=f"r{k % 3}") for i in range(100)],
+                }
+            )
         acked: dict[int, dict[str, Any]] = {}
         while len(acked) < 20:
             reply = await client.recv()
@@ -239,14 +276,17 @@ async def test_every_acked_event_survives_kill_9_and_no_append_is_half_there(db_
         client, welcome = await open_client(proc.url)
         rows: list[dict[str, Any]] = []
         while True:
-            page = (await client.query("events", from_seq=rows[-1]["seq"] if rows else 0, limit=10_000))["rows"]
+            after = rows[-1]["seq"] if rows else 0
+            page = (await client.query("events", from_seq=after, limit=10_000))["rows"]
             if not page:
                 break
             rows.extend(page)
         assert welcome["head"] == len(rows)
         ids = {r["id"] for r in rows}
-        for ref, ack in acked.items():
-            assert {f"m-r{ref % 3}-{ref * 100 + i}" for i in range(100)} <= ids, f"append {ref} was acked but lost"
+        for ref in acked:
+            assert {f"m-r{ref % 3}-{ref * 100 + i}" for i in range(100)} <= ids, (
+                f"append {ref} was acked but lost"
+            )
         # No half append: every append is all there or not at all.
         for k in range(40):
             present = {f"m-r{k % 3}-{k * 100 + i}" for i in range(100)} & ids
@@ -262,25 +302,62 @@ async def test_every_acked_event_survives_kill_9_and_no_append_is_half_there(db_
 async def mixed_workload(client: Client) -> None:
     await client.append(
         [
-            {"id": "s1", "type": "run.started", "run": "a", "data": {"name": "baseline", "pipeline": "train",
-                                                                     "config": {"lr": 0.001, "layers": [1, 2]}, "tags": ["v1", "cpu"]}},
+            {
+                "id": "s1",
+                "type": "run.started",
+                "run": "a",
+                "data": {
+                    "name": "baseline",
+                    "pipeline": "train",
+                    "config": {"lr": 0.001, "layers": [1, 2]},
+                    "tags": ["v1", "cpu"],
+                },
+            },
             {"type": "metrics", "run": "b", "data": {"values": {"loss": 2.0}, "step": 0}},
             {"type": "run.started", "run": "b", "data": {"name": "late start", "parent": "a"}},
         ]
     )
     for k in range(5):
         await client.append(
-            [{"type": "metrics", "run": "a", "data": {"values": {"loss": 1 / (i + 1), "acc": i / 3000}, "step": i, "epoch": i // 500}}
-             for i in range(k * 700, (k + 1) * 700)]
+            [
+                {
+                    "type": "metrics",
+                    "run": "a",
+                    "data": {"values": {"loss": 1 / (i + 1), "acc": i / 3000}, "step": i, "epoch": i // 500},
+                }
+                for i in range(k * 700, (k + 1) * 700)
+            ]
         )
     await client.append(
         [
-            {"type": "item", "run": "a", "data": {"stage": "translate", "kind": "translation_result", "status": "failed",
-                                                  "error": "timeout", "data": {"text": "hola"}, "duration": 0.5}},
+            {
+                "type": "item",
+                "run": "a",
+                "data": {
+                    "stage": "translate",
+                    "kind": "translation_result",
+                    "status": "failed",
+                    "error": "timeout",
+                    "data": {"text": "hola"},
+                    "duration": 0.5,
+                },
+            },
             {"type": "item", "run": "a", "data": {"stage": "translate", "data": {"text": "adios"}}},
-            {"type": "artifact", "run": "a", "data": {"kind": "checkpoint", "path": "ckpt/1.pt", "size": 10, "metadata": {"epoch": 1}}},
-            {"type": "run.updated", "run": "a", "data": {"notes": "good", "add_tags": ["best"], "remove_tags": ["cpu"],
-                                                        "config": {"lr": 0.002}}},
+            {
+                "type": "artifact",
+                "run": "a",
+                "data": {"kind": "checkpoint", "path": "ckpt/1.pt", "size": 10, "metadata": {"epoch": 1}},
+            },
+            {
+                "type": "run.updated",
+                "run": "a",
+                "data": {
+                    "notes": "good",
+                    "add_tags": ["best"],
+                    "remove_tags": ["cpu"],
+                    "config": {"lr": 0.002},
+                },
+            },
             {"type": "cache.put", "data": {"key": "schema:db1", "value": {"tables": ["a"]}, "ttl": 3600}},
             {"type": "cache.put", "data": {"key": "gone", "value": 1}},
             {"type": "cache.invalidated", "data": {"key": "gone"}},
@@ -292,7 +369,9 @@ async def mixed_workload(client: Client) -> None:
     )
 
 
-async def test_rebuild_equals_live_after_a_mixed_workload(daemon: DaemonProcess, client: Client, db_path: Path) -> None:
+async def test_rebuild_equals_live_after_a_mixed_workload(
+    daemon: DaemonProcess, client: Client, db_path: Path
+) -> None:
     await mixed_workload(client)
     before = (await client.query("run", run="a"))["rows"][0]
     assert before["config"] == {"layers": [1, 2], "lr": 0.002}
@@ -319,7 +398,9 @@ async def test_verify_reports_a_tampered_table(daemon: DaemonProcess, client: Cl
     assert "runs" in result.stdout and "n_events" in result.stdout
 
 
-async def test_dropped_projections_are_caught_up_from_the_log_at_start(daemon: DaemonProcess, client: Client, db_path: Path) -> None:
+async def test_dropped_projections_are_caught_up_from_the_log_at_start(
+    daemon: DaemonProcess, client: Client, db_path: Path
+) -> None:
     await mixed_workload(client)
     before = (await client.query("run", run="a"))["rows"][0]
     await client.ws.close()
@@ -334,7 +415,9 @@ async def test_dropped_projections_are_caught_up_from_the_log_at_start(daemon: D
     assert tracklog("verify", "--db", str(db_path)).returncode == 0
 
 
-async def test_tables_behind_the_log_are_caught_up_at_start(daemon: DaemonProcess, client: Client, db_path: Path) -> None:
+async def test_tables_behind_the_log_are_caught_up_at_start(
+    daemon: DaemonProcess, client: Client, db_path: Path
+) -> None:
     await mixed_workload(client)
     before = (await client.query("run", run="a"))["rows"][0]
     await client.ws.close()
@@ -354,7 +437,9 @@ async def test_tables_behind_the_log_are_caught_up_at_start(daemon: DaemonProces
     assert len(after["artifacts"]) == len(before["artifacts"]) == 1
 
 
-async def test_replay_writes_the_state_as_of_a_seq(daemon: DaemonProcess, client: Client, db_path: Path, tmp_path: Path) -> None:
+async def test_replay_writes_the_state_as_of_a_seq(
+    daemon: DaemonProcess, client: Client, db_path: Path, tmp_path: Path
+) -> None:
     await client.append([{"type": "run.started", "run": "a", "data": {"name": "one"}}])
     await client.append([{"type": "run.updated", "run": "a", "data": {"name": "two"}}])
     out = tmp_path / "as-of-1.db"
@@ -368,7 +453,9 @@ async def test_replay_writes_the_state_as_of_a_seq(daemon: DaemonProcess, client
 # -- concurrency -------------------------------------------------------------------
 
 
-async def test_concurrent_writers_get_gapless_seqs_and_never_see_database_is_locked(daemon: DaemonProcess) -> None:
+async def test_concurrent_writers_get_gapless_seqs_and_never_see_database_is_locked(
+    daemon: DaemonProcess,
+) -> None:
     clients = [(await open_client(daemon.url))[0] for _ in range(6)]
 
     async def writer(n: int, c: Client) -> list[dict[str, Any]]:
@@ -432,13 +519,19 @@ async def test_sigterm_drains_acks_and_exits_cleanly(daemon: DaemonProcess, clie
     assert daemon.stop() == 0
 
 
-async def test_a_client_that_never_reads_its_acks_does_not_hold_up_other_writers(daemon: DaemonProcess) -> None:
+async def test_a_client_that_never_reads_its_acks_does_not_hold_up_other_writers(
+    daemon: DaemonProcess,
+) -> None:
     async with connect(daemon.url, max_queue=1, max_size=None, close_timeout=1) as rude:
         await rude.send(json.dumps({"op": "hello", "protocol": 1}))
         await rude.recv()
         # Many appends whose acks it never reads: its acks back up on its own connection.
         for k in range(200):
-            await rude.send(json.dumps({"op": "append", "ref": k, "events": [metric(k * 50 + i, run="rude") for i in range(50)]}))
+            await rude.send(
+                json.dumps(
+                    {"op": "append", "ref": k, "events": [metric(k * 50 + i, run="rude") for i in range(50)]}
+                )
+            )
         polite, _ = await open_client(daemon.url)
         for k in range(20):
             ack = await polite.append([metric(k * 10 + i, run="polite") for i in range(10)])

@@ -13,10 +13,17 @@ from tests.conftest import Client, DaemonProcess, open_client
 
 
 def metric(i: int, run: str = "r1") -> dict[str, Any]:
-    return {"id": f"{run}-{i}", "type": "metrics", "run": run, "data": {"values": {"loss": 1 / (i + 1)}, "step": i}}
+    return {
+        "id": f"{run}-{i}",
+        "type": "metrics",
+        "run": run,
+        "data": {"values": {"loss": 1 / (i + 1)}, "step": i},
+    }
 
 
-async def collect(client: Client, sub: int, count: int, timeout: float = 10) -> tuple[list[dict[str, Any]], list[int]]:
+async def collect(
+    client: Client, sub: int, count: int, timeout: float = 10
+) -> tuple[list[dict[str, Any]], list[int]]:
     """Events of `sub` until `count` have arrived; also the seqs at which `live` came."""
     events: list[dict[str, Any]] = []
     lives: list[int] = []
@@ -48,7 +55,9 @@ async def subscribe(client: Client, **args: Any) -> dict[str, Any]:
     return await client.request({"op": "subscribe", **args})
 
 
-async def test_a_subscriber_from_zero_gets_the_whole_log_then_live_then_new_events(client: Client, daemon: DaemonProcess) -> None:
+async def test_a_subscriber_from_zero_gets_the_whole_log_then_live_then_new_events(
+    client: Client, daemon: DaemonProcess
+) -> None:
     await client.append([metric(i) for i in range(5)])
     watcher, _ = await open_client(daemon.url)
     reply = await subscribe(watcher, from_seq=0)
@@ -62,7 +71,9 @@ async def test_a_subscriber_from_zero_gets_the_whole_log_then_live_then_new_even
     assert more[0]["data"] == {"values": {"loss": 1 / 6}, "step": 5}
 
 
-async def test_a_subscriber_without_from_seq_gets_only_what_is_committed_after(client: Client, daemon: DaemonProcess) -> None:
+async def test_a_subscriber_without_from_seq_gets_only_what_is_committed_after(
+    client: Client, daemon: DaemonProcess
+) -> None:
     await client.append([metric(i) for i in range(3)])
     watcher, _ = await open_client(daemon.url)
     reply = await subscribe(watcher)
@@ -73,7 +84,9 @@ async def test_a_subscriber_without_from_seq_gets_only_what_is_committed_after(c
     assert [e["seq"] for e in events] == [4]
 
 
-async def test_every_event_arrives_exactly_once_in_order_while_writers_append_during_catch_up(daemon: DaemonProcess) -> None:
+async def test_every_event_arrives_exactly_once_in_order_while_writers_append_during_catch_up(
+    daemon: DaemonProcess,
+) -> None:
     writers = [(await open_client(daemon.url))[0] for _ in range(3)]
     await writers[0].append([metric(i, "w0") for i in range(2000)])
     watcher, _ = await open_client(daemon.url)
@@ -103,7 +116,9 @@ async def test_filters_select_by_run_type_and_pipeline(client: Client, daemon: D
     by_run = await subscribe(watcher, from_seq=0, filter={"runs": ["a"]})
     by_type = await subscribe(watcher, from_seq=0, filter={"types": ["item"]})
     by_pipeline = await subscribe(watcher, filter={"pipelines": ["eval"]})
-    await client.append([metric(0, "a"), metric(0, "b"), {"type": "item", "run": "b", "data": {"stage": "s"}}])
+    await client.append(
+        [metric(0, "a"), metric(0, "b"), {"type": "item", "run": "b", "data": {"stage": "s"}}]
+    )
     run_events, _ = await collect(watcher, by_run["sub"], 2)
     type_events, _ = await collect(watcher, by_type["sub"], 1)
     pipeline_events, _ = await collect(watcher, by_pipeline["sub"], 2)
@@ -112,7 +127,9 @@ async def test_filters_select_by_run_type_and_pipeline(client: Client, daemon: D
     assert [(e["run"], e["type"]) for e in pipeline_events] == [("b", "metrics"), ("b", "item")]
 
 
-async def test_unsubscribe_ends_delivery_and_an_unknown_sub_is_not_found(client: Client, daemon: DaemonProcess) -> None:
+async def test_unsubscribe_ends_delivery_and_an_unknown_sub_is_not_found(
+    client: Client, daemon: DaemonProcess
+) -> None:
     watcher, _ = await open_client(daemon.url)
     keep = await subscribe(watcher)
     drop = await subscribe(watcher)
@@ -128,7 +145,9 @@ async def test_unsubscribe_ends_delivery_and_an_unknown_sub_is_not_found(client:
         assert msg.get("sub") != drop["sub"] or msg["op"] == "live"
 
 
-async def test_a_stalled_subscriber_never_slows_ingest_and_later_gets_everything_once(daemon: DaemonProcess) -> None:
+async def test_a_stalled_subscriber_never_slows_ingest_and_later_gets_everything_once(
+    daemon: DaemonProcess,
+) -> None:
     writer, _ = await open_client(daemon.url)
     # A subscriber that stops reading: its socket buffers fill, the daemon's send waits,
     # its memory buffer overflows and it falls back to the log.
@@ -140,7 +159,10 @@ async def test_a_stalled_subscriber_never_slows_ingest_and_later_gets_everything
         total = 60_000
         for k in range(total // 1000):
             ack = await writer.append(
-                [{"type": "metrics", "run": "r", "data": {"values": {"text": float(i)}, "step": i}} for i in range(k * 1000, (k + 1) * 1000)]
+                [
+                    {"type": "metrics", "run": "r", "data": {"values": {"text": float(i)}, "step": i}}
+                    for i in range(k * 1000, (k + 1) * 1000)
+                ]
             )
             assert ack["accepted"] == 1000
         # Every append was acked while the subscriber read nothing. Now it reads.
@@ -148,7 +170,9 @@ async def test_a_stalled_subscriber_never_slows_ingest_and_later_gets_everything
         assert [e["seq"] for e in events] == list(range(1, total + 1))
 
 
-async def test_several_subscriptions_on_one_connection_each_get_their_own_stream(client: Client, daemon: DaemonProcess) -> None:
+async def test_several_subscriptions_on_one_connection_each_get_their_own_stream(
+    client: Client, daemon: DaemonProcess
+) -> None:
     watcher, _ = await open_client(daemon.url)
     subs = [await subscribe(watcher, from_seq=0) for _ in range(3)]
     await client.append([metric(i) for i in range(4)])
@@ -157,7 +181,9 @@ async def test_several_subscriptions_on_one_connection_each_get_their_own_stream
         assert [e["seq"] for e in events] == [1, 2, 3, 4]
 
 
-async def test_a_run_whose_writers_all_leave_is_marked_lost_and_resumes_when_one_returns(tmp_path: Path) -> None:
+async def test_a_run_whose_writers_all_leave_is_marked_lost_and_resumes_when_one_returns(
+    tmp_path: Path,
+) -> None:
     proc = DaemonProcess(tmp_path / "t.db", "--lost-after", "0.2").start()
     try:
         writer, _ = await open_client(proc.url)
@@ -181,7 +207,9 @@ async def test_a_run_whose_writers_all_leave_is_marked_lost_and_resumes_when_one
         proc.stop()
 
 
-async def test_a_run_left_running_by_a_stopped_daemon_is_marked_lost_if_no_writer_returns(tmp_path: Path) -> None:
+async def test_a_run_left_running_by_a_stopped_daemon_is_marked_lost_if_no_writer_returns(
+    tmp_path: Path,
+) -> None:
     proc = DaemonProcess(tmp_path / "t.db", "--lost-after", "0.2").start()
     try:
         writer, _ = await open_client(proc.url)

@@ -33,7 +33,14 @@ def test_a_null_value_is_a_value_and_not_an_absent_one() -> None:
 
 
 def test_a_batch_check_carries_its_inputs() -> None:
-    msg = decode({"op": "check", "namespace": "p", "kind": "hash", "inputs": [{"text": "a", "item": "1"}, {"value": [1]}]})
+    msg = decode(
+        {
+            "op": "check",
+            "namespace": "p",
+            "kind": "hash",
+            "inputs": [{"text": "a", "item": "1"}, {"value": [1]}],
+        }
+    )
     assert isinstance(msg, Check) and msg.inputs is not None
     assert [(i.text, i.item) for i in msg.inputs] == [("a", "1"), (None, None)]
 
@@ -53,7 +60,10 @@ def test_a_batch_check_carries_its_inputs() -> None:
         ({"namespace": "p", "kind": "embedding", "space": "s"}, "check.vector: required"),
         ({"namespace": "p", "kind": "embedding", "space": "s", "vector": []}, "check.vector:"),
         ({"namespace": "p", "kind": "embedding", "space": "s", "vector": [1, "x"]}, "check.vector[1]:"),
-        ({"namespace": "p", "kind": "embedding", "space": "s", "vector": [1], "threshold": 3}, "check.threshold:"),
+        (
+            {"namespace": "p", "kind": "embedding", "space": "s", "vector": [1], "threshold": 3},
+            "check.threshold:",
+        ),
         ({"namespace": "p", "kind": "embedding", "space": "s", "vector": [1], "text": "t"}, "check.text:"),
         ({"namespace": "p", "kind": "hash", "vector": [1.0]}, "check.vector: only for kind 'embedding'"),
         ({"namespace": "", "kind": "hash", "text": "t"}, "check.namespace:"),
@@ -63,7 +73,9 @@ def test_a_batch_check_carries_its_inputs() -> None:
         ({"namespace": "p", "kind": "hash", "inputs": [{"text": "a"}, {}]}, "check.inputs[1].text: required"),
     ],
 )
-def test_a_bad_check_is_refused_with_a_message_that_names_the_field(msg: dict[str, object], field: str) -> None:
+def test_a_bad_check_is_refused_with_a_message_that_names_the_field(
+    msg: dict[str, object], field: str
+) -> None:
     with pytest.raises(errors.BadMessage) as caught:
         decode({"op": "check", "ref": 8, **msg})
     assert caught.value.message.startswith(field), caught.value.message
