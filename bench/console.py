@@ -27,18 +27,17 @@ import asyncio
 import math
 import statistics
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _daemon import BenchDaemon, machine
+from _common import Conn, LogBuilder, percentile, served_database
+from _daemon import machine
 
-from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.protocol.events import (
     Metrics,
     MetricsData,
@@ -47,7 +46,6 @@ from tracklog.protocol.events import (
     RunStarted,
     RunStartedData,
 )
-from tracklog.protocol.messages import Append
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -62,87 +60,75 @@ METRICS = ("loss", "acc", "lr")
 
 def build(path: Path, runs: int, points: int) -> None:
     """`runs` runs, each with `points` steps of 3 metrics, written as the daemon writes appends."""
-    store = SqliteEventLog(path)
-    store.catch_up()
-    started = time.perf_counter()
-    batch: list[Any] = []
     ts = 1_700_000_000.0
-    for r in range(runs):
-        run = f"run-{r:02d}"
-        batch.append(
-            RunStarted(
+    with LogBuilder(path) as log:
+        for r in range(runs):
+            _add_run(log.add, r, runs, points, ts)
+    print(
+        f"built {runs} runs x {len(METRICS)} metrics x {points:,} points"
+        f" ({path.stat().st_size / 1e6:.0f} MB) in {log.seconds:.0f} s"
+    )
+
+
+def _add_run(add: Callable[[Any], None], r: int, runs: int, points: int, ts: float) -> None:
+    """Run number `r` of `build`: its start and its `points` steps."""
+    run = f"run-{r:02d}"
+    add(
+        RunStarted(
+            run=run,
+            ts=ts,
+            data=RunStartedData(
+                name=f"sweep-{r:02d}",
+                pipeline="train",
+                config={"lr": 10 ** -(1 + r % 4), "batch": 16 << (r % 3), "seed": r},
+            ),
+        )
+    )
+    base = 0.5 + r / runs
+    for step in range(points):
+        add(
+            Metrics(
                 run=run,
-                ts=ts,
-                data=RunStartedData(
-                    name=f"sweep-{r:02d}",
-                    pipeline="train",
-                    config={"lr": 10 ** -(1 + r % 4), "batch": 16 << (r % 3), "seed": r},
+                ts=ts + step,
+                data=MetricsData(
+                    values={
+                        "loss": base / (1 + step / 1000) + 0.02 * math.sin(step / 37 + r),
+                        "acc": 1 - base / (2 + step / 500),
+                        "lr": 0.1 / (1 + step / 10_000),
+                    },
+                    step=step,
+                    epoch=step // 1000,
                 ),
             )
         )
-        base = 0.5 + r / runs
-        for step in range(points):
-            batch.append(
-                Metrics(
-                    run=run,
-                    ts=ts + step,
-                    data=MetricsData(
-                        values={
-                            "loss": base / (1 + step / 1000) + 0.02 * math.sin(step / 37 + r),
-                            "acc": 1 - base / (2 + step / 500),
-                            "lr": 0.1 / (1 + step / 10_000),
-                        },
-                        step=step,
-                        epoch=step // 1000,
-                    ),
-                )
-            )
-            if len(batch) >= 10_000:
-                store.append_group([Append(events=batch)])
-                batch = []
-    if batch:
-        store.append_group([Append(events=batch)])
-    store.close()
-    print(
-        f"built {runs} runs x {len(METRICS)} metrics x {points:,} points"
-        f" ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.0f} s"
-    )
 
 
 def build_many(path: Path, runs: int) -> None:
     """`runs` finished runs with a config, a tag and two metric values each (the runs table's load)."""
-    store = SqliteEventLog(path)
-    store.catch_up()
-    batch: list[Any] = []
     ts = 1_700_000_000.0
-    for r in range(runs):
-        run = f"run-{r:05d}"
-        batch.append(
-            RunStarted(
-                run=run,
-                ts=ts + r,
-                data=RunStartedData(
-                    name=f"run {r}",
-                    pipeline="train",
-                    config={
-                        "lr": 10 ** -(1 + r % 3),
-                        "batch": 16 << (r % 2),
-                        "model": {"depth": 2 << (r % 3)},
-                    },
-                    tags=["a" if r % 2 else "b"],
-                ),
+    with LogBuilder(path, group=9_000) as log:  # 3 events a run: a group holds whole runs
+        for r in range(runs):
+            run = f"run-{r:05d}"
+            log.add(
+                RunStarted(
+                    run=run,
+                    ts=ts + r,
+                    data=RunStartedData(
+                        name=f"run {r}",
+                        pipeline="train",
+                        config={
+                            "lr": 10 ** -(1 + r % 3),
+                            "batch": 16 << (r % 2),
+                            "model": {"depth": 2 << (r % 3)},
+                        },
+                        tags=["a" if r % 2 else "b"],
+                    ),
+                )
             )
-        )
-        batch.append(
-            Metrics(run=run, ts=ts + r, data=MetricsData(values={"loss": 1 / (1 + r), "acc": r / runs}))
-        )
-        batch.append(RunFinished(run=run, ts=ts + r + 1, data=RunFinishedData(status="completed")))
-        if len(batch) >= 9_000:
-            store.append_group([Append(events=batch)])
-            batch = []
-    if batch:
-        store.append_group([Append(events=batch)])
-    store.close()
+            log.add(
+                Metrics(run=run, ts=ts + r, data=MetricsData(values={"loss": 1 / (1 + r), "acc": r / runs}))
+            )
+            log.add(RunFinished(run=run, ts=ts + r + 1, data=RunFinishedData(status="completed")))
 
 
 async def measure_table(port: int, runs: int) -> None:
@@ -199,9 +185,9 @@ async def stream(url: str, runs: int, rate: int, seconds: float, start_step: int
     """Append `rate` points per second per run, in appends every 100 ms; returns events sent."""
     encode = msgspec.msgpack.encode
     sent = 0
-    async with connect(url, max_size=None, compression=None) as ws:
-        await ws.send(encode({"op": "hello", "protocol": 1, "client": "bench-console"}))
-        await ws.recv()
+    conn = await Conn.open(url, "bench-console")
+    ws = conn.ws
+    async with ws:
         per_tick = max(1, rate // 10)
         step = start_step
         began = time.perf_counter()
@@ -229,16 +215,11 @@ async def stream(url: str, runs: int, rate: int, seconds: float, start_step: int
 
 
 def quantiles(values: list[float]) -> str:
-    values = sorted(values)
     if not values:
         return "no frames"
-
-    def at(q: float) -> float:
-        return values[min(len(values) - 1, int(q * len(values)))]
-
     return (
-        f"median {statistics.median(values):.1f} ms, p95 {at(0.95):.1f} ms, p99 {at(0.99):.1f} ms,"
-        f" max {values[-1]:.1f} ms ({len(values)} frames)"
+        f"median {statistics.median(values):.1f} ms, p95 {percentile(values, 0.95):.1f} ms,"
+        f" p99 {percentile(values, 0.99):.1f} ms, max {max(values):.1f} ms ({len(values)} frames)"
     )
 
 
@@ -334,17 +315,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(machine())
-    with tempfile.TemporaryDirectory() as tmp:
-        db = args.db or Path(tmp) / "console.db"
-        if not db.exists():
-            build(db, args.runs, args.points)
-        with BenchDaemon(db) as daemon:
-            asyncio.run(measure(daemon.port, args.runs, args.points, args.rate, args.seconds, args.repeat))
-        if args.table_runs:
-            many = Path(tmp) / "many.db"
-            build_many(many, args.table_runs)
-            with BenchDaemon(many) as daemon:
-                asyncio.run(measure_table(daemon.port, args.table_runs))
+    with served_database(args.db, lambda path: build(path, args.runs, args.points), "console.db") as daemon:
+        asyncio.run(measure(daemon.port, args.runs, args.points, args.rate, args.seconds, args.repeat))
+    if args.table_runs:
+        with served_database(None, lambda path: build_many(path, args.table_runs), "many.db") as daemon:
+            asyncio.run(measure_table(daemon.port, args.table_runs))
 
 
 if __name__ == "__main__":

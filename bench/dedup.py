@@ -39,20 +39,16 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import flip_bits, percentile, random_simhashes, time_calls, unit_vectors
 from _daemon import BenchDaemon, machine
 
 from tracklog.daemon import dedup as dd
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
-
-
 def describe(name: str, seconds: list[float]) -> str:
     us = [s * 1e6 for s in seconds]
     return (
-        f"{name}: p50 {pct(us, 0.5):8.1f} us  p99 {pct(us, 0.99):8.1f} us"
+        f"{name}: p50 {percentile(us, 0.5):8.1f} us  p99 {percentile(us, 0.99):8.1f} us"
         f"  mean {statistics.fmean(us):8.1f} us"
         f"  -> {len(us) / sum(seconds):10,.0f} checks/s"
     )
@@ -60,7 +56,7 @@ def describe(name: str, seconds: list[float]) -> str:
 
 def bench_simhash(n: int, queries: int, rng: np.random.Generator) -> None:
     print(f"\n== SimHash, {n:,} recorded entries, {queries:,} queries (half near-duplicates)")
-    values = rng.integers(0, np.iinfo(np.uint64).max, size=n, dtype=np.uint64, endpoint=True)
+    values = random_simhashes(rng, n)
     index = dd.SimHashIndex()
     started = time.perf_counter()
     index.add_many(values, [(i + 1, None, None) for i in range(n)])
@@ -69,17 +65,12 @@ def bench_simhash(n: int, queries: int, rng: np.random.Generator) -> None:
     for i in range(queries):
         if i % 2 == 0:
             q = int(values[rng.integers(n)])
-            for bit in rng.choice(64, size=int(rng.integers(0, 4)), replace=False):
-                q ^= 1 << int(bit)
+            q = flip_bits(q, rng.choice(64, size=int(rng.integers(0, 4)), replace=False).tolist())
         else:
-            q = int(rng.integers(0, np.iinfo(np.uint64).max, dtype=np.uint64, endpoint=True))
+            q = int(random_simhashes(rng, 1)[0])
         qs.append(q)
     text = " ".join(f"token{int(t)}" for t in rng.integers(0, 50_000, size=120))
-    t_text = []
-    for _ in range(500):
-        t0 = time.perf_counter()
-        dd.simhash(text)
-        t_text.append(time.perf_counter() - t0)
+    t_text = time_calls(lambda: dd.simhash(text), 500)
     print(describe("simhash() of a 120-token text", t_text))
     for threshold in (3, 8, 16):
         radius = dd.probe_radius(threshold)
@@ -164,8 +155,7 @@ def bench_embeddings(
         f"\n== Embeddings, {n:,} vectors of {dims} dims, hnswlib M={m} "
         f"ef_construction={dd.HNSW_EF_CONSTRUCTION} ef={dd.HNSW_EF}"
     )
-    data = rng.normal(size=(n, dims)).astype(np.float32)
-    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    data = unit_vectors(rng, n, dims)
     index = dd.EmbeddingIndex(dims, m=m)
     started = time.perf_counter()
     index.add_many(data, [(i + 1, None, None) for i in range(n)])
@@ -173,8 +163,7 @@ def bench_embeddings(
     half = queries // 2
     picks = rng.integers(0, n, size=half)
     near = data[picks] + rng.normal(scale=0.01, size=(half, dims)).astype(np.float32)
-    fresh = rng.normal(size=(queries - half, dims)).astype(np.float32)
-    fresh /= np.linalg.norm(fresh, axis=1, keepdims=True)
+    fresh = unit_vectors(rng, queries - half, dims)
     # Noise that puts queries around the threshold (cosine distance about 0.03 to 0.07),
     # where a wrong nearest neighbour would change the decision.
     scale = rng.uniform(0.012, 0.02, size=(half, 1)).astype(np.float32)
@@ -268,8 +257,7 @@ async def bench_end_to_end(texts: int, vectors: int, dims: int, rng: np.random.G
                 single.append(time.perf_counter() - t0)
                 assert reply["op"] == "checked"
             print(describe(f"simhash, one check per round trip, {texts:,} recorded", single))
-            vecs = rng.normal(size=(vectors, dims)).astype(np.float32)
-            vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+            vecs = unit_vectors(rng, vectors, dims)
             started = time.perf_counter()
             for start in range(0, vectors, 500):
                 inputs = [{"vector": v.tolist()} for v in vecs[start : start + 500]]
@@ -321,8 +309,7 @@ def _record_directly(db: Path, vectors: int, dims: int, simhashes: int, rng: np.
     store.catch_up()
     started = time.perf_counter()
     for start in range(0, vectors, 5_000):
-        block = rng.normal(size=(min(5_000, vectors - start), dims))
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        block = unit_vectors(rng, min(5_000, vectors - start), dims)
         store.append_events(
             [
                 DedupRecorded(
@@ -333,7 +320,7 @@ def _record_directly(db: Path, vectors: int, dims: int, simhashes: int, rng: np.
                 for k, v in enumerate(block.tolist())
             ]
         )
-    values = rng.integers(0, np.iinfo(np.uint64).max, size=simhashes, dtype=np.uint64, endpoint=True).tolist()
+    values = random_simhashes(rng, simhashes).tolist()
     for start in range(0, simhashes, 20_000):
         store.append_events(
             [
@@ -402,8 +389,7 @@ async def _time_start(
             )
             if then_record:
                 assert rng is not None
-                more = rng.normal(size=(then_record, dims))
-                more /= np.linalg.norm(more, axis=1, keepdims=True)
+                more = unit_vectors(rng, then_record, dims)
                 started = time.perf_counter()
                 for start in range(0, then_record, 500):
                     inputs = [{"vector": v} for v in more[start : start + 500].tolist()]
@@ -458,7 +444,13 @@ async def bench_startup(
         size = sum(f.stat().st_size for f in (Path(tmp) / "bench.db.dedup").iterdir())
         print(f"   saved copy: {size / 2**20:,.0f} MiB")
         await _time_start(
-            db, probe, "restart after a clean stop (saved copy)", then_record=unsaved, rng=rng, kill=True
+            db,
+            probe,
+            "restart after a clean stop (saved copy)",
+            then_record=unsaved,
+            dims=dims,
+            rng=rng,
+            kill=True,
         )
         await _time_start(db, probe, f"restart after SIGKILL ({unsaved:,} vectors newer than the saved copy)")
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -27,23 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _daemon import BenchDaemon, machine
+from _common import Conn, LogBuilder, add_finished_run, median_ms, served_database, time_awaits
+from _daemon import machine
 
-from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.protocol.events import (
     Item,
     ItemData,
     Metrics,
     MetricsData,
-    RunFinished,
-    RunFinishedData,
     RunStarted,
     RunStartedData,
 )
-from tracklog.protocol.messages import Append
 
 WORDS = [
     "translation",
@@ -74,116 +69,26 @@ BIG_POINTS = 1_000_000
 def build(path: Path, runs: int, points: int) -> None:
     """A database of `runs` runs holding `points` metric points, one run with 1M of them."""
     rng = random.Random(7)
-    store = SqliteEventLog(path)
-    store.catch_up()
-    started = time.perf_counter()
-    batch: list[Any] = []
     ts = 1_700_000_000.0
-
-    def flush() -> None:
-        if batch:
-            store.append_group([Append(events=list(batch))])
-            batch.clear()
-
-    def add(event: Any) -> None:
-        batch.append(event)
-        if len(batch) >= 10_000:
-            flush()
-
-    add(
-        RunStarted(
-            run=BIG_RUN, ts=ts, data=RunStartedData(name="the long one", pipeline="train", tags=["long"])
-        )
-    )
-    for step in range(BIG_POINTS):
-        value = 1.0 / (1 + step / 1000) + rng.random() * 0.01
-        if step == 777_777:
-            value = 50.0  # a spike the downsampling must keep
-        add(Metrics(run=BIG_RUN, ts=ts + step, data=MetricsData(values={"loss": value}, step=step)))
-    rest = max(0, points - BIG_POINTS)
-    per_run = max(3, rest // max(1, runs - 1))
+    per_run = max(3, max(0, points - BIG_POINTS) // max(1, runs - 1))
     steps = per_run // 3
-    for r in range(1, runs):
-        run = f"run-{r:05d}"
-        words = rng.sample(WORDS, 3)
-        add(
+    with LogBuilder(path) as log:
+        log.add(
             RunStarted(
-                run=run,
-                ts=ts + r,
-                data=RunStartedData(
-                    name=" ".join(words),
-                    pipeline=rng.choice(["train", "eval", "sweep"]),
-                    config={"lr": rng.choice([0.1, 0.01, 0.001]), "batch": rng.choice([16, 32, 64])},
-                    tags=[rng.choice(["baseline", "tuned", "ablation"])],
-                    notes=f"notes about {words[0]}",
-                ),
+                run=BIG_RUN, ts=ts, data=RunStartedData(name="the long one", pipeline="train", tags=["long"])
             )
         )
-        base = rng.random()
-        for step in range(steps):
-            add(
-                Metrics(
-                    run=run,
-                    ts=ts + r + step,
-                    data=MetricsData(
-                        values={
-                            "loss": base / (1 + step) + rng.random() * 0.05,
-                            "acc": 1 - base / (1 + step),
-                            "lr": 0.1 / (1 + step),
-                        },
-                        step=step,
-                        epoch=step // 100,
-                    ),
-                )
-            )
-        for i in range(2):
-            text = " ".join(rng.choice(WORDS) for _ in range(12))
-            add(
-                Item(
-                    run=run,
-                    ts=ts + r,
-                    data=ItemData(
-                        item=f"{run}-{i}", kind="translation_result", stage="translate", data={"text": text}
-                    ),
-                )
-            )
-        add(
-            RunFinished(
-                run=run,
-                ts=ts + r + steps,
-                data=RunFinishedData(status=rng.choice(["completed", "completed", "failed"])),
-            )
-        )
-    flush()
-    store.close()
+        for step in range(BIG_POINTS):
+            value = 1.0 / (1 + step / 1000) + rng.random() * 0.01
+            if step == 777_777:
+                value = 50.0  # a spike the downsampling must keep
+            log.add(Metrics(run=BIG_RUN, ts=ts + step, data=MetricsData(values={"loss": value}, step=step)))
+        for r in range(1, runs):
+            add_finished_run(log.add, rng, f"run-{r:05d}", ts + r, steps, WORDS)
     print(
         f"built {path}: {runs} runs, {BIG_POINTS + (runs - 1) * steps * 3:,} points,"
-        f" {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - started:.0f} s"
+        f" {path.stat().st_size / 1e6:.0f} MB in {log.seconds:.0f} s"
     )
-
-
-class Conn:
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.ref = 0
-        self.decode = msgspec.msgpack.Decoder().decode
-
-    @classmethod
-    async def open(cls, url: str) -> Conn:
-        ws = await connect(url, max_size=None, compression=None)
-        await ws.send(msgspec.msgpack.encode({"op": "hello", "protocol": 1, "client": "bench-queries"}))
-        await ws.recv()
-        return cls(ws)
-
-    async def query(self, **q: Any) -> Any:
-        self.ref += 1
-        await self.ws.send(msgspec.msgpack.encode({"op": "query", "ref": self.ref, **q}))
-        while True:
-            reply = self.decode(await self.ws.recv())
-            if reply.get("ref") == self.ref:
-                if reply["op"] == "error":
-                    raise RuntimeError(reply)
-                return reply
 
 
 QUERIES: dict[str, dict[str, Any]] = {
@@ -205,7 +110,7 @@ QUERIES: dict[str, dict[str, Any]] = {
 
 
 async def latencies(url: str, repeat: int) -> dict[str, float]:
-    conn = await Conn.open(url)
+    conn = await Conn.open(url, "bench-queries")
     out: dict[str, float] = {}
     try:
         for label, q in QUERIES.items():
@@ -213,14 +118,9 @@ async def latencies(url: str, repeat: int) -> dict[str, float]:
             if q["q"] == "metrics":
                 row = reply["rows"][0]
                 assert len(row["values"]) <= 1000 and 50.0 in row["values"], "the spike was lost"
-            times = []
-            for _ in range(repeat):
-                t = time.perf_counter()
-                await conn.query(**q)
-                times.append(time.perf_counter() - t)
-            out[label] = statistics.median(times) * 1000
+            out[label] = median_ms(await time_awaits(lambda q=q: conn.query(**q), repeat))
     finally:
-        await conn.ws.close()
+        await conn.close()
     return out
 
 
@@ -256,7 +156,7 @@ async def ingest(url: str, events: int, with_queries: bool) -> tuple[float, int]
                     await conn.query(**q)
                     answered += 1
         finally:
-            await conn.ws.close()
+            await conn.close()
 
     loader = asyncio.create_task(load()) if with_queries else None
     inflight = asyncio.Semaphore(8)
@@ -276,7 +176,7 @@ async def ingest(url: str, events: int, with_queries: bool) -> tuple[float, int]
     done.set()
     if loader is not None:
         await loader
-    await writer.ws.close()
+    await writer.close()
     return len(frames) * 1000 / elapsed, answered
 
 
@@ -289,38 +189,29 @@ def build_items(path: Path, items: int) -> float:
     """A database of `items` items over 100 runs and 20 (stage, kind) pairs, 5% failed,
     durations exponential (mean 0.1 s), 10% without one; returns the seconds it took."""
     rng = random.Random(11)
-    store = SqliteEventLog(path)
-    store.catch_up()
-    started = time.perf_counter()
-    batch: list[Any] = []
-    for r in range(ITEM_RUNS):
-        batch.append(RunStarted(run=f"items-{r:03d}", ts=1_700_000_000.0, data=RunStartedData(name=f"r{r}")))
-    for i in range(items):
-        stage, kind = rng.choice(STAGE_KINDS)
-        batch.append(
-            Item(
-                run=f"items-{i % ITEM_RUNS:03d}",
-                ts=1_700_000_000.0 + i,
-                data=ItemData(
-                    item=f"i{i}",
-                    stage=stage,
-                    kind=kind,
-                    status="failed" if rng.random() < 0.05 else "ok",
-                    duration=None if rng.random() < 0.1 else rng.expovariate(10),
-                ),
+    with LogBuilder(path) as log:
+        for r in range(ITEM_RUNS):
+            log.add(RunStarted(run=f"items-{r:03d}", ts=1_700_000_000.0, data=RunStartedData(name=f"r{r}")))
+        for i in range(items):
+            stage, kind = rng.choice(STAGE_KINDS)
+            log.add(
+                Item(
+                    run=f"items-{i % ITEM_RUNS:03d}",
+                    ts=1_700_000_000.0 + i,
+                    data=ItemData(
+                        item=f"i{i}",
+                        stage=stage,
+                        kind=kind,
+                        status="failed" if rng.random() < 0.05 else "ok",
+                        duration=None if rng.random() < 0.1 else rng.expovariate(10),
+                    ),
+                )
             )
-        )
-        if len(batch) >= 10_000:
-            store.append_group([Append(events=batch)])
-            batch = []
-    if batch:
-        store.append_group([Append(events=batch)])
-    store.close()
-    return time.perf_counter() - started
+    return log.seconds
 
 
 async def measure_stats(url: str, repeat: int) -> None:
-    conn = await Conn.open(url)
+    conn = await Conn.open(url, "bench-queries")
     try:
         for label, q in (
             ("stats: all items by stage and kind (SQL)", {"q": "stats"}),
@@ -331,14 +222,10 @@ async def measure_stats(url: str, repeat: int) -> None:
         ):
             reply = await conn.query(**q)
             assert reply["rows"][0]["stages"], "no stages"
-            times = []
-            for _ in range(repeat):
-                t = time.perf_counter()
-                await conn.query(**q)
-                times.append(time.perf_counter() - t)
-            print(f"  {label:55s} median {statistics.median(times) * 1000:7.1f} ms")
+            seconds = await time_awaits(lambda q=q: conn.query(**q), repeat)
+            print(f"  {label:55s} median {median_ms(seconds):7.1f} ms")
     finally:
-        await conn.ws.close()
+        await conn.close()
 
 
 def index_cost(items: int = 200_000) -> None:
@@ -363,13 +250,13 @@ def index_cost(items: int = 200_000) -> None:
 
 def main_stats(items: int, repeat: int, db: Path | None) -> None:
     print(f"tracklog stats benchmark: {machine()}")
-    with tempfile.TemporaryDirectory(prefix="tracklog-bench-") as tmp:
-        path = db or Path(tmp) / "items.db"
-        if not path.exists():
-            seconds = build_items(path, items)
-            print(f"built {path}: {items:,} items in {seconds:.0f} s ({items / seconds:,.0f} items/s)")
-        with BenchDaemon(path) as daemon:
-            asyncio.run(measure_stats(daemon.url, repeat))
+
+    def build(path: Path) -> None:
+        seconds = build_items(path, items)
+        print(f"built {path}: {items:,} items in {seconds:.0f} s ({items / seconds:,.0f} items/s)")
+
+    with served_database(db, build, "items.db") as daemon:
+        asyncio.run(measure_stats(daemon.url, repeat))
 
 
 async def measure(url: str, repeat: int, ingest_events: int) -> None:
@@ -409,12 +296,8 @@ def main() -> None:
     runs = args.runs or (10_000 if args.full else 2_000)
     points = args.points or (10_000_000 if args.full else 2_000_000)
     print(f"tracklog query benchmark: {machine()}")
-    with tempfile.TemporaryDirectory(prefix="tracklog-bench-") as tmp:
-        db = args.db or Path(tmp) / "bench.db"
-        if not db.exists():
-            build(db, runs, points)
-        with BenchDaemon(db) as daemon:
-            asyncio.run(measure(daemon.url, args.repeat, args.ingest_events))
+    with served_database(args.db, lambda path: build(path, runs, points)) as daemon:
+        asyncio.run(measure(daemon.url, args.repeat, args.ingest_events))
 
 
 if __name__ == "__main__":

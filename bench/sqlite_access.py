@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _common import LogBuilder, add_finished_run
 from _daemon import machine
 
 from tracklog.daemon import queries
@@ -64,14 +65,8 @@ from tracklog.daemon.storage.sqlite.connect import connect
 from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
 from tracklog.protocol.events import (
-    Item,
-    ItemData,
     Metrics,
     MetricsData,
-    RunFinished,
-    RunFinishedData,
-    RunStarted,
-    RunStartedData,
 )
 from tracklog.protocol.messages import Append, Query
 
@@ -492,69 +487,9 @@ def build_query_database(path: Path, runs: int, steps: int) -> None:
     written by SqliteEventLog itself."""
     rng = random.Random(7)
     new_database(path)
-    store = SqliteEventLog(path)
-    store.catch_up()
-    ts = 1_700_000_000.0
-    batch: list[Any] = []
-    for r in range(runs):
-        run = f"run-{r:05d}"
-        words = rng.sample(WORDS, 3)
-        batch.append(
-            RunStarted(
-                run=run,
-                ts=ts + r,
-                data=RunStartedData(
-                    name=" ".join(words),
-                    pipeline=rng.choice(["train", "eval", "sweep"]),
-                    config={"lr": rng.choice([0.1, 0.01, 0.001]), "batch": rng.choice([16, 32, 64])},
-                    tags=[rng.choice(["baseline", "tuned", "ablation"])],
-                    notes=f"notes about {words[0]}",
-                ),
-            )
-        )
-        base = rng.random()
-        for step in range(steps):
-            batch.append(
-                Metrics(
-                    run=run,
-                    ts=ts + r + step,
-                    data=MetricsData(
-                        values={
-                            "loss": base / (1 + step) + rng.random() * 0.05,
-                            "acc": 1 - base / (1 + step),
-                            "lr": 0.1 / (1 + step),
-                        },
-                        step=step,
-                        epoch=step // 100,
-                    ),
-                )
-            )
-        for i in range(2):
-            batch.append(
-                Item(
-                    run=run,
-                    ts=ts + r,
-                    data=ItemData(
-                        item=f"{run}-{i}",
-                        kind="translation_result",
-                        stage="translate",
-                        data={"text": " ".join(rng.choice(WORDS) for _ in range(12))},
-                    ),
-                )
-            )
-        batch.append(
-            RunFinished(
-                run=run,
-                ts=ts + r + steps,
-                data=RunFinishedData(status=rng.choice(["completed", "completed", "failed"])),
-            )
-        )
-        if len(batch) >= 10_000:
-            store.append_group([Append(events=batch)])
-            batch = []
-    if batch:
-        store.append_group([Append(events=batch)])
-    store.close()
+    with LogBuilder(path) as log:
+        for r in range(runs):
+            add_finished_run(log.add, rng, f"run-{r:05d}", 1_700_000_000.0 + r, steps, WORDS)
 
 
 def the_queries(runs: int) -> dict[str, Query]:

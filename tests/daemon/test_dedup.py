@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,24 @@ from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.protocol import errors
 from tracklog.protocol.events import DedupCleared, DedupClearedData
 from tracklog.protocol.messages import Check, CheckInput
+
+
+def _bench_common() -> Any:
+    """bench/_common.py, loaded by its path: bench/dedup.py draws its hashes and vectors with
+    the same helpers."""
+    path = Path(__file__).parents[2] / "bench" / "_common.py"
+    spec = importlib.util.spec_from_file_location("bench_common", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_bench = _bench_common()
+flip_bits = _bench.flip_bits
+random_simhashes = _bench.random_simhashes
+unit_vectors = _bench.unit_vectors
 
 # -- keys -------------------------------------------------------------------------------
 
@@ -139,12 +159,6 @@ def test_band_blocks_cover_all_64_bits_once() -> None:
 hashes = st.integers(min_value=0, max_value=(1 << 64) - 1)
 
 
-def _near(base: int, flips: list[int]) -> int:
-    for bit in flips:
-        base ^= 1 << bit
-    return base
-
-
 @settings(max_examples=150, deadline=None)
 @given(
     base=hashes,
@@ -159,8 +173,8 @@ def test_indexed_simhash_search_equals_brute_force(
     # Half the entries are near `base`, so the query (also near it) has neighbours at
     # every distance, not only far random ones.
     for i, (other, flips) in enumerate(others):
-        index.add(_near(base, flips) if i % 2 else other, (i + 1, None, None))
-    query = _near(base, query_flips)
+        index.add(flip_bits(base, flips) if i % 2 else other, (i + 1, None, None))
+    query = flip_bits(base, query_flips)
     assert index.search(query, threshold) == index.brute_force(query, threshold)
 
 
@@ -197,7 +211,7 @@ def test_probes_visit_every_16_bit_key_within_the_radius_and_no_other() -> None:
 @pytest.mark.parametrize("threshold", [3, 8, 16])
 def test_both_search_plans_give_the_answer_of_a_scan(threshold: int) -> None:
     rng = np.random.default_rng(threshold)
-    values = rng.integers(0, np.iinfo(np.uint64).max, size=5_000, dtype=np.uint64, endpoint=True)
+    values = random_simhashes(rng, 5_000)
     index = dd.SimHashIndex()
     index.add_many(values, [(i + 1, None, None) for i in range(len(values))])
     for k in range(200):
@@ -417,16 +431,11 @@ def _save(store: SqliteEventLog, namespace: str = "emb") -> dp.Header | None:
         dp.release(spaces)
 
 
-def _unit_vectors(rng: np.random.Generator, n: int, dims: int) -> np.ndarray:
-    v = rng.normal(size=(n, dims)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
 @pytest.fixture
 def saved(tmp_path: Path) -> tuple[Path, np.ndarray]:
     """A database with 40 vectors in namespace 'emb' (a saved copy of the first 30) and a hash."""
     path = tmp_path / "t.db"
-    vectors = _unit_vectors(np.random.default_rng(7), 40, 16)
+    vectors = unit_vectors(np.random.default_rng(7), 40, 16)
     store = SqliteEventLog(path)
     store.catch_up()
     store.append_group([_check("hash", text="x")])
@@ -517,12 +526,12 @@ def test_a_saved_index_of_another_dimension_or_other_vectors_is_rebuilt(tmp_path
         a, b = tmp_path / f"a{other_dims}.db", tmp_path / f"b{other_dims}.db"
         other = SqliteEventLog(a)
         other.catch_up()
-        _record_vectors(other, _unit_vectors(rng, 5, other_dims))
+        _record_vectors(other, unit_vectors(rng, 5, other_dims))
         _save(other)
         other.close()
         mine = SqliteEventLog(b)
         mine.catch_up()
-        vectors = _unit_vectors(rng, 5, 4)
+        vectors = unit_vectors(rng, 5, 4)
         _record_vectors(mine, vectors)
         mine.close()
         shutil.copytree(dp.files_dir(a), dp.files_dir(b))
@@ -547,7 +556,7 @@ def test_a_rolled_back_vector_stays_deleted_in_the_saved_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "t.db"
-    vectors = _unit_vectors(np.random.default_rng(5), 3, 8)
+    vectors = unit_vectors(np.random.default_rng(5), 3, 8)
     store = SqliteEventLog(path)
     store.catch_up()
     _record_vectors(store, vectors[:2])
