@@ -98,10 +98,6 @@ class Subscription:
         self.was_blocked = False
         self.task: asyncio.Task[None] | None = None
 
-    @property
-    def position(self) -> int:
-        return self.state.position
-
     def offer(self, events: list[StoredEvent]) -> None:
         """From Hub.publish: buffer, or fall out of live delivery when the buffer is full."""
         if self.buffered + len(events) > MAX_BUFFERED_EVENTS:
