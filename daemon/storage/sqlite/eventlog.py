@@ -386,7 +386,8 @@ class SqliteEventLog(EventLog):
         add_metrics = self.tables.add_metrics
         dedup_loaded = self.dedup.loaded
         for seq, event_id, type_, run, ts, recorded, data in rows:
-            if isinstance(data, MetricsData) and run is not None:
+            # `__class__ is`, not isinstance: one check per event, and data types are final.
+            if data.__class__ is MetricsData and run is not None:
                 add_metrics(run, seq, ts, data)
             else:
                 apply_event(LoggedEvent(seq, type_, run, ts, recorded, data, event_id))
