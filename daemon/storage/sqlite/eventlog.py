@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 import msgspec
-import structlog
 
 from tracklog.protocol import errors
 from tracklog.protocol.events import (
@@ -36,14 +35,12 @@ from ... import dedup as dd
 from ... import ingest, liveness
 from ...dedup_persist import DedupRuntime
 from ...projections import LoggedEvent
-from ..eventlog import DISK_FULL_MESSAGE, AppendResult, CheckResult, EventLog, LogRequest, WriteResult
+from ..eventlog import AppendResult, CheckResult, EventLog, LogRequest
 from . import verify as verification
 from .connect import Durability, connect, ddl_statements, is_disk_full
 from .dedup_entries import SqliteDedupEntries
 from .schema import LOG_DDL, PROJECTION_DDL, PROJECTION_TABLES, PROJECTION_VERSION
 from .tables import Tables
-
-log = structlog.get_logger("tracklog.store")
 
 _ID_LOOKUP_CHUNK: Final = 500
 _REPLAY_BATCH: Final = 5_000
@@ -242,51 +239,26 @@ class SqliteEventLog(EventLog):
 
     # -- appends ----------------------------------------------------------------
 
-    def append_group(self, appends: Sequence[LogRequest], publish: bool = False) -> list[WriteResult]:
-        """Commit many appends (and checks) in one transaction (group commit); one result each.
+    def __str__(self) -> str:
+        return str(self.path)
 
-        If the group fails as a whole, each append is retried in a transaction of its
-        own, so one bad append cannot fail the others. A full disk fails them all with
-        `disk_full` (no retry: nothing would fit), logged once per episode; the first
-        commit that appends again ends the episode. Raises only if nothing was committed.
-        """
-        head = self.head
-        if not self.dedup.loaded and any(a.__class__ is Check for a in appends):
+    def _prepare_group(self, requests: Sequence[LogRequest]) -> None:
+        if not self.dedup.loaded and any(r.__class__ is Check for r in requests):
             self.load_dedup()
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            results = self._apply_requests(appends, publish)
-            self.tables.flush()
-            self._set_meta("applied_seq", self.head)
-            self.conn.execute("COMMIT")
-        except Exception as exc:
-            self._rollback()
-            self.head = head
-            if is_disk_full(exc):
-                self._disk_full_refused(exc, len(appends))
-                return [errors.DiskFull(DISK_FULL_MESSAGE, a.ref) for a in appends]
-            if len(appends) == 1:
-                what = "append" if appends[0].__class__ is Append else "check"
-                log.error("commit failed", what=what, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-                return [errors.InternalError(f"the {what} could not be committed", appends[0].ref)]
-            out: list[WriteResult] = []
-            for append in appends:
-                out.extend(self.append_group([append], publish))
-            return out
-        # Committed: from here on nothing may raise, or the caller would commit it twice.
-        self.dedup.commit()
-        if self.disk_full is not None and self.head > head:
-            log.info("disk space is back: appends are committed again", db=str(self.path))
-            self.disk_full = None
-        return results
 
-    def _disk_full_refused(self, exc: Exception, requests: int) -> None:
-        """Count requests refused for a full disk; log the start of an episode once."""
-        self.disk_full_refusals += requests
-        if self.disk_full is None:
-            self.disk_full = f"the disk holding {self.path} is full: appends are refused until space returns"
-            self.disk_full_episodes += 1
-            log.error("disk full: appends are refused until space returns", db=str(self.path), error=str(exc))
+    def _begin_group(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def _commit_group(self) -> None:
+        self.tables.flush()
+        self._set_meta("applied_seq", self.head)
+        self.conn.execute("COMMIT")
+
+    def _rollback_group(self) -> None:
+        self._rollback()
+
+    def _is_disk_full(self, exc: Exception) -> bool:
+        return is_disk_full(exc)
 
     # -- near-duplicate checks --------------------------------------------------
 
