@@ -18,7 +18,7 @@ from . import logs
 from .dblock import DatabaseLocked
 from .server import Daemon, Settings
 from .storage import Durability, SqliteBackend, open_backend
-from .storage.sqlite.schema import PROJECTION_TABLES
+from .storage.sqlcommon.schema import PROJECTION_TABLES
 
 Database = str | os.PathLike[str]
 

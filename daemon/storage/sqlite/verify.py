@@ -15,8 +15,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..sqlcommon.schema import PROJECTION_TABLES
 from .connect import connect
-from .schema import PROJECTION_TABLES
 
 
 def snapshot(db: Path, out: Path) -> None:
