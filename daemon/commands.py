@@ -120,7 +120,7 @@ def replay(db: Database, to_seq: int, out_path: Database) -> int:
                 return 2
             log = backend.open_log()
             try:
-                applied = log.replay(to_seq, str(target))
+                applied = log.replay(to_seq, os.fspath(out_path))
             finally:
                 log.close()
     except (DatabaseLocked, errors.StorageError) as exc:

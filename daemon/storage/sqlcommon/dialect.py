@@ -20,6 +20,9 @@ from .schema import LOG_DDL, PORTABLE_PROJECTION_DDL
 class Cursor(Protocol):
     """What the shared code reads from a cursor (sqlite3's and psycopg's both have it)."""
 
+    @property
+    def description(self) -> Any: ...
+
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...

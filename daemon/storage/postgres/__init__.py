@@ -1,0 +1,1 @@
+"""The PostgreSQL backend: one log shared by several daemons."""
