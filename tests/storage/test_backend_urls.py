@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import PgServer
 from tracklog.daemon.storage import MemoryBackend, PgBackend, SqliteBackend, open_backend
 from tracklog.daemon.storage.readmodel import open_read_model
 from tracklog.protocol import errors
@@ -95,4 +96,29 @@ def test_serve_refuses_the_memory_backend_until_reads_move_behind_storage(
 
     monkeypatch.setattr(commands.logs, "configure", lambda level: None)  # leave logging as the tests set it
     assert commands.serve(Settings(db=Path("memory:")), "error") == 2
-    assert "serve needs an SQLite database for now" in capsys.readouterr().err
+    assert "serve needs an SQLite or PostgreSQL database" in capsys.readouterr().err
+
+
+def test_offline_commands_take_a_postgresql_url(
+    pg_server: PgServer, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tracklog.daemon import commands
+    from tracklog.protocol import events as ev
+
+    log = open_backend(pg_url).open_log()
+    log.catch_up()
+    log.append_events([ev.Metrics(run="r", data=ev.MetricsData(values={"a": float(i)})) for i in range(3)])
+    log.close()
+    assert commands.verify(pg_url) == 0
+    assert "the live tables equal a rebuild from the log (3 events)" in capsys.readouterr().out
+    assert commands.rebuild(pg_url) == 0
+    target = pg_server.create_database()
+    try:
+        assert commands.replay(pg_url, 2, target) == 0
+        assert "state as of seq 2" in capsys.readouterr().out
+        assert commands.verify(target) == 0
+        assert commands.replay(pg_url, 2, target) == 2  # not over a log that is there
+        assert commands.replay(pg_url, 3, f"sqlite://{tmp_path}/copy.db") == 0
+        assert commands.verify(tmp_path / "copy.db") == 0
+    finally:
+        pg_server.drop_database(target)
