@@ -50,6 +50,9 @@ LOG_LOCK: Final = 0x747261636B6C6F67  # "tracklog"
 #: The schema a verify rebuilds into (inside a transaction that is rolled back).
 VERIFY_SCHEMA: Final = "tracklog_verify"
 _BATCH: Final = 5_000
+EVENT_COLUMNS: Final = ("seq", "id", "type", "run", "ts", "recorded", "data")
+#: The PostgreSQL types of the events columns, for COPY in binary.
+EVENT_TYPES: Final = ("int8", "text", "text", "text", "float8", "float8", "bytea")
 
 
 class PgEventLog(SqlEventLog):
@@ -142,6 +145,9 @@ class PgEventLog(SqlEventLog):
                     )
             elif isinstance(data, DedupClearedData):
                 self.dedup.clear(data.namespace, data.kind)
+
+    def _insert_events(self, rows: list[tuple[Any, ...]]) -> None:
+        self.conn.copy_rows("events", EVENT_COLUMNS, EVENT_TYPES, rows)
 
     def _group_committed(self) -> None:
         super()._group_committed()

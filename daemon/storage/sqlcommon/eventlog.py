@@ -272,11 +272,16 @@ class SqlEventLog(EventLog):
         if not rows:
             return
         encode = _encode
-        self.conn.executemany(
-            "INSERT INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(seq, id_, type_, run, ts, rec, encode(data)) for seq, id_, type_, run, ts, rec, data in rows],
+        self._insert_events(
+            [(seq, id_, type_, run, ts, rec, encode(data)) for seq, id_, type_, run, ts, rec, data in rows]
         )
         self.head = rows[-1][0]
+
+    def _insert_events(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert encoded rows into events (the backend's fastest way to add many)."""
+        self.conn.executemany(
+            "INSERT INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+        )
 
     def _project(self, rows: list[ingest.Row]) -> None:
         """Apply the projections of appended rows (and keep the dedup indexes level)."""
