@@ -37,7 +37,7 @@ from tracklog.protocol.events import DedupClearedData, DedupRecordedData
 from ... import dedup as dd
 from ...projections import LoggedEvent
 from ..sqlcommon.dialect import POSTGRES
-from ..sqlcommon.eventlog import SqlEventLog, decode_data
+from ..sqlcommon.eventlog import SqlEventLog, decode_data, log_batches
 from ..sqlcommon.schema import LOG_DDL
 from ..sqlcommon.tables import Tables
 from ..sqlcommon.verify import compare_tables
@@ -49,7 +49,6 @@ log = structlog.get_logger("tracklog.store")
 LOG_LOCK: Final = 0x747261636B6C6F67  # "tracklog"
 #: The schema a verify rebuilds into (inside a transaction that is rolled back).
 VERIFY_SCHEMA: Final = "tracklog_verify"
-_BATCH: Final = 5_000
 EVENT_COLUMNS: Final = ("seq", "id", "type", "run", "ts", "recorded", "data")
 #: The PostgreSQL types of the events columns, for COPY in binary.
 EVENT_TYPES: Final = ("int8", "text", "text", "text", "float8", "float8", "bytea")
@@ -246,42 +245,21 @@ def replay_into(conn: PgConnection, tables: Tables, after: int, to_seq: int) -> 
     """Apply the log's events with after < seq <= to_seq to `tables` (inside the caller's
     transaction); returns how many."""
     applied = 0
-    position = after
-    while position < to_seq:
-        rows = conn.execute(
-            "SELECT seq, id, type, run, ts, recorded, data FROM events WHERE seq > ? AND seq <= ?"
-            " ORDER BY seq LIMIT ?",
-            (position, to_seq, _BATCH),
-        ).fetchall()
-        if not rows:
-            break
+    for rows in log_batches(conn, after, to_seq):
         for seq, id_, type_, run, ts, recorded, blob in rows:
             tables.apply_event(LoggedEvent(seq, type_, run, ts, recorded, decode_data(type_, blob), id_))
         tables.flush()
-        position = rows[-1][0]
         applied += len(rows)
     return applied
 
 
-def copy_events(source: Any, target: SqlEventLog, to_seq: int) -> int:
+def copy_events(source: PgConnection, target: SqlEventLog, to_seq: int) -> int:
     """Copy the log's rows up to `to_seq`, as stored, into another SQL log's events table."""
-    position = 0
     copied = 0
-    while True:
-        rows = source.execute(
-            "SELECT seq, id, type, run, ts, recorded, data FROM events WHERE seq > ? AND seq <= ?"
-            " ORDER BY seq LIMIT ?",
-            (position, to_seq, _BATCH),
-        ).fetchall()
-        if not rows:
-            break
+    for rows in log_batches(source, 0, to_seq):
         target._begin_write()
-        target.conn.executemany(
-            "INSERT INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [tuple(row) for row in rows],
-        )
+        target._insert_events([tuple(row) for row in rows])
         target.conn.execute("COMMIT")
-        position = rows[-1][0]
+        target.head = rows[-1][0]
         copied += len(rows)
-    target.head = position
     return copied

@@ -11,7 +11,7 @@ its transactions and its errors (`db_errors`, translated to StorageError here).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Final
 
 import msgspec
@@ -150,15 +150,7 @@ class SqlEventLog(EventLog):
 
     def _replay(self, after: int, to_seq: int) -> int:
         applied = 0
-        position = after
-        while position < to_seq:
-            rows = self.conn.execute(
-                "SELECT seq, id, type, run, ts, recorded, data FROM events WHERE seq > ? AND seq <= ?"
-                " ORDER BY seq LIMIT ?",
-                (position, to_seq, _REPLAY_BATCH),
-            ).fetchall()
-            if not rows:
-                break
+        for rows in log_batches(self.conn, after, to_seq):
             if self.batch_transactions:
                 self._begin_write()
             try:
@@ -167,8 +159,7 @@ class SqlEventLog(EventLog):
                         LoggedEvent(seq, type_, run, ts, recorded, decode_data(type_, blob), id_)
                     )
                 self.tables.flush()
-                position = rows[-1][0]
-                self._set_meta("applied_seq", position)
+                self._set_meta("applied_seq", rows[-1][0])
                 if self.batch_transactions:
                     self.conn.execute("COMMIT")
             except BaseException:
@@ -306,6 +297,22 @@ class SqlEventLog(EventLog):
                 self.conn.execute(f"SELECT id, seq FROM events WHERE id IN ({marks})", chunk).fetchall()
             )
         return found
+
+
+def log_batches(conn: Connection, after: int, to_seq: int) -> Iterator[list[Any]]:
+    """The log's rows (seq, id, type, run, ts, recorded, data as stored) with
+    after < seq <= to_seq, in seq order, a few thousand at a time."""
+    position = after
+    while position < to_seq:
+        rows = conn.execute(
+            "SELECT seq, id, type, run, ts, recorded, data FROM events WHERE seq > ? AND seq <= ?"
+            " ORDER BY seq LIMIT ?",
+            (position, to_seq, _REPLAY_BATCH),
+        ).fetchall()
+        if not rows:
+            return
+        yield rows
+        position = rows[-1][0]
 
 
 def read_events(
