@@ -143,3 +143,14 @@ def test_a_check_sees_what_the_other_log_recorded_after_its_index_loaded(
     a.append_events([ev.DedupCleared(data=ev.DedupClearedData(namespace="docs"))])
     (after_clear,) = b.append_group([Check(namespace="docs", kind="simhash", text="the quick brown fox")])
     assert isinstance(after_clear, CheckResult) and not after_clear.checked.duplicate
+
+
+def test_indexes_loaded_at_a_first_check_hold_each_entry_of_the_other_log_once(
+    two: tuple[PgEventLog, PgEventLog],
+) -> None:
+    a, b = two
+    a.append_group([Check(namespace="docs", kind="simhash", text="recorded through the first log")])
+    assert not b.dedup.loaded
+    (result,) = b.append_group([Check(namespace="docs", kind="simhash", text="another text", record=False)])
+    assert isinstance(result, CheckResult) and not result.checked.duplicate
+    assert b.dedup.count() == 1

@@ -145,6 +145,17 @@ class PgEventLog(SqlEventLog):
             elif isinstance(data, DedupClearedData):
                 self.dedup.clear(data.namespace, data.kind)
 
+    def load_dedup(self) -> int:
+        """As SQLite's, under the log's lock: the indexes then hold the table as of the head
+        this daemon has seen, and what others record later is taken in by `_level`, once."""
+        if self.conn.in_transaction:
+            return super().load_dedup()
+        try:
+            with self._transaction():
+                return super().load_dedup()
+        except psycopg.Error as exc:
+            raise errors.StorageError(f"cannot read dedup_entries: {exc}") from exc
+
     def _insert_events(self, rows: list[tuple[Any, ...]]) -> None:
         self.conn.copy_rows("events", EVENT_COLUMNS, EVENT_TYPES, rows)
 
