@@ -17,13 +17,16 @@ counters updated, the projections' position in meta), COMMIT. The ways:
 - psycopg executemany: psycopg 3's executemany (pipelined: one round trip per batch);
 - psycopg COPY: the events rows through COPY ... FROM STDIN (binary), the rest as above;
 - asyncpg executemany and asyncpg COPY (copy_records_to_table): the same, awaited;
-- psycopg, no lock: executemany without the advisory lock (what the lock costs one daemon);
-- 2 writers: two connections (threads) committing groups at once under the lock, total rate.
+- psycopg COPY, no lock: without the advisory lock (what the lock costs one daemon);
+- 2 writers: two connections (threads) committing groups at once under the lock, total rate;
+- lock round trips: an empty transaction taking the lock, against one running `SELECT 1`.
 
-Reads: a range of 1,000 events by seq, and 500 ids looked up at once (`= ANY`).
+Reads: a range of 1,000 events by seq, and 500 ids looked up at once (`= ANY`); psycopg
+both in its default text format and in binary (as asyncpg reads).
 Last, the daemon's own path: `PgEventLog.append_group` with 4 appends of 250 events, beside
-`SqliteEventLog.append_group` with the same. The ways take turns and each figure is the
-median over the repetitions. Results go to bench/results/pg_drivers.json.
+`SqliteEventLog.append_group` with the same. Each repetition starts the writes with another
+way, and each figure is the median over the repetitions. Results go to
+bench/results/pg_drivers.json.
 """
 
 from __future__ import annotations
@@ -158,12 +161,22 @@ def psycopg_group(conn: psycopg.Connection[Any], copy: bool, lock: bool = True) 
             cur.execute(SET_APPLIED, (head + GROUP,))
 
 
-def psycopg_reads(conn: psycopg.Connection[Any], head: int, ids: list[str]) -> None:
+def psycopg_reads(conn: psycopg.Connection[Any], head: int, ids: list[str], binary: bool = False) -> None:
     conn.execute(
         "SELECT seq, id, type, run, ts, recorded, data FROM events WHERE seq > %s ORDER BY seq LIMIT 1000",
         (max(head - 5000, 0),),
+        binary=binary,
     ).fetchall()
-    conn.execute("SELECT id, seq FROM events WHERE id = ANY(%s)", (ids,)).fetchall()
+    conn.execute("SELECT id, seq FROM events WHERE id = ANY(%s)", (ids,), binary=binary).fetchall()
+
+
+def lock_trip(conn: psycopg.Connection[Any], lock: bool) -> None:
+    """An empty write transaction, with the log's lock or a plain statement in its place."""
+    with conn.transaction():
+        if lock:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
+        else:
+            conn.execute("SELECT 1")
 
 
 # -- asyncpg ------------------------------------------------------------------------------
@@ -204,14 +217,14 @@ def timed(call: Callable[[], None], times: int) -> float:
 
 
 def two_writers(url: str, groups: int) -> float:
-    """Seconds for two connections to commit `groups` groups each, at once, under the lock."""
+    """Seconds for two connections to commit `groups` groups each (COPY), at once, under the lock."""
     conns = [psycopg.connect(url, autocommit=True) for _ in range(2)]
     barrier = threading.Barrier(3)
 
     def work(conn: psycopg.Connection[Any]) -> None:
         barrier.wait()
         for _ in range(groups):
-            psycopg_group(conn, copy=False)
+            psycopg_group(conn, copy=True)
 
     threads = [threading.Thread(target=work, args=(c,)) for c in conns]
     for t in threads:
@@ -267,25 +280,26 @@ def main() -> None:
         pconn = psycopg.connect(url, autocommit=True)
         loop = asyncio.new_event_loop()
         aconn = loop.run_until_complete(asyncpg.connect(url))
-        for _ in range(reps):
-            note("psycopg executemany", timed(lambda: psycopg_group(pconn, False), groups), groups * GROUP)
+        writes: list[tuple[str, Callable[[], None], int]] = [
+            ("psycopg executemany", lambda: psycopg_group(pconn, False), 1),
+            ("asyncpg executemany", lambda: loop.run_until_complete(asyncpg_group(aconn, False)), 1),
+            ("psycopg COPY", lambda: psycopg_group(pconn, True), 1),
+            ("asyncpg COPY", lambda: loop.run_until_complete(asyncpg_group(aconn, True)), 1),
+            ("psycopg COPY, no lock", lambda: psycopg_group(pconn, True, lock=False), 1),
+        ]
+        for rep in range(reps):
+            # Each repetition starts with another way, so a burst of load elsewhere (or the
+            # table growing) does not always fall on the same one.
+            for name, call, _ in writes[rep % len(writes) :] + writes[: rep % len(writes)]:
+                note(name, timed(call, groups), groups * GROUP)
+            note("psycopg COPY, 2 writers", two_writers(url, groups // 2), (groups // 2) * 2 * GROUP)
+            trips = groups * 10
+            note("lock round trips: BEGIN; lock; COMMIT", timed(lambda: lock_trip(pconn, True), trips), trips)
             note(
-                "asyncpg executemany",
-                timed(lambda: loop.run_until_complete(asyncpg_group(aconn, False)), groups),
-                groups * GROUP,
+                "lock round trips: BEGIN; SELECT 1; COMMIT",
+                timed(lambda: lock_trip(pconn, False), trips),
+                trips,
             )
-            note("psycopg COPY", timed(lambda: psycopg_group(pconn, True), groups), groups * GROUP)
-            note(
-                "asyncpg COPY",
-                timed(lambda: loop.run_until_complete(asyncpg_group(aconn, True)), groups),
-                groups * GROUP,
-            )
-            note(
-                "psycopg executemany, no lock",
-                timed(lambda: psycopg_group(pconn, False, lock=False), groups),
-                groups * GROUP,
-            )
-            note("psycopg executemany, 2 writers", two_writers(url, groups // 2), (groups // 2) * 2 * GROUP)
             row = pconn.execute("SELECT max(seq) FROM events").fetchone()
             head = int(row[0]) if row else 0
             ids = [
@@ -293,6 +307,11 @@ def main() -> None:
             ]
             reads = groups * 5
             note("psycopg reads", timed(lambda h=head, i=ids: psycopg_reads(pconn, h, i), reads), reads)
+            note(
+                "psycopg reads, binary",
+                timed(lambda h=head, i=ids: psycopg_reads(pconn, h, i, binary=True), reads),
+                reads,
+            )
             note(
                 "asyncpg reads",
                 timed(lambda h=head, i=ids: loop.run_until_complete(asyncpg_reads(aconn, h, i)), reads),
@@ -321,7 +340,7 @@ def main() -> None:
     width = max(len(n) for n in summary)
     print(f"events (or reads) per second, median of {reps}; groups of {GROUP} events")
     for name, rate in summary.items():
-        unit = "reads/s" if "reads" in name else "events/s"
+        unit = "reads/s" if "reads" in name else "trips/s" if "trips" in name else "events/s"
         print(f"  {name:<{width}}  {rate:>9,} {unit}")
     out = ROOT / "bench" / "results" / ("pg_drivers-quick.json" if args.quick else "pg_drivers.json")
     out.write_text(

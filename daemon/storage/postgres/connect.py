@@ -90,7 +90,9 @@ class PgConnection:
         self.dialect = dialect
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
-        return self.raw.execute(self.dialect.sql(sql), parameters)
+        # Results in binary: the log's data (bytea) arrives as it is stored, not hex-encoded
+        # (range reads 1.5x faster in bench/pg_drivers.py, as fast as asyncpg's).
+        return self.raw.execute(self.dialect.sql(sql), parameters, binary=True)
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
         with self.raw.cursor() as cursor:
