@@ -154,3 +154,19 @@ def test_indexes_loaded_at_a_first_check_hold_each_entry_of_the_other_log_once(
     (result,) = b.append_group([Check(namespace="docs", kind="simhash", text="another text", record=False)])
     assert isinstance(result, CheckResult) and not result.checked.duplicate
     assert b.dedup.count() == 1
+
+
+def test_two_logs_opening_an_empty_database_at_once_make_the_schema_once(pg_url: str) -> None:
+    def open_and_catch_up() -> PgEventLog:
+        log = PgEventLog(pg_url, clock=lambda: NOW)
+        log.catch_up()
+        return log
+
+    a, b = both_at_once(open_and_catch_up, open_and_catch_up)
+    try:
+        a.append_events([metrics("r", 0)])
+        assert b.append_events([metrics("r", 1)]).first_seq == 2
+        assert (a.applied_seq, b.applied_seq) == (2, 2)
+    finally:
+        a.close()
+        b.close()
