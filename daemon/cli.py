@@ -33,9 +33,9 @@ def add_commands(sub: Any) -> None:
     s = sub.add_parser("serve", help="run the daemon" + needs)
     s.add_argument(
         "--db",
-        type=Path,
         default=None,
-        help="database path (default: $TRACKLOG_HOME/tracklog.db or ~/.local/share/tracklog/tracklog.db)",
+        help="database: a path, sqlite:///PATH or postgresql://... (several daemons may share one"
+        " PostgreSQL database; default: $TRACKLOG_HOME/tracklog.db or ~/.local/share/tracklog/tracklog.db)",
     )
     s.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     s.add_argument(
@@ -112,17 +112,17 @@ def add_commands(sub: Any) -> None:
     s.set_defaults(handler=_serve)
 
     r = sub.add_parser("rebuild", help="rebuild every table from the log (daemon stopped)" + needs)
-    r.add_argument("--db", default=None, help="database: a path or sqlite:///PATH")
+    r.add_argument("--db", default=None, help="database: a path, sqlite:///PATH or postgresql://...")
     r.set_defaults(handler=_rebuild)
 
     v = sub.add_parser(
         "verify", help="compare the live tables with a rebuild from the log; exit 1 on a difference" + needs
     )
-    v.add_argument("--db", default=None, help="database: a path or sqlite:///PATH")
+    v.add_argument("--db", default=None, help="database: a path, sqlite:///PATH or postgresql://...")
     v.set_defaults(handler=_verify)
 
     p = sub.add_parser("replay", help="write the state as of a seq into a new database" + needs)
-    p.add_argument("--db", default=None, help="database: a path or sqlite:///PATH")
+    p.add_argument("--db", default=None, help="database: a path, sqlite:///PATH or postgresql://...")
     p.add_argument("--to", type=int, required=True, metavar="SEQ", help="last seq to include")
     p.add_argument("--out", required=True, help="the new database: a path or sqlite:///PATH")
     p.set_defaults(handler=_replay)
@@ -131,7 +131,7 @@ def add_commands(sub: Any) -> None:
         "backup", help="copy the database while the daemon runs (SQLite's online backup)" + needs
     )
     b.add_argument("dest", help="path of the copy (must not exist)")
-    b.add_argument("--db", default=None, help="database: a path or sqlite:///PATH")
+    b.add_argument("--db", default=None, help="database: a path, sqlite:///PATH or postgresql://...")
     b.set_defaults(handler=_backup)
 
 
@@ -169,10 +169,12 @@ def _db(args: argparse.Namespace) -> Path | str:
     return db if db is not None else _default_db()
 
 
-def _serve_db(args: argparse.Namespace) -> Path:
-    """serve's --db (argparse makes it a Path: serve takes no URL), or the default path."""
-    db: Path | None = args.db
-    return db if db is not None else _default_db()
+def _serve_db(args: argparse.Namespace) -> Path | str:
+    """serve's --db: a URL as given, a path as a Path, or the default path."""
+    db: str | None = args.db
+    if db is None:
+        return _default_db()
+    return db if "://" in db else Path(db)
 
 
 def _not_installed(command: str, exc: ImportError) -> int:

@@ -1,6 +1,6 @@
 """The daemon's commands: serve, rebuild, verify, replay, backup.
 
-Each names its database by a `--db` value (a path, `sqlite:///PATH`) and gets the event
+Each names its database by a `--db` value (a path, `sqlite:///PATH`, `postgresql://...`) and gets the event
 log from `storage.open_backend`; none of them touches a database itself.
 """
 
@@ -17,8 +17,8 @@ from tracklog.protocol import errors
 from . import logs
 from .dblock import DatabaseLocked
 from .server import Daemon, Settings
-from .storage import Durability, SqliteBackend, open_backend
-from .storage.sqlite.schema import PROJECTION_TABLES
+from .storage import Durability, PgBackend, SqliteBackend, open_backend
+from .storage.sqlcommon.schema import PROJECTION_TABLES
 
 Database = str | os.PathLike[str]
 
@@ -29,9 +29,9 @@ def serve(settings: Settings, log_level: str | None = None) -> int:
         settings = replace(settings, log_level=log_level)
     try:
         backend = open_backend(settings.db, settings.durability)
-        if not isinstance(backend, SqliteBackend):
-            # The queries still read SQLite files (until the read model moves into storage/).
-            raise errors.StorageError(f"{backend}: serve needs an SQLite database for now")
+        if not isinstance(backend, (SqliteBackend, PgBackend)):
+            # The queries read SQLite or PostgreSQL (a read model in memory is not built).
+            raise errors.StorageError(f"{backend}: serve needs an SQLite or PostgreSQL database")
         daemon = Daemon(settings)
     except errors.TracklogError as exc:
         print(f"tracklog serve: {exc}", file=sys.stderr)
@@ -70,7 +70,7 @@ def rebuild(db: Database, durability: Durability = "normal") -> int:
     return 0
 
 
-def verify(db: Database, out: TextIO = sys.stdout) -> int:
+def verify(db: Database, out: TextIO | None = None) -> int:
     """Rebuild a snapshot of db into scratch tables and compare them with its live tables.
 
     Read-only, so a running daemon's database can be verified.
@@ -82,7 +82,7 @@ def verify(db: Database, out: TextIO = sys.stdout) -> int:
             return 2
         log = backend.open_log()
         try:
-            diffs = log.verify(out)
+            diffs = log.verify(out or sys.stdout)  # looked up now: tests replace sys.stdout
         finally:
             log.close()
     except errors.StorageError as exc:
@@ -120,7 +120,10 @@ def replay(db: Database, to_seq: int, out_path: Database) -> int:
                 return 2
             log = backend.open_log()
             try:
-                applied = log.replay(to_seq, str(target))
+                # A PostgreSQL URL as given (its str() hides the password); a file as its path.
+                applied = log.replay(
+                    to_seq, os.fspath(out_path) if isinstance(target, PgBackend) else str(target)
+                )
             finally:
                 log.close()
     except (DatabaseLocked, errors.StorageError) as exc:

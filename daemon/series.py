@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .storage.sqlite.schema import NO_EPOCH
+from .storage.sqlcommon.schema import NO_EPOCH
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

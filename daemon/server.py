@@ -46,7 +46,7 @@ from .liveness import RUNNING, lost_event
 from .notify import Notifier
 from .queries import Readers
 from .service import Supervisor, load_reloadable
-from .storage import Durability, open_backend
+from .storage import Durability, is_postgres_url, open_backend
 from .storage.eventlog import AppendResult, CheckResult
 from .storage.readmodel import open_read_model
 from .webconsole import console_token
@@ -72,7 +72,8 @@ def default_db_path() -> Path:
 
 @dataclass
 class Settings:
-    db: Path = field(default_factory=default_db_path)
+    #: The database: a path, or a URL (`sqlite:///PATH`, `postgresql://...`).
+    db: Path | str = field(default_factory=default_db_path)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     durability: Durability = "normal"
@@ -194,9 +195,16 @@ class Daemon:
     async def start(self) -> None:
         replayed = await self.writer.start()
         self.hub.published_seq = self.writer.head
-        self.hub.pipeline_of, self.hub.status_of = await self.readers.call(
-            lambda model: model.run_pipelines()
-        )
+        try:
+            self.hub.pipeline_of, self.hub.status_of = await self.readers.call(
+                lambda model: model.run_pipelines()
+            )
+        except errors.StorageError as exc:
+            if not is_postgres_url(self.settings.db):
+                raise
+            # Until PostgreSQL has its read model: appends, acks and live subscriptions
+            # work; queries, catch-up and run liveness answer with this error.
+            log.warning("queries are not available on this database", reason=str(exc))
         # Runs left running by the last daemon have no writer yet: each gets the grace
         # period for one to come back, like a run whose writers just disconnected.
         for run, status in self.hub.status_of.items():

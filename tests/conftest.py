@@ -19,6 +19,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.protocol import State
 
+# A real PostgreSQL server (session) and an empty database per test, for every test directory.
+from tests.pg import pg_server, pg_url  # noqa: F401
+
 START_TIMEOUT = 60.0
 
 

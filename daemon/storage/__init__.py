@@ -2,7 +2,8 @@
 
 `open_backend(url)` is the one place a database is named: a plain path or
 `sqlite:///PATH` is SQLite, `memory:` a log held in memory (tests), and
-`postgresql://...` is refused until that backend is built. The writer, the commands and
+`postgresql://...` (or `postgres://...`) is PostgreSQL, which several daemons can share.
+The writer, the commands and
 the dedup loader get their `EventLog` from the backend, never from a path.
 """
 
@@ -20,7 +21,16 @@ from tracklog.protocol import errors
 from .eventlog import EventLog
 from .sqlite.connect import Durability
 
-__all__ = ["Backend", "Durability", "EventLog", "MemoryBackend", "SqliteBackend", "open_backend"]
+__all__ = [
+    "Backend",
+    "Durability",
+    "EventLog",
+    "MemoryBackend",
+    "PgBackend",
+    "SqliteBackend",
+    "is_postgres_url",
+    "open_backend",
+]
 
 MEMORY_URL: Final = "memory:"
 
@@ -106,10 +116,43 @@ class MemoryBackend(Backend):
         return False
 
 
-def open_backend(url: str | os.PathLike[str], durability: Durability = "normal") -> Backend:
-    """The backend a `--db` value names: a path or `sqlite:///PATH` (SQLite), `memory:`.
+class PgBackend(Backend):
+    """One PostgreSQL database, shared by any number of daemons (postgres/eventlog.py).
 
-    Raises StorageError for a scheme that is not built (`postgresql://` is the next one).
+    Nothing is saved beside it: the dedup indexes are read from the database at start.
+    """
+
+    def __init__(self, url: str) -> None:
+        from .postgres.connect import PgSettings, redact
+
+        self.settings = PgSettings.from_url(url)  # checks tracklog's parameters now
+        self._url = url
+        self.url = redact(url)
+
+    def open_log(self) -> EventLog:
+        from .postgres.eventlog import PgEventLog
+
+        return PgEventLog(self._url)
+
+    def exists(self) -> bool:
+        """Whether the database holds a tracklog log (the database itself must exist)."""
+        from .postgres.connect import connect
+
+        conn = connect(self.settings)
+        try:
+            row = conn.execute("SELECT to_regclass('events') IS NOT NULL").fetchone()
+            return bool(row and row[0])
+        finally:
+            conn.close()
+
+
+def is_postgres_url(url: str | os.PathLike[str]) -> bool:
+    return os.fspath(url).startswith(("postgresql://", "postgres://"))
+
+
+def open_backend(url: str | os.PathLike[str], durability: Durability = "normal") -> Backend:
+    """The backend a `--db` value names: a path or `sqlite:///PATH` (SQLite), `memory:`,
+    `postgresql://...` or `postgres://...` (PostgreSQL). Raises StorageError for another scheme.
     """
     text = os.fspath(url)
     if text == MEMORY_URL:
@@ -119,11 +162,11 @@ def open_backend(url: str | os.PathLike[str], durability: Durability = "normal")
         if not path.startswith("/"):
             raise errors.StorageError(f"{text}: expected sqlite:///PATH (three slashes, then the path)")
         return SqliteBackend(path, durability)
-    if text.startswith(("postgresql://", "postgres://")):
-        raise errors.StorageError(
-            f"{text}: the PostgreSQL backend is not built yet; use a path or sqlite:///PATH"
-        )
+    if is_postgres_url(text):
+        return PgBackend(text)
     scheme, sep, _ = text.partition("://")
     if sep and scheme.isidentifier():
-        raise errors.StorageError(f"{text}: unknown database scheme {scheme!r}; use a path or sqlite:///PATH")
+        raise errors.StorageError(
+            f"{text}: unknown database scheme {scheme!r}; use a path, sqlite:///PATH or postgresql://..."
+        )
     return SqliteBackend(text, durability)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO, assert_never
 
 import msgspec
+import structlog
 
 from tracklog.protocol import errors
 from tracklog.protocol.events import AnyEvent
@@ -29,6 +30,8 @@ from .. import dedup as dd
 
 if TYPE_CHECKING:
     from ..dedup_persist import DedupRuntime
+
+log = structlog.get_logger("tracklog.store")
 
 DISK_FULL_MESSAGE: Final = "the daemon's disk is full: nothing was committed; send it again later"
 
@@ -99,13 +102,73 @@ class EventLog(ABC):
     def applied_seq(self) -> int:
         """The last seq whose projections are applied."""
 
-    @abstractmethod
     def append_group(self, requests: Sequence[LogRequest], publish: bool = False) -> list[WriteResult]:
         """Commit many requests in one transaction (group commit); one result each, in order.
 
-        One request that cannot be committed fails alone; a full disk fails them all with
-        `disk_full`. With `publish`, results carry their events in stored form.
+        If the group fails as a whole, it is rolled back and each request is retried in a
+        transaction of its own, so one request that cannot be committed fails alone. A full
+        disk fails them all with `disk_full` (no retry: nothing would fit), logged once per
+        episode; the first commit that appends again ends the episode. With `publish`,
+        results carry their events in stored form. Backends supply the transaction through
+        `_begin_group`, `_commit_group` and `_rollback_group`.
         """
+        head = self.head
+        self._prepare_group(requests)
+        try:
+            self._begin_group()
+            results = self._apply_requests(requests, publish)
+            self._commit_group()
+        except Exception as exc:
+            self._rollback_group()
+            self.head = head
+            if self._is_disk_full(exc):
+                self._disk_full_refused(exc, len(requests))
+                return [errors.DiskFull(DISK_FULL_MESSAGE, r.ref) for r in requests]
+            if len(requests) == 1:
+                what = "append" if requests[0].__class__ is Append else "check"
+                log.error("commit failed", what=what, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+                return [errors.InternalError(f"the {what} could not be committed", requests[0].ref)]
+            out: list[WriteResult] = []
+            for request in requests:
+                out.extend(self.append_group([request], publish))
+            return out
+        # Committed: from here on nothing may raise, or the caller would commit it twice.
+        self._group_committed()
+        if self.disk_full is not None and self.head > head:
+            log.info("disk space is back: appends are committed again", db=str(self))
+            self.disk_full = None
+        return results
+
+    def _prepare_group(self, requests: Sequence[LogRequest]) -> None:  # noqa: B027 (a hook)
+        """Before the transaction: whatever the group needs ready (loaded dedup indexes, say)."""
+
+    @abstractmethod
+    def _begin_group(self) -> None:
+        """Open the group's transaction."""
+
+    @abstractmethod
+    def _commit_group(self) -> None:
+        """Write what the requests gathered and commit the transaction (raises if it cannot)."""
+
+    @abstractmethod
+    def _rollback_group(self) -> None:
+        """Undo the open transaction and everything cached since it began (must not raise)."""
+
+    def _group_committed(self) -> None:
+        """After the commit: make what the group changed in memory final (must not raise)."""
+        self.dedup.commit()
+
+    def _is_disk_full(self, exc: Exception) -> bool:
+        """Whether the group failed because the storage is full (then nothing is retried)."""
+        return False
+
+    def _disk_full_refused(self, exc: Exception, requests: int) -> None:
+        """Count requests refused for a full disk; log the start of an episode once."""
+        self.disk_full_refusals += requests
+        if self.disk_full is None:
+            self.disk_full = f"the disk holding {self} is full: appends are refused until space returns"
+            self.disk_full_episodes += 1
+            log.error("disk full: appends are refused until space returns", db=str(self), error=str(exc))
 
     def _apply_requests(self, requests: Sequence[LogRequest], publish: bool) -> list[WriteResult]:
         """Inside a backend's transaction: each request applied in order, one result each."""

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 import msgspec
-import structlog
 
 from tracklog.protocol import errors
 from tracklog.protocol.events import DedupClearedData
@@ -26,9 +25,7 @@ from tracklog.protocol.messages import Append, Check, StoredEvent
 from .. import dedup as dd
 from .. import ingest, liveness
 from ..projections import AnyChange, LoggedEvent, project
-from .eventlog import AppendResult, CheckResult, EventLog, LogRequest, WriteResult
-
-log = structlog.get_logger("tracklog.storage.memory")
+from .eventlog import AppendResult, CheckResult, EventLog
 
 
 class MemoryEventLog(EventLog):
@@ -44,6 +41,8 @@ class MemoryEventLog(EventLog):
         self._applied = 0
         self.dedup = dd.DedupIndexes(None)
         self.dedup.loaded = True  # nothing to load: the indexes hold all the log recorded
+        #: Where the open group began: (rows, head, changes, run statuses).
+        self._mark: tuple[int, int, int, dict[str, str]] = (0, 0, 0, {})
 
     @property
     def applied_seq(self) -> int:
@@ -51,23 +50,17 @@ class MemoryEventLog(EventLog):
 
     # -- appends --------------------------------------------------------------------
 
-    def append_group(self, requests: Sequence[LogRequest], publish: bool = False) -> list[WriteResult]:
-        mark = (len(self.rows), self.head, len(self.changes), dict(self.run_status))
-        try:
-            results = self._apply_requests(requests, publish)
-        except Exception as exc:
-            self._roll_back(*mark)
-            if len(requests) == 1:
-                what = "append" if isinstance(requests[0], Append) else "check"
-                log.error("commit failed", what=what, error=f"{type(exc).__name__}: {exc}")
-                return [errors.InternalError(f"the {what} could not be committed", requests[0].ref)]
-            out: list[WriteResult] = []
-            for request in requests:
-                out.extend(self.append_group([request], publish))
-            return out
+    def __str__(self) -> str:
+        return "memory:"
+
+    def _begin_group(self) -> None:
+        self._mark = (len(self.rows), self.head, len(self.changes), dict(self.run_status))
+
+    def _commit_group(self) -> None:
         self._applied = self.head
-        self.dedup.commit()
-        return results
+
+    def _rollback_group(self) -> None:
+        self._roll_back(*self._mark)
 
     def _roll_back(self, rows: int, head: int, changes: int, run_status: dict[str, str]) -> None:
         for row in self.rows[rows:]:

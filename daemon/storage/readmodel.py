@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Final, TypeAlias
 
+from tracklog.protocol import errors
 from tracklog.protocol.messages import Query, StoredEvent
 
 #: Pages of the questions that page: the default size and the most one page may hold.
@@ -157,11 +158,20 @@ class ReadModel(ABC):
 
 
 def open_read_model(url: str, *, scan: bool = False) -> ReadModel:
-    """A read model on the store at `url`: an SQLite file path or a `sqlite:///` URL.
+    """A read model on the store at `url`: an SQLite file path or a `sqlite:///` URL
+    (`postgresql://` is refused with StorageError until its read model is built).
 
     With `scan`, the model is set up to read once, front to back (an export): a small
     page cache, since a large one would only hold memory.
     """
+    from . import is_postgres_url
+
+    if is_postgres_url(url):
+        from .postgres.connect import redact
+
+        raise errors.StorageError(
+            f"{redact(url)}: queries on PostgreSQL are not built yet (the PostgreSQL read model)"
+        )
     from .sqlite.readmodel import SqliteReadModel, sqlite_path
 
     return SqliteReadModel.open(sqlite_path(url), scan=scan)

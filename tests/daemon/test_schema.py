@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from tracklog.daemon.storage.sqlite.connect import ddl_statements
-from tracklog.daemon.storage.sqlite.schema import PROJECTION_DDL, PROJECTION_TABLES
+from tracklog.daemon.storage.sqlcommon.schema import PROJECTION_DDL, PROJECTION_TABLES
 
 
 def test_a_semicolon_inside_a_comment_does_not_cut_a_statement() -> None:

@@ -21,7 +21,7 @@ from tracklog.daemon.storage.eventlog import AppendResult
 from tracklog.daemon.storage.sqlite.connect import connect
 from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog, read_events
 from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
-from tracklog.daemon.storage.sqlite.schema import (
+from tracklog.daemon.storage.sqlcommon.schema import (
     CHUNK_POINTS,
     NO_EPOCH,
     PROJECTION_TABLES,
@@ -722,7 +722,7 @@ def test_tables_do_not_depend_on_how_appends_were_grouped_into_transactions(
 def test_rebuild_in_many_small_replay_transactions_equals_the_live_tables(
     workload_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("tracklog.daemon.storage.sqlite.eventlog._REPLAY_BATCH", 97)
+    monkeypatch.setattr("tracklog.daemon.storage.sqlcommon.eventlog._REPLAY_BATCH", 97)
     path = copy_db(workload_db, tmp_path / "small-batches.db")
     with opened(path) as s:
         assert s.rebuild() == s.head
@@ -733,7 +733,7 @@ def test_tables_are_the_same_when_metric_series_are_evicted_from_the_cache_betwe
     workload_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every series is then reloaded from its summary and open chunk at each transaction.
-    monkeypatch.setattr("tracklog.daemon.storage.sqlite.tables.MAX_CACHED_SERIES", 1)
+    monkeypatch.setattr("tracklog.daemon.storage.sqlcommon.tables.MAX_CACHED_SERIES", 1)
     path = tmp_path / "evicting.db"
     with opened(path) as s:
         append_all(s, workload(), (1, 2, 900, 5))
@@ -746,7 +746,7 @@ def test_tables_are_the_same_when_every_event_goes_through_project_and_apply(
     # Tables may take shortcuts for hot event types; the result must be what applying
     # project()'s changes one by one gives.
     from tracklog.daemon.projections import LoggedEvent, project
-    from tracklog.daemon.storage.sqlite.tables import Tables
+    from tracklog.daemon.storage.sqlcommon.tables import Tables
 
     def apply_event(self: Tables, event: LoggedEvent) -> None:
         for change in project(event):

@@ -1,5 +1,5 @@
-"""The `--db` value chooses the backend: a path or sqlite:///PATH, memory:, and a clear
-refusal for schemes not built yet."""
+"""The `--db` value chooses the backend: a path or sqlite:///PATH, memory:, postgresql://
+(or postgres://), and a clear refusal for other schemes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tracklog.daemon.storage import MemoryBackend, SqliteBackend, open_backend
+from tests.pg import PgServer
+from tracklog.daemon.storage import MemoryBackend, PgBackend, SqliteBackend, open_backend
+from tracklog.daemon.storage.readmodel import open_read_model
 from tracklog.protocol import errors
 
 
@@ -26,9 +28,33 @@ def test_memory_url_is_the_in_memory_backend() -> None:
 
 
 @pytest.mark.parametrize("url", ["postgresql://localhost/tracklog", "postgres://h/db"])
-def test_postgresql_is_refused_as_not_built_yet(url: str) -> None:
+def test_postgresql_urls_are_the_postgresql_backend(url: str) -> None:
+    assert isinstance(open_backend(url), PgBackend)
+
+
+def test_a_postgresql_url_shows_no_password_and_takes_tracklog_settings() -> None:
+    backend = open_backend("postgresql://u:secret@h/db?sslmode=disable&statement_timeout=5s&pool_size=2")
+    assert isinstance(backend, PgBackend) and "secret" not in str(backend)
+    assert backend.settings.conninfo == "postgresql://u:secret@h/db?sslmode=disable"
+    assert (backend.settings.statement_timeout, backend.settings.pool_size) == ("5s", 2)
+    with pytest.raises(errors.StorageError, match="pool_size"):
+        open_backend("postgresql://h/db?pool_size=none")
+
+
+def test_a_postgresql_read_model_is_refused_as_not_built_yet() -> None:
     with pytest.raises(errors.StorageError, match="not built yet"):
-        open_backend(url)
+        open_read_model("postgresql://localhost/tracklog")
+
+
+def test_a_postgresql_log_opened_through_the_factory_exists_once_made(pg_url: str) -> None:
+    backend = open_backend(pg_url)
+    assert not backend.exists()
+    log = backend.open_log()
+    try:
+        log.catch_up()
+        assert log.head == 0 and backend.exists()
+    finally:
+        log.close()
 
 
 def test_an_unknown_scheme_is_refused_by_name() -> None:
@@ -58,8 +84,8 @@ def test_offline_commands_take_an_sqlite_url(tmp_path: Path, capsys: pytest.Capt
     assert commands.rebuild(url) == 0
     assert commands.replay(url, 2, f"sqlite://{tmp_path}/r.db") == 0
     assert "state as of seq 2" in capsys.readouterr().out
-    assert commands.verify("postgresql://h/db") == 2
-    assert "not built yet" in capsys.readouterr().err
+    assert commands.verify("postgresql://nowhere.invalid/db") == 2
+    assert "cannot connect to postgresql://nowhere.invalid/db" in capsys.readouterr().err
 
 
 def test_serve_refuses_the_memory_backend_until_reads_move_behind_storage(
@@ -70,4 +96,29 @@ def test_serve_refuses_the_memory_backend_until_reads_move_behind_storage(
 
     monkeypatch.setattr(commands.logs, "configure", lambda level: None)  # leave logging as the tests set it
     assert commands.serve(Settings(db=Path("memory:")), "error") == 2
-    assert "serve needs an SQLite database for now" in capsys.readouterr().err
+    assert "serve needs an SQLite or PostgreSQL database" in capsys.readouterr().err
+
+
+def test_offline_commands_take_a_postgresql_url(
+    pg_server: PgServer, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tracklog.daemon import commands
+    from tracklog.protocol import events as ev
+
+    log = open_backend(pg_url).open_log()
+    log.catch_up()
+    log.append_events([ev.Metrics(run="r", data=ev.MetricsData(values={"a": float(i)})) for i in range(3)])
+    log.close()
+    assert commands.verify(pg_url) == 0
+    assert "the live tables equal a rebuild from the log (3 events)" in capsys.readouterr().out
+    assert commands.rebuild(pg_url) == 0
+    target = pg_server.create_database()
+    try:
+        assert commands.replay(pg_url, 2, target) == 0
+        assert "state as of seq 2" in capsys.readouterr().out
+        assert commands.verify(target) == 0
+        assert commands.replay(pg_url, 2, target) == 2  # not over a log that is there
+        assert commands.replay(pg_url, 3, f"sqlite://{tmp_path}/copy.db") == 0
+        assert commands.verify(tmp_path / "copy.db") == 0
+    finally:
+        pg_server.drop_database(target)

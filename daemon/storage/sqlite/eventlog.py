@@ -1,7 +1,10 @@
 """The event log in SQLite: appends with their projections in one transaction, and reads.
 
 `SqliteEventLog` is used from one thread only (the writer's, or a command's): it owns the
-write connection. sqlite3 errors are turned into StorageError here and go no further.
+write connection. What it shares with the other SQL backends is in
+`sqlcommon.eventlog.SqlEventLog`; here are SQLite's connection, transactions, disk-full
+errors, verify/replay through snapshot files, and the dedup loader's own connection.
+sqlite3 errors are turned into StorageError and go no further.
 """
 
 from __future__ import annotations
@@ -11,55 +14,36 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import ClassVar, TextIO
 
 import msgspec
-import structlog
 
 from tracklog.protocol import errors
-from tracklog.protocol.events import (
-    DATA_CLASSES,
-    DedupClearedData,
-    MetricsData,
-)
-from tracklog.protocol.messages import (
-    Append,
-    Check,
-    StoredEvent,
-)
 
 from ... import dedup as dd
-from ... import ingest, liveness
+from ... import ingest
 from ...dedup_persist import DedupRuntime
-from ...projections import LoggedEvent
-from ..eventlog import DISK_FULL_MESSAGE, AppendResult, CheckResult, EventLog, LogRequest, WriteResult
+from ..sqlcommon.dedup_entries import SqlDedupEntries
+from ..sqlcommon.dialect import SQLITE
+from ..sqlcommon.eventlog import SqlEventLog, decode_data, read_events
+from ..sqlcommon.schema import LOG_DDL
 from . import verify as verification
-from .connect import Durability, connect, ddl_statements, is_disk_full
-from .dedup_entries import SqliteDedupEntries
-from .schema import LOG_DDL, PROJECTION_DDL, PROJECTION_TABLES, PROJECTION_VERSION
-from .tables import Tables
-
-log = structlog.get_logger("tracklog.store")
-
-_ID_LOOKUP_CHUNK: Final = 500
-_REPLAY_BATCH: Final = 5_000
+from .connect import Durability, connect, is_disk_full
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_any = msgspec.msgpack.Decoder().decode
-_DATA_DECODERS: Final = {name: msgspec.msgpack.Decoder(cls) for name, cls in DATA_CLASSES.items()}
+
+__all__ = ["SqliteEventLog", "decode_data", "read_events"]
 
 
-def decode_data(type_: str, blob: bytes) -> Any:
-    """A logged event's data as its typed struct."""
-    return _DATA_DECODERS[type_].decode(blob)
+class SqliteEventLog(SqlEventLog):
+    """The log and its projections in one SQLite database (tables in `sqlcommon/schema.py`)."""
 
-
-class SqliteEventLog(EventLog):
-    """The log and its projections in one SQLite database (tables in `schema.py`)."""
+    db_errors: ClassVar[tuple[type[Exception], ...]] = (sqlite3.Error,)
+    conn: sqlite3.Connection
 
     def __init__(
         self,
@@ -68,47 +52,38 @@ class SqliteEventLog(EventLog):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
-        self.conn = connect(path, durability)
-        self.clock = clock
-        self.tables = Tables(self.conn)
-        #: The dedup projection read through the write connection (between transactions).
-        self.dedup_entries = SqliteDedupEntries(self.conn)
+        super().__init__(connect(path, durability), SQLITE, clock)
         #: The near-duplicate indexes, in memory; loaded by `load_dedup` (or the first check).
         self.dedup = dd.DedupIndexes(None if str(path) == ":memory:" else Path(os.fspath(path) + ".dedup"))
-        #: Why appends are refused while the disk is full (None when it is not).
-        self.disk_full: str | None = None
-        self.disk_full_episodes = 0
-        self.disk_full_refusals = 0
         try:
             self.conn.executescript(LOG_DDL)
             self.head = self._read_head()
         except sqlite3.Error as exc:
             raise errors.StorageError(f"cannot prepare {path}: {exc}") from exc
 
+    def __str__(self) -> str:
+        return str(self.path)
+
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # a log that cannot checkpoint still closes
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()
 
-    @property
-    def applied_seq(self) -> int:
+    def _abort(self) -> None:
         try:
-            return int(self.meta("applied_seq") or 0)
-        except sqlite3.Error as exc:
-            raise errors.StorageError(f"cannot read {self.path}: {exc}") from exc
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
-    def read(
-        self,
-        after: int = 0,
-        limit: int = 1000,
-        run: str | None = None,
-        types: Sequence[str] | None = None,
-        to_seq: int | None = None,
-    ) -> list[StoredEvent]:
-        try:
-            return read_events(self.conn, after, limit, run, types, to_seq)
-        except sqlite3.Error as exc:
-            raise errors.StorageError(f"cannot read the log of {self.path}: {exc}") from exc
+    def _present_tables(self) -> set[str]:
+        # The FTS5 index `search` is not compared by verify, but it is a projection too:
+        # reported missing (so rebuilt) under the name of the table it indexes.
+        names = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return names if "search" in names else names - {"search_docs"}
+
+    def _is_disk_full(self, exc: Exception) -> bool:
+        return is_disk_full(exc)
 
     def verify(self, out: TextIO) -> int:
         """Rebuild a snapshot of this database into scratch tables and compare them with a
@@ -136,13 +111,13 @@ class SqliteEventLog(EventLog):
         return applied
 
     @contextlib.contextmanager
-    def dedup_snapshot(self) -> Iterator[SqliteDedupEntries]:
+    def dedup_snapshot(self) -> Iterator[SqlDedupEntries]:
         """The dedup projection as of now, on a read-only connection of its own (for the
         loader thread: one read transaction, so one consistent state)."""
         conn = connect(self.path, readonly=True)
         try:
             conn.execute("BEGIN")
-            yield SqliteDedupEntries(conn)
+            yield SqlDedupEntries(conn, self.db_errors)
         except sqlite3.Error as exc:
             raise errors.StorageError(f"cannot read dedup_entries: {exc}") from exc
         finally:
@@ -153,205 +128,9 @@ class SqliteEventLog(EventLog):
     ) -> DedupRuntime:
         return DedupRuntime(self, executor, loop, files)
 
-    def _read_head(self) -> int:
-        row = self.conn.execute("SELECT max(seq) FROM events").fetchone()
-        return int(row[0] or 0)
-
-    def meta(self, key: str) -> Any:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
-
-    def _set_meta(self, key: str, value: Any) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
-
-    # -- start-up ---------------------------------------------------------------
-
-    def catch_up(self) -> int:
-        """Bring the projections level with the log; returns how many events were applied.
-
-        A database from another projection version, or with a projection table
-        missing, is rebuilt from scratch; one whose tables are behind is caught up.
-        """
-        try:
-            version = self.meta("projection_version")
-            present = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            # The FTS5 index `search` is not compared by verify, but it is a projection too.
-            missing = [t for t in (*PROJECTION_TABLES, "search") if t not in present]
-            if version != PROJECTION_VERSION or missing:
-                return self.rebuild()
-            applied = int(self.meta("applied_seq") or 0)
-            if applied >= self.head:
-                return 0
-            return self._replay(applied, self.head)
-        except sqlite3.Error as exc:
-            raise errors.StorageError(f"catch-up failed: {exc}") from exc
-
-    def rebuild(self, to_seq: int | None = None) -> int:
-        """Drop every projection table and replay the log (up to `to_seq`) into new ones."""
-        try:
-            self.tables.reset()
-            self.dedup.reset()
-            self.conn.execute("BEGIN IMMEDIATE")
-            for table in PROJECTION_TABLES:
-                self.conn.execute(f"DROP TABLE IF EXISTS {table}")
-            for statement in ddl_statements(PROJECTION_DDL):
-                self.conn.execute(statement)
-            self._set_meta("projection_version", PROJECTION_VERSION)
-            self._set_meta("applied_seq", 0)
-            self.conn.execute("COMMIT")
-            return self._replay(0, self.head if to_seq is None else min(to_seq, self.head))
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise errors.StorageError(f"rebuild failed: {exc}") from exc
-
-    def _replay(self, after: int, to_seq: int) -> int:
-        applied = 0
-        position = after
-        while position < to_seq:
-            rows = self.conn.execute(
-                "SELECT seq, id, type, run, ts, recorded, data FROM events WHERE seq > ? AND seq <= ?"
-                " ORDER BY seq LIMIT ?",
-                (position, to_seq, _REPLAY_BATCH),
-            ).fetchall()
-            if not rows:
-                break
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                for seq, id_, type_, run, ts, recorded, blob in rows:
-                    self.tables.apply_event(
-                        LoggedEvent(seq, type_, run, ts, recorded, decode_data(type_, blob), id_)
-                    )
-                self.tables.flush()
-                position = rows[-1][0]
-                self._set_meta("applied_seq", position)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            applied += len(rows)
-        return applied
-
-    def _rollback(self) -> None:
-        try:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        self.tables.reset()
-        self.dedup.rollback()
-
-    # -- appends ----------------------------------------------------------------
-
-    def append_group(self, appends: Sequence[LogRequest], publish: bool = False) -> list[WriteResult]:
-        """Commit many appends (and checks) in one transaction (group commit); one result each.
-
-        If the group fails as a whole, each append is retried in a transaction of its
-        own, so one bad append cannot fail the others. A full disk fails them all with
-        `disk_full` (no retry: nothing would fit), logged once per episode; the first
-        commit that appends again ends the episode. Raises only if nothing was committed.
-        """
-        head = self.head
-        if not self.dedup.loaded and any(a.__class__ is Check for a in appends):
-            self.load_dedup()
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            results = self._apply_requests(appends, publish)
-            self.tables.flush()
-            self._set_meta("applied_seq", self.head)
-            self.conn.execute("COMMIT")
-        except Exception as exc:
-            self._rollback()
-            self.head = head
-            if is_disk_full(exc):
-                self._disk_full_refused(exc, len(appends))
-                return [errors.DiskFull(DISK_FULL_MESSAGE, a.ref) for a in appends]
-            if len(appends) == 1:
-                what = "append" if appends[0].__class__ is Append else "check"
-                log.error("commit failed", what=what, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-                return [errors.InternalError(f"the {what} could not be committed", appends[0].ref)]
-            out: list[WriteResult] = []
-            for append in appends:
-                out.extend(self.append_group([append], publish))
-            return out
-        # Committed: from here on nothing may raise, or the caller would commit it twice.
-        self.dedup.commit()
-        if self.disk_full is not None and self.head > head:
-            log.info("disk space is back: appends are committed again", db=str(self.path))
-            self.disk_full = None
-        return results
-
-    def _disk_full_refused(self, exc: Exception, requests: int) -> None:
-        """Count requests refused for a full disk; log the start of an episode once."""
-        self.disk_full_refusals += requests
-        if self.disk_full is None:
-            self.disk_full = f"the disk holding {self.path} is full: appends are refused until space returns"
-            self.disk_full_episodes += 1
-            log.error("disk full: appends are refused until space returns", db=str(self.path), error=str(exc))
-
-    # -- near-duplicate checks --------------------------------------------------
-
-    def load_dedup(self) -> int:
-        """Build the in-memory dedup indexes from the dedup_entries table (outside a transaction)."""
-        try:
-            return self.dedup.load(self.dedup_entries)
-        except sqlite3.Error as exc:
-            raise errors.StorageError(f"cannot read dedup_entries: {exc}") from exc
-
-    def _check_one(self, check: Check, publish: bool) -> CheckResult | errors.ProtocolError:
-        """Answer a check (recording it when asked and new): one atomic step on the writer."""
-        self.dedup.ensure(
-            self.dedup_entries, check.namespace, check.kind
-        )  # a check that did not wait for its index
-        plan = ingest.plan_check(check, self.dedup, self.head + 1, self.clock(), publish)
-        if isinstance(plan, errors.ProtocolError):
-            return plan
-        self._write(plan.rows)
-        self._project(plan.rows)
-        return CheckResult(plan.checked, plan.events)
-
-    def _append_one(self, append: Append, publish: bool) -> AppendResult:
-        """An append, preceded (in the same transaction) by the resumption of its lost runs."""
-        resumed = self._resume_lost_runs(append, publish)
-        result = self._append_new(append, publish)
-        if resumed:
-            result.events[:0] = resumed
-        return result
-
-    def _resume_lost_runs(self, append: Append, publish: bool) -> list[StoredEvent]:
-        """Append `run.updated {status: running}` for each lost run this append writes to."""
-        runs = liveness.resumable_runs(append.events)
-        if not runs:
-            return []
-        marks = ",".join("?" * len(runs))
-        lost = [
-            r
-            for (r,) in self.conn.execute(
-                f"SELECT run FROM runs WHERE status = '{liveness.LOST}' AND run IN ({marks})", list(runs)
-            )
-        ]
-        if not lost:
-            return []
-        return self._append_new(Append(events=liveness.resume_events(lost)), publish).events
-
-    def _append_new(self, append: Append, publish: bool) -> AppendResult:
-        """Insert the append's rows presuming its ids new; should the unique index find one
-        that is not (a resend), take them out again and plan against the ids the log has.
-
-        This spares a lookup of every id before inserting: the unique index already does it.
-        """
-        now = self.clock()
-        first = self.head + 1
-        plan = ingest.plan_fresh(append, first, now, publish)
-        if plan.rows and not self._insert_new(plan.rows):
-            known = self._known_ids([e.id for e in append.events if e.id is not None])
-            plan = ingest.plan_append(append, first, now, known, publish)
-            self._write(plan.rows)
-        self._project(plan.rows)
-        return AppendResult(plan.ack, plan.events)
-
     def _insert_new(self, rows: list[ingest.Row]) -> bool:
         """Insert rows whose ids are presumed new; False (with nothing left inserted) if the
-        log held one of them already."""
+        log held one of them already. The unique index finds them: no lookup of every id."""
         encode = _encode
         encoded = [
             (seq, id_, type_, run, ts, rec, encode(data)) for seq, id_, type_, run, ts, rec, data in rows
@@ -368,70 +147,3 @@ class SqliteEventLog(EventLog):
             return False
         self.head = rows[-1][0]
         return True
-
-    def _write(self, rows: list[ingest.Row]) -> None:
-        """Insert rows already planned against the known ids."""
-        if not rows:
-            return
-        encode = _encode
-        self.conn.executemany(
-            "INSERT INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(seq, id_, type_, run, ts, rec, encode(data)) for seq, id_, type_, run, ts, rec, data in rows],
-        )
-        self.head = rows[-1][0]
-
-    def _project(self, rows: list[ingest.Row]) -> None:
-        """Apply the projections of appended rows (and keep the dedup indexes level)."""
-        apply_event = self.tables.apply_event
-        add_metrics = self.tables.add_metrics
-        dedup_loaded = self.dedup.loaded
-        for seq, event_id, type_, run, ts, recorded, data in rows:
-            # `__class__ is`, not isinstance: one check per event, and data types are final.
-            if data.__class__ is MetricsData and run is not None:
-                add_metrics(run, seq, ts, data)
-            else:
-                apply_event(LoggedEvent(seq, type_, run, ts, recorded, data, event_id))
-                if dedup_loaded and isinstance(data, DedupClearedData):
-                    self.dedup.clear(data.namespace, data.kind)
-
-    def _known_ids(self, ids: list[str]) -> dict[str, int]:
-        """Seqs of the ids already in the log (including earlier in this transaction)."""
-        found: dict[str, int] = {}
-        for start in range(0, len(ids), _ID_LOOKUP_CHUNK):
-            chunk = ids[start : start + _ID_LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            found.update(
-                self.conn.execute(f"SELECT id, seq FROM events WHERE id IN ({marks})", chunk).fetchall()
-            )
-        return found
-
-
-def read_events(
-    conn: sqlite3.Connection,
-    from_seq: int = 0,
-    limit: int = 1000,
-    run: str | None = None,
-    types: Sequence[str] | None = None,
-    to_seq: int | None = None,
-) -> list[StoredEvent]:
-    """Events in stored form, with seq greater than from_seq, oldest first."""
-    where = ["seq > ?"]
-    args: list[Any] = [from_seq]
-    if to_seq is not None:
-        where.append("seq <= ?")
-        args.append(to_seq)
-    if run is not None:
-        where.append("run = ?")
-        args.append(run)
-    if types:
-        where.append(f"type IN ({','.join('?' * len(types))})")
-        args.extend(types)
-    args.append(limit)
-    sql = (
-        f"SELECT seq, id, type, run, ts, recorded, data FROM events WHERE {' AND '.join(where)}"
-        " ORDER BY seq LIMIT ?"
-    )
-    return [
-        StoredEvent(seq, type_, _decode_any(blob), recorded, ts, id_, run_)
-        for seq, id_, type_, run_, ts, recorded, blob in conn.execute(sql, args)
-    ]

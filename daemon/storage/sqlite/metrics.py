@@ -21,9 +21,9 @@ from tracklog.protocol.messages import Query
 
 from ...series import F64, Series, extremes_index
 from ..readmodel import MAX_RUNS, ChunkColumns
+from ..sqlcommon.schema import NO_EPOCH
 from .rows import SUMMARY_COLUMNS, marks, require_run, summary_row
 from .runref import resolve_live
-from .schema import NO_EPOCH
 
 #: Most points a `metrics` row holds when max_points is not given.
 MAX_SERIES_POINTS: Final = 10_000_000

@@ -14,8 +14,8 @@ import msgspec
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Query
 
+from ..sqlcommon.schema import NO_EPOCH
 from .runref import resolve_id
-from .schema import NO_EPOCH
 
 json_decode: Final = msgspec.json.Decoder().decode
 msgpack_decode: Final = msgspec.msgpack.Decoder().decode

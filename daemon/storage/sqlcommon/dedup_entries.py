@@ -1,23 +1,26 @@
-"""The dedup_entries table, read for the in-memory dedup indexes (`storage.eventlog.DedupEntries`)."""
+"""The dedup_entries table of any SQL database, read for the in-memory dedup indexes
+(`storage.eventlog.DedupEntries`)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from typing import Final
 
 from tracklog.protocol import errors
 
 from ..eventlog import DedupEntries, DedupRow
+from .dialect import Connection
 
 _MAX_SEQ: Final = (1 << 63) - 1
 
 
-class SqliteDedupEntries(DedupEntries):
-    """dedup_entries through one connection (the writer's, or a loader's read-only one)."""
+class SqlDedupEntries(DedupEntries):
+    """dedup_entries through one connection (the writer's, or a loader's read-only one);
+    the driver's errors (`db_errors`) become StorageError."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection, db_errors: tuple[type[Exception], ...]) -> None:
         self.conn = conn
+        self.db_errors = db_errors
 
     def units(self) -> list[tuple[str, str]]:
         """One index probe per unit: fast at any size."""
@@ -33,7 +36,7 @@ class SqliteDedupEntries(DedupEntries):
                     " ORDER BY namespace, kind LIMIT 1",
                     row,
                 ).fetchone()
-        except sqlite3.Error as exc:
+        except self.db_errors as exc:
             raise errors.StorageError(f"cannot read dedup_entries: {exc}") from exc
         return units
 
@@ -44,7 +47,7 @@ class SqliteDedupEntries(DedupEntries):
                 " AND seq > ? AND seq <= ? ORDER BY seq",
                 (namespace, kind, after, _MAX_SEQ if upto is None else upto),
             )
-        except sqlite3.Error as exc:
+        except self.db_errors as exc:
             raise errors.StorageError(f"cannot read dedup_entries: {exc}") from exc
 
     def seqs(self, namespace: str, kind: str, upto: int) -> list[int]:
@@ -57,12 +60,12 @@ class SqliteDedupEntries(DedupEntries):
                     (namespace, kind, upto),
                 )
             ]
-        except sqlite3.Error as exc:
+        except self.db_errors as exc:
             raise errors.StorageError(f"cannot read dedup_entries: {exc}") from exc
 
     def entry(self, seq: int) -> tuple[str | None, bytes] | None:
         try:
             row = self.conn.execute("SELECT space, value FROM dedup_entries WHERE seq = ?", (seq,)).fetchone()
-        except sqlite3.Error as exc:
+        except self.db_errors as exc:
             raise errors.StorageError(f"cannot read dedup_entries: {exc}") from exc
         return None if row is None else (row[0], row[1])

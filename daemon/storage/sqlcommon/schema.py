@@ -1,4 +1,11 @@
-"""The database's tables: the event log, and the projections rebuilt from it."""
+"""The database's tables: the event log, and the projections rebuilt from it.
+
+One schema for every SQL backend, written in SQLite's dialect: SQLite runs it as it is,
+PostgreSQL runs it as `dialect.POSTGRES.ddl` translates it (types, `WITHOUT ROWID`, the
+reserved column name `user`). Only the full-text index differs: SQLite keeps an FTS5
+table the writer feeds (`FTS5_SEARCH_DDL`), PostgreSQL a GIN index over `search_docs`
+(in the dialect).
+"""
 
 from __future__ import annotations
 
@@ -49,7 +56,8 @@ PROJECTION_TABLES: Final = {
     "search_docs": "doc",
 }
 
-PROJECTION_DDL: Final = """
+#: The projection tables, in the SQL every backend shares.
+PORTABLE_PROJECTION_DDL: Final = """
 CREATE TABLE IF NOT EXISTS runs (
     run          TEXT PRIMARY KEY,
     name         TEXT,
@@ -198,6 +206,10 @@ CREATE TABLE IF NOT EXISTS search_docs (
     title TEXT NOT NULL,
     body  TEXT NOT NULL
 );
+"""
+
+#: SQLite's full-text index over search_docs (external content: the writer feeds it).
+FTS5_SEARCH_DDL: Final = """
 DROP TABLE IF EXISTS search;
 CREATE VIRTUAL TABLE search USING fts5(
     title,
@@ -207,3 +219,6 @@ CREATE VIRTUAL TABLE search USING fts5(
     tokenize = 'porter unicode61'
 );
 """
+
+#: Every projection table and index of an SQLite database.
+PROJECTION_DDL: Final = PORTABLE_PROJECTION_DDL + FTS5_SEARCH_DDL

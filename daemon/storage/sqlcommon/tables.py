@@ -1,4 +1,4 @@
-"""Applies projection changes to the SQLite tables, batched per transaction.
+"""Applies projection changes to the tables, batched per transaction, in any SQL dialect.
 
 `Tables` runs on the writer's thread, inside the writer's transaction. Row changes that
 are frequent (metric points, run counters, items, artifacts) are gathered in memory and
@@ -10,7 +10,6 @@ transactions, which is what lets `rebuild` reproduce the live tables byte for by
 from __future__ import annotations
 
 import math
-import sqlite3
 from array import array
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
@@ -21,6 +20,7 @@ import numpy as np
 from tracklog.protocol.events import MetricsData
 
 from ... import projections as p
+from .dialect import SQLITE, Connection, Dialect
 from .schema import CHUNK_POINTS, NO_EPOCH
 
 _json_encode = msgspec.json.Encoder(order="sorted").encode
@@ -183,8 +183,10 @@ class Series:
 class Tables:
     """The projection tables as the writer sees them, with per-transaction batching."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection, dialect: Dialect = SQLITE) -> None:
         self.conn = conn
+        #: Whether to feed SQLite's FTS5 index (other databases index search_docs themselves).
+        self.fts5 = dialect.fts5
         self._series: OrderedDict[tuple[str, str], Series] = OrderedDict()
         self._known_runs: set[str] = set()
         self._counters: dict[str, list[Any]] = {}
@@ -304,7 +306,7 @@ class Tables:
             case p.SetRunFields(run, fields):
                 names = [name for name in fields if name in _RUN_COLUMNS]
                 if names:
-                    assignments = ", ".join(f"{name} = ?" for name in names)
+                    assignments = ", ".join(f'"{name}" = ?' for name in names)  # `user` is reserved
                     conn.execute(
                         f"UPDATE runs SET {assignments} WHERE run = ?",  # names come from _RUN_COLUMNS
                         [*(fields[name] for name in names), run],
@@ -420,15 +422,17 @@ class Tables:
             )
             self._counters.clear()
         if self._search_docs:
-            self._drop_stale_documents([d[0] for d in self._search_docs])
+            if self.fts5:
+                self._drop_stale_documents([d[0] for d in self._search_docs])
             conn.executemany(
                 "INSERT OR REPLACE INTO search_docs(doc, kind, run, title, body) VALUES (?, ?, ?, ?, ?)",
                 self._search_docs,
             )
-            conn.executemany(
-                "INSERT INTO search(rowid, title, body) VALUES (?, ?, ?)",
-                [(doc, title, body) for doc, _, _, title, body in self._search_docs],
-            )
+            if self.fts5:
+                conn.executemany(
+                    "INSERT INTO search(rowid, title, body) VALUES (?, ?, ?)",
+                    [(doc, title, body) for doc, _, _, title, body in self._search_docs],
+                )
             self._search_docs.clear()
         if self._search_runs:
             self._write_run_documents()
@@ -472,14 +476,17 @@ class Tables:
             if old is not None:
                 if tuple(old) == (title, body):
                     continue
-                conn.execute(
-                    "INSERT INTO search(search, rowid, title, body) VALUES ('delete', ?, ?, ?)", (doc, *old)
-                )
+                if self.fts5:
+                    conn.execute(
+                        "INSERT INTO search(search, rowid, title, body) VALUES ('delete', ?, ?, ?)",
+                        (doc, *old),
+                    )
             conn.execute(
                 "INSERT OR REPLACE INTO search_docs(doc, kind, run, title, body) VALUES (?, 'run', ?, ?, ?)",
                 (doc, run, title, body),
             )
-            conn.execute("INSERT INTO search(rowid, title, body) VALUES (?, ?, ?)", (doc, title, body))
+            if self.fts5:
+                conn.execute("INSERT INTO search(rowid, title, body) VALUES (?, ?, ?)", (doc, title, body))
         self._search_runs.clear()
 
     def _get_series(self, run: str, name: str) -> Series:

@@ -1,0 +1,347 @@
+"""The event log in an SQL database, written once for SQLite and PostgreSQL.
+
+`SqlEventLog` holds what does not depend on the database: appends planned by
+`ingest`, inserted with their projections (`Tables`) in the group's transaction, id
+lookups, lost-run resumption, near-duplicate checks, range reads, the meta table, and
+catching up or rebuilding the projections from the log. A backend subclasses it with its
+connection (anything with sqlite3's `execute` / `executemany`, spelled by its `Dialect`),
+its transactions and its errors (`db_errors`, translated to StorageError here).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, Final
+
+import msgspec
+
+from tracklog.protocol import errors
+from tracklog.protocol.events import DATA_CLASSES, DedupClearedData, MetricsData
+from tracklog.protocol.messages import Append, Check, StoredEvent
+
+from ... import ingest, liveness
+from ...projections import LoggedEvent
+from ..eventlog import AppendResult, CheckResult, EventLog, LogRequest
+from .dedup_entries import SqlDedupEntries
+from .dialect import Connection, Dialect
+from .schema import PROJECTION_TABLES, PROJECTION_VERSION
+from .tables import Tables
+
+_ID_LOOKUP_CHUNK: Final = 500
+_REPLAY_BATCH: Final = 5_000
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_any = msgspec.msgpack.Decoder().decode
+_DATA_DECODERS: Final = {name: msgspec.msgpack.Decoder(cls) for name, cls in DATA_CLASSES.items()}
+
+
+def decode_data(type_: str, blob: bytes) -> Any:
+    """A logged event's data as its typed struct."""
+    return _DATA_DECODERS[type_].decode(blob)
+
+
+class SqlEventLog(EventLog):
+    """The log and its projections in one SQL database (tables in `schema.py`)."""
+
+    #: The driver's exception classes: caught and turned into StorageError.
+    db_errors: ClassVar[tuple[type[Exception], ...]] = ()
+    #: Whether a catch-up or rebuild commits every few thousand events (SQLite), rather than
+    #: running in the one transaction the backend opened around it.
+    batch_transactions: ClassVar[bool] = True
+
+    def __init__(self, conn: Connection, dialect: Dialect, clock: Callable[[], float] = time.time) -> None:
+        self.conn = conn
+        self.dialect = dialect
+        self.clock = clock
+        self.tables = Tables(conn, dialect)
+        #: The dedup projection read through the write connection (between transactions).
+        self.dedup_entries = SqlDedupEntries(conn, self.db_errors)
+        self.disk_full: str | None = None
+        self.disk_full_episodes = 0
+        self.disk_full_refusals = 0
+
+    # -- hooks the backend supplies ---------------------------------------------------
+
+    def _begin_write(self) -> None:
+        """Open a write transaction (the one writer while it lasts)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def _abort(self) -> None:
+        """Roll back the open transaction, if there is one (must not raise)."""
+
+    def _present_tables(self) -> set[str]:
+        """The names of the tables the database has."""
+        raise NotImplementedError
+
+    # -- reads --------------------------------------------------------------------------
+
+    @property
+    def applied_seq(self) -> int:
+        try:
+            return int(self.meta("applied_seq") or 0)
+        except self.db_errors as exc:
+            raise errors.StorageError(f"cannot read {self}: {exc}") from exc
+
+    def read(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        run: str | None = None,
+        types: Sequence[str] | None = None,
+        to_seq: int | None = None,
+    ) -> list[StoredEvent]:
+        try:
+            return read_events(self.conn, after, limit, run, types, to_seq)
+        except self.db_errors as exc:
+            raise errors.StorageError(f"cannot read the log of {self}: {exc}") from exc
+
+    def _read_head(self) -> int:
+        row = self.conn.execute("SELECT max(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def meta(self, key: str) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # -- projections ----------------------------------------------------------------
+
+    def catch_up(self) -> int:
+        """Bring the projections level with the log; returns how many events were applied.
+
+        A database from another projection version, or with a projection table
+        missing, is rebuilt from scratch; one whose tables are behind is caught up.
+        """
+        try:
+            version = self.meta("projection_version")
+            present = self._present_tables()
+            missing = [t for t in PROJECTION_TABLES if t not in present]
+            if version is None or int(version) != PROJECTION_VERSION or missing:
+                return self.rebuild()
+            applied = int(self.meta("applied_seq") or 0)
+            if applied >= self.head:
+                return 0
+            return self._replay(applied, self.head)
+        except self.db_errors as exc:
+            raise errors.StorageError(f"catch-up failed: {exc}") from exc
+
+    def rebuild(self, to_seq: int | None = None) -> int:
+        """Drop every projection table and replay the log (up to `to_seq`) into new ones."""
+        try:
+            self.tables.reset()
+            self.dedup.reset()
+            if self.batch_transactions:
+                self._begin_write()
+            for table in PROJECTION_TABLES:
+                self.conn.execute(f"DROP TABLE IF EXISTS {table}")
+            for statement in self.dialect.projection_ddl():
+                self.conn.execute(statement)
+            self._set_meta("projection_version", PROJECTION_VERSION)
+            self._set_meta("applied_seq", 0)
+            if self.batch_transactions:
+                self.conn.execute("COMMIT")
+            return self._replay(0, self.head if to_seq is None else min(to_seq, self.head))
+        except self.db_errors as exc:
+            self._rollback()
+            raise errors.StorageError(f"rebuild failed: {exc}") from exc
+
+    def _replay(self, after: int, to_seq: int) -> int:
+        applied = 0
+        for rows in log_batches(self.conn, after, to_seq):
+            if self.batch_transactions:
+                self._begin_write()
+            try:
+                for seq, id_, type_, run, ts, recorded, blob in rows:
+                    self.tables.apply_event(
+                        LoggedEvent(seq, type_, run, ts, recorded, decode_data(type_, blob), id_)
+                    )
+                self.tables.flush()
+                self._set_meta("applied_seq", rows[-1][0])
+                if self.batch_transactions:
+                    self.conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            applied += len(rows)
+        return applied
+
+    def _rollback(self) -> None:
+        self._abort()
+        self.tables.reset()
+        self.dedup.rollback()
+
+    # -- appends ----------------------------------------------------------------
+
+    def _prepare_group(self, requests: Sequence[LogRequest]) -> None:
+        if not self.dedup.loaded and any(r.__class__ is Check for r in requests):
+            self.load_dedup()
+
+    def _begin_group(self) -> None:
+        self._begin_write()
+
+    def _commit_group(self) -> None:
+        self.tables.flush()
+        self._set_meta("applied_seq", self.head)
+        self.conn.execute("COMMIT")
+
+    def _rollback_group(self) -> None:
+        self._rollback()
+
+    # -- near-duplicate checks --------------------------------------------------
+
+    def load_dedup(self) -> int:
+        """Build the in-memory dedup indexes from the dedup_entries table (outside a transaction)."""
+        try:
+            return self.dedup.load(self.dedup_entries)
+        except self.db_errors as exc:
+            raise errors.StorageError(f"cannot read dedup_entries: {exc}") from exc
+
+    def _check_one(self, check: Check, publish: bool) -> CheckResult | errors.ProtocolError:
+        """Answer a check (recording it when asked and new): one atomic step on the writer."""
+        self.dedup.ensure(
+            self.dedup_entries, check.namespace, check.kind
+        )  # a check that did not wait for its index
+        plan = ingest.plan_check(check, self.dedup, self.head + 1, self.clock(), publish)
+        if isinstance(plan, errors.ProtocolError):
+            return plan
+        self._write(plan.rows)
+        self._project(plan.rows)
+        return CheckResult(plan.checked, plan.events)
+
+    def _append_one(self, append: Append, publish: bool) -> AppendResult:
+        """An append, preceded (in the same transaction) by the resumption of its lost runs."""
+        resumed = self._resume_lost_runs(append, publish)
+        result = self._append_new(append, publish)
+        if resumed:
+            result.events[:0] = resumed
+        return result
+
+    def _resume_lost_runs(self, append: Append, publish: bool) -> list[StoredEvent]:
+        """Append `run.updated {status: running}` for each lost run this append writes to."""
+        runs = liveness.resumable_runs(append.events)
+        if not runs:
+            return []
+        marks = ",".join("?" * len(runs))
+        lost = [
+            r
+            for (r,) in self.conn.execute(
+                f"SELECT run FROM runs WHERE status = '{liveness.LOST}' AND run IN ({marks})", list(runs)
+            )
+        ]
+        if not lost:
+            return []
+        return self._append_new(Append(events=liveness.resume_events(lost)), publish).events
+
+    def _append_new(self, append: Append, publish: bool) -> AppendResult:
+        """Insert the append's rows presuming its ids new; should one not be (a resend),
+        plan again against the ids the log has."""
+        now = self.clock()
+        first = self.head + 1
+        plan = ingest.plan_fresh(append, first, now, publish)
+        if plan.rows and not self._insert_new(plan.rows):
+            known = self._known_ids([e.id for e in append.events if e.id is not None])
+            plan = ingest.plan_append(append, first, now, known, publish)
+            self._write(plan.rows)
+        self._project(plan.rows)
+        return AppendResult(plan.ack, plan.events)
+
+    def _insert_new(self, rows: list[ingest.Row]) -> bool:
+        """Insert rows whose ids are presumed new; False (with nothing inserted) if one of
+        them is in the log already or twice among them. Looks the ids up first; SQLite
+        lets its unique index find them instead."""
+        ids = [row[1] for row in rows if row[1] is not None]
+        if ids and (len(set(ids)) != len(ids) or self._known_ids(ids)):
+            return False
+        self._write(rows)
+        return True
+
+    def _write(self, rows: list[ingest.Row]) -> None:
+        """Insert rows already planned against the known ids."""
+        if not rows:
+            return
+        encode = _encode
+        self._insert_events(
+            [(seq, id_, type_, run, ts, rec, encode(data)) for seq, id_, type_, run, ts, rec, data in rows]
+        )
+        self.head = rows[-1][0]
+
+    def _insert_events(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert encoded rows into events (the backend's fastest way to add many)."""
+        self.conn.executemany(
+            "INSERT INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+        )
+
+    def _project(self, rows: list[ingest.Row]) -> None:
+        """Apply the projections of appended rows (and keep the dedup indexes level)."""
+        apply_event = self.tables.apply_event
+        add_metrics = self.tables.add_metrics
+        dedup_loaded = self.dedup.loaded
+        for seq, event_id, type_, run, ts, recorded, data in rows:
+            # `__class__ is`, not isinstance: one check per event, and data types are final.
+            if data.__class__ is MetricsData and run is not None:
+                add_metrics(run, seq, ts, data)
+            else:
+                apply_event(LoggedEvent(seq, type_, run, ts, recorded, data, event_id))
+                if dedup_loaded and isinstance(data, DedupClearedData):
+                    self.dedup.clear(data.namespace, data.kind)
+
+    def _known_ids(self, ids: list[str]) -> dict[str, int]:
+        """Seqs of the ids already in the log (including earlier in this transaction)."""
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), _ID_LOOKUP_CHUNK):
+            chunk = ids[start : start + _ID_LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self.conn.execute(f"SELECT id, seq FROM events WHERE id IN ({marks})", chunk).fetchall()
+            )
+        return found
+
+
+def log_batches(conn: Connection, after: int, to_seq: int) -> Iterator[list[Any]]:
+    """The log's rows (seq, id, type, run, ts, recorded, data as stored) with
+    after < seq <= to_seq, in seq order, a few thousand at a time."""
+    position = after
+    while position < to_seq:
+        rows = conn.execute(
+            "SELECT seq, id, type, run, ts, recorded, data FROM events WHERE seq > ? AND seq <= ?"
+            " ORDER BY seq LIMIT ?",
+            (position, to_seq, _REPLAY_BATCH),
+        ).fetchall()
+        if not rows:
+            return
+        yield rows
+        position = rows[-1][0]
+
+
+def read_events(
+    conn: Connection,
+    from_seq: int = 0,
+    limit: int = 1000,
+    run: str | None = None,
+    types: Sequence[str] | None = None,
+    to_seq: int | None = None,
+) -> list[StoredEvent]:
+    """Events in stored form, with seq greater than from_seq, oldest first."""
+    where = ["seq > ?"]
+    args: list[Any] = [from_seq]
+    if to_seq is not None:
+        where.append("seq <= ?")
+        args.append(to_seq)
+    if run is not None:
+        where.append("run = ?")
+        args.append(run)
+    if types:
+        where.append(f"type IN ({','.join('?' * len(types))})")
+        args.extend(types)
+    args.append(limit)
+    sql = (
+        f"SELECT seq, id, type, run, ts, recorded, data FROM events WHERE {' AND '.join(where)}"
+        " ORDER BY seq LIMIT ?"
+    )
+    return [
+        StoredEvent(seq, type_, _decode_any(blob), recorded, ts, id_, run_)
+        for seq, id_, type_, run_, ts, recorded, blob in conn.execute(sql, args)
+    ]
