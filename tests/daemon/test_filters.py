@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tracklog.daemon.storage.sqlite.filters import compile_filter
+from tracklog.daemon.storage.sqlcommon.filters import compile_filter
 from tracklog.daemon.storage.sqlcommon.schema import PROJECTION_DDL
 from tracklog.protocol.errors import BadQuery
 

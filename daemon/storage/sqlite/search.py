@@ -9,7 +9,7 @@ from tracklog.protocol import errors
 from tracklog.protocol.messages import Query
 
 from ..readmodel import DEFAULT_SEARCH, MAX_SEARCH
-from .rows import page
+from ..sqlcommon.rows import page
 
 
 def fts_query(text: str) -> str:

@@ -6,7 +6,6 @@ paging and placeholder helpers their SQL uses.
 from __future__ import annotations
 
 import math
-import sqlite3
 from typing import Any, Final
 
 import msgspec
@@ -14,8 +13,9 @@ import msgspec
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Query
 
-from ..sqlcommon.schema import NO_EPOCH
+from .dialect import Connection
 from .runref import resolve_id
+from .schema import NO_EPOCH
 
 json_decode: Final = msgspec.json.Decoder().decode
 msgpack_decode: Final = msgspec.msgpack.Decoder().decode
@@ -31,7 +31,7 @@ RUN_SUMMARY_COLUMNS: Final = (
 RUN_SUMMARY_NAMES: Final = [c.strip().removeprefix("r.") for c in RUN_SUMMARY_COLUMNS.split(",")]
 
 
-def run_row(row: tuple[Any, ...] | sqlite3.Row) -> dict[str, Any]:
+def run_row(row: tuple[Any, ...]) -> dict[str, Any]:
     """A run summary from a row of RUN_SUMMARY_COLUMNS: `id` for the run, config decoded."""
     out = dict(zip(RUN_SUMMARY_NAMES, row, strict=True))
     out["id"] = out.pop("run")
@@ -147,7 +147,7 @@ def artifact_row(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def artifact_rows(conn: sqlite3.Connection, run: str) -> list[dict[str, Any]]:
+def artifact_rows(conn: Connection, run: str) -> list[dict[str, Any]]:
     """The run's artifacts, oldest first."""
     return [
         artifact_row(row)
@@ -172,11 +172,12 @@ def page(q: Query, default: int, most: int) -> tuple[int, int]:
 
 
 def marks(values: list[Any] | frozenset[Any]) -> str:
-    """One `?` per value, comma-separated, for an `IN (...)`."""
-    return ",".join("?" * len(values))
+    """One `?` per value, comma-separated, for an `IN (...)`; `NULL` for none (which
+    matches nothing, and PostgreSQL refuses an empty `IN ()`)."""
+    return ",".join("?" * len(values)) or "NULL"
 
 
-def require_run(conn: sqlite3.Connection, run: str | None, q: Query) -> str:
+def require_run(conn: Connection, run: str | None, q: Query) -> str:
     """The id of the run `run` names: an id, a unique id prefix or a name (runref.py)."""
     if not run:
         raise errors.BadQuery(f"run: required for q '{q.q}'", q.ref)
