@@ -67,7 +67,8 @@ _TABLE_RE: Final = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\)", r
 _COLUMN_KEY_RE: Final = re.compile(r"^\s*(\w+)\s+\w+\s+PRIMARY KEY", re.M)
 _TABLE_KEY_RE: Final = re.compile(r"PRIMARY KEY \(([^)]*)\)")
 _INSERT_RE: Final = re.compile(r"^\s*INSERT OR (IGNORE|REPLACE) INTO (\w+)\s*\(([^)]*)\)(.*)$", re.S)
-_TYPES: Final = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "BLOB": "BYTEA", "TEXT": "TEXT"}
+#: Text compares and sorts by code point, as in SQLite (`ORDER BY`, run id prefixes).
+_TYPES: Final = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "BLOB": "BYTEA", "TEXT": 'TEXT COLLATE "C"'}
 _COLUMN_RE: Final = re.compile(r"^(\s+)(\w+)(\s+)(INTEGER|REAL|BLOB|TEXT)\b", re.M)
 #: Column names PostgreSQL reserves: quoted wherever the schema names them.
 RESERVED: Final = frozenset({"user"})
@@ -108,6 +109,8 @@ class PostgresDialect(Dialect):
     def sql(self, statement: str) -> str:
         translated = self._translated.get(statement)
         if translated is None:
+            if len(self._translated) > 10_000:  # queries' SQL varies with their filters
+                self._translated.clear()
             translated = self._translated[statement] = self._translate(statement)
         return translated
 

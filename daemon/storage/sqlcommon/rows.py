@@ -13,6 +13,7 @@ import msgspec
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Query
 
+from ..readmodel import DEFAULT_SEARCH, MAX_SEARCH
 from .dialect import Connection
 from .runref import resolve_id
 from .schema import NO_EPOCH
@@ -169,6 +170,33 @@ def page(q: Query, default: int, most: int) -> tuple[int, int]:
     if offset < 0:
         raise errors.BadQuery("offset: expected 0 or more", q.ref)
     return limit, offset
+
+
+def search_page(q: Query) -> tuple[int, int]:
+    """The (limit, offset) of a `search`, its text checked (the same on every backend)."""
+    if q.text is None or not q.text.strip():
+        raise errors.BadQuery("text: required for q 'search'", q.ref)
+    if len(q.text) > 10_000:
+        raise errors.BadQuery("text: longer than 10000 characters", q.ref)
+    return page(q, DEFAULT_SEARCH, MAX_SEARCH)
+
+
+def search_row(
+    doc: int, kind: str, run: str, run_name: str | None, title: str, snippet: str, score: float
+) -> dict[str, Any]:
+    """A `search` hit: what matched (`seq` for an item or artifact), a snippet, a score
+    (higher is better)."""
+    row: dict[str, Any] = {
+        "kind": kind,
+        "run": run,
+        "run_name": run_name,
+        "title": title,
+        "snippet": snippet,
+        "score": score,
+    }
+    if kind != "run":
+        row["seq"] = doc
+    return row
 
 
 def marks(values: list[Any] | frozenset[Any]) -> str:
