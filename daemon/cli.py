@@ -33,9 +33,9 @@ def add_commands(sub: Any) -> None:
     s = sub.add_parser("serve", help="run the daemon" + needs)
     s.add_argument(
         "--db",
-        type=Path,
         default=None,
-        help="database path (default: $TRACKLOG_HOME/tracklog.db or ~/.local/share/tracklog/tracklog.db)",
+        help="database path or postgresql:// URL"
+        " (default: $TRACKLOG_HOME/tracklog.db or ~/.local/share/tracklog/tracklog.db)",
     )
     s.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     s.add_argument(
@@ -169,10 +169,13 @@ def _db(args: argparse.Namespace) -> Path | str:
     return db if db is not None else _default_db()
 
 
-def _serve_db(args: argparse.Namespace) -> Path:
-    """serve's --db (argparse makes it a Path: serve takes no URL), or the default path."""
-    db: Path | None = args.db
-    return db if db is not None else _default_db()
+def _serve_db(args: argparse.Namespace) -> Path | str:
+    """serve's --db: a path, or a URL (`postgresql://...`, `sqlite:///...`) kept as written
+    (a Path would fold its `//`); or the default path."""
+    db: str | None = args.db
+    if db is None:
+        return _default_db()
+    return db if "://" in db else Path(db)
 
 
 def _not_installed(command: str, exc: ImportError) -> int:

@@ -17,7 +17,7 @@ from tracklog.protocol import errors
 from . import logs
 from .dblock import DatabaseLocked
 from .server import Daemon, Settings
-from .storage import Durability, SqliteBackend, open_backend
+from .storage import Durability, MemoryBackend, open_backend
 from .storage.sqlcommon.schema import PROJECTION_TABLES
 
 Database = str | os.PathLike[str]
@@ -29,9 +29,8 @@ def serve(settings: Settings, log_level: str | None = None) -> int:
         settings = replace(settings, log_level=log_level)
     try:
         backend = open_backend(settings.db, settings.durability)
-        if not isinstance(backend, SqliteBackend):
-            # The queries still read SQLite files (until the read model moves into storage/).
-            raise errors.StorageError(f"{backend}: serve needs an SQLite database for now")
+        if isinstance(backend, MemoryBackend):  # the queries have no read model of it
+            raise errors.StorageError(f"{backend}: serve needs an SQLite or PostgreSQL database")
         daemon = Daemon(settings)
     except errors.TracklogError as exc:
         print(f"tracklog serve: {exc}", file=sys.stderr)

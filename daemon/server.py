@@ -72,7 +72,8 @@ def default_db_path() -> Path:
 
 @dataclass
 class Settings:
-    db: Path = field(default_factory=default_db_path)
+    #: A path, or a URL that `storage.open_backend` takes (`postgresql://...`).
+    db: Path | str = field(default_factory=default_db_path)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     durability: Durability = "normal"

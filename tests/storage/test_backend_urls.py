@@ -40,9 +40,16 @@ def test_a_postgresql_url_shows_no_password_and_takes_tracklog_settings() -> Non
         open_backend("postgresql://h/db?pool_size=none")
 
 
-def test_a_postgresql_read_model_is_refused_as_not_built_yet() -> None:
-    with pytest.raises(errors.StorageError, match="not built yet"):
-        open_read_model("postgresql://localhost/tracklog")
+def test_a_postgresql_url_opens_the_postgresql_read_model(pg_url: str) -> None:
+    from tracklog.daemon.storage.postgres.readmodel import PgReadModel
+
+    model = open_read_model(pg_url)
+    try:
+        assert isinstance(model, PgReadModel)
+    finally:
+        model.close()
+    with pytest.raises(errors.StorageError, match="cannot connect to postgresql://127.0.0.1:1/tracklog"):
+        open_read_model("postgresql://127.0.0.1:1/tracklog")
 
 
 def test_a_postgresql_log_opened_through_the_factory_exists_once_made(pg_url: str) -> None:
@@ -87,7 +94,7 @@ def test_offline_commands_take_an_sqlite_url(tmp_path: Path, capsys: pytest.Capt
     assert "cannot connect to postgresql://nowhere.invalid/db" in capsys.readouterr().err
 
 
-def test_serve_refuses_the_memory_backend_until_reads_move_behind_storage(
+def test_serve_refuses_the_memory_backend_which_queries_cannot_read(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tracklog.daemon import commands
@@ -95,4 +102,4 @@ def test_serve_refuses_the_memory_backend_until_reads_move_behind_storage(
 
     monkeypatch.setattr(commands.logs, "configure", lambda level: None)  # leave logging as the tests set it
     assert commands.serve(Settings(db=Path("memory:")), "error") == 2
-    assert "serve needs an SQLite database for now" in capsys.readouterr().err
+    assert "serve needs an SQLite or PostgreSQL database" in capsys.readouterr().err
