@@ -48,7 +48,7 @@ def test_a_postgresql_url_opens_the_postgresql_read_model(pg_url: str) -> None:
         assert isinstance(model, PgReadModel)
     finally:
         model.close()
-    with pytest.raises(errors.StorageError, match="cannot connect to postgresql://127.0.0.1:1/tracklog"):
+    with pytest.raises(errors.StorageError, match=r"cannot connect to postgresql://127\.0\.0\.1:1/tracklog"):
         open_read_model("postgresql://127.0.0.1:1/tracklog")
 
 

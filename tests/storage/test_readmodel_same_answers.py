@@ -353,7 +353,20 @@ def test_cache_expiry_is_the_same_at_every_moment(models: tuple[ReadModel, ReadM
 
 
 @pytest.mark.parametrize(
-    "text", ["fox", "brown fox", "fo*", "doc", "translate", "m.pt", "nothing-like-this", "RIVER"]
+    "text",
+    [
+        "fox",
+        "brown fox",
+        "fo*",
+        "a*",
+        "jump*",
+        "doc",
+        "doc-1",
+        "translate",
+        "m.pt",
+        "nothing-like-this",
+        "RIVER",
+    ],
 )
 def test_search_finds_the_same_hits(models: tuple[ReadModel, ReadModel], text: str) -> None:
     """The same documents match; scores and snippets are each database's own (bm25 and

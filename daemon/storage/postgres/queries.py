@@ -1,9 +1,11 @@
 """The questions PostgreSQL answers its own way: full-text search, `sql` and `schema`.
 
-- `search` matches `to_tsvector('english', title || ' ' || body)` of `search_docs`, the
-  expression of the GIN index the schema makes (dialect.PostgresDialect.SEARCH_DDL); each
-  word of the text must match (as a phrase of its tokens; `word*` as a prefix), hits are
-  ranked by `ts_rank` and carry a `ts_headline` snippet with the matches in [brackets].
+- `search` matches the documents of `search_docs` as the GIN index the schema makes reads
+  them (dialect.PostgresDialect.SEARCH_DOCUMENT: English stems, punctuation between
+  words, as FTS5 splits them); each word of the text must match (as a phrase of its
+  tokens; `word*` as a prefix of a stored lexeme, not stemmed, as FTS5 matches prefixes),
+  hits are ranked by `ts_rank` and carry a `ts_headline` snippet with the matches in
+  [brackets]. Unlike FTS5, English stopwords ("the", "a") match nothing on their own.
 - `sql` runs one statement for people under the rules SQLite's authorizer enforces there
   (read only, nothing but the database): inside the question's READ ONLY transaction, as a
   server-side cursor (DECLARE takes a query and nothing else: no SET, RESET, COPY or
@@ -27,6 +29,7 @@ from tracklog.protocol import errors
 from tracklog.protocol.limits import MAX_QUERY_LIMIT
 from tracklog.protocol.messages import Query
 
+from ..sqlcommon.dialect import POSTGRES
 from ..sqlcommon.rows import search_page, search_row
 from ..sqlite.sql import DEFAULT_SQL_ROWS, SQL_ANSWER_BYTES, SQL_TIME_LIMIT
 from .connect import PgConnection, PgSettings, connect
@@ -35,8 +38,10 @@ from .connect import PgConnection, PgSettings, connect
 READER_ROLE: Final = "tracklog_reader"
 #: The advisory lock (transaction level) serialising the reader role's grants in one database.
 READER_LOCK: Final = 0x7472616B6C6F6772  # "traklogr"
-#: What `search` matches: the GIN index's expression over search_docs.
-_DOCUMENT: Final = "to_tsvector('english', d.title || ' ' || d.body)"
+#: What `search` matches: the GIN index's expression over search_docs (`d`).
+_DOCUMENT: Final = POSTGRES.SEARCH_DOCUMENT
+#: A word of the search text as the documents are read: punctuation as spaces.
+_WORD: Final = "regexp_replace(?, '[[:punct:]]+', ' ', 'g')"
 _HEADLINE_OPTIONS: Final = (
     "StartSel=[, StopSel=], MaxFragments=1, MaxWords=12, MinWords=3, FragmentDelimiter=..."
 )
@@ -55,7 +60,9 @@ def ts_query(text: str) -> tuple[str, list[str]]:
         if not word:
             continue
         terms.append(
-            "to_tsquery('english', quote_literal(?) || ':*')" if prefix else "phraseto_tsquery('english', ?)"
+            f"to_tsquery('simple', quote_literal({_WORD}) || ':*')"
+            if prefix
+            else f"phraseto_tsquery('english', {_WORD})"
         )
         params.append(word)
     return " && ".join(terms), params

@@ -96,10 +96,14 @@ class PostgresDialect(Dialect):
 
     name = "postgresql"
     fts5 = False
-    #: The full-text index: `search` queries match `to_tsvector('english', title || ' ' || body)`.
+    #: What `search` matches: a document's title and body, punctuation read as spaces (as
+    #: FTS5's unicode61 splits `/ckpt/beta-final.pt` into words, where PostgreSQL's parser
+    #: would keep one path token). The GIN index is over this expression.
+    SEARCH_DOCUMENT: Final = (
+        "to_tsvector('english', regexp_replace(title || ' ' || body, '[[:punct:]]+', ' ', 'g'))"
+    )
     SEARCH_DDL: Final = (
-        "CREATE INDEX IF NOT EXISTS search_docs_text ON search_docs"
-        " USING GIN (to_tsvector('english', title || ' ' || body))"
+        f"CREATE INDEX IF NOT EXISTS search_docs_text ON search_docs USING GIN ({SEARCH_DOCUMENT})"
     )
 
     def __init__(self) -> None:
