@@ -9,7 +9,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from tests.conftest import Client, DaemonProcess, open_client
+from tests.conftest import Client, DaemonProcess, on_every_backend, open_client
 
 
 def metric(i: int, run: str = "r1") -> dict[str, Any]:
@@ -48,6 +48,7 @@ async def subscribe(client: Client, **args: Any) -> dict[str, Any]:
     return await client.request({"op": "subscribe", **args})
 
 
+@on_every_backend
 async def test_a_subscriber_from_zero_gets_the_whole_log_then_live_then_new_events(client: Client, daemon: DaemonProcess) -> None:
     await client.append([metric(i) for i in range(5)])
     watcher, _ = await open_client(daemon.url)
@@ -62,6 +63,7 @@ async def test_a_subscriber_from_zero_gets_the_whole_log_then_live_then_new_even
     assert more[0]["data"] == {"values": {"loss": 1 / 6}, "step": 5}
 
 
+@on_every_backend
 async def test_a_subscriber_without_from_seq_gets_only_what_is_committed_after(client: Client, daemon: DaemonProcess) -> None:
     await client.append([metric(i) for i in range(3)])
     watcher, _ = await open_client(daemon.url)
@@ -73,6 +75,7 @@ async def test_a_subscriber_without_from_seq_gets_only_what_is_committed_after(c
     assert [e["seq"] for e in events] == [4]
 
 
+@on_every_backend
 async def test_every_event_arrives_exactly_once_in_order_while_writers_append_during_catch_up(daemon: DaemonProcess) -> None:
     writers = [(await open_client(daemon.url))[0] for _ in range(3)]
     await writers[0].append([metric(i, "w0") for i in range(2000)])
@@ -92,6 +95,7 @@ async def test_every_event_arrives_exactly_once_in_order_while_writers_append_du
     assert lives, "the switch to live delivery is marked"
 
 
+@on_every_backend
 async def test_filters_select_by_run_type_and_pipeline(client: Client, daemon: DaemonProcess) -> None:
     await client.append(
         [
@@ -112,6 +116,7 @@ async def test_filters_select_by_run_type_and_pipeline(client: Client, daemon: D
     assert [(e["run"], e["type"]) for e in pipeline_events] == [("b", "metrics"), ("b", "item")]
 
 
+@on_every_backend
 async def test_unsubscribe_ends_delivery_and_an_unknown_sub_is_not_found(client: Client, daemon: DaemonProcess) -> None:
     watcher, _ = await open_client(daemon.url)
     keep = await subscribe(watcher)
@@ -128,6 +133,7 @@ async def test_unsubscribe_ends_delivery_and_an_unknown_sub_is_not_found(client:
         assert msg.get("sub") != drop["sub"] or msg["op"] == "live"
 
 
+@on_every_backend
 async def test_a_stalled_subscriber_never_slows_ingest_and_later_gets_everything_once(daemon: DaemonProcess) -> None:
     writer, _ = await open_client(daemon.url)
     # A subscriber that stops reading: its socket buffers fill, the daemon's send waits,
@@ -148,6 +154,7 @@ async def test_a_stalled_subscriber_never_slows_ingest_and_later_gets_everything
         assert [e["seq"] for e in events] == list(range(1, total + 1))
 
 
+@on_every_backend
 async def test_several_subscriptions_on_one_connection_each_get_their_own_stream(client: Client, daemon: DaemonProcess) -> None:
     watcher, _ = await open_client(daemon.url)
     subs = [await subscribe(watcher, from_seq=0) for _ in range(3)]
