@@ -158,7 +158,7 @@ def query_sql(conn: PgConnection, q: Query) -> tuple[list[Any], int | None]:
         budget = SQL_ANSWER_BYTES
         more = False
         with raw.cursor(name="tracklog_sql") as cursor:
-            cursor.execute(q.sql.strip().removesuffix(";"))  # type: ignore[arg-type]  # people's SQL
+            cursor.execute(q.sql.strip().removesuffix(";"))
             columns = [d.name for d in cursor.description or []]
             while not more:
                 batch = cursor.fetchmany(_SQL_BATCH)

@@ -101,6 +101,7 @@ class SqliteReadModel(SqlReadModel):
     """The read model on one read-only SQLite connection (WAL: readers never wait on the writer)."""
 
     dialect = SQLITE
+    conn: sqlite3.Connection
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
