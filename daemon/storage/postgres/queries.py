@@ -30,7 +30,7 @@ from tracklog.protocol.limits import MAX_QUERY_LIMIT
 from tracklog.protocol.messages import Query
 
 from ..sqlcommon.dialect import POSTGRES
-from ..sqlcommon.rows import search_page, search_row
+from ..sqlcommon.rows import search_page, search_row, search_words
 from ..sqlite.sql import DEFAULT_SQL_ROWS, SQL_ANSWER_BYTES, SQL_TIME_LIMIT
 from .connect import PgConnection, PgSettings, connect
 
@@ -52,20 +52,14 @@ _SQL_BATCH: Final = 200
 def ts_query(text: str) -> tuple[str, list[str]]:
     """The words of text as a tsquery expression (all must match; `word*` is a prefix) and
     its parameters. Every word is a bound value, so no input is a syntax error."""
-    terms: list[str] = []
-    params: list[str] = []
-    for word in text.split():
-        prefix = word.endswith("*")
-        word = word.rstrip("*")
-        if not word:
-            continue
-        terms.append(
-            f"to_tsquery('simple', quote_literal({_WORD}) || ':*')"
-            if prefix
-            else f"phraseto_tsquery('english', {_WORD})"
-        )
-        params.append(word)
-    return " && ".join(terms), params
+    words = search_words(text)
+    terms = [
+        f"to_tsquery('simple', quote_literal({_WORD}) || ':*')"
+        if prefix
+        else f"phraseto_tsquery('english', {_WORD})"
+        for _, prefix in words
+    ]
+    return " && ".join(terms), [word for word, _ in words]
 
 
 def query_search(conn: PgConnection, q: Query) -> tuple[list[Any], int | None]:

@@ -45,19 +45,26 @@ class Compiled:
     where_params: list[Any] = field(default_factory=list)
     order: str = "r.created_seq, r.run"
     order_params: list[Any] = field(default_factory=list)
-    _metric_alias: dict[str, str] = field(default_factory=dict)
+    #: The alias of each join made, by what it joins (`m:loss`, `c:lr`): each is made once.
+    _aliases: dict[str, str] = field(default_factory=dict)
+
+    def joined(self, key: str, join: str, params: list[Any]) -> str:
+        """The alias of the join `key` names, made now if it is the first use: `join` is its
+        SQL with `{alias}` in place of the alias, `params` its parameters."""
+        alias = self._aliases.get(key)
+        if alias is None:
+            alias = self._aliases[key] = f"{key[0]}{len(self._aliases)}"
+            self.joins.append(join.format(alias=alias))
+            self.join_params.extend(params)
+        return alias
 
     def metric(self, name: str) -> str:
         """The alias of the metric_summaries row of metric `name` (joined once per name)."""
-        alias = self._metric_alias.get(name)
-        if alias is None:
-            alias = f"m{len(self._metric_alias)}"
-            self._metric_alias[name] = alias
-            self.joins.append(
-                f"LEFT JOIN metric_summaries {alias} ON {alias}.run = r.run AND {alias}.name = ?"
-            )
-            self.join_params.append(name)
-        return alias
+        return self.joined(
+            f"m:{name}",
+            "LEFT JOIN metric_summaries {alias} ON {alias}.run = r.run AND {alias}.name = ?",
+            [name],
+        )
 
     @property
     def from_sql(self) -> str:
@@ -178,23 +185,16 @@ class PostgresCompiled(Compiled):
     SQLite's is; a metric's NaN is NULL, as SQLite stores it.
     """
 
-    _config_alias: dict[str, str] = field(default_factory=dict)
-
     def config(self, key: str) -> str:
         """The alias of the LATERAL row of config key `key` (joined once per key)."""
-        alias = self._config_alias.get(key)
-        if alias is None:
-            alias = f"c{len(self._config_alias)}"
-            self._config_alias[key] = alias
-            path = "r.config::jsonb #> ?::text[]"
-            if "." in key:
-                # `config.a.b`: the key "a.b" if there is one, else b inside a.
-                path = f"COALESCE({path}, {path})"
-                self.join_params.extend([[key], key.split(".")])
-            else:
-                self.join_params.append([key])
-            self.joins.append(f"LEFT JOIN LATERAL ({_CONFIG_VALUE.format(path=path)}) AS {alias} ON TRUE")
-        return alias
+        path = "r.config::jsonb #> ?::text[]"
+        params: list[Any] = [[key]]
+        if "." in key:
+            # `config.a.b`: the key "a.b" if there is one, else b inside a.
+            path = f"COALESCE({path}, {path})"
+            params.append(key.split("."))
+        value = _CONFIG_VALUE.format(path=path).replace("{", "{{").replace("}", "}}")
+        return self.joined(f"c:{key}", f"LEFT JOIN LATERAL ({value}) AS {{alias}} ON TRUE", params)
 
     def column(self, ref: FieldRef) -> tuple[str, bool]:
         """The SQL of a metric or run field, and whether it holds numbers."""

@@ -181,6 +181,12 @@ def search_page(q: Query) -> tuple[int, int]:
     return page(q, DEFAULT_SEARCH, MAX_SEARCH)
 
 
+def search_words(text: str) -> list[tuple[str, bool]]:
+    """The words of a search text, each with whether it is a prefix (`word*`); a lone `*` is no word."""
+    words = [(word.rstrip("*"), word.endswith("*")) for word in text.split()]
+    return [(word, prefix) for word, prefix in words if word]
+
+
 def search_row(
     doc: int, kind: str, run: str, run_name: str | None, title: str, snippet: str, score: float
 ) -> dict[str, Any]:

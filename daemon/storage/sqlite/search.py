@@ -7,7 +7,7 @@ from typing import Any
 
 from tracklog.protocol.messages import Query
 
-from ..sqlcommon.rows import search_page, search_row
+from ..sqlcommon.rows import search_page, search_row, search_words
 
 
 def fts_query(text: str) -> str:
@@ -16,14 +16,9 @@ def fts_query(text: str) -> str:
     Quoting every word means FTS5 operators and punctuation in the text are plain words,
     so no input is a syntax error.
     """
-    terms: list[str] = []
-    for word in text.split():
-        prefix = word.endswith("*")
-        word = word.rstrip("*")
-        if not word:
-            continue
-        terms.append('"' + word.replace('"', '""') + '"' + ("*" if prefix else ""))
-    return " ".join(terms)
+    return " ".join(
+        '"' + word.replace('"', '""') + '"' + ("*" if prefix else "") for word, prefix in search_words(text)
+    )
 
 
 def query_search(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
