@@ -52,6 +52,11 @@ class ReadModel(ABC):
     def close(self) -> None:
         """Release the connection or whatever else the model holds."""
 
+    def database_bytes(self) -> int | None:
+        """The database's size for `/metrics`, where only the database can tell it (None: the
+        daemon measures the file itself, without a query)."""
+        return None
+
     # -- the questions of the protocol (q names) -----------------------------------------
 
     @abstractmethod

@@ -34,6 +34,7 @@ from . import queries
 from .connect import PgConnection, PgSettings, connect, redact
 
 _T = TypeVar("_T")
+_DATABASE_SIZE = "pg_database_size(current_database())"
 
 
 class _NumberLoader(adapt.Loader):
@@ -162,10 +163,13 @@ class PgReadModel(SqlReadModel):
     def schema(self, q: Query) -> Rows:
         return self._call(queries.query_schema, q, what=q.q)
 
+    def database_bytes(self) -> int | None:
+        """pg_database_size of this database."""
+        size: int = self._call(lambda conn: conn.execute(f"SELECT {_DATABASE_SIZE}").fetchone()[0])
+        return size
+
     def sizes(self, conn: Connection, head: int) -> dict[str, Any]:
         """The database's size and the log's (table and indexes); the WAL is the server's, not
         one database's, so `wal_bytes` is 0."""
-        database, log = conn.execute(
-            "SELECT pg_database_size(current_database()), pg_total_relation_size('events')"
-        ).fetchone()
+        database, log = conn.execute(f"SELECT {_DATABASE_SIZE}, pg_total_relation_size('events')").fetchone()
         return {"database_bytes": database, "wal_bytes": 0, "log_bytes": log, "log_bytes_exact": True}
