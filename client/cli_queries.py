@@ -416,13 +416,23 @@ def _mark(args: argparse.Namespace, out: TextIO, deleted: bool) -> int:
 OFFLINE_GROUP: Final = "tracklog.offline"
 
 
-def offline_reads() -> Any:
-    """The daemon's offline reader of database files (`offline_sql`, `offline_schema`),
-    found through its entry point so this client never imports the daemon itself."""
-    found = entry_points(group=OFFLINE_GROUP, name="sqlite")
+def offline_reads(db: Path | str) -> Any:
+    """The daemon's offline reader of the database `db` (`offline_sql`, `offline_schema`):
+    of a file, or of a `postgresql://` URL; found through its entry point so this client
+    never imports the daemon itself."""
+    found = entry_points(group=OFFLINE_GROUP, name="postgresql" if _is_url(db) else "sqlite")
     if not found:
         raise FileNotFoundError("--db needs the daemon installed (pip install 'tracklog[daemon]')")
     return next(iter(found)).load()
+
+
+def _is_url(db: Path | str) -> bool:
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
+def _path_or_url(text: str) -> Path | str:
+    """A `--db` value: a PostgreSQL URL as written (a Path would fold its `//`), else a path."""
+    return text if _is_url(text) else Path(text)
 
 
 def _read_sql(args: argparse.Namespace, statement: str, limit: int) -> tuple[list[str], list[Any], bool]:
@@ -431,7 +441,7 @@ def _read_sql(args: argparse.Namespace, statement: str, limit: int) -> tuple[lis
     if args.db is None:
         [answer] = _client(args).query("sql", sql=statement, limit=limit)
         return answer["columns"], answer["rows"], answer["more"]
-    columns, rows, more = offline_reads().offline_sql(args.db, statement, limit)
+    columns, rows, more = offline_reads(args.db).offline_sql(args.db, statement, limit)
     return columns, rows, more
 
 
@@ -440,7 +450,7 @@ def _read_schema(args: argparse.Namespace) -> dict[str, Any]:
     if args.db is None:
         [schema] = _client(args).query("schema")
         return dict(schema)
-    return dict(offline_reads().offline_schema(args.db))
+    return dict(offline_reads(args.db).offline_schema(args.db))
 
 
 def cmd_sql(args: argparse.Namespace, out: TextIO) -> int:
@@ -589,9 +599,10 @@ def add_parsers(sub: Any) -> None:
         p = remote(name, help_text)
         p.add_argument(
             "--db",
-            type=Path,
+            type=_path_or_url,
             default=None,
-            help="read this database file itself instead of asking the daemon (offline; read-only)",
+            help="read this database file (or postgresql:// URL) itself instead of asking the daemon"
+            " (offline; read-only)",
         )
         if name == "sql":
             p.add_argument("statement")

@@ -33,6 +33,7 @@ from tracklog.protocol.messages import Append, Query
 from .exports import EXPORT_TYPES, EXPORTERS, export
 from .filter_grammar import parse_run_query
 from .prometheus import PROMETHEUS_TYPE, prometheus_text
+from .storage import is_postgres_url
 from .storage.readmodel import MAX_ITEMS, MAX_RUNS, open_read_model
 from .webconsole import console_response, is_console_path
 
@@ -385,7 +386,10 @@ class HttpApi:
         )
 
     async def _prometheus(self, _args: dict[str, str], _params: Params) -> Answer:
-        return _response(HTTPStatus.OK, prometheus_text(self.daemon).encode(), PROMETHEUS_TYPE)
+        size = None
+        if is_postgres_url(self.daemon.settings.db):  # SQLite's file is measured without a reader
+            size = await self.daemon.readers.call(lambda model: model.database_bytes())
+        return _response(HTTPStatus.OK, prometheus_text(self.daemon, size).encode(), PROMETHEUS_TYPE)
 
     async def _stats(self, _args: dict[str, str], _params: Params) -> Answer:
         result = await self.daemon.readers.query(Query(q="stats"))

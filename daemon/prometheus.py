@@ -14,14 +14,18 @@ from typing import Any, Final
 PROMETHEUS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def prometheus_text(daemon: Any) -> str:
-    """The Prometheus text exposition of the daemon's counters and gauges (`GET /metrics`)."""
+def prometheus_text(daemon: Any, size: int | None = None) -> str:
+    """The Prometheus text exposition of the daemon's counters and gauges (`GET /metrics`);
+    `size` is the database's where the read model measured it (PostgreSQL), else the
+    file's is read here."""
     stats = daemon.writer.stats
     hub = getattr(daemon, "hub", None)
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, value: float) -> None:
-        lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value:g}"])
+        # Whole numbers whole (`:g` would print 8330600 as 8.33060e+06), others exactly.
+        shown = str(value) if isinstance(value, int) else repr(float(value))
+        lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {shown}"])
 
     metric("tracklog_events_appended_total", "counter", "Events committed to the log.", stats.events)
     metric("tracklog_appends_total", "counter", "Append messages committed.", stats.appends)
@@ -76,8 +80,8 @@ def prometheus_text(daemon: Any) -> str:
     metric(
         "tracklog_database_bytes",
         "gauge",
-        "Size of the database file and its WAL.",
-        database_bytes(str(daemon.settings.db)),
+        "Size of the database (an SQLite file and its WAL).",
+        database_bytes(str(daemon.settings.db)) if size is None else size,
     )
     return "\n".join(lines) + "\n"
 

@@ -44,9 +44,9 @@ from .http import HttpApi, HttpConnection, StreamedResponse, method_not_allowed
 from .hub import Filter, Hub, Subscription
 from .liveness import RUNNING, lost_event
 from .notify import Notifier
-from .queries import Readers
+from .queries import READERS, Readers
 from .service import Supervisor, load_reloadable
-from .storage import Durability, is_postgres_url, open_backend
+from .storage import Durability, PgBackend, is_postgres_url, open_backend
 from .storage.eventlog import AppendResult, CheckResult
 from .storage.readmodel import open_read_model
 from .webconsole import console_token
@@ -142,9 +142,14 @@ class Daemon:
         settings = self._with_reloaded(settings)
         self.settings = settings
         self.codec = Codec()
-        self.writer = Writer(open_backend(settings.db, settings.durability), self.codec)
+        backend = open_backend(settings.db, settings.durability)
+        self.writer = Writer(backend, self.codec)
+        #: The database as logs name it (a URL without its password).
+        self.db_name = str(backend)
         db_url = str(settings.db)
-        self.readers = Readers(lambda: open_read_model(db_url))
+        # On PostgreSQL, `pool_size` (a URL setting) is how many reader connections to keep.
+        readers = backend.settings.pool_size if isinstance(backend, PgBackend) else READERS
+        self.readers = Readers(lambda: open_read_model(db_url), readers)
         self.http = HttpApi(self)
         self.started_at = time.time()
         self.port = settings.port
@@ -237,7 +242,7 @@ class Daemon:
             "listening",
             host=self.settings.host,
             port=self.port,
-            db=str(self.settings.db),
+            db=self.db_name,
             head=self.writer.head,
         )
 

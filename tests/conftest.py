@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 class DaemonProcess:
     """`python -m tracklog serve` in a subprocess; knows its port from its own log line."""
 
-    def __init__(self, db: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, db: Path | str, *extra: str, env: dict[str, str] | None = None) -> None:
         self.db = db
         self.extra = extra
         #: Variables added to the daemon's environment (NOTIFY_SOCKET, say).
@@ -126,9 +126,29 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "tracklog.db"
 
 
+#: The databases a daemon can serve; a test marked `on_every_backend` runs on each.
+BACKENDS = ["sqlite", "postgresql"]
+
+
 @pytest.fixture
-def daemon(db_path: Path) -> Iterator[DaemonProcess]:
-    proc = DaemonProcess(db_path).start()
+def backend_db(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
+    """What the `daemon` fixture serves: db_path (SQLite), or under `on_every_backend`'s
+    "postgresql" a database of the test's own on the session's PostgreSQL server."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return db_path
+    server = request.getfixturevalue("pg_server")
+    url: str = server.create_database()
+    request.addfinalizer(lambda: server.drop_database(url))
+    return url
+
+
+#: Runs a test (of the `daemon` or `client` fixtures) against SQLite and against PostgreSQL.
+on_every_backend = pytest.mark.parametrize("backend_db", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def daemon(backend_db: Path | str) -> Iterator[DaemonProcess]:
+    proc = DaemonProcess(backend_db).start()
     try:
         yield proc
     finally:

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Final, TypeAlias
 
-from tracklog.protocol import errors
 from tracklog.protocol.messages import Query, StoredEvent
 
 #: Pages of the questions that page: the default size and the most one page may hold.
@@ -52,6 +51,11 @@ class ReadModel(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the connection or whatever else the model holds."""
+
+    def database_bytes(self) -> int | None:
+        """The database's size for `/metrics`, where only the database can tell it (None: the
+        daemon measures the file itself, without a query)."""
+        return None
 
     # -- the questions of the protocol (q names) -----------------------------------------
 
@@ -158,20 +162,18 @@ class ReadModel(ABC):
 
 
 def open_read_model(url: str, *, scan: bool = False) -> ReadModel:
-    """A read model on the store at `url`: an SQLite file path or a `sqlite:///` URL
-    (`postgresql://` is refused with StorageError until its read model is built).
+    """A read model on the store at `url`: an SQLite file path or a `sqlite:///` URL, or a
+    `postgresql://` (`postgres://`) URL.
 
-    With `scan`, the model is set up to read once, front to back (an export): a small
-    page cache, since a large one would only hold memory.
+    With `scan`, the model is set up to read once, front to back (an export): on SQLite a
+    small page cache, since a large one would only hold memory.
     """
     from . import is_postgres_url
 
     if is_postgres_url(url):
-        from .postgres.connect import redact
+        from .postgres.readmodel import PgReadModel
 
-        raise errors.StorageError(
-            f"{redact(url)}: queries on PostgreSQL are not built yet (the PostgreSQL read model)"
-        )
+        return PgReadModel.open(url)
     from .sqlite.readmodel import SqliteReadModel, sqlite_path
 
     return SqliteReadModel.open(sqlite_path(url), scan=scan)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from tracklog.daemon.storage.sqlite.connect import ddl_statements
 from tracklog.daemon.storage.sqlcommon.schema import PROJECTION_DDL, PROJECTION_TABLES
+from tracklog.daemon.storage.sqlite.connect import ddl_statements
 
 
 def test_a_semicolon_inside_a_comment_does_not_cut_a_statement() -> None:

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from tracklog.daemon import commands
 from tracklog.daemon.series import extremes_index
-from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
-from tracklog.daemon.storage.sqlite.metrics import downsample_from_tiers, query_metrics, read_series
+from tracklog.daemon.storage.sqlcommon.metrics import downsample_from_tiers, query_metrics, read_series
 from tracklog.daemon.storage.sqlcommon.schema import CHUNK_POINTS
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.protocol import errors
 from tracklog.protocol.events import Metrics, MetricsData
 from tracklog.protocol.messages import Append, Query

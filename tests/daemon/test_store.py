@@ -18,15 +18,15 @@ import pytest
 from tracklog.daemon import commands
 from tracklog.daemon.queries import answer
 from tracklog.daemon.storage.eventlog import AppendResult
-from tracklog.daemon.storage.sqlite.connect import connect
-from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog, read_events
-from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
 from tracklog.daemon.storage.sqlcommon.schema import (
     CHUNK_POINTS,
     NO_EPOCH,
     PROJECTION_TABLES,
     PROJECTION_VERSION,
 )
+from tracklog.daemon.storage.sqlite.connect import connect
+from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog, read_events
+from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel
 from tracklog.daemon.storage.sqlite.verify import compare_tables, iter_table
 from tracklog.protocol import errors
 from tracklog.protocol import events as ev

@@ -180,3 +180,21 @@ async def test_cli_schema_through_the_daemon_matches_the_file(
 def test_cli_sql_on_a_missing_file_says_so(tmp_path: Path) -> None:
     missing = tracklog_cli("sql", "--db", str(tmp_path / "absent.db"), "SELECT 1")
     assert missing.returncode == 2 and "no database" in missing.stderr
+
+
+@pytest.mark.parametrize("backend_db", ["postgresql"], indirect=True)
+async def test_cli_sql_and_schema_read_a_postgresql_database_offline(
+    daemon: DaemonProcess, client: Client, backend_db: str
+) -> None:
+    await some_runs(client)
+    ok = tracklog_cli("sql", "--db", backend_db, "SELECT run, name FROM runs ORDER BY run", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == [{"run": "a", "name": "alpha"}, {"run": "b", "name": "beta"}]
+    for statement in ("DELETE FROM runs", "SELECT pg_read_file('/etc/passwd')", "SELECT 1; DELETE FROM runs"):
+        refused = tracklog_cli("sql", "--db", backend_db, statement)
+        assert refused.returncode == 1 and refused.stderr.startswith("tracklog sql: sql: "), statement
+    tables = json.loads(tracklog_cli("schema", "--db", backend_db).stdout)
+    assert {"name": "run", "type": "TEXT", "notnull": True, "pk": 1} in tables["runs"]
+    assert json.loads(tracklog_cli("schema", "--url", daemon.url).stdout) == tables
+    unreachable = tracklog_cli("sql", "--db", "postgresql://127.0.0.1:1/none", "SELECT 1")
+    assert unreachable.returncode == 1 and "cannot connect" in unreachable.stderr

@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import Client, DaemonProcess, open_client
+from tests.conftest import Client, DaemonProcess, on_every_backend, open_client
 
 
 def metric(i: int, run: str = "r1", **extra: Any) -> dict[str, Any]:
@@ -38,6 +38,7 @@ def tracklog(*args: str) -> subprocess.CompletedProcess[str]:
 # -- handshake ---------------------------------------------------------------------
 
 
+@on_every_backend
 async def test_welcome_names_the_protocol_and_the_head(daemon: DaemonProcess) -> None:
     client, welcome = await open_client(daemon.url)
     assert welcome == {"op": "welcome", "protocol": 1, "server": welcome["server"], "head": 0}
@@ -45,6 +46,7 @@ async def test_welcome_names_the_protocol_and_the_head(daemon: DaemonProcess) ->
     await client.ws.close()
 
 
+@on_every_backend
 async def test_a_first_message_other_than_hello_gets_hello_required_and_a_close(
     daemon: DaemonProcess,
 ) -> None:
@@ -57,6 +59,7 @@ async def test_a_first_message_other_than_hello_gets_hello_required_and_a_close(
         assert ws.close_code == 1008
 
 
+@on_every_backend
 async def test_a_messagepack_hello_gets_messagepack_replies(daemon: DaemonProcess) -> None:
     client, welcome = await open_client(daemon.url, binary=True)
     assert welcome["op"] == "welcome"
@@ -72,6 +75,7 @@ async def test_a_messagepack_hello_gets_messagepack_replies(daemon: DaemonProces
 # -- append and ack ----------------------------------------------------------------
 
 
+@on_every_backend
 async def test_accepted_events_get_consecutive_seqs_in_append_order(client: Client) -> None:
     first = await client.append([metric(i) for i in range(5)])
     second = await client.append([metric(i) for i in range(5, 8)])
@@ -82,6 +86,7 @@ async def test_accepted_events_get_consecutive_seqs_in_append_order(client: Clie
     assert [r["id"] for r in rows] == [f"m-r1-{i}" for i in range(8)]
 
 
+@on_every_backend
 async def test_an_event_id_sent_again_is_not_appended_twice_and_the_ack_names_the_original_seq(
     daemon: DaemonProcess, client: Client
 ) -> None:
@@ -96,6 +101,7 @@ async def test_an_event_id_sent_again_is_not_appended_twice_and_the_ack_names_th
     assert run["metrics"]["loss"]["count"] == 3
 
 
+@on_every_backend
 async def test_a_bad_event_is_rejected_alone_with_its_index_and_the_rest_is_kept(client: Client) -> None:
     ack = await client.append(
         [
@@ -117,6 +123,7 @@ async def test_a_bad_event_is_rejected_alone_with_its_index_and_the_rest_is_kept
     assert rejected[4]["message"].startswith("item.status:")
 
 
+@on_every_backend
 async def test_an_append_of_only_bad_events_is_acked_with_nothing_accepted(client: Client) -> None:
     ack = await client.append([{"type": "metrics", "run": "r1", "data": {"values": {"loss": True}}}])
     assert ack["accepted"] == 0
@@ -124,6 +131,7 @@ async def test_an_append_of_only_bad_events_is_acked_with_nothing_accepted(clien
     assert ack["rejected"][0]["index"] == 0
 
 
+@on_every_backend
 async def test_an_append_over_ten_thousand_events_is_too_large_and_nothing_of_it_is_kept(
     client: Client,
 ) -> None:
@@ -133,6 +141,7 @@ async def test_an_append_over_ten_thousand_events_is_too_large_and_nothing_of_it
     assert (await client.append([metric(0)]))["accepted"] == 1
 
 
+@on_every_backend
 async def test_nan_and_infinities_travel_as_strings_in_json(client: Client) -> None:
     ack = await client.append(
         [
@@ -188,6 +197,7 @@ async def test_a_bad_message_gets_its_error_and_the_connection_stays_up(
     assert len((await client.query("events", from_seq=0))["rows"]) == 2
 
 
+@on_every_backend
 async def test_item_data_nested_deeper_than_the_limit_is_rejected_alone(client: Client) -> None:
     deep: Any = 1
     for _ in range(100):
@@ -198,6 +208,7 @@ async def test_item_data_nested_deeper_than_the_limit_is_rejected_alone(client: 
     assert ack["rejected"][0]["message"].startswith("item.data: nested deeper than")
 
 
+@on_every_backend
 async def test_names_too_long_or_with_control_characters_are_rejected_naming_the_field(
     client: Client,
 ) -> None:
@@ -220,12 +231,14 @@ async def test_names_too_long_or_with_control_characters_are_rejected_naming_the
     assert messages[4].startswith("id:")
 
 
+@on_every_backend
 async def test_an_unknown_query_is_bad_query_and_a_missing_run_is_not_found(client: Client) -> None:
     assert (await client.query("nonsense"))["code"] == "bad_query"
     reply = await client.query("run", run="nope")
     assert reply["code"] == "not_found" and "nope" in reply["message"]
 
 
+@on_every_backend
 async def test_a_frame_over_the_size_limit_closes_with_1009_and_acked_events_survive(
     daemon: DaemonProcess,
 ) -> None:
@@ -453,6 +466,7 @@ async def test_replay_writes_the_state_as_of_a_seq(
 # -- concurrency -------------------------------------------------------------------
 
 
+@on_every_backend
 async def test_concurrent_writers_get_gapless_seqs_and_never_see_database_is_locked(
     daemon: DaemonProcess,
 ) -> None:
@@ -475,6 +489,7 @@ async def test_concurrent_writers_get_gapless_seqs_and_never_see_database_is_loc
 # -- HTTP and security -------------------------------------------------------------
 
 
+@on_every_backend
 async def test_healthz_reports_the_head(daemon: DaemonProcess, client: Client) -> None:
     await client.append([metric(0), metric(1)])
     def get() -> bytes:
@@ -511,6 +526,7 @@ def test_serve_refuses_a_public_address_without_tokens(tmp_path: Path) -> None:
     assert "--insecure" in result.stderr
 
 
+@on_every_backend
 async def test_sigterm_drains_acks_and_exits_cleanly(daemon: DaemonProcess, client: Client) -> None:
     for k in range(10):
         await client.send({"op": "append", "ref": k, "events": [metric(k * 10 + i) for i in range(10)]})
@@ -519,6 +535,7 @@ async def test_sigterm_drains_acks_and_exits_cleanly(daemon: DaemonProcess, clie
     assert daemon.stop() == 0
 
 
+@on_every_backend
 async def test_a_client_that_never_reads_its_acks_does_not_hold_up_other_writers(
     daemon: DaemonProcess,
 ) -> None:
@@ -576,6 +593,7 @@ def subscription_seqs(client: Client) -> list[int]:
     return [e["seq"] for m in client.unclaimed if m.get("op") == "events" for e in m["events"]]
 
 
+@on_every_backend
 async def test_values_no_reader_could_take_back_are_rejected_and_every_reader_keeps_working(
     daemon: DaemonProcess,
 ) -> None:

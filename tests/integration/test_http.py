@@ -10,7 +10,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from tests.conftest import Client, DaemonProcess
+from tests.conftest import Client, DaemonProcess, on_every_backend
 
 
 def get(daemon: DaemonProcess, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -60,6 +60,7 @@ async def two_runs(client: Client) -> None:
     )
 
 
+@on_every_backend
 async def test_api_runs_takes_a_filter_simple_fields_a_date_and_a_page(
     daemon: DaemonProcess, client: Client
 ) -> None:
@@ -87,6 +88,7 @@ async def test_a_bad_parameter_is_400_with_a_json_error(daemon: DaemonProcess) -
         assert body["error"] == "bad_query" and words in body["message"], (path, body)
 
 
+@on_every_backend
 async def test_a_run_its_metrics_and_items_and_a_404_for_an_unknown_run(
     daemon: DaemonProcess, client: Client
 ) -> None:
@@ -112,6 +114,7 @@ async def test_a_run_its_metrics_and_items_and_a_404_for_an_unknown_run(
         assert status == 404 and body["error"] == "not_found", path
 
 
+@on_every_backend
 async def test_exports_are_downloads_in_each_format(daemon: DaemonProcess, client: Client) -> None:
     await two_runs(client)
     status, headers, body = get(daemon, "/api/runs/a/export/json")
@@ -157,6 +160,7 @@ async def test_an_unknown_export_format_is_400_naming_the_supported_ones(
     assert status == 400 and "json, jsonl, csv, xml" in body["message"]
 
 
+@on_every_backend
 async def test_api_stats_and_prometheus_metrics(daemon: DaemonProcess, client: Client) -> None:
     await two_runs(client)
     status, body = get_json(daemon, "/api/stats")

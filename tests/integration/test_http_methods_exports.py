@@ -7,7 +7,7 @@ import http.client
 import io
 import json
 
-from tests.conftest import Client, DaemonProcess
+from tests.conftest import Client, DaemonProcess, on_every_backend
 from tracklog.daemon.exports import csv_cell
 
 
@@ -92,6 +92,7 @@ def test_csv_cells_that_a_spreadsheet_would_run_get_a_quote_and_numbers_stay_num
     assert csv_cell(-3) == -3
 
 
+@on_every_backend
 async def test_the_csv_export_escapes_user_strings(daemon: DaemonProcess, client: Client) -> None:
     await a_run(client)
     status, headers, body = request(daemon, "GET", "/api/runs/a/export/csv")
@@ -115,6 +116,7 @@ async def test_the_csv_export_escapes_user_strings(daemon: DaemonProcess, client
 # -- streaming ----------------------------------------------------------------------------------
 
 
+@on_every_backend
 async def test_exports_are_chunked_and_whole(daemon: DaemonProcess, client: Client) -> None:
     events = [
         {

@@ -9,7 +9,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from tests.conftest import Client, DaemonProcess, open_client
+from tests.conftest import Client, DaemonProcess, on_every_backend, open_client
 
 
 def metric(i: int, run: str = "r1") -> dict[str, Any]:
@@ -55,6 +55,7 @@ async def subscribe(client: Client, **args: Any) -> dict[str, Any]:
     return await client.request({"op": "subscribe", **args})
 
 
+@on_every_backend
 async def test_a_subscriber_from_zero_gets_the_whole_log_then_live_then_new_events(
     client: Client, daemon: DaemonProcess
 ) -> None:
@@ -71,6 +72,7 @@ async def test_a_subscriber_from_zero_gets_the_whole_log_then_live_then_new_even
     assert more[0]["data"] == {"values": {"loss": 1 / 6}, "step": 5}
 
 
+@on_every_backend
 async def test_a_subscriber_without_from_seq_gets_only_what_is_committed_after(
     client: Client, daemon: DaemonProcess
 ) -> None:
@@ -84,6 +86,7 @@ async def test_a_subscriber_without_from_seq_gets_only_what_is_committed_after(
     assert [e["seq"] for e in events] == [4]
 
 
+@on_every_backend
 async def test_every_event_arrives_exactly_once_in_order_while_writers_append_during_catch_up(
     daemon: DaemonProcess,
 ) -> None:
@@ -105,6 +108,7 @@ async def test_every_event_arrives_exactly_once_in_order_while_writers_append_du
     assert lives, "the switch to live delivery is marked"
 
 
+@on_every_backend
 async def test_filters_select_by_run_type_and_pipeline(client: Client, daemon: DaemonProcess) -> None:
     await client.append(
         [
@@ -127,6 +131,7 @@ async def test_filters_select_by_run_type_and_pipeline(client: Client, daemon: D
     assert [(e["run"], e["type"]) for e in pipeline_events] == [("b", "metrics"), ("b", "item")]
 
 
+@on_every_backend
 async def test_unsubscribe_ends_delivery_and_an_unknown_sub_is_not_found(
     client: Client, daemon: DaemonProcess
 ) -> None:
@@ -145,6 +150,7 @@ async def test_unsubscribe_ends_delivery_and_an_unknown_sub_is_not_found(
         assert msg.get("sub") != drop["sub"] or msg["op"] == "live"
 
 
+@on_every_backend
 async def test_a_stalled_subscriber_never_slows_ingest_and_later_gets_everything_once(
     daemon: DaemonProcess,
 ) -> None:
@@ -170,6 +176,7 @@ async def test_a_stalled_subscriber_never_slows_ingest_and_later_gets_everything
         assert [e["seq"] for e in events] == list(range(1, total + 1))
 
 
+@on_every_backend
 async def test_several_subscriptions_on_one_connection_each_get_their_own_stream(
     client: Client, daemon: DaemonProcess
 ) -> None:

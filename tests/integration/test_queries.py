@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import Client
+from tests.conftest import Client, on_every_backend
+
+pytestmark = on_every_backend
 
 
 def started(run: str, name: str, **data: Any) -> dict[str, Any]:

@@ -41,9 +41,16 @@ def test_a_postgresql_url_shows_no_password_and_takes_tracklog_settings() -> Non
         open_backend("postgresql://h/db?pool_size=none")
 
 
-def test_a_postgresql_read_model_is_refused_as_not_built_yet() -> None:
-    with pytest.raises(errors.StorageError, match="not built yet"):
-        open_read_model("postgresql://localhost/tracklog")
+def test_a_postgresql_url_opens_the_postgresql_read_model(pg_url: str) -> None:
+    from tracklog.daemon.storage.postgres.readmodel import PgReadModel
+
+    model = open_read_model(pg_url)
+    try:
+        assert isinstance(model, PgReadModel)
+    finally:
+        model.close()
+    with pytest.raises(errors.StorageError, match=r"cannot connect to postgresql://127\.0\.0\.1:1/tracklog"):
+        open_read_model("postgresql://127.0.0.1:1/tracklog")
 
 
 def test_a_postgresql_log_opened_through_the_factory_exists_once_made(pg_url: str) -> None:
@@ -88,7 +95,7 @@ def test_offline_commands_take_an_sqlite_url(tmp_path: Path, capsys: pytest.Capt
     assert "cannot connect to postgresql://nowhere.invalid/db" in capsys.readouterr().err
 
 
-def test_serve_refuses_the_memory_backend_until_reads_move_behind_storage(
+def test_serve_refuses_the_memory_backend_which_queries_cannot_read(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tracklog.daemon import commands

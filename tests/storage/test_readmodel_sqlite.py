@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tracklog.daemon.queries import answer
-from tracklog.daemon.storage.eventlog import AppendResult
+from tracklog.daemon.storage.eventlog import AppendResult, EventLog
 from tracklog.daemon.storage.readmodel import ReadModel, open_read_model
 from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
 from tracklog.daemon.storage.sqlite.readmodel import SqliteReadModel, sqlite_path
@@ -23,9 +23,8 @@ from .readmodel_suite import EVENTS, RECORDED, ReadModelSuite
 CODEC = Codec()
 
 
-def build_sqlite(path: Path, events: list[dict[str, Any]]) -> None:
-    """A database at path holding events, appended one per group through the daemon's SqliteEventLog."""
-    store = SqliteEventLog(path, clock=lambda: RECORDED)
+def fill(store: EventLog, events: list[dict[str, Any]]) -> None:
+    """Append events to a fresh log, one per group, as the daemon's writer does; then close it."""
     try:
         store.catch_up()
         for event in events:
@@ -35,6 +34,11 @@ def build_sqlite(path: Path, events: list[dict[str, Any]]) -> None:
                 assert isinstance(result, AppendResult), result
     finally:
         store.close()
+
+
+def build_sqlite(path: Path, events: list[dict[str, Any]]) -> None:
+    """A database at path holding events, appended one per group through the daemon's SqliteEventLog."""
+    fill(SqliteEventLog(path, clock=lambda: RECORDED), events)
 
 
 class TestSqliteReadModel(ReadModelSuite):

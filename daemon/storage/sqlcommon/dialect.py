@@ -67,7 +67,8 @@ _TABLE_RE: Final = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\)", r
 _COLUMN_KEY_RE: Final = re.compile(r"^\s*(\w+)\s+\w+\s+PRIMARY KEY", re.M)
 _TABLE_KEY_RE: Final = re.compile(r"PRIMARY KEY \(([^)]*)\)")
 _INSERT_RE: Final = re.compile(r"^\s*INSERT OR (IGNORE|REPLACE) INTO (\w+)\s*\(([^)]*)\)(.*)$", re.S)
-_TYPES: Final = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "BLOB": "BYTEA", "TEXT": "TEXT"}
+#: Text compares and sorts by code point, as in SQLite (`ORDER BY`, run id prefixes).
+_TYPES: Final = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "BLOB": "BYTEA", "TEXT": 'TEXT COLLATE "C"'}
 _COLUMN_RE: Final = re.compile(r"^(\s+)(\w+)(\s+)(INTEGER|REAL|BLOB|TEXT)\b", re.M)
 #: Column names PostgreSQL reserves: quoted wherever the schema names them.
 RESERVED: Final = frozenset({"user"})
@@ -95,10 +96,14 @@ class PostgresDialect(Dialect):
 
     name = "postgresql"
     fts5 = False
-    #: The full-text index: `search` queries match `to_tsvector('english', title || ' ' || body)`.
+    #: What `search` matches: a document's title and body, punctuation read as spaces (as
+    #: FTS5's unicode61 splits `/ckpt/beta-final.pt` into words, where PostgreSQL's parser
+    #: would keep one path token). The GIN index is over this expression.
+    SEARCH_DOCUMENT: Final = (
+        "to_tsvector('english', regexp_replace(title || ' ' || body, '[[:punct:]]+', ' ', 'g'))"
+    )
     SEARCH_DDL: Final = (
-        "CREATE INDEX IF NOT EXISTS search_docs_text ON search_docs"
-        " USING GIN (to_tsvector('english', title || ' ' || body))"
+        f"CREATE INDEX IF NOT EXISTS search_docs_text ON search_docs USING GIN ({SEARCH_DOCUMENT})"
     )
 
     def __init__(self) -> None:
@@ -108,6 +113,8 @@ class PostgresDialect(Dialect):
     def sql(self, statement: str) -> str:
         translated = self._translated.get(statement)
         if translated is None:
+            if len(self._translated) > 10_000:  # queries' SQL varies with their filters
+                self._translated.clear()
             translated = self._translated[statement] = self._translate(statement)
         return translated
 

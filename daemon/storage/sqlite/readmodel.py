@@ -1,26 +1,29 @@
 """The SQLite read model: a read-only connection answering every question of `ReadModel`.
 
-Each reader thread opens its own (`SqliteReadModel.open`). The questions' SQL lives in
-the topic modules beside this one (runs, metrics, items, search, stats, cache, events,
-sql); this class binds them to its connection and keeps sqlite3's exceptions inside the
-storage package: a statement SQLite refuses for its size or shape, or a number beyond 64
-bits, is `errors.BadQuery`; any other database failure is `errors.StorageError`.
+Each reader thread opens its own (`SqliteReadModel.open`). The questions' SQL shared with
+PostgreSQL is bound in `sqlcommon.readmodel.SqlReadModel`; what is SQLite's own lives
+beside this module (FTS5 search, the `sql` and `schema` questions) or here (the sizes of
+`stats`). This class keeps sqlite3's exceptions inside the storage package: a statement
+SQLite refuses for its size or shape, or a number beyond 64 bits, is `errors.BadQuery`;
+any other database failure is `errors.StorageError`.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from tracklog.protocol import errors
-from tracklog.protocol.messages import Query, StoredEvent
+from tracklog.protocol.messages import Query
 
-from ..readmodel import ChunkColumns, ReadModel, Rows
-from . import cache, events, items, metrics, runs, search, sql, stats
+from ..readmodel import Rows
+from ..sqlcommon.dialect import SQLITE, Connection
+from ..sqlcommon.readmodel import SqlReadModel
+from . import search, sql
 from .connect import connect
-from .rows import artifact_rows
 
 _T = TypeVar("_T")
 
@@ -40,6 +43,8 @@ QUERY_FAULTS: Final = (
 )
 #: Pages of cache (in KiB, as SQLite's negative cache_size) for a model that reads once.
 SCAN_CACHE_KIB: Final = 2048
+#: Databases up to this size have their log measured page by page (dbstat walks every page).
+EXACT_LOG_BYTES_UNDER: Final = 64 * 1024 * 1024
 
 
 def sqlite_path(url: str) -> str:
@@ -92,8 +97,11 @@ class _Snapshot:
             raise translate(exc, self.what) from exc
 
 
-class SqliteReadModel(ReadModel):
+class SqliteReadModel(SqlReadModel):
     """The read model on one read-only SQLite connection (WAL: readers never wait on the writer)."""
+
+    dialect = SQLITE
+    conn: sqlite3.Connection
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -121,53 +129,8 @@ class SqliteReadModel(ReadModel):
     def snapshot(self, what: str = "query") -> _Snapshot:
         return _Snapshot(self.conn, what)
 
-    def applied_seq(self) -> int:
-        try:
-            row = self.conn.execute("SELECT value FROM meta WHERE key = 'applied_seq'").fetchone()
-        except sqlite3.Error as exc:
-            raise translate(exc, "query") from exc
-        return int(row[0]) if row and row[0] is not None else 0
-
-    # -- the questions ----------------------------------------------------------------------
-
-    def events(self, q: Query) -> Rows:
-        return self._call(events.query_events, q, what=q.q)
-
-    def runs(self, q: Query) -> Rows:
-        return self._call(runs.query_runs, q, what=q.q)
-
-    def run(self, q: Query) -> Rows:
-        return self._call(runs.query_run, q, what=q.q)
-
-    def resolve(self, q: Query) -> Rows:
-        return self._call(runs.query_resolve, q, what=q.q)
-
-    def metrics(self, q: Query) -> Rows:
-        return self._call(metrics.query_metrics, q, what=q.q)
-
-    def compare(self, q: Query) -> Rows:
-        return self._call(metrics.query_compare, q, what=q.q)
-
-    def best(self, q: Query) -> Rows:
-        return self._call(runs.query_best, q, what=q.q)
-
-    def items(self, q: Query) -> Rows:
-        return self._call(items.query_items, q, what=q.q)
-
-    def item_facets(self, q: Query) -> Rows:
-        return self._call(items.query_item_facets, q, what=q.q)
-
-    def artifacts(self, q: Query) -> Rows:
-        return self._call(items.query_artifacts, q, what=q.q)
-
     def search(self, q: Query) -> Rows:
         return self._call(search.query_search, q, what=q.q)
-
-    def stats(self, q: Query) -> Rows:
-        return self._call(stats.query_stats, q, what=q.q)
-
-    def cache(self, q: Query, now: float) -> Rows:
-        return self._call(cache.query_cache, q, now, what=q.q)
 
     def sql(self, q: Query) -> Rows:
         return self._call(sql.query_sql, q, what=q.q)
@@ -175,38 +138,41 @@ class SqliteReadModel(ReadModel):
     def schema(self, q: Query) -> Rows:
         return self._call(sql.query_schema, q, what=q.q)
 
-    # -- the daemon's own reads -------------------------------------------------------------
+    def sizes(self, conn: Connection, head: int) -> dict[str, Any]:
+        """The file's pages, its WAL file, and the log's share of the pages."""
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        page_count = conn.execute("PRAGMA page_count").fetchone()[0]
+        path = conn.execute("PRAGMA database_list").fetchone()[2]
+        wal = 0
+        if path:
+            try:
+                wal = os.path.getsize(path + "-wal")
+            except OSError:
+                wal = 0
+        log_bytes, log_exact = _log_bytes(self.conn, head, page_size * page_count)
+        return {
+            "database_bytes": page_size * page_count,
+            "wal_bytes": wal,
+            "log_bytes": log_bytes,
+            "log_bytes_exact": log_exact,
+        }
 
-    def scan_events(
-        self,
-        after: int,
-        limit: int,
-        runs: frozenset[str] | None,
-        types: frozenset[str] | None,
-        pipelines: frozenset[str] | None,
-    ) -> tuple[list[StoredEvent], int, int]:
-        return self._call(events.scan_events, after, limit, runs, types, pipelines, what="subscribe")
 
-    def run_pipelines(self) -> tuple[dict[str, str | None], dict[str, str]]:
-        return self._call(runs.run_pipelines)
-
-    # -- export rows ------------------------------------------------------------------------
-
-    def run_summary(self, run: str) -> dict[str, Any]:
-        rows, _ = self._call(runs.query_run, Query(q="run", run=run), what="export")
-        summary: dict[str, Any] = dict(rows[0])
-        summary.pop("artifacts", None)
-        return summary
-
-    def metric_names(self, run: str) -> list[tuple[str, int]]:
-        return self._call(metrics.metric_names, run, what="export")
-
-    def metric_chunks(self, run: str, name: str) -> Iterator[ChunkColumns]:
-        # A generator: its reads happen as it is consumed, inside the caller's snapshot.
-        return metrics.metric_chunks(self.conn, run, name)
-
-    def item_rows(self, run: str) -> Iterator[dict[str, Any]]:
-        return items.item_rows(self.conn, run)
-
-    def artifact_rows(self, run: str) -> list[dict[str, Any]]:
-        return self._call(artifact_rows, run, what="export")
+def _log_bytes(conn: sqlite3.Connection, head: int, database_bytes: int) -> tuple[int | None, bool]:
+    """The log's size in bytes, and whether it is exact: measured on small databases,
+    estimated from the newest 1,000 events on large ones (measuring takes seconds there)."""
+    if database_bytes <= EXACT_LOG_BYTES_UNDER:
+        try:
+            row = conn.execute(
+                "SELECT coalesce(sum(pgsize), 0) FROM dbstat"
+                " WHERE name IN ('events', 'events_id', 'events_run')"
+            ).fetchone()
+            return int(row[0]), True
+        except sqlite3.Error:  # dbstat is compiled in most builds, not all
+            pass
+    row = conn.execute(
+        "SELECT avg(length(data) + coalesce(length(id), 0) + coalesce(length(run), 0) + length(type) + 40)"
+        " FROM events WHERE seq > ?",
+        (head - 1000,),
+    ).fetchone()
+    return (int(row[0] * head) if row and row[0] is not None else 0), False

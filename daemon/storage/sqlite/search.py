@@ -5,11 +5,9 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from tracklog.protocol import errors
 from tracklog.protocol.messages import Query
 
-from ..readmodel import DEFAULT_SEARCH, MAX_SEARCH
-from .rows import page
+from ..sqlcommon.rows import search_page, search_row, search_words
 
 
 def fts_query(text: str) -> str:
@@ -18,23 +16,15 @@ def fts_query(text: str) -> str:
     Quoting every word means FTS5 operators and punctuation in the text are plain words,
     so no input is a syntax error.
     """
-    terms: list[str] = []
-    for word in text.split():
-        prefix = word.endswith("*")
-        word = word.rstrip("*")
-        if not word:
-            continue
-        terms.append('"' + word.replace('"', '""') + '"' + ("*" if prefix else ""))
-    return " ".join(terms)
+    return " ".join(
+        '"' + word.replace('"', '""') + '"' + ("*" if prefix else "") for word, prefix in search_words(text)
+    )
 
 
 def query_search(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
     """Runs, items and artifacts whose text matches, best first (bm25), each with a snippet."""
-    if q.text is None or not q.text.strip():
-        raise errors.BadQuery("text: required for q 'search'", q.ref)
-    if len(q.text) > 10_000:
-        raise errors.BadQuery("text: longer than 10000 characters", q.ref)
-    limit, offset = page(q, DEFAULT_SEARCH, MAX_SEARCH)
+    limit, offset = search_page(q)
+    assert q.text is not None  # checked by search_page
     match = fts_query(q.text)
     if not match:
         return [], 0
@@ -46,17 +36,7 @@ def query_search(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | N
         " ORDER BY score, d.doc LIMIT ? OFFSET ?",
         (match, limit, offset),
     ).fetchall()
-    out = []
-    for doc, kind, run, run_name, title, snippet, score in rows:
-        row: dict[str, Any] = {
-            "kind": kind,
-            "run": run,
-            "run_name": run_name,
-            "title": title,
-            "snippet": snippet,
-            "score": -score,
-        }
-        if kind != "run":
-            row["seq"] = doc
-        out.append(row)
-    return out, None
+    return [
+        search_row(doc, kind, run, name, title, snippet, -score)
+        for doc, kind, run, name, title, snippet, score in rows
+    ], None

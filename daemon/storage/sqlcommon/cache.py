@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Query
 
+from .dialect import Connection
 from .rows import msgpack_decode
 
 
-def query_cache(conn: sqlite3.Connection, q: Query, now: float) -> tuple[list[Any], int | None]:
+def query_cache(conn: Connection, q: Query, now: float) -> tuple[list[Any], int | None]:
     """The entry under q.key, unless absent or expired at `now`."""
     if not q.key:
         raise errors.BadQuery("key: required for q 'cache'", q.ref)

@@ -10,7 +10,6 @@ downsampling itself is pure numpy (`daemon/series.py`).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -21,15 +20,16 @@ from tracklog.protocol.messages import Query
 
 from ...series import F64, Series, extremes_index
 from ..readmodel import MAX_RUNS, ChunkColumns
-from ..sqlcommon.schema import NO_EPOCH
+from .dialect import Connection
 from .rows import SUMMARY_COLUMNS, marks, require_run, summary_row
 from .runref import resolve_live
+from .schema import NO_EPOCH
 
 #: Most points a `metrics` row holds when max_points is not given.
 MAX_SERIES_POINTS: Final = 10_000_000
 
 
-def query_metrics(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+def query_metrics(conn: Connection, q: Query) -> tuple[list[Any], int | None]:
     """One row per metric of a run: columnar steps, values, epochs, ts; downsampled on request.
 
     Each row also carries the metric's `summary` (count, last, min, max and where, over the
@@ -95,7 +95,7 @@ def query_metrics(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | 
     return rows, len(rows)
 
 
-def _epoch_count(conn: sqlite3.Connection, run: str, name: str) -> int:
+def _epoch_count(conn: Connection, run: str, name: str) -> int:
     blobs = [
         b
         for (b,) in conn.execute(
@@ -109,7 +109,7 @@ def _epoch_count(conn: sqlite3.Connection, run: str, name: str) -> int:
     return int((distinct != NO_EPOCH).sum())
 
 
-def query_compare(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+def query_compare(conn: Connection, q: Query) -> tuple[list[Any], int | None]:
     """Per run and metric: last, min, max, where min and max were reached, count, epochs."""
     refs = q.runs or ([q.run] if q.run else [])
     if not refs:
@@ -146,7 +146,7 @@ def query_compare(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | 
 
 
 def read_series(
-    conn: sqlite3.Connection, run: str, name: str, step_from: int | None = None, step_to: int | None = None
+    conn: Connection, run: str, name: str, step_from: int | None = None, step_to: int | None = None
 ) -> Series:
     """The points of one metric of one run, in logging order, within [step_from, step_to]."""
     sql = "SELECT steps, vals, epochs, ts FROM metric_chunks WHERE run = ? AND name = ?"
@@ -181,9 +181,7 @@ def read_series(
     return series
 
 
-def _end_point(
-    conn: sqlite3.Connection, run: str, name: str, chunk: int, at: int
-) -> tuple[int, float, int, float]:
+def _end_point(conn: Connection, run: str, name: str, chunk: int, at: int) -> tuple[int, float, int, float]:
     """Point `at` of one chunk (step, value, epoch, ts), read as four 8-byte slices of its blobs."""
     start = at * 8 + 1
     row = conn.execute(
@@ -200,7 +198,7 @@ def _end_point(
 
 
 def downsample_from_tiers(
-    conn: sqlite3.Connection,
+    conn: Connection,
     run: str,
     name: str,
     max_points: int,
@@ -276,12 +274,12 @@ def downsample_from_tiers(
 # -- export reads ------------------------------------------------------------------------
 
 
-def metric_names(conn: sqlite3.Connection, run: str) -> list[tuple[str, int]]:
+def metric_names(conn: Connection, run: str) -> list[tuple[str, int]]:
     """The run's metrics and their point counts, by name."""
     return list(conn.execute("SELECT name, count FROM metric_summaries WHERE run = ? ORDER BY name", (run,)))
 
 
-def metric_chunks(conn: sqlite3.Connection, run: str, name: str) -> Iterator[ChunkColumns]:
+def metric_chunks(conn: Connection, run: str, name: str) -> Iterator[ChunkColumns]:
     """Each chunk of a metric as (steps, values, epochs, ts) lists, in logging order."""
     for steps, vals, epochs, ts in conn.execute(
         "SELECT steps, vals, epochs, ts FROM metric_chunks WHERE run = ? AND name = ? ORDER BY chunk",

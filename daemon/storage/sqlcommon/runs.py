@@ -1,14 +1,13 @@
 """Runs: pages of run summaries by filter and order, one run in full, run references,
 the best run by a metric, and every run's pipeline and status for the hub.
 
-Filters and orderings go through `filters.compile_filter`, so every value reaches SQLite
-as a bound parameter.
+Filters and orderings go through `filters.compile_filter`, so every value reaches the
+database as a bound parameter, and are spelled for the connection's dialect.
 """
 
 from __future__ import annotations
 
 import math
-import sqlite3
 from typing import Any
 
 import msgspec
@@ -17,6 +16,7 @@ from tracklog.protocol import errors
 from tracklog.protocol.messages import Query
 
 from ..readmodel import DEFAULT_RUNS, MAX_RUNS
+from .dialect import SQLITE, Connection, Dialect
 from .filters import compile_filter
 from .rows import (
     RUN_SUMMARY_COLUMNS,
@@ -31,11 +31,11 @@ from .rows import (
 from .runref import resolve
 
 
-def query_runs(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+def query_runs(conn: Connection, q: Query, dialect: Dialect = SQLITE) -> tuple[list[Any], int | None]:
     """A page of run summaries matching the filter, in the order asked, and the total."""
     limit, offset = page(q, DEFAULT_RUNS, MAX_RUNS)
     try:
-        compiled = compile_filter(q.filter, q.order_by)
+        compiled = compile_filter(q.filter, q.order_by, dialect)
     except errors.BadQuery as exc:
         raise errors.BadQuery(exc.message, q.ref) from None
     where = compiled.where if q.deleted else f"({compiled.where}) AND r.deleted = 0"
@@ -76,7 +76,7 @@ def query_runs(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | Non
     return runs, total
 
 
-def query_run(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+def query_run(conn: Connection, q: Query) -> tuple[list[Any], int | None]:
     """One run: its summary, tags, every metric's summary (with `last_ts`) and artifacts."""
     if not q.run:
         raise errors.BadQuery("run: required for q 'run'", q.ref)
@@ -98,13 +98,13 @@ def query_run(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None
     return [out], 1
 
 
-def query_resolve(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+def query_resolve(conn: Connection, q: Query) -> tuple[list[Any], int | None]:
     """The run a reference names (`run`: an id, a unique id prefix or a name), and how it
     matched: `{ref, id, name, deleted, by, same_name}`; not_found, or bad_query when ambiguous."""
     return [msgspec.structs.asdict(resolve(conn, q.run, "run", q.ref))], 1
 
 
-def query_best(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
+def query_best(conn: Connection, q: Query, dialect: Dialect = SQLITE) -> tuple[list[Any], int | None]:
     """The run with the lowest (min) or highest (max) value of a metric ever logged; earlier run on a tie."""
     if not q.metric:
         raise errors.BadQuery("metric: required for q 'best'", q.ref)
@@ -112,7 +112,7 @@ def query_best(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | Non
     if mode not in ("min", "max"):
         raise errors.BadQuery("mode: expected 'min' or 'max'", q.ref)
     try:
-        compiled = compile_filter(q.filter)
+        compiled = compile_filter(q.filter, dialect=dialect)
     except errors.BadQuery as exc:
         raise errors.BadQuery(exc.message, q.ref) from None
     direction = "ASC" if mode == "min" else "DESC"
@@ -142,7 +142,7 @@ def query_best(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | Non
     ], 1
 
 
-def run_pipelines(conn: sqlite3.Connection) -> tuple[dict[str, str | None], dict[str, str]]:
+def run_pipelines(conn: Connection) -> tuple[dict[str, str | None], dict[str, str]]:
     """Every run's pipeline and status, for the hub's filters and the liveness check."""
     pipelines: dict[str, str | None] = {}
     statuses: dict[str, str] = {}

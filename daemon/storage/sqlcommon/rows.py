@@ -6,7 +6,6 @@ paging and placeholder helpers their SQL uses.
 from __future__ import annotations
 
 import math
-import sqlite3
 from typing import Any, Final
 
 import msgspec
@@ -14,8 +13,10 @@ import msgspec
 from tracklog.protocol import errors
 from tracklog.protocol.messages import Query
 
-from ..sqlcommon.schema import NO_EPOCH
+from ..readmodel import DEFAULT_SEARCH, MAX_SEARCH
+from .dialect import Connection
 from .runref import resolve_id
+from .schema import NO_EPOCH
 
 json_decode: Final = msgspec.json.Decoder().decode
 msgpack_decode: Final = msgspec.msgpack.Decoder().decode
@@ -31,7 +32,7 @@ RUN_SUMMARY_COLUMNS: Final = (
 RUN_SUMMARY_NAMES: Final = [c.strip().removeprefix("r.") for c in RUN_SUMMARY_COLUMNS.split(",")]
 
 
-def run_row(row: tuple[Any, ...] | sqlite3.Row) -> dict[str, Any]:
+def run_row(row: tuple[Any, ...]) -> dict[str, Any]:
     """A run summary from a row of RUN_SUMMARY_COLUMNS: `id` for the run, config decoded."""
     out = dict(zip(RUN_SUMMARY_NAMES, row, strict=True))
     out["id"] = out.pop("run")
@@ -147,7 +148,7 @@ def artifact_row(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def artifact_rows(conn: sqlite3.Connection, run: str) -> list[dict[str, Any]]:
+def artifact_rows(conn: Connection, run: str) -> list[dict[str, Any]]:
     """The run's artifacts, oldest first."""
     return [
         artifact_row(row)
@@ -171,12 +172,46 @@ def page(q: Query, default: int, most: int) -> tuple[int, int]:
     return limit, offset
 
 
+def search_page(q: Query) -> tuple[int, int]:
+    """The (limit, offset) of a `search`, its text checked (the same on every backend)."""
+    if q.text is None or not q.text.strip():
+        raise errors.BadQuery("text: required for q 'search'", q.ref)
+    if len(q.text) > 10_000:
+        raise errors.BadQuery("text: longer than 10000 characters", q.ref)
+    return page(q, DEFAULT_SEARCH, MAX_SEARCH)
+
+
+def search_words(text: str) -> list[tuple[str, bool]]:
+    """The words of a search text, each with whether it is a prefix (`word*`); a lone `*` is no word."""
+    words = [(word.rstrip("*"), word.endswith("*")) for word in text.split()]
+    return [(word, prefix) for word, prefix in words if word]
+
+
+def search_row(
+    doc: int, kind: str, run: str, run_name: str | None, title: str, snippet: str, score: float
+) -> dict[str, Any]:
+    """A `search` hit: what matched (`seq` for an item or artifact), a snippet, a score
+    (higher is better)."""
+    row: dict[str, Any] = {
+        "kind": kind,
+        "run": run,
+        "run_name": run_name,
+        "title": title,
+        "snippet": snippet,
+        "score": score,
+    }
+    if kind != "run":
+        row["seq"] = doc
+    return row
+
+
 def marks(values: list[Any] | frozenset[Any]) -> str:
-    """One `?` per value, comma-separated, for an `IN (...)`."""
-    return ",".join("?" * len(values))
+    """One `?` per value, comma-separated, for an `IN (...)`; `NULL` for none (which
+    matches nothing, and PostgreSQL refuses an empty `IN ()`)."""
+    return ",".join("?" * len(values)) or "NULL"
 
 
-def require_run(conn: sqlite3.Connection, run: str | None, q: Query) -> str:
+def require_run(conn: Connection, run: str | None, q: Query) -> str:
     """The id of the run `run` names: an id, a unique id prefix or a name (runref.py)."""
     if not run:
         raise errors.BadQuery(f"run: required for q '{q.q}'", q.ref)

@@ -16,12 +16,13 @@ ids, is ambiguous: `bad_query`, listing the candidates. One that matches nothing
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Final
 
 import msgspec
 
 from tracklog.protocol import errors
+
+from .dialect import Connection
 
 #: Candidates an ambiguity message lists at most.
 MAX_CANDIDATES: Final = 10
@@ -45,9 +46,7 @@ def _describe(run: str, name: str | None) -> str:
     return f"{run} ({name})" if name else run
 
 
-def resolve(
-    conn: sqlite3.Connection, ref: str | None, field: str = "run", ref_id: int | None = None
-) -> Resolved:
+def resolve(conn: Connection, ref: str | None, field: str = "run", ref_id: int | None = None) -> Resolved:
     """The run `ref` names; NotFound or BadQuery (ambiguous) naming `field`."""
     if not ref:
         raise errors.BadQuery(f"{field}: required (a run id, a unique id prefix or a run name)", ref_id)
@@ -92,15 +91,13 @@ def resolve(
     raise errors.NotFound(f"{field}: no run {shown} (no run has that id, id prefix or name)", ref_id)
 
 
-def resolve_id(
-    conn: sqlite3.Connection, ref: str | None, field: str = "run", ref_id: int | None = None
-) -> str:
+def resolve_id(conn: Connection, ref: str | None, field: str = "run", ref_id: int | None = None) -> str:
     """The id of the run `ref` names (see `resolve`)."""
     return resolve(conn, ref, field, ref_id).id
 
 
 def resolve_live(
-    conn: sqlite3.Connection,
+    conn: Connection,
     ref: str | None,
     deleted: bool | None,
     field: str = "run",

@@ -1,22 +1,25 @@
 """Stats: counts by status and kind, items by stage with duration quantiles, the most used
-tags, recent runs, sizes and the ingest rate; or one run's items by stage."""
+tags, recent runs, sizes and the ingest rate; or one run's items by stage.
+
+Only the sizes differ between databases: each backend measures its own (`Sizes`).
+"""
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import time
-from typing import Any, Final, get_args
+from collections.abc import Callable
+from typing import Any, Final, TypeAlias, get_args
 
 import numpy as np
 
 from tracklog.protocol.events import ItemStatus
 from tracklog.protocol.messages import Query
 
+from .dialect import Connection
 from .rows import require_run
 
 
-def _ingest_rate(conn: sqlite3.Connection, head: int, now: float, window: float = 60.0) -> float:
+def _ingest_rate(conn: Connection, head: int, now: float, window: float = 60.0) -> float:
     """Events per second committed over the last `window` seconds (binary search on seq)."""
     if head == 0:
         return 0.0
@@ -35,28 +38,9 @@ def _ingest_rate(conn: sqlite3.Connection, head: int, now: float, window: float 
     return (head - low + 1) / window
 
 
-#: Databases up to this size have their log measured page by page (dbstat walks every page).
-EXACT_LOG_BYTES_UNDER: Final = 64 * 1024 * 1024
-
-
-def _log_bytes(conn: sqlite3.Connection, head: int, database_bytes: int) -> tuple[int | None, bool]:
-    """The log's size in bytes, and whether it is exact: measured on small databases,
-    estimated from the newest 1,000 events on large ones (measuring takes seconds there)."""
-    if database_bytes <= EXACT_LOG_BYTES_UNDER:
-        try:
-            row = conn.execute(
-                "SELECT coalesce(sum(pgsize), 0) FROM dbstat"
-                " WHERE name IN ('events', 'events_id', 'events_run')"
-            ).fetchone()
-            return int(row[0]), True
-        except sqlite3.Error:  # dbstat is compiled in most builds, not all
-            pass
-    row = conn.execute(
-        "SELECT avg(length(data) + coalesce(length(id), 0) + coalesce(length(run), 0) + length(type) + 40)"
-        " FROM events WHERE seq > ?",
-        (head - 1000,),
-    ).fetchone()
-    return (int(row[0] * head) if row and row[0] is not None else 0), False
+#: A backend's sizes: `database_bytes`, `wal_bytes`, `log_bytes`, `log_bytes_exact`, from
+#: its connection and the log's head.
+Sizes: TypeAlias = Callable[[Connection, int], dict[str, Any]]
 
 
 #: Every status an item can have (a closed set: the codec refuses others).
@@ -81,7 +65,7 @@ def _stage_row(
     }
 
 
-def stage_summaries(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def stage_summaries(conn: Connection) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Items by (stage, kind) over every run: count, failed, and their durations' total,
     mean, p50 and p95; and the items by status (from the same scan).
 
@@ -91,12 +75,12 @@ def stage_summaries(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], dic
     is the duration at rank floor(q * (n - 1)) of the n durations in order (numpy's
     "lower" method): always a duration that was logged.
     """
-    by_status = ", ".join(f"sum(status = '{status}')" for status in ITEM_STATUSES)
+    by_status = ", ".join(f"sum(CASE WHEN status = '{status}' THEN 1 ELSE 0 END)" for status in ITEM_STATUSES)
     rows = []
     items_by_status = dict.fromkeys(ITEM_STATUSES, 0)
     for stage, kind, count, timed, total, *statuses in conn.execute(
         f"SELECT stage, kind, count(*), count(duration), sum(duration), {by_status}"
-        " FROM items GROUP BY stage, kind ORDER BY stage, kind"
+        " FROM items GROUP BY stage, kind ORDER BY stage NULLS FIRST, kind NULLS FIRST"
     ):
         counts = dict(zip(ITEM_STATUSES, statuses, strict=True))
         rows.append(_stage_row(stage, kind, count, counts["failed"], timed, total))
@@ -106,19 +90,22 @@ def stage_summaries(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], dic
         for name, quantile in STAGE_QUANTILES:
             if row["timed"]:
                 row[name] = conn.execute(
-                    "SELECT duration FROM items WHERE stage IS ? AND kind IS ? AND duration IS NOT NULL"
+                    "SELECT duration FROM items WHERE stage IS NOT DISTINCT FROM ?"
+                    " AND kind IS NOT DISTINCT FROM ? AND duration IS NOT NULL"
                     " ORDER BY duration LIMIT 1 OFFSET ?",
                     (row["stage"], row["kind"], int(quantile * (row["timed"] - 1))),
                 ).fetchone()[0]
     return rows, {status: n for status, n in sorted(items_by_status.items()) if n}
 
 
-def run_stage_summaries(conn: sqlite3.Connection, run: str) -> list[dict[str, Any]]:
+def run_stage_summaries(conn: Connection, run: str) -> list[dict[str, Any]]:
     """`stage_summaries` of one run's items, computed with numpy over the run's durations
     (read through the `items_run` index); the quantiles are the same "lower" ranks."""
     groups: dict[tuple[str | None, str | None], tuple[list[float], list[int]]] = {}
     for stage, kind, failed, duration in conn.execute(
-        "SELECT stage, kind, status = 'failed', duration FROM items WHERE run = ?", (run,)
+        "SELECT stage, kind, CASE WHEN status = 'failed' THEN 1 ELSE 0 END, duration"
+        " FROM items WHERE run = ?",
+        (run,),
     ):
         durations, fails = groups.setdefault((stage, kind), ([], [0, 0]))
         fails[0] += 1
@@ -140,7 +127,7 @@ def run_stage_summaries(conn: sqlite3.Connection, run: str) -> list[dict[str, An
     return rows
 
 
-def query_run_stats(conn: sqlite3.Connection, q: Query, run: str) -> tuple[list[Any], int | None]:
+def query_run_stats(conn: Connection, q: Query, run: str) -> tuple[list[Any], int | None]:
     """The `stats` of one run: its items by status and by stage and kind."""
     items_by_status = dict(
         conn.execute(
@@ -157,9 +144,10 @@ def query_run_stats(conn: sqlite3.Connection, q: Query, run: str) -> tuple[list[
     return [row], 1
 
 
-def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | None]:
-    """Counts by status and kind, items by stage, the most used tags, recent runs, sizes and
-    the ingest rate; with `run`, that run's items by status and by stage."""
+def query_stats(conn: Connection, q: Query, sizes: Sizes) -> tuple[list[Any], int | None]:
+    """Counts by status and kind, items by stage, the most used tags, recent runs, sizes (as
+    the backend measures them) and the ingest rate; with `run`, that run's items by status
+    and by stage."""
     if q.run is not None:
         return query_run_stats(conn, q, require_run(conn, q.run, q))
     head = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
@@ -179,22 +167,12 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
     recent = [
         {"id": run, "name": name, "status": status, "last_ts": last_ts}
         for run, name, status, last_ts in conn.execute(
-            f"SELECT run, name, status, last_ts FROM runs {live} ORDER BY last_ts DESC LIMIT 10"
+            f"SELECT run, name, status, last_ts FROM runs {live} ORDER BY last_ts DESC, run LIMIT 10"
         )
     ]
     points, deleted = conn.execute(
         "SELECT coalesce(sum(n_points), 0), coalesce(sum(deleted), 0) FROM runs"
     ).fetchone()
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    page_count = conn.execute("PRAGMA page_count").fetchone()[0]
-    path = conn.execute("PRAGMA database_list").fetchone()[2]
-    wal = 0
-    if path:
-        try:
-            wal = os.path.getsize(path + "-wal")
-        except OSError:
-            wal = 0
-    log_bytes, log_exact = _log_bytes(conn, head, page_size * page_count)
     row = {
         "head": head,
         "events": head,
@@ -210,10 +188,7 @@ def query_stats(conn: sqlite3.Connection, q: Query) -> tuple[list[Any], int | No
         "metric_series": conn.execute("SELECT count(*) FROM metric_summaries").fetchone()[0],
         "top_tags": tags,
         "recent_runs": recent,
-        "database_bytes": page_size * page_count,
-        "wal_bytes": wal,
-        "log_bytes": log_bytes,
-        "log_bytes_exact": log_exact,
+        **sizes(conn, head),
         "ingest_rate": _ingest_rate(conn, head, now),
         "time": now,
     }
