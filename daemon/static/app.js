@@ -4,7 +4,7 @@
 // it already reflects (its updated_seq). After a reconnect it subscribes again from the last
 // seq it applied: no gap, no duplicate. The view (filter, search, sort, columns, grouping,
 // selection, chart options) lives in the URL's fragment, so it can be shared and survives
-// a reload. Charts: charts.js (plotly.js). No build step.
+// a reload. Charts: charts.js (uPlot). No build step.
 "use strict";
 
 (function () {
@@ -22,7 +22,7 @@
   const DEFAULT_SORT = "started:desc";
   const token = new URLSearchParams(location.search).get("token");
   const wsUrl = (location.protocol === "https:" ? "wss:" : "ws:") + "//" + location.host + "/ws";
-  const hasPlotly = () => typeof window.Plotly === "object" && window.Plotly !== null;
+  const hasCharts = () => typeof window.uPlot === "function";
 
   const S = {
     runs: new Map(),          // run id -> summary (as the `runs` query gives it, kept live)
@@ -170,10 +170,10 @@
 
   function leaveView(prev) {
     const box = prev.name === "run" ? $("charts") : prev.name === "compare" ? $("compare-charts") : null;
-    if (box && hasPlotly()) for (const plot of box.querySelectorAll(".plot")) window.Plotly.purge(plot);
+    if (box) for (const plot of box.querySelectorAll(".plot")) C.destroy(plot);
     if (box) box.replaceChildren();
     if (prev.name === "run") S.open = null;
-    if (prev.name === "compare" && hasPlotly()) window.Plotly.purge($("parcoords"));
+    if (prev.name === "compare") C.destroy($("parcoords"));
     S.pcKey = null;
   }
 
@@ -801,7 +801,7 @@
   /** Make sure `pane` has one chart box per name, in name order; each box draws itself through `draw`. */
   function chartBoxes(pane, names, drawOne) {
     const have = new Map([...pane.children].map((b) => [b.dataset.metric, b]));
-    for (const [name, box] of have) if (!names.includes(name)) { if (hasPlotly()) window.Plotly.purge(box.querySelector(".plot")); box.remove(); }
+    for (const [name, box] of have) if (!names.includes(name)) { C.destroy(box.querySelector(".plot")); box.remove(); }
     let previous = null;
     for (const name of names) {
       let box = have.get(name);
@@ -820,7 +820,7 @@
         }
         if (window.ResizeObserver) {
           let first = true;
-          new ResizeObserver(() => { if (first) { first = false; return; } if (hasPlotly() && plot.data) window.Plotly.Plots.resize(plot); }).observe(box);
+          new ResizeObserver(() => { if (first) { first = false; return; } C.resize(plot); }).observe(box);
         }
       } else if (previous ? previous.nextElementSibling !== box : pane.firstElementChild !== box) {
         if (previous) previous.after(box); else pane.prepend(box);
@@ -851,9 +851,9 @@
     box.dataset.smooth = String(v.smooth);
     box.dataset.ytype = v.log ? "log" : "linear";
     box.dataset.xaxis = v.x;
-    if (!hasPlotly()) return;
+    if (!hasCharts()) return;
     // A chart waits (up to a second) for all its runs' series, rather than being drawn once per arrival.
-    if (!ready && !box.draws && performance.now() - box.createdAt < 1000) { setTimeout(() => redraw(box), 250); return; }
+    if (!ready && !box.draws && performance.now() - box.createdAt < 1000) { setTimeout(() => { if (!box.draws) redraw(box); }, 250); return; }
     const drawn = C.drawMetric(box.plot, lines, {
       xAxis: v.x, smoothing: v.smooth, log: v.log, aggregate: !!(v.group && v.agg && v.name === "compare"),
       revision: (v.name === "run" ? v.run : v.sel.join(",")), datarevision: (box.draws = (box.draws || 0) + 1),
@@ -867,13 +867,13 @@
     box.dataset.sharp = sharp ? "1" : "0";
     if (!box.listening) {
       box.listening = true;
-      box.plot.on("plotly_relayout", (ev) => onZoom(box, name, entries.map((e) => e.run), C.zoomOf(ev)));
+      C.onZoomOf(box.plot, (range) => onZoom(box, name, range));
     }
     box.entries = entries;
   }
 
   /** A zoom on a chart asks the daemon for that step range at full resolution (its finer tier). */
-  function onZoom(box, name, _runs, range) {
+  function onZoom(box, name, range) {
     if (!range) return;
     const runs = (box.entries || []).map((e) => e.run);
     if (range === "reset") {
@@ -882,8 +882,7 @@
       return;
     }
     const v = S.view;
-    let [a, b] = range;
-    if (v.x === "time") { a = new Date(a).getTime(); b = new Date(b).getTime(); }
+    const [a, b] = range;
     let pending = 0, zoomPoints = 0;
     const generation = (box.zoomGen = (box.zoomGen || 0) + 1);
     for (const run of runs) {
@@ -1019,8 +1018,8 @@
       .filter((k) => configs.some((c) => JSON.stringify(c[k]) !== JSON.stringify(configs[0][k]))).slice(0, 12);
     const div = $("parcoords");
     div.dataset.axes = String(keys.length + (metric ? 1 : 0));
-    if (!hasPlotly() || ids.length < 2 || !keys.length || !metric) {
-      if (hasPlotly()) window.Plotly.purge(div);
+    if (!hasCharts() || ids.length < 2 || !keys.length || !metric) {
+      C.destroy(div);
       div.replaceChildren(el("p", { class: "muted" }, "Needs two runs or more whose configs differ, and a metric."));
       return;
     }
@@ -1266,7 +1265,7 @@
       for (const box of document.querySelectorAll(".chart")) {
         box.zoomGen = (box.zoomGen || 0) + 1;
         redraw(box);
-        if (hasPlotly() && box.plot && box.plot.data) window.Plotly.relayout(box.plot, { "xaxis.autorange": true, "yaxis.autorange": true });
+        if (box.plot) C.setZoom(box.plot, null, false);
       }
     };
     for (const k of ["stage", "status", "model", "backend"]) $("item-" + k).onchange = () => { if (S.open) loadItems(S.open); };
@@ -1277,7 +1276,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     mark("dom");
-    $("no-plotly").hidden = hasPlotly();
+    $("no-charts").hidden = hasCharts();
     wire();
     applyView(parseHash());
     connect();
