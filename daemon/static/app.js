@@ -35,6 +35,8 @@
     series: new Map(),        // run id -> {state, gen, seq, buffer, metrics: Map(name -> series)}
     zoom: new Map(),          // run + "\u0001" + metric -> {from, to, series}
     summaries: new Map(),     // run id -> {metric -> compare row}, for the compare legend
+    extremes: null,           // run id -> {metric -> {min, max}} for the table's min and max columns, kept live
+    extremesGen: 0,
     open: null,               // the run view's state
     dirty: new Set(), raf: 0, renderFlags: new Set(), tableAt: 0,
     finePending: 0,           // second (sharp) series answers still awaited
@@ -274,7 +276,7 @@
   /** Every run, page by page; the subscription starts at the first page's seq. */
   function loadRuns() {
     const fresh = S.lastSeq !== null;
-    if (fresh) { S.series.clear(); S.zoom.clear(); S.summaries.clear(); S.open = null; }
+    if (fresh) { S.series.clear(); S.zoom.clear(); S.summaries.clear(); S.open = null; dropExtremes(); }
     const runs = new Map();
     let firstSeq = null;
     const page = (offset) => query({ q: "runs", limit: RUNS_PAGE, offset }, (reply) => {
@@ -304,6 +306,7 @@
   /** After a reconnect: follow on from the last seq, and ask again what was asked and never answered. */
   function resume() {
     subscribe();
+    if (S.extremesWaiting) dropExtremes();  // its answers were lost with the connection: asked again
     for (const [id, store] of S.series) if (!store.sharp && store.gen !== S.gen) S.series.delete(id);
     for (const [id, summary] of S.summaries) if (summary === null) S.summaries.delete(id);
     if (S.open && S.open.gen !== S.gen && (S.open.itemsSeq === null || S.open.artifactsSeq === null)) S.open = null;
@@ -376,6 +379,7 @@
           run.metrics[k] = num(v);
           run.n_points = (run.n_points || 0) + 1;
         }
+        if (S.extremes) addExtremes(ev.run, data.values || {});
         if (S.view && S.view.filter.includes("metrics.")) scheduleFilterRefresh();
         break;
       case "item":
@@ -385,6 +389,59 @@
       case "artifact":
         run.n_artifacts = (run.n_artifacts || 0) + 1;
         break;
+    }
+  }
+
+  /**
+   * Every run's lowest and highest value of each metric, for the table's min and max
+   * columns: asked once (the `compare` query, by pages of 1,000 runs) when such a column is
+   * shown or sorted on, then kept by the metrics events that follow.
+   */
+  function loadExtremes() {
+    if (S.extremes || !S.loaded) return;
+    const extremes = (S.extremes = new Map());
+    const gen = ++S.extremesGen;
+    const ids = [...S.runs.keys()];
+    const waiting = [];  // metrics events applied while the answers were on their way
+    S.extremesWaiting = waiting;
+    let pending = 0;
+    for (let i = 0; i < ids.length; i += 1000) {
+      pending++;
+      query({ q: "compare", runs: ids.slice(i, i + 1000) }, (reply) => {
+        if (gen !== S.extremesGen) return;
+        if (reply.op === "result") {
+          for (const row of reply.rows) {
+            if (!extremes.has(row.run)) extremes.set(row.run, {});
+            extremes.get(row.run)[row.metric] = { min: num(row.min), max: num(row.max), seq: reply.seq };
+          }
+        }
+        if (--pending) return;
+        for (const ev of waiting) addExtremes(ev.run, ev.data.values || {}, ev.seq);
+        S.extremesWaiting = null;
+        render("table");
+      });
+    }
+    if (!pending) S.extremesWaiting = null;
+  }
+
+  function dropExtremes() {
+    S.extremes = null;
+    S.extremesWaiting = null;
+    S.extremesGen++;
+  }
+
+  function addExtremes(run, values, seq) {
+    if (S.extremesWaiting && seq === undefined) { S.extremesWaiting.push({ run, seq: S.lastSeq, data: { values } }); return; }
+    if (!S.extremes.has(run)) S.extremes.set(run, {});
+    const m = S.extremes.get(run);
+    for (const [k, raw] of Object.entries(values)) {
+      const v = num(raw);
+      if (typeof v !== "number" || Number.isNaN(v)) continue;
+      const e = m[k];
+      if (!e) { m[k] = { min: v, max: v, seq: seq || 0 }; continue; }
+      if (seq !== undefined && seq <= e.seq) continue;  // the summary already has it
+      if (!(e.min <= v)) e.min = v;
+      if (!(e.max >= v)) e.max = v;
     }
   }
 
@@ -528,6 +585,13 @@
       const name = id.slice(2);
       return { label: name, numeric: true, value: (r) => num((r.metrics || {})[name]), cell: (r) => fmt((r.metrics || {})[name]) };
     }
+    // A metric's lowest or highest value over the whole run (the daemon's summaries).
+    for (const [prefix, which] of [["mn:", "min"], ["mx:", "max"]]) {
+      if (!id.startsWith(prefix)) continue;
+      const name = id.slice(prefix.length);
+      const value = (r) => { const m = S.extremes && S.extremes.get(r.id); return m && m[name] ? num(m[name][which]) : null; };
+      return { label: name + " " + which, numeric: true, extremes: true, value, cell: (r) => fmt(value(r)) };
+    }
     if (id.startsWith("c:")) {
       const key = id.slice(2);
       return { label: key, value: (r) => flatConfig(r)[key], cell: (r) => fmt(flatConfig(r)[key]) };
@@ -564,7 +628,7 @@
     let rows = [...S.runs.values()].filter((r) => !r.deleted);
     if (S.filterIds) rows = rows.filter((r) => S.filterIds.has(r.id));
     if (S.searchIds) rows = rows.filter((r) => S.searchIds.has(r.id));
-    const [col, dir] = v.sort.split(":");
+    const [col, dir] = sortOf(v);
     const c = column(col);
     const sign = dir === "asc" ? 1 : -1;
     const keyed = rows.map((r) => ({ r, k: c && c.value ? c.value(r) : null, g: groupKeyOf(r, v.group) }));
@@ -577,11 +641,18 @@
     return keyed;
   }
 
+  /** The view's sort as [column, "asc" or "desc"]: split at the last colon, as column ids hold colons. */
+  function sortOf(v) {
+    const at = v.sort.lastIndexOf(":");
+    return at < 0 ? [v.sort, "desc"] : [v.sort.slice(0, at), v.sort.slice(at + 1)];
+  }
+
   function renderTable() {
     const v = S.view;
     const cols = v.cols.filter(column);
+    if ([...cols, sortOf(v)[0]].some((id) => column(id) && column(id).extremes)) loadExtremes();
     const sel = new Set(v.sel);
-    const [sortCol, sortDir] = v.sort.split(":");
+    const [sortCol, sortDir] = sortOf(v);
     const head = $("runs").tHead.rows[0];
     const selectAll = el("input", { type: "checkbox", "aria-label": "select every run on this page" });
     head.replaceChildren(el("th", { class: "pick" }, selectAll), ...cols.map((id) => {
@@ -703,7 +774,8 @@
     group.value = current;
     const cols = new Set(S.view.cols);
     const choices = [...Object.keys(BUILTIN_COLUMNS).map((id) => [id, BUILTIN_COLUMNS[id].label]),
-                     ...keys.metrics.map((m) => ["m:" + m, "metrics." + m]), ...keys.config.map((k) => ["c:" + k, "config." + k])];
+                     ...keys.metrics.flatMap((m) => [["m:" + m, "metrics." + m], ["mn:" + m, "metrics." + m + " min"], ["mx:" + m, "metrics." + m + " max"]]),
+                     ...keys.config.map((k) => ["c:" + k, "config." + k])];
     $("columns").replaceChildren(...choices.map(([id, label]) => {
       const box = el("input", { type: "checkbox", checked: cols.has(id), "data-col": id });
       box.onchange = () => setView({ cols: box.checked ? [...S.view.cols, id] : S.view.cols.filter((c) => c !== id) });

@@ -157,7 +157,40 @@
       return [xs, ys];
     });
     if (!tables.length) return [[]];
-    return window.uPlot.join(tables, tables.map(() => [0, 0]));  // 0: a null is spanned, not a break
+    const first = tables[0][0];
+    if (tables.every(([xs]) => xs.length === first.length && xs.every((x, i) => x === first[i]))) {
+      return [first, ...tables.map(([, ys]) => ys)];
+    }
+    // The union of every x, sorted, then each line placed on it by a walk of both (each
+    // line's x ascends): a typed-array sort and no hashing, as this runs on every live redraw.
+    let total = 0;
+    for (const [xs] of tables) total += xs.length;
+    const all = new Float64Array(total);
+    let at = 0;
+    for (const [xs] of tables) { all.set(xs, at); at += xs.length; }
+    all.sort();
+    const union = [];
+    for (let i = 0; i < total; i++) if (i === 0 || all[i] !== all[i - 1]) union.push(all[i]);
+    const out = [union];
+    for (const [xs, ys] of tables) {
+      const column = new Array(union.length).fill(undefined);  // undefined: no point here, spanned
+      let j = 0, ascending = true;
+      for (let i = 0; i < xs.length; i++) {
+        if (i && xs[i] < xs[i - 1]) { ascending = false; break; }
+        while (union[j] < xs[i]) j++;
+        column[j] = ys[i];
+      }
+      if (!ascending) {  // epochs or times out of order: place each by search
+        column.fill(undefined);
+        for (let i = 0; i < xs.length; i++) {
+          let lo = 0, hi = union.length - 1;
+          while (lo < hi) { const mid = (lo + hi) >> 1; if (union[mid] < xs[i]) lo = mid + 1; else hi = mid; }
+          column[lo] = ys[i];
+        }
+      }
+      out.push(column);
+    }
+    return out;
   }
 
   function axisStyle(t, extra) {

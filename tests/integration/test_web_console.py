@@ -296,7 +296,7 @@ async def test_with_tokens_the_page_from_a_token_url_says_hello_with_it_and_foll
         proc.stop()
 
 
-# -- plotly.js, served from the installed package ------------------------------------------
+# -- the chart library and caching ----------------------------------------------------------
 
 
 def test_the_chart_library_is_vendored_with_its_licence_and_served_from_the_daemon(
@@ -558,6 +558,36 @@ async def test_the_filter_box_narrows_the_table_and_shows_where_a_bad_filter_goe
 
 
 @pytest.mark.parametrize("_", [pytest.param(None, marks=needs_browser, id="chromium")])
+async def test_the_runs_table_sorts_by_a_metric_minimum_and_a_config_key_and_keeps_the_minimum_live(
+    _: None, daemon: DaemonProcess, client: Client, browser: Browser
+) -> None:
+    lowest = {}
+    for i, lr in enumerate((0.1, 0.001, 0.01)):
+        events = run_events(f"r-{i}", f"run-{i}", {"lr": lr}, 30, 1 + i)
+        await client.append(events)
+        lowest[f"r-{i}"] = min(e["data"]["values"]["loss"] for e in events if e["type"] == "metrics")
+    by_min = sorted(lowest, key=lowest.__getitem__)
+    rows = "() => [...document.querySelectorAll('#runs tbody tr[data-run]')].map(r => r.dataset.run).join()"
+    page = await open_console(browser, daemon.http + "/#runs?cols=name,mn:loss,mx:acc,c:lr&sort=mn:loss:asc")
+    await page.wait_for_function(f"{rows} === {','.join(by_min)!r}")
+    cell = f'#runs tr[data-run="{by_min[0]}"] td[data-col="mn:loss"]'
+    assert float(await page.inner_text(cell)) == pytest.approx(lowest[by_min[0]], rel=1e-3)
+    assert await page.inner_text('#runs th[data-col="mn:loss"]') == "loss min \u25b2"
+    # A new lowest value of the last run moves it to the top, pushed live.
+    last = by_min[-1]
+    await client.append([{"type": "metrics", "run": last, "data": {"values": {"loss": -1.0}, "step": 99}}])
+    await page.wait_for_function(f"{rows} === {','.join([last, *by_min[:-1]])!r}")
+    assert await page.inner_text(f'#runs tr[data-run="{last}"] td[data-col="mn:loss"]') == "-1"
+    # Sorting by a config key (a column id with a colon in it), highest first on a second click.
+    await page.click('#runs th[data-col="c:lr"] button')
+    await page.wait_for_function(f"{rows} === 'r-1,r-2,r-0'")
+    await page.click('#runs th[data-col="c:lr"] button')
+    await page.wait_for_function(f"{rows} === 'r-0,r-2,r-1'")
+    assert "sort=c%3Alr%3Adesc" in page.url
+    await page.close()
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_browser, id="chromium")])
 async def test_zooming_in_fetches_the_finer_points_of_that_range(
     _: None, daemon: DaemonProcess, client: Client, browser: Browser
 ) -> None:
@@ -595,15 +625,23 @@ async def test_zooming_in_fetches_the_finer_points_of_that_range(
     await page.mouse.move(b["x"] + b["width"] * 0.41, b["y"] + b["height"] / 2, steps=4)
     await page.mouse.up()
     await page.wait_for_selector(chart + '[data-fetches="1"]')
-    lo, hi = await page.evaluate(
-        f"() => document.querySelector('{chart} .plot').axes.range.map(Math.round)"
-    )
+    lo, hi = await page.evaluate(f"() => document.querySelector('{chart} .plot').axes.range.map(Math.round)")
     assert 0 < lo < hi < total and hi - lo < 2000
     traces = await plot_data(page, "run-pane", "loss")
     # The zoomed range is drawn from the daemon's finer points (every step, or a 1,000-point
     # reduction of them), where the overview held a few of them.
     drawn = in_range(traces, lo + 1, hi - 1)
     assert drawn == hi - lo - 1 or drawn >= 900, (drawn, lo, hi)
+    # The arrow keys pan the zoomed chart (a fifth of its range), fetching the finer points there.
+    await page.focus(chart + " .plot")
+    await page.keyboard.press("ArrowRight")
+    await page.wait_for_selector(chart + '[data-fetches="2"]')
+    lo2, hi2 = await page.evaluate(
+        f"() => document.querySelector('{chart} .plot').axes.range.map(Math.round)"
+    )
+    assert abs((lo2 - lo) - (hi - lo) / 5) <= 2 and abs((hi2 - lo2) - (hi - lo)) <= 2
+    drawn = in_range(await plot_data(page, "run-pane", "loss"), lo2 + 1, hi2 - 1)
+    assert drawn == hi2 - lo2 - 1 or drawn >= 900, (drawn, lo2, hi2)
     await page.click("#reset-zoom")
     await page.wait_for_selector(chart + '[data-zoomed="0"]')
     # The grid: two columns halve the chart, and the plot follows its box.
