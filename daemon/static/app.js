@@ -71,6 +71,8 @@
     if (Number.isInteger(v) && Math.abs(v) < 1e9) return String(v);
     return Math.abs(v) >= 1e-3 && Math.abs(v) < 1e6 ? v.toPrecision(4).replace(/\.?0+$/, "") : v.toExponential(3);
   };
+  /** Set a node's text only when it differs: an unchanged text costs no layout. */
+  const setText = (node, text) => { if (node.textContent !== text) node.textContent = text; };
   const when = (ts) => ts ? new Date(ts * 1000).toLocaleString() : "";
   const isBad = (status) => status === "failed" || status === "lost";
   const duration = (run) => run.started ? (run.finished || (run.status === "running" ? Date.now() / 1000 : run.last_ts || run.started)) - run.started : null;
@@ -515,12 +517,14 @@
     const flags = S.renderFlags;
     if (flags.size && S.view && S.loaded) {
       const all = flags.has("all");
-      $("head").textContent = "seq " + (S.lastSeq || 0);
       $("head").dataset.seq = S.lastSeq || 0;
-      // While events stream, tables and legends are redrawn at most 4 times a second.
+      // While events stream, tables and legends are redrawn at most 4 times a second: a
+      // change of text costs a layout and a repaint of the page, where a chart's redraw
+      // repaints its own canvas only.
       if (all || !flags.has("events") || flags.size > 1 || start - S.tableAt > 250) {
         S.renderFlags = new Set();
         S.tableAt = start;
+        setText($("head"), "seq " + (S.lastSeq || 0));
         const charts = all || flags.has("series");  // every chart redrawn: new series or options
         if (S.view.name === "runs") renderTable();
         else if (S.view.name === "compare") renderCompare(all, charts);
@@ -917,7 +921,7 @@
       lines.push(Object.assign({ series, zoom: S.zoom.get(e.run + "\u0001" + name) }, e));
     }
     const last = lines.length === 1 ? lines[0].series.values[lines[0].series.values.length - 1] : undefined;
-    box.querySelector(".last").textContent = last !== undefined ? fmt(last) : "";
+    setText(box.querySelector(".last"), last !== undefined ? fmt(last) : "");
     box.dataset.points = String(points);
     box.dataset.traces = String(lines.length);
     box.dataset.smooth = String(v.smooth);
@@ -1044,6 +1048,13 @@
       });
     }
     const shown = metricNames.slice(0, 8);
+    // Rebuilt only when something in it changed (it is redrawn up to 4 times a second while runs stream).
+    const signature = JSON.stringify([shown, entries.map((e) => {
+      const run = S.runs.get(e.run);
+      return [e.run, e.label, e.colour, e.group, run.status, shown.map((m) => fmt((run.metrics || {})[m])), S.summaries.get(e.run) ? 1 : 0];
+    })]);
+    if ($("legend").signature === signature) return;
+    $("legend").signature = signature;
     $("legend").tHead.replaceChildren(el("tr", {}, el("th", {}, "run"), el("th", {}, "status"),
       ...shown.map((m) => el("th", { title: "last (min \u2013 max)" }, m))));
     $("legend").tBodies[0].replaceChildren(...entries.map((e) => {
