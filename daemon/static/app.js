@@ -868,7 +868,7 @@
     if (!v) return [];
     const pane = v.name === "compare" && v.sel.includes(run) ? $("compare-charts") : v.name === "run" && v.run === run ? $("charts") : null;
     if (!pane) return [];
-    const box = pane.querySelector('.chart[data-metric="' + CSS.escape(metric) + '"]');
+    const box = pane.boxByMetric && pane.boxByMetric.get(metric);
     return box ? [box] : [];
   }
 
@@ -904,6 +904,8 @@
       box.draw = () => drawOne(box, name);  // the newest entries and options
       previous = box;
     }
+    // Found by name for each live point (thousands a second), without a selector query.
+    pane.boxByMetric = new Map([...pane.children].map((b) => [b.dataset.metric, b]));
   }
 
   /** Draw a metric's chart for these runs: entries [{run, label, colour, group}]. */
