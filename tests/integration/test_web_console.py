@@ -642,6 +642,14 @@ async def test_zooming_in_fetches_the_finer_points_of_that_range(
     assert abs((lo2 - lo) - (hi - lo) / 5) <= 2 and abs((hi2 - lo2) - (hi - lo)) <= 2
     drawn = in_range(await plot_data(page, "run-pane", "loss"), lo2 + 1, hi2 - 1)
     assert drawn == hi2 - lo2 - 1 or drawn >= 900, (drawn, lo2, hi2)
+    # A double click shows the whole series again; + zooms in by keyboard; the button resets.
+    await page.mouse.dblclick(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
+    await page.wait_for_selector(chart + '[data-zoomed="0"]')
+    lo3, hi3 = await page.evaluate(f"() => document.querySelector('{chart} .plot').axes.range")
+    assert lo3 <= 0 and hi3 >= total - 1
+    await page.focus(chart + " .plot")
+    await page.keyboard.press("+")
+    await page.wait_for_selector(chart + '[data-fetches="3"][data-zoomed="1"]')
     await page.click("#reset-zoom")
     await page.wait_for_selector(chart + '[data-zoomed="0"]')
     # The grid: two columns halve the chart, and the plot follows its box.
