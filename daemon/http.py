@@ -363,7 +363,7 @@ class HttpApi:
             if is_console_path(path):
                 if request.method != "GET":
                     return method_not_allowed(request.method, ["GET"])
-                page = console_response(path, params.text("token"))
+                page = console_response(path, params.text("token"), params.text("v"), request.headers)
                 if page is not None:
                     return page
             for route in self.routes:

@@ -4,7 +4,7 @@
 // it already reflects (its updated_seq). After a reconnect it subscribes again from the last
 // seq it applied: no gap, no duplicate. The view (filter, search, sort, columns, grouping,
 // selection, chart options) lives in the URL's fragment, so it can be shared and survives
-// a reload. Charts: charts.js (plotly.js). No build step.
+// a reload. Charts: charts.js (uPlot). No build step.
 "use strict";
 
 (function () {
@@ -22,7 +22,7 @@
   const DEFAULT_SORT = "started:desc";
   const token = new URLSearchParams(location.search).get("token");
   const wsUrl = (location.protocol === "https:" ? "wss:" : "ws:") + "//" + location.host + "/ws";
-  const hasPlotly = () => typeof window.Plotly === "object" && window.Plotly !== null;
+  const hasCharts = () => typeof window.uPlot === "function";
 
   const S = {
     runs: new Map(),          // run id -> summary (as the `runs` query gives it, kept live)
@@ -35,6 +35,8 @@
     series: new Map(),        // run id -> {state, gen, seq, buffer, metrics: Map(name -> series)}
     zoom: new Map(),          // run + "\u0001" + metric -> {from, to, series}
     summaries: new Map(),     // run id -> {metric -> compare row}, for the compare legend
+    extremes: null,           // run id -> {metric -> {min, max}} for the table's min and max columns, kept live
+    extremesGen: 0,
     open: null,               // the run view's state
     dirty: new Set(), raf: 0, renderFlags: new Set(), tableAt: 0,
     finePending: 0,           // second (sharp) series answers still awaited
@@ -69,6 +71,8 @@
     if (Number.isInteger(v) && Math.abs(v) < 1e9) return String(v);
     return Math.abs(v) >= 1e-3 && Math.abs(v) < 1e6 ? v.toPrecision(4).replace(/\.?0+$/, "") : v.toExponential(3);
   };
+  /** Set a node's text only when it differs: an unchanged text costs no layout. */
+  const setText = (node, text) => { if (node.textContent !== text) node.textContent = text; };
   const when = (ts) => ts ? new Date(ts * 1000).toLocaleString() : "";
   const isBad = (status) => status === "failed" || status === "lost";
   const duration = (run) => run.started ? (run.finished || (run.status === "running" ? Date.now() / 1000 : run.last_ts || run.started)) - run.started : null;
@@ -170,10 +174,10 @@
 
   function leaveView(prev) {
     const box = prev.name === "run" ? $("charts") : prev.name === "compare" ? $("compare-charts") : null;
-    if (box && hasPlotly()) for (const plot of box.querySelectorAll(".plot")) window.Plotly.purge(plot);
+    if (box) for (const plot of box.querySelectorAll(".plot")) C.destroy(plot);
     if (box) box.replaceChildren();
     if (prev.name === "run") S.open = null;
-    if (prev.name === "compare" && hasPlotly()) window.Plotly.purge($("parcoords"));
+    if (prev.name === "compare") C.destroy($("parcoords"));
     S.pcKey = null;
   }
 
@@ -274,7 +278,7 @@
   /** Every run, page by page; the subscription starts at the first page's seq. */
   function loadRuns() {
     const fresh = S.lastSeq !== null;
-    if (fresh) { S.series.clear(); S.zoom.clear(); S.summaries.clear(); S.open = null; }
+    if (fresh) { S.series.clear(); S.zoom.clear(); S.summaries.clear(); S.open = null; dropExtremes(); }
     const runs = new Map();
     let firstSeq = null;
     const page = (offset) => query({ q: "runs", limit: RUNS_PAGE, offset }, (reply) => {
@@ -304,6 +308,7 @@
   /** After a reconnect: follow on from the last seq, and ask again what was asked and never answered. */
   function resume() {
     subscribe();
+    if (S.extremesWaiting) dropExtremes();  // its answers were lost with the connection: asked again
     for (const [id, store] of S.series) if (!store.sharp && store.gen !== S.gen) S.series.delete(id);
     for (const [id, summary] of S.summaries) if (summary === null) S.summaries.delete(id);
     if (S.open && S.open.gen !== S.gen && (S.open.itemsSeq === null || S.open.artifactsSeq === null)) S.open = null;
@@ -376,6 +381,7 @@
           run.metrics[k] = num(v);
           run.n_points = (run.n_points || 0) + 1;
         }
+        if (S.extremes) addExtremes(ev.run, data.values || {});
         if (S.view && S.view.filter.includes("metrics.")) scheduleFilterRefresh();
         break;
       case "item":
@@ -385,6 +391,59 @@
       case "artifact":
         run.n_artifacts = (run.n_artifacts || 0) + 1;
         break;
+    }
+  }
+
+  /**
+   * Every run's lowest and highest value of each metric, for the table's min and max
+   * columns: asked once (the `compare` query, by pages of 1,000 runs) when such a column is
+   * shown or sorted on, then kept by the metrics events that follow.
+   */
+  function loadExtremes() {
+    if (S.extremes || !S.loaded) return;
+    const extremes = (S.extremes = new Map());
+    const gen = ++S.extremesGen;
+    const ids = [...S.runs.keys()];
+    const waiting = [];  // metrics events applied while the answers were on their way
+    S.extremesWaiting = waiting;
+    let pending = 0;
+    for (let i = 0; i < ids.length; i += 1000) {
+      pending++;
+      query({ q: "compare", runs: ids.slice(i, i + 1000) }, (reply) => {
+        if (gen !== S.extremesGen) return;
+        if (reply.op === "result") {
+          for (const row of reply.rows) {
+            if (!extremes.has(row.run)) extremes.set(row.run, {});
+            extremes.get(row.run)[row.metric] = { min: num(row.min), max: num(row.max), seq: reply.seq };
+          }
+        }
+        if (--pending) return;
+        for (const ev of waiting) addExtremes(ev.run, ev.data.values || {}, ev.seq);
+        S.extremesWaiting = null;
+        render("table");
+      });
+    }
+    if (!pending) S.extremesWaiting = null;
+  }
+
+  function dropExtremes() {
+    S.extremes = null;
+    S.extremesWaiting = null;
+    S.extremesGen++;
+  }
+
+  function addExtremes(run, values, seq) {
+    if (S.extremesWaiting && seq === undefined) { S.extremesWaiting.push({ run, seq: S.lastSeq, data: { values } }); return; }
+    if (!S.extremes.has(run)) S.extremes.set(run, {});
+    const m = S.extremes.get(run);
+    for (const [k, raw] of Object.entries(values)) {
+      const v = num(raw);
+      if (typeof v !== "number" || Number.isNaN(v)) continue;
+      const e = m[k];
+      if (!e) { m[k] = { min: v, max: v, seq: seq || 0 }; continue; }
+      if (seq !== undefined && seq <= e.seq) continue;  // the summary already has it
+      if (!(e.min <= v)) e.min = v;
+      if (!(e.max >= v)) e.max = v;
     }
   }
 
@@ -458,12 +517,14 @@
     const flags = S.renderFlags;
     if (flags.size && S.view && S.loaded) {
       const all = flags.has("all");
-      $("head").textContent = "seq " + (S.lastSeq || 0);
       $("head").dataset.seq = S.lastSeq || 0;
-      // While events stream, tables and legends are redrawn at most 4 times a second.
+      // While events stream, tables and legends are redrawn at most 4 times a second: a
+      // change of text costs a layout and a repaint of the page, where a chart's redraw
+      // repaints its own canvas only.
       if (all || !flags.has("events") || flags.size > 1 || start - S.tableAt > 250) {
         S.renderFlags = new Set();
         S.tableAt = start;
+        setText($("head"), "seq " + (S.lastSeq || 0));
         const charts = all || flags.has("series");  // every chart redrawn: new series or options
         if (S.view.name === "runs") renderTable();
         else if (S.view.name === "compare") renderCompare(all, charts);
@@ -528,6 +589,13 @@
       const name = id.slice(2);
       return { label: name, numeric: true, value: (r) => num((r.metrics || {})[name]), cell: (r) => fmt((r.metrics || {})[name]) };
     }
+    // A metric's lowest or highest value over the whole run (the daemon's summaries).
+    for (const [prefix, which] of [["mn:", "min"], ["mx:", "max"]]) {
+      if (!id.startsWith(prefix)) continue;
+      const name = id.slice(prefix.length);
+      const value = (r) => { const m = S.extremes && S.extremes.get(r.id); return m && m[name] ? num(m[name][which]) : null; };
+      return { label: name + " " + which, numeric: true, extremes: true, value, cell: (r) => fmt(value(r)) };
+    }
     if (id.startsWith("c:")) {
       const key = id.slice(2);
       return { label: key, value: (r) => flatConfig(r)[key], cell: (r) => fmt(flatConfig(r)[key]) };
@@ -564,7 +632,7 @@
     let rows = [...S.runs.values()].filter((r) => !r.deleted);
     if (S.filterIds) rows = rows.filter((r) => S.filterIds.has(r.id));
     if (S.searchIds) rows = rows.filter((r) => S.searchIds.has(r.id));
-    const [col, dir] = v.sort.split(":");
+    const [col, dir] = sortOf(v);
     const c = column(col);
     const sign = dir === "asc" ? 1 : -1;
     const keyed = rows.map((r) => ({ r, k: c && c.value ? c.value(r) : null, g: groupKeyOf(r, v.group) }));
@@ -577,11 +645,18 @@
     return keyed;
   }
 
+  /** The view's sort as [column, "asc" or "desc"]: split at the last colon, as column ids hold colons. */
+  function sortOf(v) {
+    const at = v.sort.lastIndexOf(":");
+    return at < 0 ? [v.sort, "desc"] : [v.sort.slice(0, at), v.sort.slice(at + 1)];
+  }
+
   function renderTable() {
     const v = S.view;
     const cols = v.cols.filter(column);
+    if ([...cols, sortOf(v)[0]].some((id) => column(id) && column(id).extremes)) loadExtremes();
     const sel = new Set(v.sel);
-    const [sortCol, sortDir] = v.sort.split(":");
+    const [sortCol, sortDir] = sortOf(v);
     const head = $("runs").tHead.rows[0];
     const selectAll = el("input", { type: "checkbox", "aria-label": "select every run on this page" });
     head.replaceChildren(el("th", { class: "pick" }, selectAll), ...cols.map((id) => {
@@ -703,7 +778,8 @@
     group.value = current;
     const cols = new Set(S.view.cols);
     const choices = [...Object.keys(BUILTIN_COLUMNS).map((id) => [id, BUILTIN_COLUMNS[id].label]),
-                     ...keys.metrics.map((m) => ["m:" + m, "metrics." + m]), ...keys.config.map((k) => ["c:" + k, "config." + k])];
+                     ...keys.metrics.flatMap((m) => [["m:" + m, "metrics." + m], ["mn:" + m, "metrics." + m + " min"], ["mx:" + m, "metrics." + m + " max"]]),
+                     ...keys.config.map((k) => ["c:" + k, "config." + k])];
     $("columns").replaceChildren(...choices.map(([id, label]) => {
       const box = el("input", { type: "checkbox", checked: cols.has(id), "data-col": id });
       box.onchange = () => setView({ cols: box.checked ? [...S.view.cols, id] : S.view.cols.filter((c) => c !== id) });
@@ -792,7 +868,7 @@
     if (!v) return [];
     const pane = v.name === "compare" && v.sel.includes(run) ? $("compare-charts") : v.name === "run" && v.run === run ? $("charts") : null;
     if (!pane) return [];
-    const box = pane.querySelector('.chart[data-metric="' + CSS.escape(metric) + '"]');
+    const box = pane.boxByMetric && pane.boxByMetric.get(metric);
     return box ? [box] : [];
   }
 
@@ -801,7 +877,7 @@
   /** Make sure `pane` has one chart box per name, in name order; each box draws itself through `draw`. */
   function chartBoxes(pane, names, drawOne) {
     const have = new Map([...pane.children].map((b) => [b.dataset.metric, b]));
-    for (const [name, box] of have) if (!names.includes(name)) { if (hasPlotly()) window.Plotly.purge(box.querySelector(".plot")); box.remove(); }
+    for (const [name, box] of have) if (!names.includes(name)) { C.destroy(box.querySelector(".plot")); box.remove(); }
     let previous = null;
     for (const name of names) {
       let box = have.get(name);
@@ -820,7 +896,7 @@
         }
         if (window.ResizeObserver) {
           let first = true;
-          new ResizeObserver(() => { if (first) { first = false; return; } if (hasPlotly() && plot.data) window.Plotly.Plots.resize(plot); }).observe(box);
+          new ResizeObserver(() => { if (first) { first = false; return; } C.resize(plot); }).observe(box);
         }
       } else if (previous ? previous.nextElementSibling !== box : pane.firstElementChild !== box) {
         if (previous) previous.after(box); else pane.prepend(box);
@@ -828,6 +904,8 @@
       box.draw = () => drawOne(box, name);  // the newest entries and options
       previous = box;
     }
+    // Found by name for each live point (thousands a second), without a selector query.
+    pane.boxByMetric = new Map([...pane.children].map((b) => [b.dataset.metric, b]));
   }
 
   /** Draw a metric's chart for these runs: entries [{run, label, colour, group}]. */
@@ -845,15 +923,15 @@
       lines.push(Object.assign({ series, zoom: S.zoom.get(e.run + "\u0001" + name) }, e));
     }
     const last = lines.length === 1 ? lines[0].series.values[lines[0].series.values.length - 1] : undefined;
-    box.querySelector(".last").textContent = last !== undefined ? fmt(last) : "";
+    setText(box.querySelector(".last"), last !== undefined ? fmt(last) : "");
     box.dataset.points = String(points);
     box.dataset.traces = String(lines.length);
     box.dataset.smooth = String(v.smooth);
     box.dataset.ytype = v.log ? "log" : "linear";
     box.dataset.xaxis = v.x;
-    if (!hasPlotly()) return;
+    if (!hasCharts()) return;
     // A chart waits (up to a second) for all its runs' series, rather than being drawn once per arrival.
-    if (!ready && !box.draws && performance.now() - box.createdAt < 1000) { setTimeout(() => redraw(box), 250); return; }
+    if (!ready && !box.draws && performance.now() - box.createdAt < 1000) { setTimeout(() => { if (!box.draws) redraw(box); }, 250); return; }
     const drawn = C.drawMetric(box.plot, lines, {
       xAxis: v.x, smoothing: v.smooth, log: v.log, aggregate: !!(v.group && v.agg && v.name === "compare"),
       revision: (v.name === "run" ? v.run : v.sel.join(",")), datarevision: (box.draws = (box.draws || 0) + 1),
@@ -867,13 +945,13 @@
     box.dataset.sharp = sharp ? "1" : "0";
     if (!box.listening) {
       box.listening = true;
-      box.plot.on("plotly_relayout", (ev) => onZoom(box, name, entries.map((e) => e.run), C.zoomOf(ev)));
+      C.onZoomOf(box.plot, (range) => onZoom(box, name, range));
     }
     box.entries = entries;
   }
 
   /** A zoom on a chart asks the daemon for that step range at full resolution (its finer tier). */
-  function onZoom(box, name, _runs, range) {
+  function onZoom(box, name, range) {
     if (!range) return;
     const runs = (box.entries || []).map((e) => e.run);
     if (range === "reset") {
@@ -882,8 +960,7 @@
       return;
     }
     const v = S.view;
-    let [a, b] = range;
-    if (v.x === "time") { a = new Date(a).getTime(); b = new Date(b).getTime(); }
+    const [a, b] = range;
     let pending = 0, zoomPoints = 0;
     const generation = (box.zoomGen = (box.zoomGen || 0) + 1);
     for (const run of runs) {
@@ -973,6 +1050,13 @@
       });
     }
     const shown = metricNames.slice(0, 8);
+    // Rebuilt only when something in it changed (it is redrawn up to 4 times a second while runs stream).
+    const signature = JSON.stringify([shown, entries.map((e) => {
+      const run = S.runs.get(e.run);
+      return [e.run, e.label, e.colour, e.group, run.status, shown.map((m) => fmt((run.metrics || {})[m])), S.summaries.get(e.run) ? 1 : 0];
+    })]);
+    if ($("legend").signature === signature) return;
+    $("legend").signature = signature;
     $("legend").tHead.replaceChildren(el("tr", {}, el("th", {}, "run"), el("th", {}, "status"),
       ...shown.map((m) => el("th", { title: "last (min \u2013 max)" }, m))));
     $("legend").tBodies[0].replaceChildren(...entries.map((e) => {
@@ -1019,8 +1103,8 @@
       .filter((k) => configs.some((c) => JSON.stringify(c[k]) !== JSON.stringify(configs[0][k]))).slice(0, 12);
     const div = $("parcoords");
     div.dataset.axes = String(keys.length + (metric ? 1 : 0));
-    if (!hasPlotly() || ids.length < 2 || !keys.length || !metric) {
-      if (hasPlotly()) window.Plotly.purge(div);
+    if (!hasCharts() || ids.length < 2 || !keys.length || !metric) {
+      C.destroy(div);
       div.replaceChildren(el("p", { class: "muted" }, "Needs two runs or more whose configs differ, and a metric."));
       return;
     }
@@ -1266,7 +1350,7 @@
       for (const box of document.querySelectorAll(".chart")) {
         box.zoomGen = (box.zoomGen || 0) + 1;
         redraw(box);
-        if (hasPlotly() && box.plot && box.plot.data) window.Plotly.relayout(box.plot, { "xaxis.autorange": true, "yaxis.autorange": true });
+        if (box.plot) C.setZoom(box.plot, null, false);
       }
     };
     for (const k of ["stage", "status", "model", "backend"]) $("item-" + k).onchange = () => { if (S.open) loadItems(S.open); };
@@ -1277,7 +1361,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     mark("dom");
-    $("no-plotly").hidden = hasPlotly();
+    $("no-charts").hidden = hasCharts();
     wire();
     applyView(parseHash());
     connect();

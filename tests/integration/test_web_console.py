@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import gzip
+import hashlib
 import itertools
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -64,8 +67,7 @@ def test_the_console_files_are_served_with_their_content_types(daemon: DaemonPro
     status, headers, body = get(daemon.http + "/")
     assert status == 200
     assert headers["Content-Type"] == "text/html; charset=utf-8"
-    assert b'src="/static/app.js"' in body and b"__ASSET_QUERY__" not in body
-    assert b"__PLOTLY_VERSION__" not in body
+    assert b'src="/static/app.js?v=' in body and b"__ASSET_QUERY__" not in body
     assert "connect-src 'self'" in headers["Content-Security-Policy"]
     status, headers, body = get(daemon.http + "/static/app.js")
     assert (status, headers["Content-Type"]) == (200, "text/javascript; charset=utf-8")
@@ -97,7 +99,7 @@ def test_with_tokens_the_console_takes_the_token_from_the_url_and_passes_it_to_i
         assert get(proc.http + "/static/app.js")[0] == 401
         status, _, body = get(proc.http + "/?token=s3cret")
         assert status == 200
-        assert b'src="/static/app.js?token=s3cret"' in body
+        assert re.search(rb'src="/static/app\.js\?v=[0-9a-f]{16}&token=s3cret"', body)
         assert get(proc.http + "/static/app.js?token=s3cret")[0] == 200
         assert get(proc.http + "/", {"Authorization": "Bearer s3cret"})[0] == 200
         # Only the console's own paths take the token from the URL.
@@ -294,25 +296,47 @@ async def test_with_tokens_the_page_from_a_token_url_says_hello_with_it_and_foll
         proc.stop()
 
 
-# -- plotly.js, served from the installed package ------------------------------------------
+# -- the chart library and caching ----------------------------------------------------------
 
 
-def test_plotly_js_is_served_from_the_installed_plotly_package_under_its_version(
+def test_the_chart_library_is_vendored_with_its_licence_and_served_from_the_daemon(
     daemon: DaemonProcess,
 ) -> None:
-    import importlib.metadata
+    static = Path(__file__).parents[2] / "daemon" / "static"
+    assert "MIT License" in (static / "uPlot-LICENSE").read_text()
+    _, _, page = get(daemon.http + "/")
+    assert b'src="/static/uPlot-1.6.32.min.js?v=' in page and b"cdn" not in page.lower()
+    status, headers, body = get(daemon.http + "/static/uPlot-1.6.32.min.js")
+    assert (status, headers["Content-Type"]) == (200, "text/javascript; charset=utf-8")
+    assert body.startswith(b"/*! https://github.com/leeoniya/uPlot (v1.6.32) */")
 
-    version = importlib.metadata.version("plotly")
-    status, _, page = get(daemon.http + "/")
-    name = f"plotly-{version}.min.js"
-    assert f'src="/static/{name}"'.encode() in page
-    status, headers, body = get(daemon.http + "/static/" + name)
-    assert status == 200
-    assert headers["Content-Type"] == "text/javascript; charset=utf-8"
-    assert "immutable" in headers["Cache-Control"]
-    assert b"plotly.js" in body[:2000] and len(body) > 1_000_000
-    # Another version's name is not served (a stale cached page asks afresh).
-    assert get(daemon.http + "/static/plotly-0.0.1.min.js")[0] == 404
+
+def test_assets_named_by_their_hash_are_immutable_others_are_revalidated_by_etag_and_gzipped(
+    daemon: DaemonProcess,
+) -> None:
+    _, headers, page = get(daemon.http + "/")
+    assert headers["Cache-Control"] == "no-store"  # the page names the current hashes
+    match = re.search(rb'src="(/static/app\.js\?v=([0-9a-f]{16}))"', page)
+    assert match is not None
+    body = (Path(__file__).parents[2] / "daemon" / "static" / "app.js").read_bytes()
+    assert match.group(2).decode() == hashlib.sha256(body).hexdigest()[:16]
+    status, headers, served = get(daemon.http + match.group(1).decode())
+    assert status == 200 and served == body
+    assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    # Without the current hash: cached only with a check, which is a 304 while unchanged.
+    status, headers, _ = get(daemon.http + "/static/app.js?v=0123456789abcdef")
+    assert headers["Cache-Control"] == "no-cache"
+    etag = headers["ETag"]
+    status, headers, again = get(daemon.http + "/static/app.js", {"If-None-Match": etag})
+    assert (status, again) == (304, b"")
+    assert get(daemon.http + "/static/app.js", {"If-None-Match": '"other"'})[0] == 200
+    # Compressed for a browser that takes gzip, with an ETag of its own.
+    status, headers, packed = get(daemon.http + match.group(1).decode(), {"Accept-Encoding": "gzip, br"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip" and headers["Vary"] == "Accept-Encoding"
+    assert gzip.decompress(packed) == body and len(packed) < len(body) / 2
+    assert headers["ETag"] != etag
+    status, headers, _ = get(daemon.http + "/static/app.js", {"Accept-Encoding": "gzip;q=0"})
+    assert "Content-Encoding" not in headers
 
 
 # -- compare, filter, zoom, layout -------------------------------------------------------------
@@ -348,14 +372,13 @@ def run_events(
 
 
 async def plot_data(page: Page, pane: str, metric: str) -> list[dict[str, Any]]:
-    """The traces Plotly holds for a chart: name, opacity, meta and y of each."""
+    """The traces a chart draws: name, opacity, meta, x and y of each."""
     return await page.evaluate(  # type: ignore[no-any-return]
         """([pane, metric]) => {
             const plot = document.querySelector(`#${pane} .chart[data-metric="${metric}"] .plot`);
-            return (plot.data || []).map((t) => ({name: t.name, meta: t.meta, opacity: t.opacity,
-                                                   colour: t.line && t.line.color,
-                                                   y: Array.from(t.y), x: Array.from(t.x),
-                                                   ytype: plot._fullLayout.yaxis.type}));
+            return (plot.traces || []).map((t) => ({name: t.name, meta: t.meta, opacity: t.opacity,
+                                                     colour: t.colour, y: Array.from(t.y), x: Array.from(t.x),
+                                                     ytype: plot.axes.y}));
         }""",
         [pane, metric],
     )
@@ -388,14 +411,14 @@ async def test_three_selected_runs_are_overlaid_smoothed_on_a_log_axis_and_the_v
         assert len({t["colour"] for t in traces}) == 3 and all(len(t["y"]) == 200 for t in traces)
     assert await page.locator("#legend tbody tr").count() == 3
     # Hovering reads out every run's value at that x.
-    area = await page.wait_for_selector('#compare-charts .chart[data-metric="loss"] .nsewdrag')
+    area = await page.wait_for_selector('#compare-charts .chart[data-metric="loss"] .u-over')
     assert area is not None
     box = await area.bounding_box()
     assert box is not None
     await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     await page.wait_for_function(
-        """() => { const t = document.querySelector('#compare-charts .chart[data-metric="loss"] .hoverlayer')
-                              .textContent;
+        """() => { const r = document.querySelector('#compare-charts .chart[data-metric="loss"] .readout');
+                   const t = r && !r.hidden ? r.textContent : '';
                    return ['lr-0.1', 'lr-0.01', 'lr-0.001'].every((n) => t.includes(n)); }"""
     )
     # The config diff holds only the key that differs.
@@ -442,7 +465,7 @@ async def test_three_selected_runs_are_overlaid_smoothed_on_a_log_axis_and_the_v
         ]
     )
     await page.wait_for_function(
-        """() => document.querySelector('#compare-charts .chart[data-metric="loss"] .plot').data
+        """() => document.querySelector('#compare-charts .chart[data-metric="loss"] .plot').traces
                    .some((t) => t.name === 'lr-0.1' && t.x.length === 210)"""
     )
     # x by wall time: a date axis.
@@ -451,7 +474,7 @@ async def test_three_selected_runs_are_overlaid_smoothed_on_a_log_axis_and_the_v
     assert (
         await page.evaluate(
             """() => document.querySelector('#compare-charts .chart[data-metric="loss"] .plot')
-                       ._fullLayout.xaxis.type"""
+                       .axes.x"""
         )
         == "date"
     )
@@ -461,7 +484,7 @@ async def test_three_selected_runs_are_overlaid_smoothed_on_a_log_axis_and_the_v
     await page.wait_for_selector('#compare-charts .chart[data-metric="loss"][data-xaxis="step"]')
     await page.goto(page.url + "&group=c%3Alayers")
     await page.wait_for_function(
-        """() => (document.querySelector('#compare-charts .chart[data-metric="acc"] .plot').data || [])
+        """() => (document.querySelector('#compare-charts .chart[data-metric="acc"] .plot').traces || [])
                    .some((t) => t.meta === 'mean' && t.name.includes('(mean of 3)'))"""
     )
     traces = await plot_data(page, "compare-pane", "acc")
@@ -535,6 +558,36 @@ async def test_the_filter_box_narrows_the_table_and_shows_where_a_bad_filter_goe
 
 
 @pytest.mark.parametrize("_", [pytest.param(None, marks=needs_browser, id="chromium")])
+async def test_the_runs_table_sorts_by_a_metric_minimum_and_a_config_key_and_keeps_the_minimum_live(
+    _: None, daemon: DaemonProcess, client: Client, browser: Browser
+) -> None:
+    lowest = {}
+    for i, lr in enumerate((0.1, 0.001, 0.01)):
+        events = run_events(f"r-{i}", f"run-{i}", {"lr": lr}, 30, 1 + i)
+        await client.append(events)
+        lowest[f"r-{i}"] = min(e["data"]["values"]["loss"] for e in events if e["type"] == "metrics")
+    by_min = sorted(lowest, key=lowest.__getitem__)
+    rows = "() => [...document.querySelectorAll('#runs tbody tr[data-run]')].map(r => r.dataset.run).join()"
+    page = await open_console(browser, daemon.http + "/#runs?cols=name,mn:loss,mx:acc,c:lr&sort=mn:loss:asc")
+    await page.wait_for_function(f"{rows} === {','.join(by_min)!r}")
+    cell = f'#runs tr[data-run="{by_min[0]}"] td[data-col="mn:loss"]'
+    assert float(await page.inner_text(cell)) == pytest.approx(lowest[by_min[0]], rel=1e-3)
+    assert await page.inner_text('#runs th[data-col="mn:loss"]') == "loss min \u25b2"
+    # A new lowest value of the last run moves it to the top, pushed live.
+    last = by_min[-1]
+    await client.append([{"type": "metrics", "run": last, "data": {"values": {"loss": -1.0}, "step": 99}}])
+    await page.wait_for_function(f"{rows} === {','.join([last, *by_min[:-1]])!r}")
+    assert await page.inner_text(f'#runs tr[data-run="{last}"] td[data-col="mn:loss"]') == "-1"
+    # Sorting by a config key (a column id with a colon in it), highest first on a second click.
+    await page.click('#runs th[data-col="c:lr"] button')
+    await page.wait_for_function(f"{rows} === 'r-1,r-2,r-0'")
+    await page.click('#runs th[data-col="c:lr"] button')
+    await page.wait_for_function(f"{rows} === 'r-0,r-2,r-1'")
+    assert "sort=c%3Alr%3Adesc" in page.url
+    await page.close()
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_browser, id="chromium")])
 async def test_zooming_in_fetches_the_finer_points_of_that_range(
     _: None, daemon: DaemonProcess, client: Client, browser: Browser
 ) -> None:
@@ -562,34 +615,50 @@ async def test_zooming_in_fetches_the_finer_points_of_that_range(
 
     assert in_range(await plot_data(page, "run-pane", "loss"), 20_000, 20_400) < 20
     # A drag across a sliver of the plot zooms in on it, as a person would.
-    area = await page.wait_for_selector(chart + " .nsewdrag")
+    area = await page.wait_for_selector(chart + " .u-over")
     assert area is not None
     b = await area.bounding_box()
     assert b is not None
     await page.mouse.move(b["x"] + b["width"] * 0.40, b["y"] + b["height"] / 2)
     await page.mouse.down()
+    await page.mouse.move(b["x"] + b["width"] * 0.405, b["y"] + b["height"] / 2, steps=4)
     await page.mouse.move(b["x"] + b["width"] * 0.41, b["y"] + b["height"] / 2, steps=4)
-    await page.mouse.move(b["x"] + b["width"] * 0.42, b["y"] + b["height"] / 2, steps=4)
     await page.mouse.up()
     await page.wait_for_selector(chart + '[data-fetches="1"]')
-    lo, hi = await page.evaluate(
-        f"() => document.querySelector('{chart} .plot')._fullLayout.xaxis.range.map(Math.round)"
-    )
+    lo, hi = await page.evaluate(f"() => document.querySelector('{chart} .plot').axes.range.map(Math.round)")
     assert 0 < lo < hi < total and hi - lo < 2000
     traces = await plot_data(page, "run-pane", "loss")
     # The zoomed range is drawn from the daemon's finer points (every step, or a 1,000-point
     # reduction of them), where the overview held a few of them.
     drawn = in_range(traces, lo + 1, hi - 1)
     assert drawn == hi - lo - 1 or drawn >= 900, (drawn, lo, hi)
+    # The arrow keys pan the zoomed chart (a fifth of its range), fetching the finer points there.
+    await page.focus(chart + " .plot")
+    await page.keyboard.press("ArrowRight")
+    await page.wait_for_selector(chart + '[data-fetches="2"]')
+    lo2, hi2 = await page.evaluate(
+        f"() => document.querySelector('{chart} .plot').axes.range.map(Math.round)"
+    )
+    assert abs((lo2 - lo) - (hi - lo) / 5) <= 2 and abs((hi2 - lo2) - (hi - lo)) <= 2
+    drawn = in_range(await plot_data(page, "run-pane", "loss"), lo2 + 1, hi2 - 1)
+    assert drawn == hi2 - lo2 - 1 or drawn >= 900, (drawn, lo2, hi2)
+    # A double click shows the whole series again; + zooms in by keyboard; the button resets.
+    await page.mouse.dblclick(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
+    await page.wait_for_selector(chart + '[data-zoomed="0"]')
+    lo3, hi3 = await page.evaluate(f"() => document.querySelector('{chart} .plot').axes.range")
+    assert lo3 <= 0 and hi3 >= total - 1
+    await page.focus(chart + " .plot")
+    await page.keyboard.press("+")
+    await page.wait_for_selector(chart + '[data-fetches="3"][data-zoomed="1"]')
     await page.click("#reset-zoom")
     await page.wait_for_selector(chart + '[data-zoomed="0"]')
     # The grid: two columns halve the chart, and the plot follows its box.
     wide = await page.evaluate(
-        f"() => document.querySelector('{chart} .main-svg').getBoundingClientRect().width"
+        f"() => document.querySelector('{chart} .uplot').getBoundingClientRect().width"
     )
     await page.select_option("#grid-cols", "2")
     await page.wait_for_function(
-        f"() => document.querySelector('{chart} .main-svg').getBoundingClientRect().width < {wide} * 0.6"
+        f"() => document.querySelector('{chart} .uplot').getBoundingClientRect().width < {wide} * 0.6"
     )
     assert "gc=2" not in page.url and "gc=1" not in page.url  # two columns is the default
     assert page.errors == []  # type: ignore[attr-defined]
