@@ -21,6 +21,7 @@ from tracklog.protocol.events import RunDeleted, RunRestored
 from tracklog.protocol.messages import Ack, Append, Error, Query, Result, ServerMessage
 
 from .ids import uuid7
+from .tls import connect_options
 
 
 class Rows(list):  # type: ignore[type-arg]
@@ -103,6 +104,7 @@ class QueryClient:
             max_size=None,
             additional_headers=headers,
             compression=None,
+            **connect_options(self.url),
         ) as ws:
             conn = ClientConnection(self.client_name, self.token)
             ws.send(conn.hello())

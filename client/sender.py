@@ -57,6 +57,7 @@ from tracklog.protocol.messages import Ack, Error
 
 from . import wire
 from .spool import Spool
+from .tls import connect_options
 
 log = logging.getLogger("tracklog")
 
@@ -589,6 +590,7 @@ class Sender:
             max_size=MAX_FRAME_BYTES,
             compression=None,
             user_agent_header=self.options.client_name,
+            **connect_options(self.url),
         )
         conn = Connection(self.options.client_name, self.token, enc_hook=wire.enc_hook)
         try:

@@ -34,6 +34,7 @@ from tracklog.protocol.errors import TracklogError, error_for_code
 from tracklog.protocol.messages import Error, Query, Result
 
 from .subscribe import _RETRYABLE, _backoff
+from .tls import add_ca_option, connect_options
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -305,7 +306,9 @@ class Feed:
     def _open(self) -> None:
         from websockets.sync.client import connect
 
-        ws = connect(self.url, open_timeout=10, max_size=None, compression=None).__enter__()
+        ws = connect(
+            self.url, open_timeout=10, max_size=None, compression=None, **connect_options(self.url)
+        ).__enter__()
         try:
             conn = ClientConnection("tracklog-watch", self.token)
             ws.send(conn.hello())
@@ -413,6 +416,7 @@ def add_watch_parser(sub: Any) -> None:
     w.add_argument(
         "--token", default=os.environ.get("TRACKLOG_TOKEN") or None, help="bearer token ($TRACKLOG_TOKEN)"
     )
+    add_ca_option(w)
     w.add_argument("--pipeline", default=None, metavar="P", help="only runs of this pipeline")
     w.add_argument(
         "--refresh", type=float, default=4.0, metavar="PER_SECOND", help="redraws per second (default 4)"
