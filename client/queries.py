@@ -9,6 +9,7 @@ a millisecond. MessagePack carries NaN and the infinities as they are.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -113,15 +114,24 @@ class QueryClient:
                     raise errors.error_for_code(event.error.code, event.error.message)
 
             def exchange(request: Query | Append) -> ServerMessage:
+                deadline = time.monotonic() + self.timeout
+                while True:
+                    reply = exchange_once(request)
+                    if not isinstance(reply, Error):
+                        return reply
+                    wait = reply.retry_after or 0.0
+                    if reply.code == errors.RATE_LIMITED and time.monotonic() + wait < deadline:
+                        time.sleep(wait)  # refused for a rate limit: nothing was done; send again
+                        continue
+                    raise errors.error_for_code(reply.code, reply.message, reply.ref, reply.retry_after)
+
+            def exchange_once(request: Query | Append) -> ServerMessage:
                 ref, data = conn.request(request)
                 ws.send(data)
                 while True:
                     for event in conn.receive(ws.recv(self.timeout, decode=False)):
-                        if not isinstance(event, Answered) or event.ref != ref:
-                            continue
-                        if isinstance(event.reply, Error):
-                            raise errors.error_for_code(event.reply.code, event.reply.message, ref)
-                        return event.reply
+                        if isinstance(event, Answered) and event.ref == ref:
+                            return event.reply
 
             yield exchange
 

@@ -68,10 +68,25 @@ class Requests:
         """Send msg (its `ref` is allocated here) and return the reply to it.
 
         Raises DaemonUnavailable (RequestTimeout after `timeout` seconds) when the daemon
-        is away, and the ProtocolError of the daemon's error code when it refuses.
+        is away, and the ProtocolError of the daemon's error code when it refuses. A
+        request refused for a rate limit is sent again after the `retry_after` the daemon
+        names, while that fits in the timeout (RateLimited after that).
         """
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
+        while True:
+            reply = self._request_once(msg, limit, deadline)
+            if not isinstance(reply, Error):
+                return reply
+            if reply.code == errors.RATE_LIMITED:
+                wait = reply.retry_after or 0.0
+                if time.monotonic() + wait < deadline:
+                    time.sleep(wait)  # the daemon asked for it: nothing was done, send again
+                    continue
+            raise errors.error_for_code(reply.code, reply.message, reply.ref, reply.retry_after)
+
+    def _request_once(self, msg: Query | Check | Append, limit: float, deadline: float) -> Any:
+        """One exchange: the reply to msg (an Error too), or DaemonUnavailable."""
         with self._lock:
             if self._closed:
                 raise DaemonUnavailable("the tracker is closed")
@@ -107,8 +122,6 @@ class Requests:
                 raise DaemonUnavailable(
                     f"cannot reach the daemon at {self.url}: {type(exc).__name__}: {exc}"
                 ) from exc
-        if isinstance(reply, Error):
-            raise errors.error_for_code(reply.code, reply.message, reply.ref)
         return reply
 
     def _open(self, timeout: float) -> tuple[ClientConnection, Connection]:

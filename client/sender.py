@@ -20,7 +20,9 @@ rest happens on the sender's thread:
   whose connection dies before its ack is sent again, with the same event ids, so
   the daemon stores it once;
 - only transport failures and transient daemon states (`overloaded`, `disk_full`) make
-  an append go again as it was. An append refused for what it holds is split in halves,
+  an append go again as it was; `rate_limited` too, after the `retry_after` the daemon
+  names (the connection is made again then, and what was in flight is sent again from
+  the spool, so nothing is lost and nothing doubled). An append refused for what it holds is split in halves,
   sent again ahead of everything else, down to single events; a single event refused
   is reported in `errors` and dropped (after `MAX_INTERNAL_ATTEMPTS` tries for
   `internal`, which may be a passing fault), so one bad event never holds back the
@@ -125,6 +127,14 @@ class _Reconnect(Exception):
     """The connection must be dropped and made again (the daemon is overloaded, or confused us)."""
 
 
+class _RateLimited(_Reconnect):
+    """The daemon refused an append for a rate limit: send it again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass
 class _Counters:
     acked: int = 0
@@ -134,6 +144,8 @@ class _Counters:
     overflows: int = 0
     connects: int = 0
     dropped: int = 0
+    #: Appends the daemon refused for a rate limit (each sent again after its retry_after).
+    rate_limited: int = 0
     last_error: str | None = None
     errors: deque[RejectedEvent] = field(default_factory=lambda: deque(maxlen=MAX_ERRORS))
 
@@ -252,6 +264,7 @@ class Sender:
             "dropped": c.dropped,
             "connected": self._ws is not None,
             "connects": c.connects,
+            "rate_limited": c.rate_limited,
             "last_error": c.last_error,
         }
 
@@ -563,15 +576,22 @@ class Sender:
                 continue
             attempt = 0
             self._connected(ws, conn)
+            wait: float | None = None
             try:
                 await self._serve(ws)
                 self._failed(f"the daemon at {self.url} closed the connection")
+            except _RateLimited as exc:
+                wait = exc.retry_after
+                log.info("tracklog: %s; sending again in %.3f s", exc, wait)
             except (ConnectionClosed, OSError, _Reconnect, ConnectionViolation, msgspec.DecodeError) as exc:
                 self._failed(f"connection to {self.url} lost: {_describe(exc)}")
             finally:
                 self._disconnected(ws)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.close(), 2.0)
+            if wait is not None:
+                await asyncio.sleep(wait)  # what the daemon asked for; no backoff on top
+                continue
             self._unacked_sessions += 1
             await asyncio.sleep(self._backoff(self._unacked_sessions))
 
@@ -716,6 +736,10 @@ class Sender:
             log.warning("tracklog: the daemon says %s: %s", error.code, error.message)
             return
         code = error.code
+        if code == codes.RATE_LIMITED:
+            self.counters.rate_limited += 1
+            retry_after = error.retry_after if error.retry_after is not None else self.options.backoff_max
+            raise _RateLimited(f"append rate limited ({error.message})", min(max(retry_after, 0.0), 60.0))
         if code in TRANSIENT_APPEND_ERRORS:
             raise _Reconnect(f"append refused for now ({code}: {error.message})")
         append = self._complete()

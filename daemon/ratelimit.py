@@ -74,7 +74,7 @@ class TokenBucket:
         """Seconds until `cost` would pass (0.0: it passes now); takes nothing."""
         self._refill(now)
         needed = min(cost, self.burst)
-        if self.tokens >= needed:
+        if self.tokens >= needed - 1e-9:  # a client that waited the retry_after it was told passes
             return 0.0
         return (needed - self.tokens) / self.rate
 

@@ -10,6 +10,7 @@ never holds back an ack.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import ipaddress
@@ -147,7 +148,9 @@ def check_tokens(tokens: Iterable[str]) -> None:
 class Daemon:
     """One tracklog daemon: start(), then wait for stop(); or `run()` to do both."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        #: The clock of the rate limits (tests give one they move).
+        self.clock = clock
         #: The tokens given at start (command line); a reload adds those read from files.
         self._static_tokens = settings.tokens
         settings = self._with_reloaded(settings)
@@ -155,8 +158,10 @@ class Daemon:
         limits = settings.limits
         self.codec = Codec(limits.max_events_per_append, limits.max_depth, limits.max_field_chars)
         self.tokens = TokenSet(settings.grants)
-        self.token_buckets = TokenBuckets(settings.rates, time.monotonic)
+        self.token_buckets = TokenBuckets(settings.rates, clock)
         self.tls = server_tls(settings)
+        #: Requests the guard refused, by error code (forbidden, rate_limited, too_large).
+        self.refused: collections.Counter[str] = collections.Counter()
         self.writer = Writer(open_backend(settings.db, settings.durability), self.codec)
         db_url = str(settings.db)
         self.readers = Readers(lambda: open_read_model(db_url))
@@ -505,7 +510,7 @@ class Daemon:
         limiter = None
         if rates.enabled:
             token = found.name if found is not OPEN_GRANT else None
-            limiter = ConnectionLimiter(rates, self.token_buckets, token, time.monotonic)
+            limiter = ConnectionLimiter(rates, self.token_buckets, token, self.clock)
         return ConnectionGuard(found, self.settings.limits, limiter)
 
     async def _hello(self, ws: ServerConnection, granted: list[Grant] | None = None) -> Connection | None:
@@ -714,6 +719,11 @@ class Daemon:
     ) -> None:
         """Answer a request the guard refused: an append in its turn among the acks (a
         connection's appends are answered in order), anything else at once."""
+        self.refused[refused.code] += 1
+        # Rate limits can refuse many requests a second: those only at debug level.
+        (log.debug if refused.code == errors.RATE_LIMITED else log.info)(
+            "request refused", code=refused.code, reason=refused.message
+        )
         if isinstance(request, AppendFrame):
             done: asyncio.Future[AppendResult | errors.ProtocolError] = (
                 asyncio.get_running_loop().create_future()
