@@ -131,6 +131,23 @@ class TokenBuckets:
         return bucket
 
 
+def http_query(shared: TokenBuckets, token: str, what: str) -> errors.RateLimited | None:
+    """Charge one HTTP request that reads (an API query, an export) to its token's query
+    bucket; the error to answer it with (429) when refused."""
+    bucket = shared.queries(token)
+    if bucket is None:
+        return None
+    now = shared.clock()
+    wait = bucket.wait(1, now)
+    if wait <= 0.0:
+        bucket.take(1, now)
+        return None
+    retry = _retry_after(wait)
+    return errors.RateLimited(
+        f"{what}: over the rate limit (queries/s); retry after {retry:g} s", None, retry
+    )
+
+
 def _retry_after(seconds: float) -> float:
     return max(MIN_RETRY_AFTER, math.ceil(seconds * 1000 - 1e-6) / 1000)  # whole ms, rounded up
 

@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import ipaddress
 import itertools
+import math
 import os
 import signal
 import ssl
@@ -41,14 +42,14 @@ from tracklog.protocol.messages import Append, Check, Codec, Query, Subscribe, U
 from tracklog.protocol.version import __version__
 
 from . import logs
-from .auth import OPEN_GRANT, Grant, TokenSet, grant, http_scope
+from .auth import OPEN_GRANT, READ, Grant, TokenSet, grant, http_scope
 from .guard import ConnectionGuard, Limits
 from .http import HttpApi, HttpConnection, StreamedResponse, method_not_allowed
 from .hub import Filter, Hub, Subscription
 from .liveness import RUNNING, lost_event
 from .notify import Notifier
 from .queries import Readers
-from .ratelimit import ConnectionLimiter, RatePolicy, TokenBuckets
+from .ratelimit import ConnectionLimiter, RatePolicy, TokenBuckets, http_query
 from .service import Supervisor, load_reloadable
 from .storage import Durability, open_backend
 from .storage.eventlog import AppendResult, CheckResult
@@ -449,7 +450,8 @@ class Daemon:
         return self.tokens.find(token) is not None
 
     def _http_auth_refusal(self, method: str, path: str, token: str | None) -> Response | None:
-        """401 without a valid bearer token, 403 when its scopes do not cover the request."""
+        """401 without a valid bearer token, 403 when its scopes do not cover the request, 429
+        when a read is over its token's query rate (`--rate-token-queries`)."""
         found = self.tokens.find(token)
         if found is None:
             return _json_response(
@@ -461,6 +463,13 @@ class Daemon:
                 f"{method[:10]} {path[:100]}: needs the '{scope}' scope, which {found.name} does not have"
             )
             return _json_response(HTTPStatus.FORBIDDEN, {"error": "forbidden", "message": message})
+        limited = http_query(self.token_buckets, found.name, path[:100]) if scope == READ else None
+        if limited is not None:
+            self.refused[limited.code] += 1
+            body = {"error": limited.code, "message": limited.message, "retry_after": limited.retry_after}
+            response = _json_response(HTTPStatus.TOO_MANY_REQUESTS, body)
+            response.headers["Retry-After"] = str(math.ceil(limited.retry_after))
+            return response
         return None
 
     # -- WebSocket ----------------------------------------------------------------

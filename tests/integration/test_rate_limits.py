@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -185,3 +188,27 @@ async def test_the_thin_clients_requests_and_queries_wait_retry_after(
 def refusals(daemon: Daemon) -> int:
     """Requests the daemon refused for a rate limit so far (its token buckets' books)."""
     return daemon.refused["rate_limited"]
+
+
+async def test_http_reads_draw_on_the_tokens_query_rate(tmp_path: Path, clock: FrozenClock) -> None:
+    rates = RatePolicy(token_queries=Rate(2, 1))
+    settings = Settings(db=tmp_path / "t.db", port=0, tokens=("t",), rates=rates)
+    async with running(settings, clock) as daemon:
+
+        def get(path: str) -> tuple[int, dict[str, str], Any]:
+            request = urllib.request.Request(f"http://127.0.0.1:{daemon.port}{path}")
+            request.add_header("Authorization", "Bearer t")
+            try:
+                with urllib.request.urlopen(request, timeout=WAIT) as reply:
+                    return reply.status, dict(reply.headers), json.loads(reply.read())
+            except urllib.error.HTTPError as exc:
+                with exc:
+                    return exc.code, dict(exc.headers), json.loads(exc.read())
+
+        assert (await asyncio.to_thread(get, "/api/runs"))[0] == 200
+        status, headers, body = await asyncio.to_thread(get, "/api/runs")
+        assert status == 429 and headers["Retry-After"] == "1"
+        assert body["error"] == "rate_limited" and body["retry_after"] == pytest.approx(0.5)
+        assert (await asyncio.to_thread(get, "/healthz"))[0] == 200  # not a query
+        clock.now += 0.5
+        assert (await asyncio.to_thread(get, "/api/runs"))[0] == 200
