@@ -212,3 +212,12 @@ async def test_http_reads_draw_on_the_tokens_query_rate(tmp_path: Path, clock: F
         assert (await asyncio.to_thread(get, "/healthz"))[0] == 200  # not a query
         clock.now += 0.5
         assert (await asyncio.to_thread(get, "/api/runs"))[0] == 200
+
+        def metrics() -> str:
+            request = urllib.request.Request(f"http://127.0.0.1:{daemon.port}/metrics")
+            request.add_header("Authorization", "Bearer t")
+            with urllib.request.urlopen(request, timeout=WAIT) as reply:
+                return str(reply.read().decode())
+
+        text = await asyncio.to_thread(metrics)
+        assert 'tracklog_requests_refused_total{code="rate_limited"} 1' in text.splitlines()
