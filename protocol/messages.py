@@ -284,9 +284,12 @@ def long_string_problem(value: Any, limit: int, path: str) -> str | None:
         if len(value) > limit:
             return f"{path}: {len(value)} characters, at most {limit} (max_field_chars)"
         return None
-    if isinstance(value, Struct):
-        value = {name: getattr(value, name) for name in value.__struct_fields__}
-        cls = dict
+    if isinstance(value, Struct):  # its field names are the protocol's: only the values are checked
+        for name in value.__struct_fields__:
+            found = long_string_problem(getattr(value, name), limit, f"{path}.{name}")
+            if found is not None:
+                return found
+        return None
     if cls is dict:
         for key, child in value.items():
             if key.__class__ is str and len(key) > limit:
