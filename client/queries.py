@@ -22,6 +22,7 @@ from tracklog.protocol.events import RunDeleted, RunRestored
 from tracklog.protocol.messages import Ack, Append, Error, Query, Result, ServerMessage
 
 from .ids import uuid7
+from .requests import MIN_RATE_WAIT
 from .tls import connect_options
 
 
@@ -119,7 +120,7 @@ class QueryClient:
                     reply = exchange_once(request)
                     if not isinstance(reply, Error):
                         return reply
-                    wait = reply.retry_after or 0.0
+                    wait = max(reply.retry_after or 0.0, MIN_RATE_WAIT)
                     if reply.code == errors.RATE_LIMITED and time.monotonic() + wait < deadline:
                         time.sleep(wait)  # refused for a rate limit: nothing was done; send again
                         continue

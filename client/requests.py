@@ -31,6 +31,9 @@ from .tls import connect_options
 
 #: Seconds a check or a cache call waits for its answer unless told otherwise.
 DEFAULT_TIMEOUT: Final = 10.0
+#: The least wait before sending a request refused for a rate limit again (should a daemon
+#: name no `retry_after`, the client must still not spin).
+MIN_RATE_WAIT: Final = 0.01
 
 
 class DaemonUnavailable(errors.TracklogError):
@@ -79,7 +82,7 @@ class Requests:
             if not isinstance(reply, Error):
                 return reply
             if reply.code == errors.RATE_LIMITED:
-                wait = reply.retry_after or 0.0
+                wait = max(reply.retry_after or 0.0, MIN_RATE_WAIT)
                 if time.monotonic() + wait < deadline:
                     time.sleep(wait)  # the daemon asked for it: nothing was done, send again
                     continue
