@@ -195,6 +195,12 @@ class Sender:
         self._warned_after_close = False
         self._logged_rejections = 0
 
+        #: Events and bytes of one batch: the options', within the limits the daemon's
+        #: welcome tells (`--max-events-per-append`, `--max-frame-bytes`).
+        self._batch_events = options.batch_size
+        self._batch_bytes = MAX_BATCH_BYTES
+        self._frame_room = MAX_FRAME_BYTES - 1024
+
         self._cond = threading.Condition()
         self._flush_requested = 0
         self._flush_done = 0
@@ -422,7 +428,7 @@ class Sender:
 
     def _take_batches(self, queue: deque[Any], limit: int) -> list[tuple[bytes, int]]:
         """Pop up to `limit` events off the queue and encode them as batches of at most `batch_size`."""
-        size = self.options.batch_size
+        size = self._batch_events
         pop = queue.popleft
         out: list[tuple[bytes, int]] = []
         while limit > 0 and queue:
@@ -442,10 +448,10 @@ class Sender:
             if not events:
                 return []
             payload = wire.encode(events)
-        if len(payload) > MAX_BATCH_BYTES and len(events) > 1:
+        if len(payload) > self._batch_bytes and len(events) > 1:
             half = len(events) // 2
             return self._encode(events[:half]) + self._encode(events[half:])
-        if len(payload) > MAX_FRAME_BYTES - 1024:
+        if len(payload) > self._frame_room:
             message = f"event: {len(payload)} bytes, over the frame limit"
             self._reject_locally(events[0], codes.TOO_LARGE, message)
             return []
@@ -630,6 +636,7 @@ class Sender:
     def _connected(self, ws: ClientConnection, conn: Connection) -> None:
         self._ws = ws
         self._conn = conn
+        self._fit_batches(conn)
         self._frames = asyncio.Queue()
         self._down = False
         self.counters.connects += 1
@@ -637,6 +644,16 @@ class Sender:
             log.info("tracklog: reconnected to %s", self.url)
         self._adopt()
         self._poke()
+
+    def _fit_batches(self, conn: Connection) -> None:
+        """Size batches to the limits the daemon's welcome tells, if it tells any, so
+        appends fit (batches already in the spool are split by the daemon's refusals)."""
+        welcome = conn.welcome
+        frame = (welcome.max_frame_bytes if welcome else None) or MAX_FRAME_BYTES
+        events = (welcome.max_events_per_append if welcome else None) or self.options.batch_size
+        self._batch_events = max(1, min(self.options.batch_size, events))
+        self._frame_room = frame - min(1024, frame // 4)  # room for the append around the events
+        self._batch_bytes = min(MAX_BATCH_BYTES, self._frame_room)
 
     def _failed(self, message: str) -> None:
         if not self._down or self.counters.last_error != message:

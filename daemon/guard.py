@@ -61,6 +61,14 @@ class Limits:
         if self.max_frame_bytes < 1024:
             raise ValueError(f"max_frame_bytes: expected 1024 or more, got {self.max_frame_bytes}")
 
+    def told(self) -> tuple[int | None, int | None]:
+        """The frame and append limits a `welcome` tells clients: each only when it is not
+        the protocol's default (None: left out)."""
+        return (
+            self.max_frame_bytes if self.max_frame_bytes != MAX_FRAME_BYTES else None,
+            self.max_events_per_append if self.max_events_per_append != MAX_EVENTS_PER_APPEND else None,
+        )
+
     def too_many_connections(self, open_now: int) -> str | None:
         """The close reason when a connection is one too many (None: it may be served)."""
         limit = self.max_connections

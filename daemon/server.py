@@ -537,7 +537,7 @@ class Daemon:
             await ws.close(outcome.code, outcome.reason)
             return None
         assert isinstance(outcome, Greeted)
-        await self._send(ws, conn.welcome(self.writer.head), conn.binary)
+        await self._send(ws, conn.welcome(self.writer.head, *self.settings.limits.told()), conn.binary)
         log.debug("hello", client=outcome.hello.client)
         return conn
 

@@ -157,6 +157,10 @@ class Welcome(Message, tag="welcome"):
     head: int
     #: The `ref` of the `hello` this answers (omitted when the hello had none).
     ref: int | None = None
+    #: Extension: the daemon's limits, when they are not the protocol's defaults, so a
+    #: client can size its appends to fit (frame bytes, events per append).
+    max_frame_bytes: int | None = None
+    max_events_per_append: int | None = None
 
 
 class Duplicate(Struct):

@@ -165,3 +165,41 @@ def test_serve_refuses_bad_limits_naming_the_option(tmp_path: Path, args: list[s
         env=dict(os.environ),
     )
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+async def test_welcome_tells_lowered_limits_and_the_thin_client_sizes_its_appends_to_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import tracklog
+
+    daemon = DaemonProcess(
+        tmp_path / "t.db", "--max-events-per-append", "10", "--max-frame-bytes", "65536"
+    ).start()
+    try:
+        _, welcome = await open_client(daemon.url)
+        assert welcome["max_events_per_append"] == 10 and welcome["max_frame_bytes"] == 65536
+        tl = tracklog.connect(daemon.url, spool_dir=tmp_path / "spool")
+        try:
+            with caplog.at_level("INFO", logger="tracklog"):
+                run = tl.start_run(name="small appends", run_id="r-small")
+                for step in range(200):
+                    run.log_metrics({"loss": 1.0}, step=step)
+                run.log_item(data={"text": "w" * 40_000})  # alone it fits; with others it would not
+                run.log_item(data={"text": "v" * 40_000})
+                run.finish()
+                assert await asyncio.to_thread(tl.flush, 60)
+            assert tl.stats()["acked"] == 204 and not tl.errors
+            assert not [r for r in caplog.records if "refused" in r.getMessage()]  # none too large
+        finally:
+            await asyncio.to_thread(tl.close, 10)
+    finally:
+        stop_quietly(daemon)
+
+
+async def test_a_daemon_with_the_default_limits_tells_none(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path / "t.db").start()
+    try:
+        _, welcome = await open_client(daemon.url)
+        assert "max_events_per_append" not in welcome and "max_frame_bytes" not in welcome
+    finally:
+        stop_quietly(daemon)
