@@ -143,7 +143,7 @@ def add_commands(sub: Any) -> None:
 LIMIT_OPTIONS = (
     ("--max-frame-bytes", "max_frame_bytes", "bytes in one WebSocket frame (default 16 MiB)"),
     ("--max-events-per-append", "max_events_per_append", "events in one append (default 10000)"),
-    ("--max-connections", "max_connections", "connections served at once (default 1000)"),
+    ("--max-connections", "max_connections", "connections served at once (default 1000; 0: no limit)"),
     ("--max-subscriptions", "max_subscriptions", "subscriptions open on one connection (default 100)"),
     ("--max-query-rows", "max_query_rows", "rows one query may ask for or answer with (default 10000)"),
     ("--max-depth", "max_depth", "nesting levels of free-form values (default 64)"),
