@@ -202,6 +202,9 @@ class Daemon:
         self.notifier.reloading()
         try:
             settings = self._with_reloaded(self.settings)
+            if self.tokens.configured and not settings.grants:
+                # An emptied tokens file would open the daemon to anyone: a mistake, surely.
+                raise errors.TracklogError("the reload found no tokens; the daemon would accept anyone")
         except errors.TracklogError as exc:
             log.error("reload failed; settings unchanged", error=str(exc))
             self.notifier.ready(self.supervisor.status())

@@ -196,3 +196,21 @@ async def test_sighup_reloads_scopes_and_a_bad_file_keeps_the_old_ones(
     kept, _ = await open_client(daemon.url, token="reader")
     assert await outcome(kept, {"op": "append", "events": [started("kept")]}) == "ack"
     assert daemon.stop() == 0
+
+
+async def test_a_reload_that_finds_no_tokens_keeps_the_old_ones(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("only read\n")
+    daemon = DaemonProcess(tmp_path / "t.db", "--tokens", str(tokens)).start()
+    try:
+        assert daemon.proc is not None
+        tokens.write_text("# everyone left\n")
+        daemon.proc.send_signal(signal.SIGHUP)
+        failed = await asyncio.to_thread(wait_for_log, daemon, "reload failed; settings unchanged")
+        assert "no tokens" in failed["error"]
+        _, welcome = await open_client(daemon.url)
+        assert welcome["code"] == "unauthorized"
+        _, welcome = await open_client(daemon.url, token="only")
+        assert welcome["op"] == "welcome"
+    finally:
+        stop_quietly(daemon)
