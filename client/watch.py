@@ -30,7 +30,7 @@ from tracklog.protocol.connection import (
     Refused,
     WentLive,
 )
-from tracklog.protocol.errors import TracklogError, error_for_code
+from tracklog.protocol.errors import RateLimited, TracklogError, error_for_code
 from tracklog.protocol.messages import Error, Query, Result
 
 from .subscribe import _RETRYABLE, _backoff
@@ -38,6 +38,10 @@ from .tls import add_ca_option, connect_options
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
+
+#: Failures after which the feed connects again: a lost connection, or a query the daemon
+#: refused for a rate limit (then after its retry_after at least).
+_AGAIN = (*_RETRYABLE, RateLimited)
 
 DEFAULT_URL: Final = "ws://127.0.0.1:7717/ws"
 INSTALL_HINT: Final = "tracklog watch draws with rich: pip install 'tracklog[daemon]' (or pip install rich)"
@@ -344,7 +348,7 @@ class Feed:
         for event in events:
             match event:
                 case Answered(reply=Error() as error) | Refused(error=error) | Notice(error=error):
-                    raise error_for_code(error.code, error.message, error.ref)
+                    raise error_for_code(error.code, error.message, error.ref, error.retry_after)
         return events
 
     def poll(self, timeout: float) -> None:
@@ -357,7 +361,7 @@ class Feed:
             try:
                 self._open()
                 self._attempt = 0
-            except _RETRYABLE as exc:
+            except _AGAIN as exc:
                 self._dropped(exc)
                 return
         assert self._conn is not None
@@ -365,7 +369,7 @@ class Feed:
             events = self._check(self._conn.receive(self._ws.recv(timeout=timeout)))
         except TimeoutError:
             return
-        except _RETRYABLE as exc:
+        except _AGAIN as exc:
             self._dropped(exc)
             return
         for event in events:
@@ -394,7 +398,10 @@ class Feed:
             self._ws = self._conn = None
         self.state.connected = self.state.live = False
         self.state.note = f"reconnecting ({type(exc).__name__})"
-        self._retry_at = time.monotonic() + _backoff(self._attempt)
+        wait = _backoff(self._attempt)
+        if isinstance(exc, RateLimited):
+            wait = max(wait, exc.retry_after)
+        self._retry_at = time.monotonic() + wait
         self._attempt += 1
 
     def close(self) -> None:

@@ -221,3 +221,31 @@ async def test_http_reads_draw_on_the_tokens_query_rate(tmp_path: Path, clock: F
 
         text = await asyncio.to_thread(metrics)
         assert 'tracklog_requests_refused_total{code="rate_limited"} 1' in text.splitlines()
+
+
+async def test_tracklog_watch_connects_again_after_retry_after(tmp_path: Path, clock: FrozenClock) -> None:
+    pytest.importorskip("rich")
+    from tracklog.watch import Feed, WatchState
+
+    rates = RatePolicy(token_queries=Rate(1000, 1))
+    settings = Settings(db=tmp_path / "t.db", port=0, tokens=("t",), rates=rates)
+    async with running(settings, clock) as daemon:
+        other, _ = await open_client(url(daemon), token="t")
+        assert (await other.query("stats"))["op"] == "result"  # the token's burst is spent
+        state = WatchState(None)
+        feed = Feed(url(daemon), state, "t")
+        try:
+            await asyncio.to_thread(feed.poll, 0.1)  # its first query is refused: no crash
+            assert not state.connected and state.note == "reconnecting (RateLimited)"
+            assert refusals(daemon) == 1
+            clock.now += 1.0
+
+            def poll_until_connected() -> None:
+                deadline = time.monotonic() + WAIT
+                while not state.connected and time.monotonic() < deadline:
+                    feed.poll(0.05)
+
+            await asyncio.to_thread(poll_until_connected)
+            assert state.connected
+        finally:
+            await asyncio.to_thread(feed.close)
