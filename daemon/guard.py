@@ -101,11 +101,102 @@ _msgpack_head = msgspec.msgpack.Decoder(_AppendHead)
 def append_head(frame: bytes | str) -> tuple[int | None, int]:
     """An append frame's ref and number of events ((None, 0) when it cannot be read: the
     writer's decoding will say why)."""
+    if not isinstance(frame, str):
+        quick = msgpack_append_head(frame)
+        if quick is not None:
+            return quick
     try:
         head = _json_head.decode(frame) if isinstance(frame, str) else _msgpack_head.decode(frame)
     except (msgspec.DecodeError, RecursionError):
         return None, 0
     return head.ref, len(head.events)
+
+
+def msgpack_append_head(frame: bytes) -> tuple[int | None, int] | None:
+    """The ref and event count of a MessagePack append read from its headers alone, without
+    walking its events (the thin client's appends are a map of `op`, `ref`, then `events`);
+    None when the frame has another shape, for `append_head` to decode it instead.
+
+    Only `events` as the map's last entry is read so: no second `events` can follow it to
+    be counted by nobody, and a count beyond the bytes left is no count at all.
+    """
+    try:
+        first = frame[0]
+        if 0x80 <= first <= 0x8F:
+            entries, at = first & 0x0F, 1
+        elif first == 0xDE:
+            entries, at = int.from_bytes(frame[1:3]), 3
+        else:
+            return None
+        ref: int | None = None
+        for entry in range(entries):
+            key, at = _msgpack_str(frame, at)
+            if key == b"events":
+                if entry != entries - 1:
+                    return None
+                kind = frame[at]
+                if 0x90 <= kind <= 0x9F:
+                    count, at = kind & 0x0F, at + 1
+                elif kind in (0xDC, 0xDD):
+                    width = 2 if kind == 0xDC else 4
+                    count, at = int.from_bytes(frame[at + 1 : at + 1 + width]), at + 1 + width
+                else:
+                    return None
+                return (ref, count) if count <= len(frame) - at else None
+            if key == b"op":
+                _, at = _msgpack_str(frame, at)
+            elif key == b"ref":
+                ref, at = _msgpack_int(frame, at)
+            else:
+                return None
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+def _msgpack_str(frame: bytes, at: int) -> tuple[bytes, int]:
+    """A str at `at` (fixstr or str8): its bytes and the offset after it; ValueError otherwise."""
+    kind = frame[at]
+    if 0xA0 <= kind <= 0xBF:
+        length, at = kind & 0x1F, at + 1
+    elif kind == 0xD9:
+        length, at = frame[at + 1], at + 2
+    else:
+        raise ValueError("not a short string")
+    if at + length > len(frame):
+        raise ValueError("truncated")
+    return frame[at : at + length], at + length
+
+
+#: MessagePack's integer formats after their marker byte: (width, signed).
+_MSGPACK_INTS: Final = {
+    0xCC: (1, False),
+    0xCD: (2, False),
+    0xCE: (4, False),
+    0xCF: (8, False),
+    0xD0: (1, True),
+    0xD1: (2, True),
+    0xD2: (4, True),
+    0xD3: (8, True),
+}
+
+
+def _msgpack_int(frame: bytes, at: int) -> tuple[int | None, int]:
+    """An integer (or nil) at `at`, and the offset after it; ValueError for anything else."""
+    kind = frame[at]
+    if kind <= 0x7F:
+        return kind, at + 1
+    if kind >= 0xE0:
+        return kind - 0x100, at + 1
+    if kind == 0xC0:
+        return None, at + 1
+    form = _MSGPACK_INTS.get(kind)
+    if form is None:
+        raise ValueError("not an integer")
+    width, signed = form
+    if at + 1 + width > len(frame):
+        raise ValueError("truncated")
+    return int.from_bytes(frame[at + 1 : at + 1 + width], signed=signed), at + 1 + width
 
 
 class ConnectionGuard:

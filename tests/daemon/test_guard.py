@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import hypothesis
 import msgspec
 import pytest
+from hypothesis import strategies as st
 
 from tracklog.daemon.auth import ADMIN, ALL_SCOPES, APPEND, READ, grant
-from tracklog.daemon.guard import ConnectionGuard, Limits, append_head
+from tracklog.daemon.guard import ConnectionGuard, Limits, append_head, msgpack_append_head
 from tracklog.daemon.ratelimit import ConnectionLimiter, Rate, RatePolicy, TokenBuckets
 from tracklog.protocol import errors
 from tracklog.protocol.connection import AppendFrame, Send
@@ -110,3 +112,66 @@ def test_connections_limit_names_the_setting() -> None:
 def test_limits_refuse_values_that_make_no_sense(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         Limits(**bad)  # type: ignore[arg-type]
+
+
+def _slow_head(frame: bytes) -> tuple[int | None, int]:
+    head = msgspec.msgpack.decode(frame)
+    return head.get("ref"), len(head["events"])
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"op": "append", "ref": 7, "events": [{"type": "x"}] * 3},
+        {"op": "append", "ref": 300, "events": [{"type": "x"}] * 20},  # array16, ref u16
+        {"op": "append", "ref": -5, "events": []},
+        {"op": "append", "ref": 2**40, "events": [1] * 70_000},  # array32, ref u64
+        {"op": "append", "ref": None, "events": [1]},
+        {"op": "append", "events": [1, 2]},
+        {"ref": 1, "op": "append", "events": [1, 2]},
+    ],
+)
+def test_the_quick_msgpack_count_agrees_with_decoding(msg: dict[str, object]) -> None:
+    frame = msgspec.msgpack.encode(msg)
+    assert msgpack_append_head(frame) == _slow_head(frame)
+    assert append_head(frame) == _slow_head(frame)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"op": "append", "events": [1], "ref": 3},  # events not last
+        {"op": "append", "ref": 1, "events": [1], "extra": 2},
+        {"op": "append", "ref": True, "events": [1]},
+        {"op": "append", "ref": 1.5, "events": [1]},
+        {"op": "append", "ref": 1, "events": "no"},
+        {"op": "append", "note": "x", "events": [1]},
+    ],
+)
+def test_other_shapes_are_left_to_decoding(msg: dict[str, object]) -> None:
+    assert msgpack_append_head(msgspec.msgpack.encode(msg)) is None
+
+
+def test_a_second_events_or_a_count_beyond_the_frame_is_not_trusted() -> None:
+    # A hand-made map with `events` twice: the first, short, must not be what is charged.
+    twice = b"\x83\xa2op\xa6append\xa6events\x90\xa6events\x93\x01\x02\x03"
+    assert msgpack_append_head(twice) is None
+    # An array32 header claiming a billion events in a few bytes.
+    claims = b"\x82\xa2op\xa6append\xa6events\xdd\x3b\x9a\xca\x00\x01"
+    assert msgpack_append_head(claims) is None
+    assert msgpack_append_head(b"") is None and msgpack_append_head(b"\x83\xa2o") is None
+
+
+@hypothesis.given(
+    ref=st.none() | st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    events=st.lists(st.integers(min_value=-(2**63), max_value=2**63) | st.text(max_size=3), max_size=40),
+    order=st.permutations(["op", "ref", "events"]),
+)
+def test_the_quick_count_is_the_decoded_count_or_nothing(
+    ref: int | None, events: list[object], order: list[str]
+) -> None:
+    values = {"op": "append", "ref": ref, "events": events}
+    frame = msgspec.msgpack.encode({key: values[key] for key in order})
+    quick = msgpack_append_head(frame)
+    assert quick is None or quick == _slow_head(frame)
+    assert append_head(frame) == _slow_head(frame)
