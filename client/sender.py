@@ -22,11 +22,12 @@ rest happens on the sender's thread:
 - only transport failures and transient daemon states (`overloaded`, `disk_full`) make
   an append go again as it was; `rate_limited` too, after the `retry_after` the daemon
   names (the connection is made again then, and what was in flight is sent again from
-  the spool, so nothing is lost and nothing doubled). An append refused for what it holds is split in halves,
-  sent again ahead of everything else, down to single events; a single event refused
-  is reported in `errors` and dropped (after `MAX_INTERNAL_ATTEMPTS` tries for
-  `internal`, which may be a passing fault), so one bad event never holds back the
-  good ones, and no batch is resent forever, in this process or one adopting its spool.
+  the spool, so nothing is lost and nothing doubled). An append refused for what it
+  holds is split in halves, sent again ahead of everything else, down to single
+  events; a single event refused is reported in `errors` and dropped (after
+  `MAX_INTERNAL_ATTEMPTS` tries for `internal`, which may be a passing fault), so one
+  bad event never holds back the good ones, and no batch is resent forever, in this
+  process or one adopting its spool.
 
 Where events are at any moment, oldest first: acked; in flight from an adopted spool;
 in flight from our spool; in flight from memory; parts of a split append waiting to go
