@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from . import cli_queries
 from .console import add_tail_parser, tail
+from .tls import apply_ca_option
 from .watch import add_watch_parser, watch
 
 #: The entry point group through which other packages add commands (pyproject.toml):
@@ -90,6 +91,7 @@ def _quiet_stdout() -> None:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    apply_ca_option(getattr(args, "ca", None))
     if args.command in cli_queries.COMMANDS:
         return cli_queries.run(args)
     if args.command in CLIENT_COMMANDS:

@@ -26,6 +26,7 @@ from tracklog.protocol import errors
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
 
 from .queries import QueryClient
+from .tls import add_ca_option, ssl_context
 
 DEFAULT_URL: Final = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}/ws"
 SPARK: Final = "▁▂▃▄▅▆▇█"
@@ -367,7 +368,7 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     if args.token:
         request.add_header("Authorization", f"Bearer {args.token}")
     try:
-        with urllib.request.urlopen(request, timeout=300) as reply:
+        with urllib.request.urlopen(request, timeout=300, context=ssl_context(args.url)) as reply:
             body = reply.read()
     except urllib.error.HTTPError as exc:
         with exc:
@@ -532,6 +533,7 @@ def add_parsers(sub: Any) -> None:
             "--token", default=os.environ.get("TRACKLOG_TOKEN") or None, help="bearer token ($TRACKLOG_TOKEN)"
         )
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        add_ca_option(p)
         return p
 
     p = remote("runs", "list runs: --filter \"metrics.loss < 0.5 and status = 'completed'\"")

@@ -14,6 +14,7 @@ from tracklog.protocol import errors
 
 from .queries import QueryClient
 from .subscribe import Subscription, SubscriptionState
+from .tls import add_ca_option
 
 DEFAULT_URL = "ws://127.0.0.1:7717/ws"
 
@@ -28,6 +29,7 @@ def add_tail_parser(sub: Any) -> None:
     t.add_argument(
         "--token", default=os.environ.get("TRACKLOG_TOKEN") or None, help="bearer token ($TRACKLOG_TOKEN)"
     )
+    add_ca_option(t)
     t.add_argument("--run", action="append", default=None, metavar="RUN", help="only this run (repeatable)")
     t.add_argument(
         "--type", action="append", default=None, metavar="TYPE", help="only this event type (repeatable)"

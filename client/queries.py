@@ -9,6 +9,7 @@ a millisecond. MessagePack carries NaN and the infinities as they are.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +22,8 @@ from tracklog.protocol.events import RunDeleted, RunRestored
 from tracklog.protocol.messages import Ack, Append, Error, Query, Result, ServerMessage
 
 from .ids import uuid7
+from .requests import MIN_RATE_WAIT
+from .tls import connect_options
 
 
 class Rows(list):  # type: ignore[type-arg]
@@ -103,6 +106,7 @@ class QueryClient:
             max_size=None,
             additional_headers=headers,
             compression=None,
+            **connect_options(self.url),
         ) as ws:
             conn = ClientConnection(self.client_name, self.token)
             ws.send(conn.hello())
@@ -111,15 +115,24 @@ class QueryClient:
                     raise errors.error_for_code(event.error.code, event.error.message)
 
             def exchange(request: Query | Append) -> ServerMessage:
+                deadline = time.monotonic() + self.timeout
+                while True:
+                    reply = exchange_once(request)
+                    if not isinstance(reply, Error):
+                        return reply
+                    wait = max(reply.retry_after or 0.0, MIN_RATE_WAIT)
+                    if reply.code == errors.RATE_LIMITED and time.monotonic() + wait < deadline:
+                        time.sleep(wait)  # refused for a rate limit: nothing was done; send again
+                        continue
+                    raise errors.error_for_code(reply.code, reply.message, reply.ref, reply.retry_after)
+
+            def exchange_once(request: Query | Append) -> ServerMessage:
                 ref, data = conn.request(request)
                 ws.send(data)
                 while True:
                     for event in conn.receive(ws.recv(self.timeout, decode=False)):
-                        if not isinstance(event, Answered) or event.ref != ref:
-                            continue
-                        if isinstance(event.reply, Error):
-                            raise errors.error_for_code(event.reply.code, event.reply.message, ref)
-                        return event.reply
+                        if isinstance(event, Answered) and event.ref == ref:
+                            return event.reply
 
             yield exchange
 

@@ -27,9 +27,13 @@ from tracklog.protocol.limits import MAX_FRAME_BYTES
 from tracklog.protocol.messages import Append, Check, Error, Query
 
 from . import wire
+from .tls import connect_options
 
 #: Seconds a check or a cache call waits for its answer unless told otherwise.
 DEFAULT_TIMEOUT: Final = 10.0
+#: The least wait before sending a request refused for a rate limit again (should a daemon
+#: name no `retry_after`, the client must still not spin).
+MIN_RATE_WAIT: Final = 0.01
 
 
 class DaemonUnavailable(errors.TracklogError):
@@ -67,10 +71,25 @@ class Requests:
         """Send msg (its `ref` is allocated here) and return the reply to it.
 
         Raises DaemonUnavailable (RequestTimeout after `timeout` seconds) when the daemon
-        is away, and the ProtocolError of the daemon's error code when it refuses.
+        is away, and the ProtocolError of the daemon's error code when it refuses. A
+        request refused for a rate limit is sent again after the `retry_after` the daemon
+        names, while that fits in the timeout (RateLimited after that).
         """
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
+        while True:
+            reply = self._request_once(msg, limit, deadline)
+            if not isinstance(reply, Error):
+                return reply
+            if reply.code == errors.RATE_LIMITED:
+                wait = max(reply.retry_after or 0.0, MIN_RATE_WAIT)
+                if time.monotonic() + wait < deadline:
+                    time.sleep(wait)  # the daemon asked for it: nothing was done, send again
+                    continue
+            raise errors.error_for_code(reply.code, reply.message, reply.ref, reply.retry_after)
+
+    def _request_once(self, msg: Query | Check | Append, limit: float, deadline: float) -> Any:
+        """One exchange: the reply to msg (an Error too), or DaemonUnavailable."""
         with self._lock:
             if self._closed:
                 raise DaemonUnavailable("the tracker is closed")
@@ -106,8 +125,6 @@ class Requests:
                 raise DaemonUnavailable(
                     f"cannot reach the daemon at {self.url}: {type(exc).__name__}: {exc}"
                 ) from exc
-        if isinstance(reply, Error):
-            raise errors.error_for_code(reply.code, reply.message, reply.ref)
         return reply
 
     def _open(self, timeout: float) -> tuple[ClientConnection, Connection]:
@@ -120,6 +137,7 @@ class Requests:
             compression=None,
             user_agent_header=self.client_name,
             proxy=None,
+            **connect_options(self.url),
         )
         # Held open across calls, so entered by hand (websockets >= 17.1 warns when a
         # connection is used without `with`), and closed by `close`.

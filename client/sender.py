@@ -20,11 +20,14 @@ rest happens on the sender's thread:
   whose connection dies before its ack is sent again, with the same event ids, so
   the daemon stores it once;
 - only transport failures and transient daemon states (`overloaded`, `disk_full`) make
-  an append go again as it was. An append refused for what it holds is split in halves,
-  sent again ahead of everything else, down to single events; a single event refused
-  is reported in `errors` and dropped (after `MAX_INTERNAL_ATTEMPTS` tries for
-  `internal`, which may be a passing fault), so one bad event never holds back the
-  good ones, and no batch is resent forever, in this process or one adopting its spool.
+  an append go again as it was; `rate_limited` too, after the `retry_after` the daemon
+  names (the connection is made again then, and what was in flight is sent again from
+  the spool, so nothing is lost and nothing doubled). An append refused for what it
+  holds is split in halves, sent again ahead of everything else, down to single
+  events; a single event refused is reported in `errors` and dropped (after
+  `MAX_INTERNAL_ATTEMPTS` tries for `internal`, which may be a passing fault), so one
+  bad event never holds back the good ones, and no batch is resent forever, in this
+  process or one adopting its spool.
 
 Where events are at any moment, oldest first: acked; in flight from an adopted spool;
 in flight from our spool; in flight from memory; parts of a split append waiting to go
@@ -57,6 +60,7 @@ from tracklog.protocol.messages import Ack, Error
 
 from . import wire
 from .spool import Spool
+from .tls import connect_options
 
 log = logging.getLogger("tracklog")
 
@@ -124,6 +128,14 @@ class _Reconnect(Exception):
     """The connection must be dropped and made again (the daemon is overloaded, or confused us)."""
 
 
+class _RateLimited(_Reconnect):
+    """The daemon refused an append for a rate limit: send it again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass
 class _Counters:
     acked: int = 0
@@ -133,6 +145,8 @@ class _Counters:
     overflows: int = 0
     connects: int = 0
     dropped: int = 0
+    #: Appends the daemon refused for a rate limit (each sent again after its retry_after).
+    rate_limited: int = 0
     last_error: str | None = None
     errors: deque[RejectedEvent] = field(default_factory=lambda: deque(maxlen=MAX_ERRORS))
 
@@ -181,6 +195,12 @@ class Sender:
         self._spooled_at_close = 0
         self._warned_after_close = False
         self._logged_rejections = 0
+
+        #: Events and bytes of one batch: the options', within the limits the daemon's
+        #: welcome tells (`--max-events-per-append`, `--max-frame-bytes`).
+        self._batch_events = options.batch_size
+        self._batch_bytes = MAX_BATCH_BYTES
+        self._frame_room = MAX_FRAME_BYTES - 1024
 
         self._cond = threading.Condition()
         self._flush_requested = 0
@@ -251,6 +271,7 @@ class Sender:
             "dropped": c.dropped,
             "connected": self._ws is not None,
             "connects": c.connects,
+            "rate_limited": c.rate_limited,
             "last_error": c.last_error,
         }
 
@@ -408,7 +429,7 @@ class Sender:
 
     def _take_batches(self, queue: deque[Any], limit: int) -> list[tuple[bytes, int]]:
         """Pop up to `limit` events off the queue and encode them as batches of at most `batch_size`."""
-        size = self.options.batch_size
+        size = self._batch_events
         pop = queue.popleft
         out: list[tuple[bytes, int]] = []
         while limit > 0 and queue:
@@ -428,10 +449,10 @@ class Sender:
             if not events:
                 return []
             payload = wire.encode(events)
-        if len(payload) > MAX_BATCH_BYTES and len(events) > 1:
+        if len(payload) > self._batch_bytes and len(events) > 1:
             half = len(events) // 2
             return self._encode(events[:half]) + self._encode(events[half:])
-        if len(payload) > MAX_FRAME_BYTES - 1024:
+        if len(payload) > self._frame_room:
             message = f"event: {len(payload)} bytes, over the frame limit"
             self._reject_locally(events[0], codes.TOO_LARGE, message)
             return []
@@ -562,15 +583,22 @@ class Sender:
                 continue
             attempt = 0
             self._connected(ws, conn)
+            wait: float | None = None
             try:
                 await self._serve(ws)
                 self._failed(f"the daemon at {self.url} closed the connection")
+            except _RateLimited as exc:
+                wait = exc.retry_after
+                log.info("tracklog: %s; sending again in %.3f s", exc, wait)
             except (ConnectionClosed, OSError, _Reconnect, ConnectionViolation, msgspec.DecodeError) as exc:
                 self._failed(f"connection to {self.url} lost: {_describe(exc)}")
             finally:
                 self._disconnected(ws)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.close(), 2.0)
+            if wait is not None:
+                await asyncio.sleep(wait)  # what the daemon asked for; no backoff on top
+                continue
             self._unacked_sessions += 1
             await asyncio.sleep(self._backoff(self._unacked_sessions))
 
@@ -589,6 +617,7 @@ class Sender:
             max_size=MAX_FRAME_BYTES,
             compression=None,
             user_agent_header=self.options.client_name,
+            **connect_options(self.url),
         )
         conn = Connection(self.options.client_name, self.token, enc_hook=wire.enc_hook)
         try:
@@ -608,6 +637,7 @@ class Sender:
     def _connected(self, ws: ClientConnection, conn: Connection) -> None:
         self._ws = ws
         self._conn = conn
+        self._fit_batches(conn)
         self._frames = asyncio.Queue()
         self._down = False
         self.counters.connects += 1
@@ -615,6 +645,16 @@ class Sender:
             log.info("tracklog: reconnected to %s", self.url)
         self._adopt()
         self._poke()
+
+    def _fit_batches(self, conn: Connection) -> None:
+        """Size batches to the limits the daemon's welcome tells, if it tells any, so
+        appends fit (batches already in the spool are split by the daemon's refusals)."""
+        welcome = conn.welcome
+        frame = (welcome.max_frame_bytes if welcome else None) or MAX_FRAME_BYTES
+        events = (welcome.max_events_per_append if welcome else None) or self.options.batch_size
+        self._batch_events = max(1, min(self.options.batch_size, events))
+        self._frame_room = frame - min(1024, frame // 4)  # room for the append around the events
+        self._batch_bytes = min(MAX_BATCH_BYTES, self._frame_room)
 
     def _failed(self, message: str) -> None:
         if not self._down or self.counters.last_error != message:
@@ -714,6 +754,10 @@ class Sender:
             log.warning("tracklog: the daemon says %s: %s", error.code, error.message)
             return
         code = error.code
+        if code == codes.RATE_LIMITED:
+            self.counters.rate_limited += 1
+            retry_after = error.retry_after if error.retry_after is not None else self.options.backoff_max
+            raise _RateLimited(f"append rate limited ({error.message})", min(max(retry_after, 0.0), 60.0))
         if code in TRANSIENT_APPEND_ERRORS:
             raise _Reconnect(f"append refused for now ({code}: {error.message})")
         append = self._complete()

@@ -32,6 +32,8 @@ from tracklog.protocol.connection import (
 from tracklog.protocol.errors import error_for_code
 from tracklog.protocol.messages import Error, Subscribed
 
+from .tls import connect_options
+
 BACKOFF_START: Final = 0.05
 BACKOFF_MAX: Final = 5.0
 _RETRYABLE = (ConnectionClosed, OSError, InvalidHandshake, TimeoutError)
@@ -162,7 +164,9 @@ class Subscription:
 
     def _open(self) -> None:
         # Entered at once: a websockets connection used without `with` is deprecated.
-        ws = sync_connect(self.url, open_timeout=10, max_size=None, compression=None).__enter__()
+        ws = sync_connect(
+            self.url, open_timeout=10, max_size=None, compression=None, **connect_options(self.url)
+        ).__enter__()
         try:
             ws.send(self.state.hello())
             self.state.receive(ws.recv(timeout=30))
@@ -226,7 +230,13 @@ class AsyncSubscription:
                 raise StopAsyncIteration
             try:
                 if self._ws is None:
-                    ws = await async_connect(self.url, open_timeout=10, max_size=None, compression=None)
+                    ws = await async_connect(
+                        self.url,
+                        open_timeout=10,
+                        max_size=None,
+                        compression=None,
+                        **connect_options(self.url),
+                    )
                     try:
                         await ws.send(self.state.hello())
                         self.state.receive(await asyncio.wait_for(ws.recv(), 30))

@@ -30,13 +30,18 @@ from tracklog.protocol.connection import (
     Refused,
     WentLive,
 )
-from tracklog.protocol.errors import TracklogError, error_for_code
+from tracklog.protocol.errors import RateLimited, TracklogError, error_for_code
 from tracklog.protocol.messages import Error, Query, Result
 
 from .subscribe import _RETRYABLE, _backoff
+from .tls import add_ca_option, connect_options
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
+
+#: Failures after which the feed connects again: a lost connection, or a query the daemon
+#: refused for a rate limit (then after its retry_after at least).
+_AGAIN = (*_RETRYABLE, RateLimited)
 
 DEFAULT_URL: Final = "ws://127.0.0.1:7717/ws"
 INSTALL_HINT: Final = "tracklog watch draws with rich: pip install 'tracklog[daemon]' (or pip install rich)"
@@ -305,7 +310,9 @@ class Feed:
     def _open(self) -> None:
         from websockets.sync.client import connect
 
-        ws = connect(self.url, open_timeout=10, max_size=None, compression=None).__enter__()
+        ws = connect(
+            self.url, open_timeout=10, max_size=None, compression=None, **connect_options(self.url)
+        ).__enter__()
         try:
             conn = ClientConnection("tracklog-watch", self.token)
             ws.send(conn.hello())
@@ -341,7 +348,7 @@ class Feed:
         for event in events:
             match event:
                 case Answered(reply=Error() as error) | Refused(error=error) | Notice(error=error):
-                    raise error_for_code(error.code, error.message, error.ref)
+                    raise error_for_code(error.code, error.message, error.ref, error.retry_after)
         return events
 
     def poll(self, timeout: float) -> None:
@@ -354,7 +361,7 @@ class Feed:
             try:
                 self._open()
                 self._attempt = 0
-            except _RETRYABLE as exc:
+            except _AGAIN as exc:
                 self._dropped(exc)
                 return
         assert self._conn is not None
@@ -362,7 +369,7 @@ class Feed:
             events = self._check(self._conn.receive(self._ws.recv(timeout=timeout)))
         except TimeoutError:
             return
-        except _RETRYABLE as exc:
+        except _AGAIN as exc:
             self._dropped(exc)
             return
         for event in events:
@@ -391,7 +398,10 @@ class Feed:
             self._ws = self._conn = None
         self.state.connected = self.state.live = False
         self.state.note = f"reconnecting ({type(exc).__name__})"
-        self._retry_at = time.monotonic() + _backoff(self._attempt)
+        wait = _backoff(self._attempt)
+        if isinstance(exc, RateLimited):
+            wait = max(wait, exc.retry_after)
+        self._retry_at = time.monotonic() + wait
         self._attempt += 1
 
     def close(self) -> None:
@@ -413,6 +423,7 @@ def add_watch_parser(sub: Any) -> None:
     w.add_argument(
         "--token", default=os.environ.get("TRACKLOG_TOKEN") or None, help="bearer token ($TRACKLOG_TOKEN)"
     )
+    add_ca_option(w)
     w.add_argument("--pipeline", default=None, metavar="P", help="only runs of this pipeline")
     w.add_argument(
         "--refresh", type=float, default=4.0, metavar="PER_SECOND", help="redraws per second (default 4)"

@@ -76,12 +76,16 @@ def add_commands(sub: Any) -> None:
         help="a host name accepted in Host besides localhost, 127.0.0.1, ::1 (repeatable)",
     )
     s.add_argument(
+        "--tokens",
         "--tokens-file",
+        dest="tokens_file",
         type=Path,
         default=os.environ.get("TRACKLOG_TOKENS_FILE") or None,
         metavar="PATH",
-        help="accepted tokens, one a line (# comments); re-read on SIGHUP (also $TRACKLOG_TOKENS_FILE)",
+        help="accepted tokens, one a line with its scopes (append, read, admin; none: all), # comments;"
+        " re-read on SIGHUP (also $TRACKLOG_TOKENS_FILE)",
     )
+    _add_security_options(s)
     s.add_argument(
         "--env-file",
         type=Path,
@@ -133,6 +137,101 @@ def add_commands(sub: Any) -> None:
     b.add_argument("dest", help="path of the copy (must not exist)")
     b.add_argument("--db", default=None, help="database: a path, sqlite:///PATH or postgresql://...")
     b.set_defaults(handler=_backup)
+
+
+#: serve's limits: option, Limits field, and what it bounds (each also $TRACKLOG_<FIELD>).
+LIMIT_OPTIONS = (
+    ("--max-frame-bytes", "max_frame_bytes", "bytes in one WebSocket frame (default 16 MiB)"),
+    ("--max-events-per-append", "max_events_per_append", "events in one append (default 10000)"),
+    ("--max-connections", "max_connections", "connections served at once (default 1000; 0: no limit)"),
+    ("--max-subscriptions", "max_subscriptions", "subscriptions open on one connection (default 100)"),
+    ("--max-query-rows", "max_query_rows", "rows one query may ask for or answer with (default 10000)"),
+    ("--max-depth", "max_depth", "nesting levels of free-form values (default 64)"),
+    (
+        "--max-field-chars",
+        "max_field_chars",
+        "characters of any string in an event's data (default: no limit)",
+    ),
+)
+#: serve's rate limits: option, RatePolicy field, what is counted (each also $TRACKLOG_<FIELD>).
+RATE_OPTIONS = (
+    ("--rate-conn-events", "conn_events", "events per second appended on one connection"),
+    ("--rate-conn-queries", "conn_queries", "queries (and checks) per second on one connection"),
+    ("--rate-token-events", "token_events", "events per second appended with one token, all connections"),
+    ("--rate-token-queries", "token_queries", "queries (and checks) per second with one token"),
+)
+
+
+def _add_security_options(s: argparse.ArgumentParser) -> None:
+    """TLS, limits and rate limits of `serve`; each option's default comes from the environment."""
+    env = os.environ.get
+    s.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env("TRACKLOG_TLS_CERT") or None,
+        metavar="PEM",
+        help="certificate chain: serve wss:// and https:// (with --tls-key; also $TRACKLOG_TLS_CERT)",
+    )
+    s.add_argument(
+        "--tls-key",
+        type=Path,
+        default=env("TRACKLOG_TLS_KEY") or None,
+        metavar="PEM",
+        help="the certificate's private key (also $TRACKLOG_TLS_KEY)",
+    )
+    for option, name, what in LIMIT_OPTIONS:
+        variable = "TRACKLOG_" + name.upper()
+        s.add_argument(option, dest=name, default=env(variable), metavar="N", help=f"{what}; ${variable}")
+    for option, name, what in RATE_OPTIONS:
+        variable = "TRACKLOG_RATE_" + name.upper()
+        s.add_argument(
+            option,
+            dest="rate_" + name,
+            default=env(variable),
+            metavar="RATE[:BURST]",
+            help=f"limit {what} (default off; burst: one second's worth); ${variable}",
+        )
+
+
+def _security_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The Settings fields of the security options; ValueError naming the option when one is bad."""
+    from tracklog.daemon.guard import Limits
+    from tracklog.daemon.ratelimit import RatePolicy, parse_rate
+
+    limits: dict[str, int | None] = {}
+    for option, name, _ in LIMIT_OPTIONS:
+        value = getattr(args, name)
+        if value is None or value == "":
+            continue
+        if str(value).strip().lower() in ("none", "off", "0") and name in (
+            "max_connections",
+            "max_field_chars",
+        ):
+            limits[name] = None
+            continue
+        try:
+            limits[name] = int(value)
+        except ValueError:
+            raise ValueError(f"{option}: expected an integer, got {value!r}") from None
+    rates = {}
+    for option, name, _ in RATE_OPTIONS:
+        value = getattr(args, "rate_" + name)
+        if value is None or value == "" or str(value).strip().lower() == "off":
+            continue
+        try:
+            rates[name] = parse_rate(str(value))
+        except ValueError as exc:
+            raise ValueError(f"{option}: {exc}") from None
+    try:
+        built_limits = Limits(**limits)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValueError(f"limits: {exc}") from None
+    return {
+        "limits": built_limits,
+        "rates": RatePolicy(**rates),
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+    }
 
 
 def missing_dependencies() -> list[str]:
@@ -193,6 +292,11 @@ def _serve(args: argparse.Namespace) -> int:
     tokens = tuple(args.token)
     if args.env_file is None:
         tokens += tuple(t for t in os.environ.get("TRACKLOG_TOKENS", "").split(",") if t)
+    try:
+        security = _security_settings(args)
+    except ValueError as exc:
+        print(f"tracklog serve: {exc}", file=sys.stderr)
+        return 2
     settings = Settings(
         db=_serve_db(args),
         host=args.host,
@@ -208,6 +312,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         log_format=args.log_format,
         slow_request_seconds=args.slow_ms / 1000,
+        **security,
     )
     return commands.serve(settings)
 

@@ -66,6 +66,17 @@ def prometheus_text(daemon: Any, size: int | None = None) -> str:
     metric("tracklog_disk_full", "gauge", "1 while appends are refused for a full disk.", disk_full)
     metric("tracklog_disk_full_episodes_total", "counter", "Times the disk became full.", episodes)
     metric("tracklog_disk_full_refusals_total", "counter", "Requests answered disk_full.", refusals)
+    refused = getattr(daemon, "refused", None)
+    if refused is not None:
+        name = "tracklog_requests_refused_total"
+        lines.extend(
+            [
+                f"# HELP {name} Requests refused before being done, by code: scope, rate limit, limits.",
+                f"# TYPE {name} counter",
+            ]
+        )
+        for code in ("forbidden", "rate_limited", "too_large"):
+            lines.append(f'{name}{{code="{code}"}} {refused[code]}')
     metric("tracklog_connections", "gauge", "Open WebSocket connections.", daemon.connections)
     metric("tracklog_subscribers", "gauge", "Live subscriptions.", hub.subscribers if hub is not None else 0)
     lag = hub.lag() if hub is not None and hasattr(hub, "lag") else 0

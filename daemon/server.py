@@ -10,13 +10,15 @@ never holds back an ack.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
-import hmac
 import ipaddress
 import itertools
+import math
 import os
 import signal
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -35,16 +37,19 @@ from websockets.http11 import Request, Response
 from tracklog.protocol import errors
 from tracklog.protocol.connection import AppendFrame, Close, Greeted, Send
 from tracklog.protocol.connection import ServerConnection as Connection
-from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT, MAX_FRAME_BYTES
+from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
 from tracklog.protocol.messages import Append, Check, Codec, Query, Subscribe, Unsubscribe
 from tracklog.protocol.version import __version__
 
 from . import logs
+from .auth import OPEN_GRANT, READ, Grant, TokenSet, grant, http_scope
+from .guard import ConnectionGuard, Limits
 from .http import HttpApi, HttpConnection, StreamedResponse, method_not_allowed
 from .hub import Filter, Hub, Subscription
 from .liveness import RUNNING, lost_event
 from .notify import Notifier
 from .queries import READERS, Readers
+from .ratelimit import ConnectionLimiter, RatePolicy, TokenBuckets, http_query
 from .service import Supervisor, load_reloadable
 from .storage import Durability, PgBackend, is_postgres_url, open_backend
 from .storage.eventlog import AppendResult, CheckResult
@@ -93,6 +98,15 @@ class Settings:
     log_format: logs.LogFormat = "auto"
     #: An append acked, or a query answered, after this many seconds is logged as slow.
     slow_request_seconds: float = 1.0
+    #: Every token with its scopes: `tokens` (all scopes) and the files' (set at start and reload).
+    grants: tuple[Grant, ...] = ()
+    #: The limits on frames, appends, connections, subscriptions, query rows, fields.
+    limits: Limits = field(default_factory=Limits)
+    #: Rate limits per connection and per token (all off by default).
+    rates: RatePolicy = field(default_factory=RatePolicy)
+    #: A certificate chain and its key (PEM): serve wss:// and https:// instead.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 #: The names a loopback daemon answers to in `Host` (any port): others may be DNS rebinding.
@@ -136,12 +150,20 @@ def check_tokens(tokens: Iterable[str]) -> None:
 class Daemon:
     """One tracklog daemon: start(), then wait for stop(); or `run()` to do both."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        #: The clock of the rate limits (tests give one they move).
+        self.clock = clock
         #: The tokens given at start (command line); a reload adds those read from files.
         self._static_tokens = settings.tokens
         settings = self._with_reloaded(settings)
         self.settings = settings
-        self.codec = Codec()
+        limits = settings.limits
+        self.codec = Codec(limits.max_events_per_append, limits.max_depth, limits.max_field_chars)
+        self.tokens = TokenSet(settings.grants)
+        self.token_buckets = TokenBuckets(settings.rates, clock)
+        self.tls = server_tls(settings)
+        #: Requests the guard refused, by error code (forbidden, rate_limited, too_large).
+        self.refused: collections.Counter[str] = collections.Counter()
         backend = open_backend(settings.db, settings.durability)
         self.writer = Writer(backend, self.codec)
         #: The database as logs name it (a URL without its password).
@@ -175,7 +197,10 @@ class Daemon:
             raise errors.TracklogError(
                 f"refusing to listen on {settings.host} without tokens: set --token, or --insecure"
             )
-        return replace(settings, tokens=tokens, log_level=reloaded.log_level or settings.log_level)
+        grants = tuple(grant(token) for token in self._static_tokens) + reloaded.grants
+        return replace(
+            settings, tokens=tokens, grants=grants, log_level=reloaded.log_level or settings.log_level
+        )
 
     def reload(self) -> bool:
         """SIGHUP: re-read tokens and log level. New tokens apply to connections opened
@@ -183,6 +208,9 @@ class Daemon:
         self.notifier.reloading()
         try:
             settings = self._with_reloaded(self.settings)
+            if self.tokens.configured and not settings.grants:
+                # An emptied tokens file would open the daemon to anyone: a mistake, surely.
+                raise errors.TracklogError("the reload found no tokens; the daemon would accept anyone")
         except errors.TracklogError as exc:
             log.error("reload failed; settings unchanged", error=str(exc))
             self.notifier.ready(self.supervisor.status())
@@ -190,6 +218,7 @@ class Daemon:
         if settings.log_level != self.settings.log_level:
             logs.configure(settings.log_level, settings.log_format)
         self.settings = settings
+        self.tokens = TokenSet(settings.grants)
         log.info("reloaded", tokens=len(settings.tokens), log_level=settings.log_level)
         log.debug("reload read", tokens_file=str(settings.tokens_file), env_file=str(settings.env_file))
         self.notifier.ready(self.supervisor.status())
@@ -227,8 +256,9 @@ class Daemon:
             # Downloads are streamed by HttpConnection, which bounds the handshake itself.
             create_connection=HttpConnection,
             open_timeout=None,
-            max_size=MAX_FRAME_BYTES,
+            max_size=self.settings.limits.max_frame_bytes,
             max_queue=64,
+            ssl=self.tls,
             compression=None,
             ping_interval=20,
             ping_timeout=60,
@@ -242,6 +272,7 @@ class Daemon:
             "listening",
             host=self.settings.host,
             port=self.port,
+            tls=self.settings.tls_cert is not None,
             db=self.db_name,
             head=self.writer.head,
         )
@@ -409,12 +440,12 @@ class Daemon:
                         HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "bad token"}
                     )
             return None
-        if self.settings.tokens and not self._token_ok(
-            _bearer(request.headers) or console_token(request.path)
-        ):
-            return _json_response(
-                HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "a bearer token is required"}
+        if self.tokens.configured:
+            refused = self._http_auth_refusal(
+                request.method, path, _bearer(request.headers) or console_token(request.path)
             )
+            if refused is not None:
+                return refused
         if path == "/healthz":
             return self.health_response()
         return await self.http.respond(request)
@@ -431,13 +462,40 @@ class Daemon:
         return _json_response(HTTPStatus.SERVICE_UNAVAILABLE, body)
 
     def _token_ok(self, token: str | None) -> bool:
-        if not token:  # an empty token never authenticates
-            return False
-        return any(hmac.compare_digest(token.encode(), t.encode()) for t in self.settings.tokens)
+        """Whether `token` is a configured one (any scopes; an empty one never is)."""
+        return self.tokens.find(token) is not None
+
+    def _http_auth_refusal(self, method: str, path: str, token: str | None) -> Response | None:
+        """401 without a valid bearer token, 403 when its scopes do not cover the request, 429
+        when a read is over its token's query rate (`--rate-token-queries`)."""
+        found = self.tokens.find(token)
+        if found is None:
+            return _json_response(
+                HTTPStatus.UNAUTHORIZED, {"error": "unauthorized", "message": "a bearer token is required"}
+            )
+        scope = http_scope(method, path)
+        if not found.allows(scope):
+            message = (
+                f"{method[:10]} {path[:100]}: needs the '{scope}' scope, which {found.name} does not have"
+            )
+            return _json_response(HTTPStatus.FORBIDDEN, {"error": "forbidden", "message": message})
+        limited = http_query(self.token_buckets, found.name, path[:100]) if scope == READ else None
+        if limited is not None:
+            self.refused[limited.code] += 1
+            body = {"error": limited.code, "message": limited.message, "retry_after": limited.retry_after}
+            response = _json_response(HTTPStatus.TOO_MANY_REQUESTS, body)
+            response.headers["Retry-After"] = str(math.ceil(limited.retry_after))
+            return response
+        return None
 
     # -- WebSocket ----------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        too_many = self.settings.limits.too_many_connections(self.connections)
+        if too_many is not None:
+            log.warning("connection refused", peer=_peer(ws), reason=too_many)
+            await ws.close(1013, too_many)  # "try again later"
+            return
         conn_id = next(self._conn_ids)
         # The handler runs in a task of its own, so these stay on this connection's lines.
         structlog.contextvars.bind_contextvars(conn_id=conn_id, peer=_peer(ws))
@@ -455,21 +513,37 @@ class Daemon:
             stats.log_close(ws)
             structlog.contextvars.unbind_contextvars("conn_id", "peer")
 
-    def _authorizer(self, ws: ServerConnection) -> Callable[[str | None], bool] | None:
+    def _authorizer(self, ws: ServerConnection, granted: list[Grant]) -> Callable[[str | None], bool] | None:
         """The token check of this connection's hello: the hello's token, else the upgrade's
-        `Authorization: Bearer`; None when no tokens are configured."""
-        if not self.settings.tokens:
+        `Authorization: Bearer`; None when no tokens are configured. The grant found goes
+        into `granted`."""
+        if not self.tokens.configured:
             return None
         headers = ws.request.headers if ws.request else Headers()
 
         def authorize(token: str | None) -> bool:
-            return self._token_ok(token if token is not None else _bearer(headers))
+            found = self.tokens.find(token if token is not None else _bearer(headers))
+            if found is not None:
+                granted.append(found)
+            return found is not None
 
         return authorize
 
-    async def _hello(self, ws: ServerConnection) -> Connection | None:
+    def _guard(self, found: Grant) -> ConnectionGuard:
+        """What the connection of a token may do (OPEN_GRANT: no tokens are configured)."""
+        rates = self.settings.rates
+        limiter = None
+        if rates.enabled:
+            token = found.name if found is not OPEN_GRANT else None
+            limiter = ConnectionLimiter(rates, self.token_buckets, token, self.clock)
+        return ConnectionGuard(found, self.settings.limits, limiter)
+
+    async def _hello(self, ws: ServerConnection, granted: list[Grant] | None = None) -> Connection | None:
         """Wait for hello and answer it; the open connection, or None if refused."""
-        conn = Connection(self.codec, f"tracklog/{__version__}", self._authorizer(ws), self.hub.frames)
+        granted = granted if granted is not None else []
+        conn = Connection(
+            self.codec, f"tracklog/{__version__}", self._authorizer(ws, granted), self.hub.frames
+        )
         try:
             frame = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
         except TimeoutError:
@@ -481,14 +555,16 @@ class Daemon:
             await ws.close(outcome.code, outcome.reason)
             return None
         assert isinstance(outcome, Greeted)
-        await self._send(ws, conn.welcome(self.writer.head), conn.binary)
+        await self._send(ws, conn.welcome(self.writer.head, *self.settings.limits.told()), conn.binary)
         log.debug("hello", client=outcome.hello.client)
         return conn
 
     async def _serve_connection(self, ws: ServerConnection, conn_id: int) -> None:
-        conn = await self._hello(ws)
+        granted: list[Grant] = []
+        conn = await self._hello(ws, granted)
         if conn is None:
             return
+        guard = self._guard(granted[0] if granted else OPEN_GRANT)
         binary = conn.binary
         stats = _connection_stats.get() or ConnectionStats()
         acks: asyncio.Queue[PendingAck | None] = asyncio.Queue(MAX_INFLIGHT_APPENDS)
@@ -505,6 +581,10 @@ class Daemon:
                     break
                 stats.frames += 1
                 received = conn.receive(frame)
+                refused = guard.refusal(received, len(conn.subscriptions))
+                if refused is not None:
+                    await self._refuse(ws, conn, conn_id, received, refused, acks)
+                    continue
                 match received:
                     case AppendFrame():
                         # Decoded on the writer's thread with the rest of its group.
@@ -654,10 +734,36 @@ class Daemon:
             except ConnectionClosed:
                 closed = True  # keep draining: the appends are committed either way
 
+    async def _refuse(
+        self,
+        ws: ServerConnection,
+        conn: Connection,
+        conn_id: int,
+        request: object,
+        refused: errors.ProtocolError,
+        acks: asyncio.Queue[PendingAck | None],
+    ) -> None:
+        """Answer a request the guard refused: an append in its turn among the acks (a
+        connection's appends are answered in order), anything else at once."""
+        self.refused[refused.code] += 1
+        # Rate limits can refuse many requests a second: those only at debug level.
+        (log.debug if refused.code == errors.RATE_LIMITED else log.info)(
+            "request refused", code=refused.code, reason=refused.message
+        )
+        if isinstance(request, AppendFrame):
+            done: asyncio.Future[AppendResult | errors.ProtocolError] = (
+                asyncio.get_running_loop().create_future()
+            )
+            done.set_result(refused)
+            self._pending_acks[conn_id] += 1
+            await acks.put((done, time.perf_counter()))
+        else:
+            await self._send(ws, conn.error(refused), conn.binary)
+
     async def _answer(self, ws: ServerConnection, q: Query, conn: Connection) -> None:
         started = time.perf_counter()
         try:
-            frame = conn.answer(await self.readers.query(q))
+            frame = conn.answer(self.settings.limits.check_rows(await self.readers.query(q), q))
             took = time.perf_counter() - started
             if took > self.settings.slow_request_seconds:
                 log.warning("slow request", op="query", q=q.q, ref=q.ref, ms=round(took * 1000, 1))
@@ -783,6 +889,24 @@ def _json_reason(body: bytes) -> str | None:
     except (msgspec.DecodeError, AttributeError):
         return None
     return message if isinstance(message, str) else None
+
+
+def server_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of `--tls-cert`/`--tls-key` (None: plain ws:// and http://).
+    Raises TracklogError naming the file when it cannot be loaded."""
+    if settings.tls_cert is None and settings.tls_key is None:
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise errors.TracklogError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.TracklogError(
+            f"cannot load the TLS certificate {settings.tls_cert} or key {settings.tls_key}: {exc}"
+        ) from exc
+    return context
 
 
 def _bearer(headers: Headers) -> str | None:

@@ -6,9 +6,10 @@ request has waited longer than `stuck_after` stops the pings too. Either way sys
 restarts the daemon once `WatchdogSec` passes without a ping, which is what a client
 would otherwise only see as silence.
 
-SIGHUP re-reads the tokens (a tokens file, one token per line, and `TRACKLOG_TOKENS`
-in an environment file) and the log level (`TRACKLOG_LOG_LEVEL` in the environment
-file). The process environment cannot change after start, so a reload reads files.
+SIGHUP re-reads the tokens (a tokens file, one token per line with its scopes, see
+daemon/auth.py, and `TRACKLOG_TOKENS` in an environment file) and the log level
+(`TRACKLOG_LOG_LEVEL` in the environment file). The process environment cannot
+change after start, so a reload reads files.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import structlog
 
 from tracklog.protocol import errors
 
+from .auth import Grant, grant, read_tokens
 from .notify import Notifier, watchdog_seconds
 
 if TYPE_CHECKING:
@@ -127,31 +129,37 @@ def split_tokens(value: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Reloadable:
-    """What a reload changes: the tokens read from files, and the log level (None: as started)."""
+    """What a reload changes: the tokens read from files (`grants`: with their scopes), and
+    the log level (None: as started)."""
 
     tokens: tuple[str, ...] = ()
     log_level: str | None = None
+    grants: tuple[Grant, ...] = ()
 
 
 def load_reloadable(tokens_file: Path | None, env_file: Path | None) -> Reloadable:
     """Read the tokens file and the environment file; TracklogError naming what is wrong."""
     tokens: tuple[str, ...] = ()
+    grants: tuple[Grant, ...] = ()
     level: str | None = None
     try:
         if env_file is not None:
             env = read_env_file(env_file)
             tokens += split_tokens(env.get("TRACKLOG_TOKENS", ""))
+            grants += tuple(grant(token) for token in tokens)  # all scopes
             level = env.get("TRACKLOG_LOG_LEVEL") or None
-        if tokens_file is not None:
-            tokens += read_tokens_file(tokens_file)
     except (OSError, UnicodeDecodeError) as exc:
         raise errors.TracklogError(f"cannot read the tokens or environment file: {exc}") from exc
+    if tokens_file is not None:
+        from_file = read_tokens(tokens_file)  # `TOKEN [SCOPES]` lines (daemon/auth.py)
+        tokens += tuple(g.token for g in from_file)
+        grants += from_file
     if level is not None:
         level = level.strip().lower()
         if level not in LOG_LEVELS:
             expected = ", ".join(LOG_LEVELS)
             raise errors.TracklogError(f"TRACKLOG_LOG_LEVEL: expected one of {expected}, got {level!r}")
-    return Reloadable(tokens, level)
+    return Reloadable(tokens, level, grants)
 
 
 #: Called with the new log level on a reload (set by `serve`, which owns the log configuration).

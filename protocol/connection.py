@@ -578,13 +578,23 @@ class ServerConnection:
                 return msg
         raise AssertionError(f"unhandled message {msg!r}")  # pragma: no cover
 
-    def welcome(self, head: int) -> bytes:
-        """The answer to the hello (`head`: the newest committed seq); the connection is open."""
+    def welcome(
+        self, head: int, max_frame_bytes: int | None = None, max_events_per_append: int | None = None
+    ) -> bytes:
+        """The answer to the hello (`head`: the newest committed seq); the connection is open.
+        The limits are told when the daemon's differ from the protocol's defaults."""
         if self.state is not State.CONNECTING or self.hello is None:
             raise ConnectionViolation("welcome: no hello to answer")
         self.state = State.OPEN
         return self.encode(
-            Welcome(protocol=PROTOCOL_VERSION, server=self.server, head=head, ref=self.hello.ref)
+            Welcome(
+                protocol=PROTOCOL_VERSION,
+                server=self.server,
+                head=head,
+                ref=self.hello.ref,
+                max_frame_bytes=max_frame_bytes,
+                max_events_per_append=max_events_per_append,
+            )
         )
 
     def ack(self, result: Ack | errors.ProtocolError) -> bytes:

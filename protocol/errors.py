@@ -12,6 +12,7 @@ TracklogError
       ├── NotFound          not_found
       ├── BadQuery          bad_query
       ├── Overloaded        overloaded
+      ├── RateLimited       rate_limited (transient: send again after `retry_after` seconds)
       ├── DiskFull          disk_full (nothing committed; transient: resend later)
       └── InternalError     internal
  └── StorageError           the log store failed (wraps the driver's error)
@@ -31,6 +32,9 @@ TOO_LARGE: Final = "too_large"
 NOT_FOUND: Final = "not_found"
 BAD_QUERY: Final = "bad_query"
 OVERLOADED: Final = "overloaded"
+#: A rate limit of the connection or of its token: nothing of the request was done; the
+#: error's `retry_after` says how many seconds to wait before sending it again.
+RATE_LIMITED: Final = "rate_limited"
 #: The daemon's disk is full: nothing of the request was committed. Transient by nature:
 #: the daemon recovers by itself when space returns, so a client keeps the events and
 #: sends them again later (as for `overloaded` and `internal`).
@@ -51,12 +55,13 @@ ERROR_CODES: Final = frozenset(
         NOT_FOUND,
         BAD_QUERY,
         OVERLOADED,
+        RATE_LIMITED,
         DISK_FULL,
         INTERNAL,
     }
 )
 #: Codes that say nothing about the request itself: the same request may succeed later.
-TRANSIENT_CODES: Final = frozenset({OVERLOADED, DISK_FULL, INTERNAL})
+TRANSIENT_CODES: Final = frozenset({OVERLOADED, RATE_LIMITED, DISK_FULL, INTERNAL})
 
 
 class TracklogError(Exception):
@@ -114,6 +119,16 @@ class Overloaded(ProtocolError):
     code = OVERLOADED
 
 
+class RateLimited(ProtocolError):
+    """A rate limit was hit; `retry_after`: seconds until the same request would pass."""
+
+    code = RATE_LIMITED
+
+    def __init__(self, message: str, ref: int | None = None, retry_after: float = 0.0) -> None:
+        super().__init__(message, ref)
+        self.retry_after = retry_after
+
+
 class DiskFull(ProtocolError):
     code = DISK_FULL
 
@@ -139,12 +154,17 @@ _BY_CODE: dict[str, type[ProtocolError]] = {
         NotFound,
         BadQuery,
         Overloaded,
+        RateLimited,
         DiskFull,
         InternalError,
     )
 }
 
 
-def error_for_code(code: str, message: str, ref: int | None = None) -> ProtocolError:
+def error_for_code(
+    code: str, message: str, ref: int | None = None, retry_after: float | None = None
+) -> ProtocolError:
     """The exception that stands for a wire error code (unknown codes: InternalError)."""
+    if code == RATE_LIMITED:
+        return RateLimited(message, ref, retry_after or 0.0)
     return _BY_CODE.get(code, InternalError)(message, ref)

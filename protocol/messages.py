@@ -31,7 +31,7 @@ from .events import (
     finite_floats_as_strings,
     json_value_problem,
 )
-from .limits import MAX_EVENTS_PER_APPEND
+from .limits import MAX_DEPTH, MAX_EVENTS_PER_APPEND
 
 _log = logging.getLogger("tracklog.protocol")
 
@@ -157,6 +157,10 @@ class Welcome(Message, tag="welcome"):
     head: int
     #: The `ref` of the `hello` this answers (omitted when the hello had none).
     ref: int | None = None
+    #: Extension: the daemon's limits, when they are not the protocol's defaults, so a
+    #: client can size its appends to fit (frame bytes, events per append).
+    max_frame_bytes: int | None = None
+    max_events_per_append: int | None = None
 
 
 class Duplicate(Struct):
@@ -248,6 +252,8 @@ class Error(Message, tag="error"):
     code: str
     message: str
     ref: int | None = None
+    #: Extension, with `rate_limited` only: seconds to wait before sending the request again.
+    retry_after: float | None = None
 
 
 ServerMessage = Welcome | Ack | Result | Subscribed | Unsubscribed | Events | Live | Error | Checked
@@ -263,21 +269,64 @@ class _RawAppend(Struct, forbid_unknown_fields=False):
     ref: int | None = None
 
 
-def _free_form_problem(event: Event) -> str | None:
+def _free_form_problem(event: Event, max_depth: int = MAX_DEPTH) -> str | None:
     """The first free-form value of an event (config, item data, metadata, cache value)
     that is not a JSON value every reader can take back, as a rejection message."""
     data = event.data  # type: ignore[attr-defined]
     for name in FREE_FORM_FIELDS.get(data.__class__, ()):
-        problem = json_value_problem(getattr(data, name), f"{event_type(event)}.{name}")
+        problem = json_value_problem(getattr(data, name), f"{event_type(event)}.{name}", max_depth)
         if problem is not None:
             return problem
     return None
 
 
-class Codec:
-    """Decodes client frames and encodes replies; one per process, built once."""
+def long_string_problem(value: Any, limit: int, path: str) -> str | None:
+    """The first string (or map key) longer than `limit` characters anywhere in value (maps,
+    lists, structs), as `PATH: N characters, at most LIMIT (max_field_chars)`; None if none."""
+    cls = value.__class__
+    if cls is str:
+        if len(value) > limit:
+            return f"{path}: {len(value)} characters, at most {limit} (max_field_chars)"
+        return None
+    if isinstance(value, Struct):  # its field names are the protocol's: only the values are checked
+        for name in value.__struct_fields__:
+            found = long_string_problem(getattr(value, name), limit, f"{path}.{name}")
+            if found is not None:
+                return found
+        return None
+    if cls is dict:
+        for key, child in value.items():
+            if key.__class__ is str and len(key) > limit:
+                return f"{path}: a key of {len(key)} characters, at most {limit} (max_field_chars)"
+            found = long_string_problem(child, limit, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif cls is list or cls is tuple:
+        for index, child in enumerate(value):
+            found = long_string_problem(child, limit, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
-    def __init__(self) -> None:
+
+class Codec:
+    """Decodes client frames and encodes replies; one per process, built once.
+
+    The limits on what a client sends are the protocol's defaults (protocol/limits.py)
+    unless the daemon is configured otherwise: `max_events_per_append` (also the inputs of
+    one batch check), `max_depth` (nesting of free-form values) and `max_field_chars`
+    (the longest string anywhere in an event's data; None: bounded by the frame only).
+    """
+
+    def __init__(
+        self,
+        max_events_per_append: int = MAX_EVENTS_PER_APPEND,
+        max_depth: int = MAX_DEPTH,
+        max_field_chars: int | None = None,
+    ) -> None:
+        self.max_events_per_append = max_events_per_append
+        self.max_depth = max_depth
+        self.max_field_chars = max_field_chars
         self._json_msg = msgspec.json.Decoder(ClientMessage)
         self._mp_msg = msgspec.msgpack.Decoder(ClientMessage)
         self._json_env = msgspec.json.Decoder(_Envelope)
@@ -341,7 +390,7 @@ class Codec:
             msg.indexes = None
             self._check_append(msg)
         elif isinstance(msg, Check):
-            check_request(msg)
+            check_request(msg, self.max_events_per_append)
         return msg
 
     def is_append(self, frame: bytes | str) -> bool:
@@ -352,12 +401,15 @@ class Codec:
             return False
         return isinstance(env.op, str) and env.op == "append"
 
+    def _too_many_events(self, count: int, ref: int | None) -> errors.TooLarge:
+        limit = self.max_events_per_append
+        return errors.TooLarge(
+            f"events: {count} events, at most {limit} per append (max_events_per_append)", ref
+        )
+
     def _check_append(self, msg: Append) -> None:
-        if len(msg.events) > MAX_EVENTS_PER_APPEND:
-            raise errors.TooLarge(
-                f"events: {len(msg.events)} events, at most {MAX_EVENTS_PER_APPEND} per append",
-                msg.ref,
-            )
+        if len(msg.events) > self.max_events_per_append:
+            raise self._too_many_events(len(msg.events), msg.ref)
         good: list[AnyEvent] = []
         indexes: list[int] = []
         for index, event in enumerate(msg.events):
@@ -371,19 +423,23 @@ class Codec:
             msg.events = good
             msg.indexes = indexes
 
-    @staticmethod
-    def _check_event(event: Event) -> str | None:
+    def _check_event(self, event: Event) -> str | None:
         try:
             check_event(event)
         except InvalidEvent as exc:
             text = str(exc)
             return text if text.startswith(("run:", "ts:")) else f"{event_type(event)}.{text}"
+        if self.max_field_chars is not None:
+            data = event.data  # type: ignore[attr-defined]
+            problem = long_string_problem(data, self.max_field_chars, event_type(event))
+            if problem is not None:
+                return problem
         if event.__class__ is Metrics:
             return None
         tag = event_type(event)
         if tag in DAEMON_TYPES:
             return f"type: {tag} events are written by the daemon only"
-        return _free_form_problem(event)
+        return _free_form_problem(event, self.max_depth)
 
     def _decode_slow(self, frame: bytes | str, binary: bool, exc: msgspec.ValidationError) -> ClientMessage:
         try:
@@ -414,10 +470,8 @@ class Codec:
             raise errors.BadMessage(explain_validation_error(exc, None, "append"), ref) from exc
         except (msgspec.DecodeError, RecursionError) as exc:
             raise errors.BadFrame(f"undecodable frame: {exc}", ref) from exc
-        if len(raw.events) > MAX_EVENTS_PER_APPEND:
-            raise errors.TooLarge(
-                f"events: {len(raw.events)} events, at most {MAX_EVENTS_PER_APPEND} per append", ref
-            )
+        if len(raw.events) > self.max_events_per_append:
+            raise self._too_many_events(len(raw.events), ref)
         event_decoder = self._mp_event if binary else self._json_event
         any_decoder = self._mp_any if binary else self._json_any
         good: list[AnyEvent] = []
@@ -517,7 +571,10 @@ class Codec:
             return self._json_enc.encode(_readable_stored(e))
 
     def encode_error(self, exc: errors.ProtocolError, binary: bool) -> bytes:
-        return self.encode(Error(code=exc.code, message=exc.message, ref=exc.ref), binary)
+        retry_after = exc.retry_after if isinstance(exc, errors.RateLimited) else None
+        return self.encode(
+            Error(code=exc.code, message=exc.message, ref=exc.ref, retry_after=retry_after), binary
+        )
 
 
 def json_readable(obj: Any) -> Any:
@@ -559,7 +616,7 @@ def client_message_op(
 MAX_SIMHASH_THRESHOLD: Final = 16
 
 
-def check_request(msg: Check) -> None:
+def check_request(msg: Check, max_inputs: int = MAX_EVENTS_PER_APPEND) -> None:
     """Check what decoding cannot say about a `check`; raises BadMessage naming the field."""
     ref = msg.ref
     try:
@@ -590,8 +647,8 @@ def check_request(msg: Check) -> None:
         raise errors.BadMessage("check.inputs: give inputs, or one text, value or vector, not both", ref)
     if not msg.inputs:
         raise errors.BadMessage("check.inputs: expected at least one input", ref)
-    if len(msg.inputs) > MAX_EVENTS_PER_APPEND:
-        raise errors.TooLarge(f"check.inputs: {len(msg.inputs)} inputs, at most {MAX_EVENTS_PER_APPEND}", ref)
+    if len(msg.inputs) > max_inputs:
+        raise errors.TooLarge(f"check.inputs: {len(msg.inputs)} inputs, at most {max_inputs}", ref)
     for i, one in enumerate(msg.inputs):
         _check_input(msg.kind, one.text, one.value, one.vector, f"check.inputs[{i}]", ref)
 

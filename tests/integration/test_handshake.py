@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import DaemonProcess, open_client
+from tracklog.daemon.auth import TokenSet, grant
 from tracklog.daemon.server import Daemon
 
 
@@ -73,7 +74,7 @@ def test_serve_refuses_an_empty_or_blank_token(tmp_path: Path, token: str) -> No
 
 def test_an_empty_token_never_matches_even_a_configured_empty_one() -> None:
     # Serve refuses empty tokens at start; should one reach the check anyway, it fails.
-    daemon = SimpleNamespace(settings=SimpleNamespace(tokens=("", "s3cret")))
+    daemon = SimpleNamespace(tokens=TokenSet([grant(""), grant("s3cret")]))
     assert not Daemon._token_ok(daemon, "")  # type: ignore[arg-type]
     assert not Daemon._token_ok(daemon, None)  # type: ignore[arg-type]
     assert Daemon._token_ok(daemon, "s3cret")  # type: ignore[arg-type]
