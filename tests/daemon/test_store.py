@@ -296,6 +296,15 @@ def workload() -> list[ev.Event]:
             "data": {"notes": "n", "config": {"lr": 0.2, "bs": 8}, "add_tags": ["z"], "remove_tags": ["x"]},
         }
     )
+    client.append(
+        {"type": "experiment", "data": {"experiment": "1", "name": "e", "tags": {"t": "1", "u": "2"}}}
+    )
+    client.append(
+        {"type": "experiment", "data": {"experiment": "1", "lifecycle": "deleted", "remove_tags": ["u"]}}
+    )
+    client.append(
+        {"type": "run.updated", "run": "b", "data": {"tag_values": {"mlflow.source": "s", "y": "v"}}}
+    )
     client.append({"type": "cache.put", "data": {"key": "k1", "value": {"v": 1}}})
     client.append({"type": "cache.put", "data": {"key": "k2", "value": [1, 2], "ttl": 5}})
     client.append({"type": "cache.put", "data": {"key": "k3", "value": "three", "ttl": 1e12}})
@@ -608,7 +617,9 @@ def test_metric_series_longer_than_a_chunk_reads_back_exactly_across_many_append
         assert run == (total, 2 * total)
 
 
-def test_summary_keeps_the_earliest_point_on_ties_and_never_takes_nan_as_min_or_max(store: SqliteEventLog) -> None:
+def test_summary_keeps_the_earliest_point_on_ties_and_never_takes_nan_as_min_or_max(
+    store: SqliteEventLog,
+) -> None:
     values = [math.nan, 3.0, 1.0, math.nan, 1.0, 5.0, 5.0, 2.0, math.nan]
     for i, value in enumerate(values):
         append(store, [metric("r", {"v": value}, step=i * 10, epoch=i, ts=100.0 + i)])
@@ -1072,7 +1083,9 @@ def test_run_query_answers_fields_config_tags_metric_summaries_and_artifacts(sto
         "n_items": 2,
         "n_failed": 1,
         "n_artifacts": 2,
+        "experiment": None,
         "tags": ["a", "c"],
+        "tag_values": {},
     }
     assert metrics["loss"] == {
         "count": 3,

@@ -18,7 +18,7 @@ from tracklog.protocol import errors
 from tracklog.protocol.messages import Query, StoredEvent
 
 from ..readmodel import ChunkColumns, ReadModel, Rows
-from . import cache, events, items, metrics, runs, search, sql, stats
+from . import cache, events, experiments, items, metrics, runs, search, sql, stats
 from .connect import connect
 from .rows import artifact_rows
 
@@ -165,6 +165,9 @@ class SqliteReadModel(ReadModel):
 
     def stats(self, q: Query) -> Rows:
         return self._call(stats.query_stats, q, what=q.q)
+
+    def experiments(self, q: Query) -> Rows:
+        return self._call(experiments.query_experiments, q, what=q.q)
 
     def cache(self, q: Query, now: float) -> Rows:
         return self._call(cache.query_cache, q, now, what=q.q)

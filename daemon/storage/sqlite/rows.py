@@ -26,7 +26,7 @@ msgpack_decode: Final = msgspec.msgpack.Decoder().decode
 RUN_SUMMARY_COLUMNS: Final = (
     "r.run, r.name, r.pipeline, r.user, r.host, r.session, r.notes, r.parent, r.status, r.error, r.config,"
     " r.started, r.finished, r.created_seq, r.updated_seq, r.last_ts, r.deleted, r.n_events, r.n_points,"
-    " r.n_items, r.n_failed, r.n_artifacts"
+    " r.n_items, r.n_failed, r.n_artifacts, r.experiment"
 )
 RUN_SUMMARY_NAMES: Final = [c.strip().removeprefix("r.") for c in RUN_SUMMARY_COLUMNS.split(",")]
 
