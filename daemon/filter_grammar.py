@@ -20,7 +20,8 @@ binding every value, name and key as a parameter).
 `tags.NAME` alone (or `= true`, `= false`) tests whether a run has the tag; compared with
 a string (`tags.NAME = 'v'`, `like`, `in`) it is the tag's value ('' for a tag without
 one), and a run without the tag matches no such comparison. `experiment` is the run's
-experiment id, `experiment_name` that experiment's name.
+experiment id, `experiment_name` that experiment's name; `deleted` is true for a deleted run
+(which only queries asking for deleted runs see).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ RUN_FIELDS: Final = frozenset(
         "updated",
         "experiment",
         "experiment_name",
+        "deleted",
     }
 )
 _TIME_FIELDS: Final = frozenset({"started", "finished"})

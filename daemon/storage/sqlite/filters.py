@@ -29,6 +29,7 @@ RUN_COLUMNS: Final = {
     "created": "r.created_seq",
     "updated": "r.updated_seq",
     "experiment": "r.experiment",
+    "deleted": "r.deleted",
     "experiment_name": "(SELECT e.name FROM experiments e WHERE e.experiment = r.experiment)",
 }
 _TAG_TEST: Final = "EXISTS (SELECT 1 FROM run_tags t WHERE t.run = r.run AND t.tag = ?)"
