@@ -131,6 +131,9 @@ class ArtifactData(Data):
     size: Int64 | None = None
     digest: str | None = None
     metadata: dict[str, Any] | None = None
+    #: `sha256:<hex>` of the bytes in the daemon's artifact store (written by the daemon
+    #: when it stored an upload; verify and backup check the blob).
+    blob: str | None = None
 
 
 class CachePutData(Data):

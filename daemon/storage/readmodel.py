@@ -162,6 +162,11 @@ class ReadModel(ABC):
     def artifact_rows(self, run: str) -> list[dict[str, Any]]:
         """The run's artifacts, oldest first."""
 
+    @abstractmethod
+    def stored_blobs(self) -> list[dict[str, Any]]:
+        """Every artifact whose bytes are in the artifact store, `{run, path, size, blob}`
+        (what verify and backup check), oldest first."""
+
 
 def open_read_model(url: str, *, scan: bool = False) -> ReadModel:
     """A read model on the store at `url`: an SQLite file path or a `sqlite:///` URL.

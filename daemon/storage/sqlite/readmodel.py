@@ -20,7 +20,7 @@ from tracklog.protocol.messages import Query, StoredEvent
 from ..readmodel import ChunkColumns, ReadModel, Rows
 from . import cache, events, experiments, items, metrics, runs, search, sql, stats
 from .connect import connect
-from .rows import artifact_rows
+from .rows import artifact_rows, stored_blobs
 
 _T = TypeVar("_T")
 
@@ -213,3 +213,6 @@ class SqliteReadModel(ReadModel):
 
     def artifact_rows(self, run: str) -> list[dict[str, Any]]:
         return self._call(artifact_rows, run, what="export")
+
+    def stored_blobs(self) -> list[dict[str, Any]]:
+        return self._call(stored_blobs, what="verify")

@@ -129,13 +129,14 @@ def item_row(row: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
-ARTIFACT_COLUMNS: Final = "seq, run, kind, path, size, digest, metadata, ts"
+ARTIFACT_COLUMNS: Final = "seq, run, kind, path, size, digest, metadata, ts, blob"
 
 
 def artifact_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    """An artifact from a row of ARTIFACT_COLUMNS, its metadata decoded."""
-    seq, run, kind, path, size, digest, meta, ts = row
-    return {
+    """An artifact from a row of ARTIFACT_COLUMNS, its metadata decoded; `blob` only when
+    the bytes are in the daemon's artifact store."""
+    seq, run, kind, path, size, digest, meta, ts, blob = row
+    out = {
         "seq": seq,
         "run": run,
         "kind": kind,
@@ -145,6 +146,19 @@ def artifact_row(row: tuple[Any, ...]) -> dict[str, Any]:
         "metadata": json_decode(meta) if meta else None,
         "ts": ts,
     }
+    if blob is not None:
+        out["blob"] = blob
+    return out
+
+
+def stored_blobs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every artifact whose bytes are in the artifact store: `{run, path, size, blob}`, oldest first."""
+    return [
+        {"run": run, "path": path, "size": size, "blob": blob}
+        for run, path, size, blob in conn.execute(
+            "SELECT run, path, size, blob FROM artifacts WHERE blob IS NOT NULL ORDER BY seq"
+        )
+    ]
 
 
 def artifact_rows(conn: sqlite3.Connection, run: str) -> list[dict[str, Any]]:

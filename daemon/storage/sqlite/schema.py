@@ -7,7 +7,8 @@ from typing import Final
 #: Bump when a projection's shape or meaning changes: the daemon then rebuilds every
 #: projection table from the log at start. 5: run.deleted/run.restored only flip the mark,
 #: runs(name) index; 6: metric_summaries.sum and .summed (the mean), items_stage; 7:
-#: experiments and experiment_tags, runs.experiment, run_tags.value (tags with a value).
+#: experiments and experiment_tags, runs.experiment, run_tags.value (tags with a value),
+#: artifacts.blob.
 PROJECTION_VERSION: Final = 7
 
 #: Points per metric chunk. A chunk is sealed when full; only the open one is rewritten.
@@ -141,7 +142,9 @@ CREATE TABLE IF NOT EXISTS artifacts (
     size     INTEGER,
     digest   TEXT,
     metadata TEXT,
-    ts       REAL NOT NULL
+    ts       REAL NOT NULL,
+    -- The blob in the artifact store holding the bytes (sha256:<hex>), if stored there.
+    blob     TEXT
 );
 CREATE INDEX IF NOT EXISTS artifacts_run ON artifacts(run, seq);
 CREATE TABLE IF NOT EXISTS metric_chunks (

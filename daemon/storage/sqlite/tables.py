@@ -293,7 +293,17 @@ class Tables:
                 self._search_docs.append((seq, "item", run, *p.item_search_document(item)))
             case p.AddArtifact(seq, run, ts, art):
                 self._artifacts.append(
-                    (seq, run, art.kind, art.path, art.size, art.digest, json_text(art.metadata), ts)
+                    (
+                        seq,
+                        run,
+                        art.kind,
+                        art.path,
+                        art.size,
+                        art.digest,
+                        json_text(art.metadata),
+                        ts,
+                        art.blob,
+                    )
                 )
                 self._counters[run][4] += 1
                 self._search_docs.append((seq, "artifact", run, *p.artifact_search_document(art)))
@@ -419,8 +429,8 @@ class Tables:
             self._items.clear()
         if self._artifacts:
             conn.executemany(
-                "INSERT INTO artifacts(seq, run, kind, path, size, digest, metadata, ts)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO artifacts(seq, run, kind, path, size, digest, metadata, ts, blob)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self._artifacts,
             )
             self._artifacts.clear()
