@@ -56,6 +56,9 @@ DEFAULT_SEARCH_RUNS: Final = 1000
 MAX_SEARCH_RUNS: Final = 50_000
 DEFAULT_SEARCH_EXPERIMENTS: Final = 1000
 MAX_SEARCH_EXPERIMENTS: Final = 50_000
+#: Points of a run read to find MLflow's latest value of each metric (the highest step, then
+#: timestamp); a run with more shows the last value logged instead (docs/mlflow.md).
+EXACT_LATEST_POINTS: Final = 100_000
 #: Runs tracklog's `runs` query gives in one page (the handler reads several for a larger one).
 _RUNS_PAGE: Final = 1000
 #: Request fields that are lists when they come as query parameters of a GET (any field
@@ -301,10 +304,21 @@ async def _artifact_location(context: MlflowContext, run: dict[str, Any]) -> str
     return model.default_artifact_location(experiment_id)
 
 
+async def _latest_metrics(context: MlflowContext, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each metric's latest value as MLflow defines it (highest step, then timestamp, then
+    value), read from the histories; from the summaries (the last logged) past a size."""
+    summaries = run.get("metrics") or {}
+    if not summaries:
+        return []
+    if sum(int(s.get("count") or 0) for s in summaries.values()) > EXACT_LATEST_POINTS:
+        return model.latest_metrics(summaries)
+    return model.latest_from_histories((await _ask(context, Query(q="metrics", run=run["id"]))).rows)
+
+
 async def _run_json(context: MlflowContext, run: dict[str, Any]) -> dict[str, Any]:
     inputs = await _dataset_inputs(context, run["id"])
     location = await _artifact_location(context, run)
-    return model.run_json(run, location, model.latest_metrics(run.get("metrics") or {}), inputs)
+    return model.run_json(run, location, await _latest_metrics(context, run), inputs)
 
 
 # -- experiments ------------------------------------------------------------------------------
@@ -690,7 +704,7 @@ async def search_runs(context: MlflowContext, fields: dict[str, Any]) -> dict[st
             model.run_json(
                 full,
                 locations[experiment_id],
-                model.latest_metrics(full.get("metrics") or {}),
+                await _latest_metrics(context, full),
                 await _dataset_inputs(context, full["id"]),
             )
         )

@@ -204,8 +204,27 @@ def run_json(
     return out
 
 
+def latest_from_histories(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latest value of each metric as MLflow picks it: the point with the highest
+    (step, timestamp, value), from the `metrics` query's columns."""
+    out = []
+    for row in sorted(rows, key=lambda r: str(r["name"])):
+        best: tuple[int, int, float] | None = None
+        for step, value, ts in zip(row["steps"], row["values"], row["ts"], strict=True):
+            point = (int(step), millis(ts) or 0, float(value))
+            rank = (point[0], point[1], -math.inf if math.isnan(point[2]) else point[2])
+            if best is None or rank >= (best[0], best[1], -math.inf if math.isnan(best[2]) else best[2]):
+                best = point
+        if best is not None:
+            out.append(
+                {"key": row["name"], "value": metric_value(best[2]), "timestamp": best[1], "step": best[0]}
+            )
+    return out
+
+
 def latest_metrics(summaries: dict[str, Any]) -> list[dict[str, Any]]:
-    """The latest value of each metric, from the `run` query's summaries (the last one logged)."""
+    """The last value logged of each metric, from the `run` query's summaries (what stands
+    for MLflow's latest when reading every point would cost too much)."""
     out = []
     for name, summary in sorted(summaries.items()):
         last = summary.get("last")

@@ -1,0 +1,143 @@
+"""The real `mlflow` client (mlflow-skinny) against the MLflow handlers, through a test-only
+HTTP front (bridge.py) until the daemon's HTTP layer mounts them; then the same runs read
+back through tracklog's own queries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from tracklog.daemon.mlflow import MlflowContext
+from tracklog.daemon.server import Daemon
+from tracklog.protocol.messages import Query
+
+from .bridge import Bridge
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+_T = TypeVar("_T")
+WAIT = 120.0
+
+
+@pytest.fixture
+async def bridge(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bridge]:
+    context = MlflowContext(daemon.writer, daemon.readers)
+    with Bridge(context, asyncio.get_running_loop()) as front:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", front.url)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        mlflow.set_tracking_uri(front.url)
+        # The fluent API remembers the experiment set last, across tests: start each on none.
+        # (set_experiment also sets MLFLOW_EXPERIMENT_ID in the environment.)
+        monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+        monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        yield front
+        if mlflow.active_run() is not None:
+            await asyncio.to_thread(mlflow.end_run)
+
+
+async def off_loop(fn: Callable[..., _T], *args: Any) -> _T:
+    """Run blocking client code in a thread: the handlers need the event loop free."""
+    return await asyncio.wait_for(asyncio.to_thread(fn, *args), WAIT)
+
+
+async def test_the_fluent_api_logs_a_run_that_tracklog_sees(bridge: Bridge, daemon: Daemon) -> None:
+    def fluent() -> str:
+        mlflow.set_experiment("fluent")
+        with mlflow.start_run(run_name="first") as run:
+            mlflow.log_param("lr", 0.01)
+            mlflow.log_params({"bs": 32, "opt": "adam"})
+            for step in range(3):
+                mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+            mlflow.log_metrics({"acc": 0.5, "f1": 0.4}, step=2)
+            mlflow.set_tags({"team": "nlp", "stage": "dev"})
+            mlflow.set_tag("note", "x")
+            run_id: str = run.info.run_id
+        return run_id
+
+    run_id = await off_loop(fluent)
+    client = MlflowClient()
+    run = await off_loop(client.get_run, run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "first"
+    assert run.data.params == {"lr": "0.01", "bs": "32", "opt": "adam"}
+    assert run.data.metrics == {"loss": 1.0 / 3, "acc": 0.5, "f1": 0.4}
+    assert run.data.tags["team"] == "nlp" and run.data.tags["mlflow.runName"] == "first"
+    history = await off_loop(client.get_metric_history, run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
+
+    tracklog_run = (await daemon.readers.query(Query(q="run", run=run_id))).rows[0]
+    assert tracklog_run["status"] == "completed" and tracklog_run["name"] == "first"
+    assert tracklog_run["config"] == {"lr": "0.01", "bs": "32", "opt": "adam"}
+    assert tracklog_run["metrics"]["loss"]["count"] == 3
+    experiment = (await daemon.readers.query(Query(q="experiments", names=["fluent"]))).rows[0]
+    assert tracklog_run["experiment"] == experiment["id"]
+
+
+async def test_asynchronous_logging_delivers_every_metric(bridge: Bridge, daemon: Daemon) -> None:
+    def fluent_async() -> str:
+        with mlflow.start_run() as run:
+            for step in range(200):
+                mlflow.log_metric("m", float(step), step=step, synchronous=False)
+            mlflow.flush_async_logging()
+            run_id: str = run.info.run_id
+        return run_id
+
+    run_id = await off_loop(fluent_async)
+    summary = (await daemon.readers.query(Query(q="run", run=run_id))).rows[0]["metrics"]["m"]
+    assert summary["count"] == 200 and summary["max"] == 199.0 and summary["max_step"] == 199
+    # Batches may arrive out of order; MLflow's latest value is the highest step's, not the last sent.
+    run = await off_loop(MlflowClient().get_run, run_id)
+    assert run.data.metrics == {"m": 199.0}
+    history = await off_loop(MlflowClient().get_metric_history, run_id, "m")
+    assert sorted(m.step for m in history) == list(range(200))
+
+
+async def test_the_client_api_creates_logs_searches_and_deletes(bridge: Bridge) -> None:
+    client = MlflowClient()
+
+    def scenario() -> None:
+        experiment_id = client.create_experiment("client-api", tags={"k": "v"})
+        with pytest.raises(MlflowException) as info:
+            client.create_experiment("client-api")
+        assert info.value.error_code == "RESOURCE_ALREADY_EXISTS"
+        ids = []
+        for i in range(5):
+            run = client.create_run(experiment_id, run_name=f"r{i}", tags={"i": str(i)})
+            client.log_batch(
+                run.info.run_id,
+                metrics=[Metric("acc", i / 10, 1_767_225_600_000 + i, 0)],
+                params=[Param("lr", str(i))],
+                tags=[RunTag("parity", "even" if i % 2 == 0 else "odd")],
+            )
+            client.set_terminated(run.info.run_id, "FINISHED" if i < 4 else "FAILED")
+            ids.append(run.info.run_id)
+        found = client.search_runs([experiment_id], "metrics.acc > 0.15 and tags.parity = 'even'")
+        assert [r.info.run_name for r in found] == ["r4", "r2"]
+        ordered = client.search_runs([experiment_id], order_by=["metrics.acc ASC"], max_results=2)
+        assert [r.info.run_name for r in ordered] == ["r0", "r1"] and ordered.token
+        rest = client.search_runs(
+            [experiment_id], order_by=["metrics.acc ASC"], max_results=2, page_token=ordered.token
+        )
+        assert [r.info.run_name for r in rest] == ["r2", "r3"]
+        failed = client.search_runs([experiment_id], "attributes.status = 'FAILED'")
+        assert [r.info.run_id for r in failed] == [ids[4]]
+        client.delete_run(ids[0])
+        assert client.get_run(ids[0]).info.lifecycle_stage == "deleted"
+        assert len(client.search_runs([experiment_id])) == 4
+        client.restore_run(ids[0])
+        assert len(client.search_runs([experiment_id])) == 5
+        with pytest.raises(MlflowException) as info:
+            client.log_param(ids[1], "lr", "changed")
+        assert info.value.error_code == "INVALID_PARAMETER_VALUE"
+        with pytest.raises(MlflowException) as info:
+            client.get_run("f" * 32)
+        assert info.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+        assert client.get_experiment_by_name("nope") is None
+        assert client.get_experiment(experiment_id).tags == {"k": "v"}
+
+    await off_loop(scenario)
