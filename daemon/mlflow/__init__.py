@@ -10,7 +10,18 @@ MLflow's model onto tracklog's is in docs/mlflow.md.
 
 from __future__ import annotations
 
+from .artifacts import ARTIFACT_PREFIXES, Download, handle_artifacts, matches_artifacts
 from .errors import MlflowError
 from .handlers import API_PREFIXES, MlflowContext, handle, matches
 
-__all__ = ["API_PREFIXES", "MlflowContext", "MlflowError", "handle", "matches"]
+__all__ = [
+    "API_PREFIXES",
+    "ARTIFACT_PREFIXES",
+    "Download",
+    "MlflowContext",
+    "MlflowError",
+    "handle",
+    "handle_artifacts",
+    "matches",
+    "matches_artifacts",
+]

@@ -25,6 +25,7 @@ import msgspec
 from tracklog.protocol import errors as tl_errors
 from tracklog.protocol.messages import Ack, Query, Result
 
+from ..artifacts import ArtifactStore
 from ..queries import Readers
 from ..storage.eventlog import AppendResult
 from ..writer import Writer
@@ -79,6 +80,8 @@ class MlflowContext:
     clock: Callable[[], float] = time.time
     #: Held around each check-then-write (params, experiment names).
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The artifact store behind MLflow's proxied artifact API (None: that API answers 503).
+    artifacts: ArtifactStore | None = None
 
 
 Handler = Callable[[MlflowContext, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -223,7 +226,7 @@ def _offset(fields: dict[str, Any]) -> int:
 # -- the daemon: writes and reads -------------------------------------------------------------
 
 
-async def _append(context: MlflowContext, events: list[dict[str, Any]]) -> Ack:
+async def append_events(context: MlflowContext, events: list[dict[str, Any]]) -> Ack:
     """Append events through the writer as one `append` frame (the WebSocket path), and wait
     for the commit. A refused event is INVALID_PARAMETER_VALUE naming it."""
     if not events:
@@ -239,7 +242,7 @@ async def _append(context: MlflowContext, events: list[dict[str, Any]]) -> Ack:
     return result.ack
 
 
-async def _ask(context: MlflowContext, query: Query) -> Result:
+async def ask(context: MlflowContext, query: Query) -> Result:
     try:
         return await context.readers.query(query)
     except tl_errors.BadQuery as exc:
@@ -278,12 +281,12 @@ async def _experiments(
     """Experiment rows (deleted ones too), with experiment 0 as MLflow has it when no event
     has made it yet."""
     rows = (
-        await _ask(context, Query(q="experiments", experiments=ids, names=names, deleted=True, limit=50_000))
+        await ask(context, Query(q="experiments", experiments=ids, names=names, deleted=True, limit=50_000))
     ).rows
     if not any(row["id"] == model.DEFAULT_EXPERIMENT_ID for row in rows):
         default = model.default_experiment()
         if (ids is None or default["id"] in ids) and (names is None or default["name"] in names):
-            exists = await _ask(context, Query(q="experiments", experiments=[default["id"]], deleted=True))
+            exists = await ask(context, Query(q="experiments", experiments=[default["id"]], deleted=True))
             if not exists.rows:
                 rows.insert(0, default)
     return rows
@@ -312,7 +315,7 @@ async def _latest_metrics(context: MlflowContext, run: dict[str, Any]) -> list[d
         return []
     if sum(int(s.get("count") or 0) for s in summaries.values()) > EXACT_LATEST_POINTS:
         return model.latest_metrics(summaries)
-    return model.latest_from_histories((await _ask(context, Query(q="metrics", run=run["id"]))).rows)
+    return model.latest_from_histories((await ask(context, Query(q="metrics", run=run["id"]))).rows)
 
 
 async def _run_json(context: MlflowContext, run: dict[str, Any]) -> dict[str, Any]:
@@ -338,7 +341,7 @@ def _experiment_event(
 
 
 async def _stored(context: MlflowContext, experiment_id: str) -> bool:
-    rows = await _ask(context, Query(q="experiments", experiments=[experiment_id], deleted=True))
+    rows = await ask(context, Query(q="experiments", experiments=[experiment_id], deleted=True))
     return bool(rows.rows)
 
 
@@ -361,7 +364,7 @@ async def create_experiment(context: MlflowContext, fields: dict[str, Any]) -> d
             raise MlflowError(RESOURCE_ALREADY_EXISTS, f"Experiment(name={name}) already exists.")
         numbers = [int(row["id"]) for row in every if str(row["id"]).isdigit()]
         experiment_id = str(max([0, *numbers]) + 1)
-        await _append(
+        await append_events(
             context,
             [
                 _experiment_event(
@@ -462,7 +465,7 @@ async def update_experiment(context: MlflowContext, fields: dict[str, Any]) -> d
         if any(row["name"] == new_name and row["id"] != experiment_id for row in await _experiments(context)):
             raise MlflowError(RESOURCE_ALREADY_EXISTS, f"Experiment(name={new_name}) already exists.")
         exists = await _stored(context, experiment_id)
-        await _append(context, [_experiment_event(context, experiment_id, exists, name=new_name)])
+        await append_events(context, [_experiment_event(context, experiment_id, exists, name=new_name)])
     return {}
 
 
@@ -481,7 +484,7 @@ async def _set_lifecycle(context: MlflowContext, fields: dict[str, Any], lifecyc
             events.append(
                 {"type": "run.deleted" if lifecycle == "deleted" else "run.restored", "run": run["id"]}
             )
-        await _append(context, events)
+        await append_events(context, events)
     return {}
 
 
@@ -502,7 +505,7 @@ async def set_experiment_tag(context: MlflowContext, fields: dict[str, Any]) -> 
         experiment = await _experiment(context, experiment_id)
         _require_active_experiment(experiment)
         exists = await _stored(context, experiment_id)
-        await _append(
+        await append_events(
             context,
             [
                 _experiment_event(
@@ -524,7 +527,7 @@ async def delete_experiment_tag(context: MlflowContext, fields: dict[str, Any]) 
             raise MlflowError(
                 RESOURCE_DOES_NOT_EXIST, f"No tag with name: {key} in experiment with id {experiment_id}"
             )
-        await _append(context, [_experiment_event(context, experiment_id, True, remove_tags=[key])])
+        await append_events(context, [_experiment_event(context, experiment_id, True, remove_tags=[key])])
     return {}
 
 
@@ -596,7 +599,7 @@ async def create_run(context: MlflowContext, fields: dict[str, Any]) -> dict[str
     if parent:
         data["parent"] = parent
     started = model.seconds(start_time) if start_time is not None else context.clock()
-    await _append(context, [{"type": "run.started", "run": run_id, "ts": started, "data": data}])
+    await append_events(context, [{"type": "run.started", "run": run_id, "ts": started, "data": data}])
     return {"run": await _run_json(context, await _run(context, run_id))}
 
 
@@ -622,7 +625,7 @@ async def update_run(context: MlflowContext, fields: dict[str, Any]) -> dict[str
         else:
             ts = model.seconds(end_time) if end_time is not None else context.clock()
             events.append({"type": "run.finished", "run": run_id, "ts": ts, "data": {"status": wanted}})
-    await _append(context, events)
+    await append_events(context, events)
     run = await _run(context, run_id)
     return {"run_info": model.run_info(run, await _artifact_location(context, run))}
 
@@ -630,14 +633,14 @@ async def update_run(context: MlflowContext, fields: dict[str, Any]) -> dict[str
 async def delete_run(context: MlflowContext, fields: dict[str, Any]) -> dict[str, Any]:
     run_id = _run_id(fields)
     await _run(context, run_id)
-    await _append(context, [{"type": "run.deleted", "run": run_id}])
+    await append_events(context, [{"type": "run.deleted", "run": run_id}])
     return {}
 
 
 async def restore_run(context: MlflowContext, fields: dict[str, Any]) -> dict[str, Any]:
     run_id = _run_id(fields)
     await _run(context, run_id)
-    await _append(context, [{"type": "run.restored", "run": run_id}])
+    await append_events(context, [{"type": "run.restored", "run": run_id}])
     return {}
 
 
@@ -645,7 +648,7 @@ async def _all_runs(context: MlflowContext, filter_text: str) -> list[dict[str, 
     """Every run matching a tracklog filter, deleted or not, a page at a time."""
     out: list[dict[str, Any]] = []
     while True:
-        result = await _ask(
+        result = await ask(
             context, Query(q="runs", filter=filter_text, deleted=True, limit=_RUNS_PAGE, offset=len(out))
         )
         out.extend(result.rows)
@@ -676,7 +679,7 @@ async def search_runs(context: MlflowContext, fields: dict[str, Any]) -> dict[st
     total = 0
     while len(rows) < limit:
         want = min(_RUNS_PAGE, limit - len(rows))
-        result = await _ask(
+        result = await ask(
             context,
             Query(
                 q="runs",
@@ -803,7 +806,7 @@ async def _log(
         events.append({"type": "run.updated", "run": run_id, "data": _tag_events(run_id, tags)})
     if not params:
         await _active_run(context, run_id)
-        await _append(context, events)
+        await append_events(context, events)
         return
     async with context.lock:
         run = await _active_run(context, run_id)
@@ -829,7 +832,7 @@ async def _log(
         new = {k: v for k, v in given.items() if k not in logged}
         if new:
             events.append({"type": "run.updated", "run": run_id, "data": {"config": new}})
-        await _append(context, events)
+        await append_events(context, events)
 
 
 async def log_metric(context: MlflowContext, fields: dict[str, Any]) -> dict[str, Any]:
@@ -880,7 +883,7 @@ async def delete_tag(context: MlflowContext, fields: dict[str, Any]) -> dict[str
         data = {"notes": ""}
     else:
         data = {"remove_tags": [key]}
-    await _append(context, [{"type": "run.updated", "run": run_id, "data": data}])
+    await append_events(context, [{"type": "run.updated", "run": run_id, "data": data}])
     return {}
 
 
@@ -922,12 +925,12 @@ async def log_inputs(context: MlflowContext, fields: dict[str, Any]) -> dict[str
                 },
             }
         )
-    await _append(context, events)
+    await append_events(context, events)
     return {}
 
 
 async def _dataset_inputs(context: MlflowContext, run_id: str) -> list[dict[str, Any]]:
-    rows = (await _ask(context, Query(q="items", run=run_id, stage=DATASET_STAGE, limit=10_000))).rows
+    rows = (await ask(context, Query(q="items", run=run_id, stage=DATASET_STAGE, limit=10_000))).rows
     seen: dict[str, dict[str, Any]] = {}
     for row in rows:  # the same dataset logged twice is one input, as in MLflow
         data = row.get("data") or {}
@@ -1006,6 +1009,12 @@ async def get_metric_history_bulk_interval(context: MlflowContext, fields: dict[
     return {"metrics": out[:max_results]} if out else {}
 
 
+async def search_logged_models(context: MlflowContext, fields: dict[str, Any]) -> dict[str, Any]:
+    """MLflow 3's logged models: tracklog keeps none, so a search finds none (the client asks
+    when it lists a run's artifacts)."""
+    return {}
+
+
 ROUTES: Final[dict[str, dict[str, Handler]]] = {
     "experiments/create": {"POST": create_experiment},
     "experiments/get": {"GET": get_experiment},
@@ -1030,4 +1039,5 @@ ROUTES: Final[dict[str, dict[str, Handler]]] = {
     "runs/log-inputs": {"POST": log_inputs},
     "metrics/get-history": {"GET": get_metric_history},
     "metrics/get-history-bulk-interval": {"GET": get_metric_history_bulk_interval},
+    "logged-models/search": {"POST": search_logged_models},
 }

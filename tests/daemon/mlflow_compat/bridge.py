@@ -14,7 +14,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tracklog.daemon.mlflow import MlflowContext, handle
+from tracklog.daemon.mlflow import Download, MlflowContext, handle, handle_artifacts, matches_artifacts
 
 
 class Bridge:
@@ -32,12 +32,33 @@ class Bridge:
                 query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                body: Any = json.loads(raw) if raw else None
                 bridge.calls.append((self.command, parts.path))
-                future = asyncio.run_coroutine_threadsafe(
-                    handle(self.command, parts.path, query, body, bridge.context), bridge.loop
-                )
-                status, answer = future.result(60)
+                if matches_artifacts(parts.path):
+
+                    async def chunks() -> Any:
+                        for start in range(0, len(raw), 65536):
+                            yield raw[start : start + 65536]
+
+                    call: Any = handle_artifacts(
+                        self.command,
+                        parts.path,
+                        query,
+                        chunks() if self.command == "PUT" else None,
+                        bridge.context,
+                    )
+                else:
+                    call = handle(
+                        self.command, parts.path, query, json.loads(raw) if raw else None, bridge.context
+                    )
+                status, answer = asyncio.run_coroutine_threadsafe(call, bridge.loop).result(60)
+                if isinstance(answer, Download):
+                    self.send_response(status)
+                    self.send_header("Content-Type", answer.content_type)
+                    self.send_header("Content-Length", str(answer.size))
+                    self.end_headers()
+                    for chunk in answer.chunks:
+                        self.wfile.write(chunk)
+                    return
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -45,7 +66,7 @@ class Bridge:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_PATCH = do_DELETE = _serve
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _serve
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

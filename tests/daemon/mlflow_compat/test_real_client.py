@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tracklog.daemon.artifacts import ArtifactStore
 from tracklog.daemon.mlflow import MlflowContext
 from tracklog.daemon.server import Daemon
 from tracklog.protocol.messages import Query
@@ -27,7 +28,9 @@ WAIT = 120.0
 
 @pytest.fixture
 async def bridge(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bridge]:
-    context = MlflowContext(daemon.writer, daemon.readers)
+    artifacts_dir = daemon.writer.backend.artifacts_dir
+    assert artifacts_dir is not None
+    context = MlflowContext(daemon.writer, daemon.readers, artifacts=ArtifactStore(artifacts_dir))
     with Bridge(context, asyncio.get_running_loop()) as front:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", front.url)
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -141,3 +144,37 @@ async def test_the_client_api_creates_logs_searches_and_deletes(bridge: Bridge) 
         assert client.get_experiment(experiment_id).tags == {"k": "v"}
 
     await off_loop(scenario)
+
+
+async def test_log_artifact_log_dict_and_load_dict_go_through_the_artifact_store(
+    bridge: Bridge, daemon: Daemon, tmp_path: Any
+) -> None:
+    source = tmp_path / "weights.bin"
+    source.write_bytes(bytes(range(256)) * 1000)
+
+    def artifacts() -> tuple[str, str]:
+        with mlflow.start_run() as run:
+            mlflow.log_artifact(str(source), artifact_path="model")
+            mlflow.log_dict({"lr": 0.1, "layers": [1, 2]}, "config/params.json")
+            uri: str = run.info.artifact_uri
+            loaded = mlflow.artifacts.load_dict(uri + "/config/params.json")
+            assert loaded == {"lr": 0.1, "layers": [1, 2]}
+            listed = MlflowClient().list_artifacts(run.info.run_id)
+            assert [(f.path, f.is_dir) for f in listed] == [("config", True), ("model", True)]
+            inner = MlflowClient().list_artifacts(run.info.run_id, "model")
+            assert [(f.path, f.file_size) for f in inner] == [("model/weights.bin", 256_000)]
+            out = mlflow.artifacts.download_artifacts(
+                uri + "/model/weights.bin", dst_path=str(tmp_path / "dl")
+            )
+            with open(out, "rb") as handle:
+                assert handle.read() == source.read_bytes()
+            return run.info.run_id, uri
+
+    run_id, uri = await off_loop(artifacts)
+    assert uri.startswith("mlflow-artifacts:/0/")
+    rows = (await daemon.readers.query(Query(q="artifacts", run=run_id))).rows
+    sizes = {r["path"]: r["size"] for r in rows if r["kind"] == "mlflow"}
+    assert (
+        sizes.keys() == {"model/weights.bin", "config/params.json"} and sizes["model/weights.bin"] == 256_000
+    )
+    assert all(r["blob"].startswith("sha256:") and r["digest"] == r["blob"] for r in rows)
