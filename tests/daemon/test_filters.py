@@ -209,3 +209,9 @@ def test_experiment_and_experiment_name_select_the_runs_of_an_experiment(conn: s
     assert select(conn, "experiment = '7'") == ["b", "c"]
     assert select(conn, "experiment = null") == ["a", "d"]
     assert select(conn, "experiment_name = 'baseline' and status = 'failed'") == ["b"]
+
+
+def test_deleted_is_a_run_field(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE runs SET deleted = 1 WHERE run = 'c'")
+    assert select(conn, "deleted = true") == ["c"]
+    assert select(conn, "deleted = false and status = 'completed'") == ["a", "d"]
