@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
+import structlog
 
 from tracklog.protocol import errors as tl_errors
 from tracklog.protocol.messages import Ack, Query, Result
@@ -69,6 +70,7 @@ _LIST_FIELDS: Final = frozenset({"experiment_ids", "order_by", "run_ids"})
 _PASSING: Final = frozenset({"overloaded", "disk_full"})
 
 _encode = msgspec.json.Encoder().encode
+log = structlog.get_logger("tracklog.mlflow")
 
 
 @dataclass
@@ -113,6 +115,9 @@ async def handle(
         return 200, await handler(context, fields)
     except MlflowError as exc:
         return exc.status, exc.body()
+    except Exception as exc:  # a bug: answered as MLflow's server answers one, and logged
+        log.exception("mlflow handler failed", path=path, method=method)
+        return 500, {"error_code": INTERNAL_ERROR, "message": f"{type(exc).__name__}: {exc}"}
 
 
 def _fields(query: dict[str, list[str]], body: Any) -> dict[str, Any]:

@@ -505,3 +505,14 @@ async def test_routes_answer_under_both_prefixes_and_refuse_unknown_paths_and_me
     assert status == 405
     status, body = await api.call("GET", "metrics/get-history", run_id="x")
     assert status == 400 and "metric_key" in body["message"]
+
+
+async def test_a_handler_that_fails_unexpectedly_answers_internal_error(api: Api, monkeypatch: Any) -> None:
+    from tracklog.daemon.mlflow import handlers
+
+    async def broken(context: Any, fields: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(handlers.ROUTES, "runs/get", {"GET": broken})
+    status, body = await api.call("GET", "runs/get", run_id="x")
+    assert (status, body) == (500, {"error_code": "INTERNAL_ERROR", "message": "RuntimeError: boom"})
