@@ -11,7 +11,9 @@ and not only ours. The checks of what tracklog itself holds run only in the firs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -83,6 +85,8 @@ def _mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Its own process group: the server's workers are stopped with it.
+        start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + SERVER_START_TIMEOUT
@@ -94,11 +98,22 @@ def _mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait(30)
+            _stop_server(proc)
             raise RuntimeError("mlflow server did not start")
         # Polling a condition (the server answering), bounded by the deadline above.
         time.sleep(0.2)
+
+
+def _stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's process group, SIGKILL if it has not gone within 30 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @pytest.fixture(params=["tracklog", "mlflow-server"])
@@ -135,8 +150,7 @@ async def target(
         if bridge is not None:
             bridge.__exit__(None, None, None)
         if server is not None:
-            server.terminate()
-            server.wait(30)
+            await asyncio.to_thread(_stop_server, server)
         if daemon is not None:
             await asyncio.wait_for(daemon.stop(), WAIT)
 
