@@ -61,6 +61,8 @@ MAX_SEARCH_EXPERIMENTS: Final = 50_000
 #: Points of a run read to find MLflow's latest value of each metric (the highest step, then
 #: timestamp); a run with more shows the last value logged instead (docs/mlflow.md).
 EXACT_LATEST_POINTS: Final = 100_000
+#: Runs marked deleted or restored in one append when their experiment is.
+MARKS_PER_APPEND: Final = 5000
 #: Runs tracklog's `runs` query gives in one page (the handler reads several for a larger one).
 _RUNS_PAGE: Final = 1000
 #: Request fields that are lists when they come as query parameters of a GET (any field
@@ -475,7 +477,11 @@ async def update_experiment(context: MlflowContext, fields: dict[str, Any]) -> d
 
 
 async def _set_lifecycle(context: MlflowContext, fields: dict[str, Any], lifecycle: str) -> dict[str, Any]:
-    """Delete or restore an experiment, and mark its runs the same (as MLflow's stores do)."""
+    """Delete or restore an experiment, and mark its runs the same (as MLflow's stores do).
+
+    The runs' marks go first, in appends of at most MARKS_PER_APPEND events (an append holds
+    at most 10,000), and the experiment's own event last: if a part fails, the experiment
+    is as it was and the call can be made again."""
     experiment_id = _text(fields, "experiment_id", required=True)
     assert experiment_id is not None
     async with context.lock:
@@ -483,13 +489,13 @@ async def _set_lifecycle(context: MlflowContext, fields: dict[str, Any], lifecyc
         if lifecycle == "deleted" and experiment["lifecycle"] != "active":
             raise experiment_not_found(experiment_id)
         exists = await _stored(context, experiment_id)
-        events = [_experiment_event(context, experiment_id, exists, lifecycle=lifecycle)]
         marked = "deleted = false" if lifecycle == "deleted" else "deleted = true"
-        for run in await _all_runs(context, f"{search.experiments_text([experiment_id])} and {marked}"):
-            events.append(
-                {"type": "run.deleted" if lifecycle == "deleted" else "run.restored", "run": run["id"]}
-            )
-        await append_events(context, events)
+        kind = "run.deleted" if lifecycle == "deleted" else "run.restored"
+        runs = await _all_runs(context, f"{search.experiments_text([experiment_id])} and {marked}")
+        marks = [{"type": kind, "run": run["id"]} for run in runs]
+        for start in range(0, len(marks), MARKS_PER_APPEND):
+            await append_events(context, marks[start : start + MARKS_PER_APPEND])
+        await append_events(context, [_experiment_event(context, experiment_id, exists, lifecycle=lifecycle)])
     return {}
 
 

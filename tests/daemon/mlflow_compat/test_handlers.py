@@ -516,3 +516,30 @@ async def test_a_handler_that_fails_unexpectedly_answers_internal_error(api: Api
     monkeypatch.setitem(handlers.ROUTES, "runs/get", {"GET": broken})
     status, body = await api.call("GET", "runs/get", run_id="x")
     assert (status, body) == (500, {"error_code": "INTERNAL_ERROR", "message": "RuntimeError: boom"})
+
+
+async def test_deleting_an_experiment_marks_its_runs_in_appends_of_bounded_size(
+    api: Api, daemon: Daemon, monkeypatch: Any
+) -> None:
+    from tracklog.daemon.mlflow import handlers
+
+    monkeypatch.setattr(handlers, "MARKS_PER_APPEND", 2)
+    await api.post("experiments/create", name="many")
+    runs = [await new_run(api, "1") for _ in range(5)]
+    sizes: list[list[str]] = []
+    real = handlers.append_events
+
+    async def counted(context: Any, events: list[dict[str, Any]]) -> Any:
+        sizes.append([e["type"] for e in events])
+        return await real(context, events)
+
+    monkeypatch.setattr(handlers, "append_events", counted)
+    await api.post("experiments/delete", experiment_id="1")
+    assert [len(types) for types in sizes] == [2, 2, 1, 1] and sizes[-1] == ["experiment"]
+    logged = await events_of(daemon)
+    deletes = [e for e in logged if e["type"] == "run.deleted"]
+    assert sorted(e["run"] for e in deletes) == sorted(runs)
+    assert logged[-1]["type"] == "experiment" and logged[-1]["data"]["lifecycle"] == "deleted"
+    assert len({e["seq"] for e in deletes}) == 5
+    found = await api.post("runs/search", experiment_ids=["1"], run_view_type="DELETED_ONLY")
+    assert len(found["runs"]) == 5
