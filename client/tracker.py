@@ -445,10 +445,15 @@ class Tracker:
         user: str | None = None,
         host: str | None = None,
         session: str | None = None,
+        experiment: str | None = None,
     ) -> Run:
-        """Start a new run (its id is a UUIDv7 unless given) and make it the active run."""
+        """Start a new run (its id is a UUIDv7 unless given) and make it the active run.
+
+        `experiment` is the id of the experiment the run belongs to (an `experiment` event's)."""
         if run_id is not None:
             wire.check_name("run_id", run_id)
+        if experiment is not None:
+            wire.check_name("experiment", experiment)
         ts = _time()
         rid = run_id or uuid7(ts)
         body = RunStartedData(
@@ -461,6 +466,7 @@ class Tracker:
             user=user if user is not None else _user(),
             host=host if host is not None else _HOST,
             session=session,
+            experiment=experiment,
         )
         run = Run(self, rid, owned=True)
         run._put_checked(RunStarted(id=uuid7(ts), run=rid, ts=ts, data=body), config, "run.started.config")

@@ -15,9 +15,11 @@ from typing import TextIO
 from tracklog.protocol import errors
 
 from . import logs
+from .artifacts import ArtifactStore, artifacts_dir_for, check_blobs, copy_blobs
 from .dblock import DatabaseLocked
 from .server import Daemon, Settings
-from .storage import Durability, PgBackend, SqliteBackend, open_backend
+from .storage import Backend, Durability, PgBackend, SqliteBackend, open_backend
+from .storage.readmodel import open_read_model
 from .storage.sqlcommon.schema import PROJECTION_TABLES
 
 Database = str | os.PathLike[str]
@@ -85,24 +87,63 @@ def verify(db: Database, out: TextIO | None = None) -> int:
             diffs = log.verify(out or sys.stdout)  # looked up now: tests replace sys.stdout
         finally:
             log.close()
+        diffs += _check_artifacts(backend, out or sys.stdout)
     except errors.StorageError as exc:
         print(f"tracklog verify: {exc}", file=sys.stderr)
         return 2
     return 1 if diffs else 0
 
 
+def _stored_blobs(url: str) -> list[dict[str, object]]:
+    """The artifacts whose bytes are in the artifact store, as the database at url names them."""
+    model = open_read_model(url)
+    try:
+        with model.snapshot("verify"):
+            return model.stored_blobs()
+    finally:
+        model.close()
+
+
+def _check_artifacts(backend: Backend, out: TextIO) -> int:
+    """Every blob the tables name is in the artifact store, whole: one line per one that is not."""
+    root = backend.artifacts_dir
+    if root is None:
+        return 0
+    return check_blobs(ArtifactStore(root), _stored_blobs(backend.url), out)
+
+
 def backup(db: Database, dest: Database) -> int:
-    """Copy db to dest online (a running daemon goes on writing); dest must not exist."""
+    """Copy db to dest online (a running daemon goes on writing); dest must not exist.
+
+    Then the artifact blobs the copy names go to `DEST.artifacts/`, each checked against its
+    digest as it is copied: a missing or corrupt one is reported and the exit status is 1.
+    """
     try:
         backend = open_backend(db)
         if not backend.exists():
             print(f"tracklog backup: no database at {backend}", file=sys.stderr)
             return 2
+        blobs_dest = artifacts_dir_for(dest)
+        if blobs_dest.exists():
+            print(f"tracklog backup: {blobs_dest} exists; choose another destination", file=sys.stderr)
+            return 2
         head = backend.backup(dest)
-    except errors.StorageError as exc:
+        problems = 0
+        copied = 0
+        if backend.artifacts_dir is not None:
+            rows = _stored_blobs(os.fspath(dest))
+            copied = len({row["blob"] for row in rows})
+            if rows:
+                problems = copy_blobs(ArtifactStore(backend.artifacts_dir), blobs_dest, rows, sys.stderr)
+    except (errors.StorageError, OSError) as exc:
         print(f"tracklog backup: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {dest}: the log up to seq {head} with its tables")
+    print(f"wrote {dest}: the log up to seq {head} with its tables, and {copied - problems} artifact blobs")
+    if problems:
+        print(
+            f"tracklog backup: {problems} artifact blobs missing or corrupt (listed above)", file=sys.stderr
+        )
+        return 1
     return 0
 
 

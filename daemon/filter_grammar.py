@@ -6,7 +6,7 @@
     term       := "(" or_expr ")" | comparison
     comparison := field op value | field ["not"] "in" "(" value ("," value)* ")" | "tags." NAME
     field      := status | name | pipeline | user | session | started | finished | id
-                | metrics.NAME | config.KEY | tags.NAME
+                | experiment | experiment_name | metrics.NAME | config.KEY | tags.NAME
     op         := "=" | "!=" | "<>" | "<" | "<=" | ">" | ">=" | ["not"] "like"
     value      := 'single-quoted string' ('' is a quote) | number | true | false | null
 
@@ -14,8 +14,14 @@ NAME and KEY are a run of letters, digits and `_ - / : .`, or any text in backti
 (a doubled backtick is a backtick). Pure: no storage here. Every limit that keeps a
 filter harmless (length, nesting, comparisons, values, distinct metrics) is checked
 while parsing, with the position of the mistake, so every backend refuses the same
-filters; a backend compiles the tree (the SQLite one in `storage/sqlite/filters.py`,
+filters; a backend compiles the tree (SQLite and PostgreSQL in `storage/sqlcommon/filters.py`,
 binding every value, name and key as a parameter).
+
+`tags.NAME` alone (or `= true`, `= false`) tests whether a run has the tag; compared with
+a string (`tags.NAME = 'v'`, `like`, `in`) it is the tag's value ('' for a tag without
+one), and a run without the tag matches no such comparison. `experiment` is the run's
+experiment id, `experiment_name` that experiment's name; `deleted` is true for a deleted run
+(which only queries asking for deleted runs see).
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ RUN_FIELDS: Final = frozenset(
         "finished",
         "created",
         "updated",
+        "experiment",
+        "experiment_name",
+        "deleted",
     }
 )
 _TIME_FIELDS: Final = frozenset({"started", "finished"})
@@ -230,7 +239,7 @@ Condition: TypeAlias = Comparison | TagTest | BoolOp
 
 @dataclass(frozen=True)
 class OrderTerm:
-    """One entry of `order_by`: a field (never a tag), ascending or not; nulls always last."""
+    """One entry of `order_by`: a field (a tag orders by its value), ascending or not; nulls always last."""
 
     field: FieldRef
     descending: bool
@@ -355,8 +364,6 @@ class _Parser:
                 if '"' in name:
                     raise errors.BadQuery('filter: a config key cannot hold a double quote (")')
                 return FieldRef("config", name)
-            if for_order:
-                raise bad("cannot order by a tag", tok.position)
             return FieldRef("tag", name)
         lower_word = word.lower()
         if lower_word not in RUN_FIELDS:
@@ -400,15 +407,23 @@ class _Parser:
         bound = _field_values(ref)
         tok = self.tok
         if kind == "tag":
-            # `tags.x` alone, or compared with true/false.
-            if tok.kind == "op" and _OPERATORS.get(tok.text) in ("=", "!="):
-                op = _OPERATORS[tok.text]
-                self.i += 1
-                value, position = self.value(kind)
-                if value not in (0, 1) or isinstance(value, float):
-                    raise bad("expected true or false after a tag", position)
-                return TagTest(ref.name, (value == 1) == (op == "=")), bound
-            return TagTest(ref.name, True), bound
+            # `tags.x` alone, or compared with true/false: whether the run has the tag.
+            # Compared with a string (or with like / in): the tag's value, below.
+            if tok.kind == "op":
+                after = self.tokens[self.i + 1]
+                if after.kind != "string":
+                    op = _OPERATORS.get(tok.text)
+                    if op not in ("=", "!="):
+                        raise bad(
+                            "expected a 'quoted string' after a tag compared with " + tok.text, tok.position
+                        )
+                    self.i += 1
+                    value, position = self.value(kind)
+                    if value not in (0, 1) or isinstance(value, float):
+                        raise bad("expected true, false or a 'quoted string' after a tag", position)
+                    return TagTest(ref.name, (value == 1) == (op == "=")), bound
+            elif not self.is_word("not", "in", "like"):
+                return TagTest(ref.name, True), bound
         negate = False
         if self.is_word("not"):
             negate = True

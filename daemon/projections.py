@@ -55,6 +55,21 @@ class ChangeTags(Change):
     remove: list[str]
 
 
+class SetTagValues(Change):
+    """Tags with a value: added, or their value replaced."""
+
+    run: str
+    values: dict[str, str]
+
+
+class ApplyExperiment(Change):
+    """Create an experiment or change the fields the event gives (`experiment` events)."""
+
+    seq: int
+    ts: float
+    experiment: ev.ExperimentData
+
+
 class FinishRun(Change):
     run: str
     status: str
@@ -115,6 +130,8 @@ AnyChange = (
     | SetRunFields
     | MergeConfig
     | ChangeTags
+    | SetTagValues
+    | ApplyExperiment
     | FinishRun
     | ResumeRun
     | AddPoints
@@ -127,7 +144,7 @@ AnyChange = (
 )
 
 _encode_value = msgspec.msgpack.Encoder().encode
-_RUN_FIELDS: Final = ("name", "pipeline", "notes", "parent", "user", "host", "session")
+_RUN_FIELDS: Final = ("name", "pipeline", "notes", "parent", "user", "host", "session", "experiment")
 
 
 def metric_values(data: ev.MetricsData) -> dict[str, float]:
@@ -170,6 +187,8 @@ def project(event: LoggedEvent) -> list[AnyChange]:
                 changes.append(MergeConfig(run, data.config))
             if data.tags:
                 changes.append(ChangeTags(run, list(data.tags), []))
+            if data.tag_values:
+                changes.append(SetTagValues(run, dict(data.tag_values)))
         case ev.RunUpdatedData():
             assert run is not None
             fields = {name: value for name in ("name", "notes") if (value := getattr(data, name)) is not None}
@@ -179,6 +198,8 @@ def project(event: LoggedEvent) -> list[AnyChange]:
                 changes.append(MergeConfig(run, data.config))
             if data.add_tags or data.remove_tags:
                 changes.append(ChangeTags(run, list(data.add_tags or ()), list(data.remove_tags or ())))
+            if data.tag_values:
+                changes.append(SetTagValues(run, dict(data.tag_values)))
             if data.status == "running":
                 changes.append(ResumeRun(run))
         case ev.RunFinishedData():
@@ -198,6 +219,8 @@ def project(event: LoggedEvent) -> list[AnyChange]:
             changes.append(AddDedupEntry(event.seq, run, data))
         case ev.DedupClearedData():
             changes.append(ClearDedup(data.namespace, data.kind))
+        case ev.ExperimentData():
+            changes.append(ApplyExperiment(event.seq, event.ts, data))
         case _:
             raise TypeError(f"no projection for {type(data).__name__}")
     return changes

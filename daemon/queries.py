@@ -41,13 +41,14 @@ QUERIES: Final = frozenset(
         "artifacts",
         "search",
         "stats",
+        "experiments",
     }
 )
 
 #: Integer fields of a query: storage holds 64-bit integers, so a larger one cannot be asked about.
 _INTEGER_FIELDS: Final = ("limit", "offset", "max_points", "step_from", "step_to", "from_seq")
 #: List fields of a query, and how many entries each may hold.
-_LIST_FIELDS: Final = ("runs", "names", "metrics", "types", "order_by")
+_LIST_FIELDS: Final = ("runs", "names", "metrics", "types", "order_by", "experiments")
 MAX_LIST_ENTRIES: Final = 1000
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -98,6 +99,8 @@ def dispatch(model: ReadModel, q: Query, now: float) -> Rows:
             return model.search(q)
         case "stats":
             return model.stats(q)
+        case "experiments":
+            return model.experiments(q)
     raise errors.BadQuery(
         f"q: unknown query '{q.q[:64]}', expected one of {', '.join(sorted(QUERIES))}", q.ref
     )

@@ -59,6 +59,10 @@ class RunStartedData(Data):
     user: str | None = None
     host: str | None = None
     session: str | None = None
+    #: The experiment the run belongs to (an `experiment` event's id); none: no experiment.
+    experiment: Name | None = None
+    #: Tags with a value (MLflow's key-value tags). Each is also a tag: `tags` names it.
+    tag_values: dict[Name, str] | None = None
 
 
 class RunUpdatedData(Data):
@@ -67,6 +71,8 @@ class RunUpdatedData(Data):
     add_tags: list[Name] | None = None
     remove_tags: list[Name] | None = None
     config: dict[Name, Any] | None = None
+    #: Tags to set with a value (added, or their value replaced); `remove_tags` removes them.
+    tag_values: dict[Name, str] | None = None
     #: Written by the daemon when a writer comes back to a run marked `lost`.
     status: Literal["running"] | None = None
 
@@ -78,6 +84,25 @@ class RunFinishedData(Data):
 
 class EmptyData(Data):
     pass
+
+
+ExperimentLifecycle = Literal["active", "deleted"]
+
+
+class ExperimentData(Data):
+    """Creates an experiment, or changes the one with this id: only the fields given change.
+
+    An experiment groups runs (a run names it in `run.started`'s `experiment`). The first
+    event of an id creates it (`name` defaults to the id, `lifecycle` to active).
+    """
+
+    experiment: Name
+    name: Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS)] | None = None
+    lifecycle: ExperimentLifecycle | None = None
+    artifact_location: str | None = None
+    #: Tags to set (added, or their value replaced), then tags to remove.
+    tags: dict[Name, str] | None = None
+    remove_tags: list[Name] | None = None
 
 
 class MetricsData(Data):
@@ -106,6 +131,9 @@ class ArtifactData(Data):
     size: Int64 | None = None
     digest: str | None = None
     metadata: dict[str, Any] | None = None
+    #: `sha256:<hex>` of the bytes in the daemon's artifact store (written by the daemon
+    #: when it stored an upload; verify and backup check the blob).
+    blob: str | None = None
 
 
 class CachePutData(Data):
@@ -159,6 +187,10 @@ class RunRestored(Event, tag="run.restored"):
     data: EmptyData = field(default_factory=EmptyData)
 
 
+class Experiment(Event, tag="experiment"):
+    data: ExperimentData
+
+
 class Metrics(Event, tag="metrics"):
     data: MetricsData
 
@@ -200,6 +232,7 @@ AnyEvent = (
     | CacheInvalidated
     | DedupRecorded
     | DedupCleared
+    | Experiment
 )
 
 EVENT_CLASSES: Final[dict[str, type[Event]]] = {cls.__struct_config__.tag: cls for cls in get_args(AnyEvent)}
@@ -217,9 +250,10 @@ DATA_CLASSES: Final[dict[str, type[Data]]] = {
     "cache.invalidated": CacheInvalidatedData,
     "dedup.recorded": DedupRecordedData,
     "dedup.cleared": DedupClearedData,
+    "experiment": ExperimentData,
 }
 #: Types that belong to no run.
-GLOBAL_TYPES: Final = frozenset({"cache.put", "cache.invalidated", "dedup.cleared"})
+GLOBAL_TYPES: Final = frozenset({"cache.put", "cache.invalidated", "dedup.cleared", "experiment"})
 #: Types only the daemon writes; a client that sends one is refused.
 DAEMON_TYPES: Final = frozenset({"dedup.recorded"})
 
@@ -282,12 +316,20 @@ def check_event(event: Event) -> Event:
     if cls is RunStarted:
         if data.parent is not None:
             _check_name(data.parent, "parent")
+        if data.experiment is not None:
+            _check_name(data.experiment, "experiment")
         _check_names(data.tags, "tags")
         _check_names(data.config, "config")
+        _check_names(data.tag_values, "tag_values")
     elif cls is RunUpdated:
         _check_names(data.add_tags, "add_tags")
         _check_names(data.remove_tags, "remove_tags")
         _check_names(data.config, "config")
+        _check_names(data.tag_values, "tag_values")
+    elif cls is Experiment:
+        _check_name(data.experiment, "experiment")
+        _check_names(data.tags, "tags")
+        _check_names(data.remove_tags, "remove_tags")
     elif cls is CachePut or (cls is CacheInvalidated and data.key is not None):
         _check_name(data.key, "key")
     elif cls is Artifact:

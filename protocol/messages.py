@@ -97,6 +97,8 @@ class Query(Message, tag="query"):
     key: str | None = None
     #: The statement of q 'sql' (extension).
     sql: str | None = None
+    #: Experiment ids, for q 'experiments' (extension).
+    experiments: list[str] | None = None
 
 
 class SubscribeFilter(Struct, forbid_unknown_fields=False, omit_defaults=True):

@@ -60,6 +60,11 @@ class Backend(ABC):
         """Where derived indexes are saved beside the database (None: nowhere)."""
         return None
 
+    @property
+    def artifacts_dir(self) -> Path | None:
+        """Where the artifact store keeps blobs (None: the backend has none)."""
+        return None
+
     def backup(self, dest: str | os.PathLike[str]) -> int:
         """Copy the database to dest while a daemon may write to it; the seq the copy holds."""
         raise errors.StorageError(f"{self.url}: backup is not supported by this backend")
@@ -94,6 +99,10 @@ class SqliteBackend(Backend):
     @property
     def files_dir(self) -> Path | None:
         return Path(os.fspath(self.path) + ".dedup")
+
+    @property
+    def artifacts_dir(self) -> Path | None:
+        return Path(os.fspath(self.path) + ".artifacts")
 
     def backup(self, dest: str | os.PathLike[str]) -> int:
         from .sqlite.backup import backup

@@ -27,6 +27,8 @@ DEFAULT_ITEMS: Final = 100
 MAX_ITEMS: Final = 10_000
 DEFAULT_SEARCH: Final = 20
 MAX_SEARCH: Final = 1000
+DEFAULT_EXPERIMENTS: Final = 1000
+MAX_EXPERIMENTS: Final = 50_000
 
 #: What a query answers: its rows, and how many match in all (None when not counted).
 Rows: TypeAlias = tuple[list[Any], int | None]
@@ -109,6 +111,11 @@ class ReadModel(ABC):
         """Counts, sizes and the ingest rate of the store, or one run's items by stage."""
 
     @abstractmethod
+    def experiments(self, q: Query) -> Rows:
+        """Experiments, oldest first, with their tags and run counts: those of `q.experiments`
+        (ids) or `q.names` when given, deleted ones only with `q.deleted`; paged."""
+
+    @abstractmethod
     def cache(self, q: Query, now: float) -> Rows:
         """The cache entry under `q.key`, unless absent or expired at `now`."""
 
@@ -159,6 +166,11 @@ class ReadModel(ABC):
     @abstractmethod
     def artifact_rows(self, run: str) -> list[dict[str, Any]]:
         """The run's artifacts, oldest first."""
+
+    @abstractmethod
+    def stored_blobs(self) -> list[dict[str, Any]]:
+        """Every artifact whose bytes are in the artifact store, `{run, path, size, blob}`
+        (what verify and backup check), oldest first."""
 
 
 def open_read_model(url: str, *, scan: bool = False) -> ReadModel:

@@ -306,3 +306,16 @@ def test_module_level_shortcuts_log_to_the_active_run_of_the_default_tracker(
         tracklog.close()
     row: dict[str, Any] = query(daemon.url, "run", run=run.id)["rows"][0]
     assert row["status"] == "completed" and row["n_points"] == 2
+
+
+def test_a_run_started_in_an_experiment_is_listed_by_its_experiment(
+    daemon: DaemonProcess, make_tracker: MakeTracker
+) -> None:
+    tl = make_tracker(daemon.url)
+    with tl.start_run("grouped", experiment="7") as run:
+        run.log_metric("loss", 0.5)
+    tl.start_run("loose").finish()
+    assert tl.flush(WAIT)
+    assert query(daemon.url, "run", run=run.id)["rows"][0]["experiment"] == "7"
+    rows = query(daemon.url, "runs", filter="experiment = '7'")["rows"]
+    assert [r["name"] for r in rows] == ["grouped"]

@@ -69,5 +69,27 @@ def test_an_empty_filter_is_no_condition_and_a_mistake_names_its_position() -> N
     assert parse_run_query("  ").condition is None and parse_run_query(None).order == ()
     with pytest.raises(errors.BadQuery, match="at 9"):
         parse_run_query("status = ")
-    with pytest.raises(errors.BadQuery, match="cannot order by a tag"):
-        parse_run_query(None, ["tags.x"])
+    with pytest.raises(errors.BadQuery, match="expected true, false or a 'quoted string' after a tag"):
+        parse_run_query("tags.x = 2")
+
+
+def test_a_tag_compared_with_a_string_is_its_value_and_alone_or_with_a_boolean_its_presence() -> None:
+    assert parse_run_query("tags.x").condition == TagTest("x", True)
+    assert parse_run_query("tags.x = false").condition == TagTest("x", False)
+    assert parse_run_query("tags.x = 'v'").condition == Comparison(FieldRef("tag", "x"), "=", "v")
+    assert parse_run_query("tags.x like 'v%'").condition == Comparison(FieldRef("tag", "x"), "like", "v%")
+    assert parse_run_query("tags.x not in ('a')").condition == Comparison(
+        FieldRef("tag", "x"), "not in", ("a",)
+    )
+    assert parse_run_query(None, ["tags.x desc"]).order == (OrderTerm(FieldRef("tag", "x"), True),)
+
+
+def test_experiment_and_experiment_name_are_run_fields() -> None:
+    condition = parse_run_query("experiment = '3' or experiment_name like 'base%'").condition
+    assert condition == BoolOp(
+        "or",
+        (
+            Comparison(FieldRef("run", "experiment"), "=", "3"),
+            Comparison(FieldRef("run", "experiment_name"), "like", "base%"),
+        ),
+    )

@@ -201,3 +201,31 @@ def test_a_bad_order_by_names_its_index() -> None:
         compile_filter(None, ["name", "nope desc"])
     with pytest.raises(BadQuery, match=r"order_by\[0\]: unexpected 'sideways'"):
         compile_filter(None, ["name sideways"])
+
+
+def test_a_tag_compared_with_a_string_matches_its_value_and_orders_by_it(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE run_tags SET value = 'v1' WHERE run = 'a' AND tag = 'x'")
+    conn.execute("UPDATE run_tags SET value = 'v2' WHERE run = 'b' AND tag = 'x'")
+    assert select(conn, "tags.x = 'v1'") == ["a"]
+    assert select(conn, "tags.x != 'v1'") == ["b"]  # a run without the tag matches no comparison
+    assert select(conn, "tags.y = ''") == ["b", "d"]  # a tag without a value compares as ''
+    assert select(conn, "tags.x like 'v%'") == ["a", "b"]
+    assert select(conn, "tags.x in ('v2', 'v3')") == ["b"]
+    assert select(conn, None, ["tags.x desc"]) == ["b", "a", "c", "d"]
+
+
+def test_experiment_and_experiment_name_select_the_runs_of_an_experiment(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "INSERT INTO experiments(experiment, name, lifecycle, created, updated, created_seq, updated_seq)"
+        " VALUES ('7', 'baseline', 'active', 0, 0, 1, 1)"
+    )
+    conn.execute("UPDATE runs SET experiment = '7' WHERE run IN ('b', 'c')")
+    assert select(conn, "experiment = '7'") == ["b", "c"]
+    assert select(conn, "experiment = null") == ["a", "d"]
+    assert select(conn, "experiment_name = 'baseline' and status = 'failed'") == ["b"]
+
+
+def test_deleted_is_a_run_field(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE runs SET deleted = 1 WHERE run = 'c'")
+    assert select(conn, "deleted = true") == ["c"]
+    assert select(conn, "deleted = false and status = 'completed'") == ["a", "d"]

@@ -235,6 +235,7 @@ SAMPLE_DATA: dict[str, ev.Data] = {
     "cache.invalidated": ev.CacheInvalidatedData(key="k"),
     "dedup.recorded": ev.DedupRecordedData(namespace="ns", kind="hash", value="v"),
     "dedup.cleared": ev.DedupClearedData(namespace="ns"),
+    "experiment": ev.ExperimentData(experiment="1", name="base", tags={"a": "b"}),
 }
 #: Events that only mark a run deleted or not: they touch no counter, make no run.
 MARKS = {"run.deleted", "run.restored"}

@@ -296,6 +296,15 @@ def workload() -> list[ev.Event]:
             "data": {"notes": "n", "config": {"lr": 0.2, "bs": 8}, "add_tags": ["z"], "remove_tags": ["x"]},
         }
     )
+    client.append(
+        {"type": "experiment", "data": {"experiment": "1", "name": "e", "tags": {"t": "1", "u": "2"}}}
+    )
+    client.append(
+        {"type": "experiment", "data": {"experiment": "1", "lifecycle": "deleted", "remove_tags": ["u"]}}
+    )
+    client.append(
+        {"type": "run.updated", "run": "b", "data": {"tag_values": {"mlflow.source": "s", "y": "v"}}}
+    )
     client.append({"type": "cache.put", "data": {"key": "k1", "value": {"v": 1}}})
     client.append({"type": "cache.put", "data": {"key": "k2", "value": [1, 2], "ttl": 5}})
     client.append({"type": "cache.put", "data": {"key": "k3", "value": "three", "ttl": 1e12}})
@@ -1074,7 +1083,9 @@ def test_run_query_answers_fields_config_tags_metric_summaries_and_artifacts(sto
         "n_items": 2,
         "n_failed": 1,
         "n_artifacts": 2,
+        "experiment": None,
         "tags": ["a", "c"],
+        "tag_values": {},
     }
     assert metrics["loss"] == {
         "count": 3,

@@ -31,8 +31,13 @@ RUN_COLUMNS: Final = {
     "finished": "r.finished",
     "created": "r.created_seq",
     "updated": "r.updated_seq",
+    "experiment": "r.experiment",
+    "deleted": "r.deleted",
+    "experiment_name": "(SELECT e.name FROM experiments e WHERE e.experiment = r.experiment)",
 }
 _TAG_TEST: Final = "EXISTS (SELECT 1 FROM run_tags t WHERE t.run = r.run AND t.tag = ?)"
+#: A tag's value ('' for a tag without one); NULL when the run does not have the tag.
+_TAG_VALUE: Final = "(SELECT COALESCE(t.value, '') FROM run_tags t WHERE t.run = r.run AND t.tag = ?)"
 
 
 @dataclass
@@ -91,7 +96,7 @@ class Compiled:
                 )
             return "json_extract(r.config, ?)", [_config_path(ref.name)]
         if ref.kind == "tag":
-            return _TAG_TEST, [ref.name]
+            return _TAG_VALUE, [ref.name]
         return RUN_COLUMNS[ref.name], []
 
     def condition_sql(self, condition: Condition, params: list[Any]) -> str:

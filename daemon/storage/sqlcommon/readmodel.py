@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 from tracklog.protocol.messages import Query, StoredEvent
 
 from ..readmodel import ChunkColumns, ReadModel, Rows
-from . import cache, events, items, metrics, runs, stats
+from . import cache, events, experiments, items, metrics, runs, stats
 from .dialect import Connection, Dialect
-from .rows import artifact_rows
+from .rows import artifact_rows, stored_blobs
 
 _T = TypeVar("_T")
 
@@ -75,6 +75,9 @@ class SqlReadModel(ReadModel):
     def stats(self, q: Query) -> Rows:
         return self._call(stats.query_stats, q, self.sizes, what=q.q)
 
+    def experiments(self, q: Query) -> Rows:
+        return self._call(experiments.query_experiments, q, what=q.q)
+
     def cache(self, q: Query, now: float) -> Rows:
         return self._call(cache.query_cache, q, now, what=q.q)
 
@@ -114,6 +117,9 @@ class SqlReadModel(ReadModel):
 
     def artifact_rows(self, run: str) -> list[dict[str, Any]]:
         return self._call(artifact_rows, run, what="export")
+
+    def stored_blobs(self) -> list[dict[str, Any]]:
+        return self._call(stored_blobs, what="verify")
 
 
 def _applied_seq(conn: Connection) -> int:

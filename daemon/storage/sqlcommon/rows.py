@@ -27,7 +27,7 @@ msgpack_decode: Final = msgspec.msgpack.Decoder().decode
 RUN_SUMMARY_COLUMNS: Final = (
     "r.run, r.name, r.pipeline, r.user, r.host, r.session, r.notes, r.parent, r.status, r.error, r.config,"
     " r.started, r.finished, r.created_seq, r.updated_seq, r.last_ts, r.deleted, r.n_events, r.n_points,"
-    " r.n_items, r.n_failed, r.n_artifacts"
+    " r.n_items, r.n_failed, r.n_artifacts, r.experiment"
 )
 RUN_SUMMARY_NAMES: Final = [c.strip().removeprefix("r.") for c in RUN_SUMMARY_COLUMNS.split(",")]
 
@@ -130,13 +130,14 @@ def item_row(row: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
-ARTIFACT_COLUMNS: Final = "seq, run, kind, path, size, digest, metadata, ts"
+ARTIFACT_COLUMNS: Final = "seq, run, kind, path, size, digest, metadata, ts, blob"
 
 
 def artifact_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    """An artifact from a row of ARTIFACT_COLUMNS, its metadata decoded."""
-    seq, run, kind, path, size, digest, meta, ts = row
-    return {
+    """An artifact from a row of ARTIFACT_COLUMNS, its metadata decoded; `blob` only when
+    the bytes are in the daemon's artifact store."""
+    seq, run, kind, path, size, digest, meta, ts, blob = row
+    out = {
         "seq": seq,
         "run": run,
         "kind": kind,
@@ -146,6 +147,19 @@ def artifact_row(row: tuple[Any, ...]) -> dict[str, Any]:
         "metadata": json_decode(meta) if meta else None,
         "ts": ts,
     }
+    if blob is not None:
+        out["blob"] = blob
+    return out
+
+
+def stored_blobs(conn: Connection) -> list[dict[str, Any]]:
+    """Every artifact whose bytes are in the artifact store: `{run, path, size, blob}`, oldest first."""
+    return [
+        {"run": run, "path": path, "size": size, "blob": blob}
+        for run, path, size, blob in conn.execute(
+            "SELECT run, path, size, blob FROM artifacts WHERE blob IS NOT NULL ORDER BY seq"
+        )
+    ]
 
 
 def artifact_rows(conn: Connection, run: str) -> list[dict[str, Any]]:

@@ -62,11 +62,14 @@ def query_runs(conn: Connection, q: Query, dialect: Dialect = SQLITE) -> tuple[l
         by_id = {r["id"]: r for r in runs}
         for r in runs:
             r["tags"] = []
+            r["tag_values"] = {}
             r["metrics"] = {}
-        for run, tag in conn.execute(
-            f"SELECT run, tag FROM run_tags WHERE run IN ({marks(ids)}) ORDER BY run, tag", ids
+        for run, tag, value in conn.execute(
+            f"SELECT run, tag, value FROM run_tags WHERE run IN ({marks(ids)}) ORDER BY run, tag", ids
         ):
             by_id[run]["tags"].append(tag)
+            if value is not None:
+                by_id[run]["tag_values"][tag] = value
         for run, name, last, count in conn.execute(
             f"SELECT run, name, last, count FROM metric_summaries WHERE run IN ({marks(ids)})"
             " ORDER BY run, name",
@@ -83,7 +86,9 @@ def query_run(conn: Connection, q: Query) -> tuple[list[Any], int | None]:
     run = resolve(conn, q.run, "run", q.ref).id
     row = conn.execute(f"SELECT {RUN_SUMMARY_COLUMNS} FROM runs AS r WHERE r.run = ?", (run,)).fetchone()
     out = run_row(row)
-    out["tags"] = [t for (t,) in conn.execute("SELECT tag FROM run_tags WHERE run = ? ORDER BY tag", (run,))]
+    tags = conn.execute("SELECT tag, value FROM run_tags WHERE run = ? ORDER BY tag", (run,)).fetchall()
+    out["tags"] = [tag for tag, _ in tags]
+    out["tag_values"] = {tag: value for tag, value in tags if value is not None}
     out["metrics"] = {
         name: summary_row(tuple(summary), with_last_ts=True)
         for name, *summary in conn.execute(

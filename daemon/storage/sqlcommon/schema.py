@@ -13,8 +13,10 @@ from typing import Final
 
 #: Bump when a projection's shape or meaning changes: the daemon then rebuilds every
 #: projection table from the log at start. 5: run.deleted/run.restored only flip the mark,
-#: runs(name) index; 6: metric_summaries.sum and .summed (the mean), items_stage.
-PROJECTION_VERSION: Final = 6
+#: runs(name) index; 6: metric_summaries.sum and .summed (the mean), items_stage; 7:
+#: experiments and experiment_tags, runs.experiment, run_tags.value (tags with a value),
+#: artifacts.blob.
+PROJECTION_VERSION: Final = 7
 
 #: Points per metric chunk. A chunk is sealed when full; only the open one is rewritten.
 CHUNK_POINTS: Final = 1024
@@ -43,6 +45,8 @@ CREATE TABLE IF NOT EXISTS meta (
 PROJECTION_TABLES: Final = {
     "runs": "run",
     "run_tags": "run, tag",
+    "experiments": "experiment",
+    "experiment_tags": "experiment, tag",
     "items": "seq",
     "artifacts": "seq",
     "metric_chunks": "run, name, chunk",
@@ -80,21 +84,44 @@ CREATE TABLE IF NOT EXISTS runs (
     n_points     INTEGER NOT NULL DEFAULT 0,
     n_items      INTEGER NOT NULL DEFAULT 0,
     n_failed     INTEGER NOT NULL DEFAULT 0,
-    n_artifacts  INTEGER NOT NULL DEFAULT 0
+    n_artifacts  INTEGER NOT NULL DEFAULT 0,
+    experiment   TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
+CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment, created_seq);
 -- Covers the columns most filters and every listing test (deleted, status, creation
 -- order), so a `runs` query walks this index instead of the rows. None of them changes
 -- on the frequent counter updates. (No semicolons in these comments: the DDL is split on them.)
 CREATE INDEX IF NOT EXISTS runs_listing ON runs(run, deleted, status, created_seq);
 -- Run references by name (daemon/runref.py): the latest run with a name.
 CREATE INDEX IF NOT EXISTS runs_name ON runs(name, created_seq);
+-- value: the tag's value when it has one (MLflow's key-value tags), else NULL.
 CREATE TABLE IF NOT EXISTS run_tags (
-    run TEXT NOT NULL,
-    tag TEXT NOT NULL,
+    run   TEXT NOT NULL,
+    tag   TEXT NOT NULL,
+    value TEXT,
     PRIMARY KEY (run, tag)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS run_tags_tag ON run_tags(tag);
+-- Experiments group runs (runs.experiment). Plain SQL only here (no SQLite-only
+-- functions), as the PostgreSQL backend shares these statements.
+CREATE TABLE IF NOT EXISTS experiments (
+    experiment        TEXT PRIMARY KEY,
+    name              TEXT NOT NULL,
+    lifecycle         TEXT NOT NULL,
+    artifact_location TEXT,
+    created           REAL NOT NULL,
+    updated           REAL NOT NULL,
+    created_seq       INTEGER NOT NULL,
+    updated_seq       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS experiments_name ON experiments(name);
+CREATE TABLE IF NOT EXISTS experiment_tags (
+    experiment TEXT NOT NULL,
+    tag        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    PRIMARY KEY (experiment, tag)
+);
 CREATE TABLE IF NOT EXISTS items (
     seq       INTEGER PRIMARY KEY,
     run       TEXT NOT NULL,
@@ -123,7 +150,9 @@ CREATE TABLE IF NOT EXISTS artifacts (
     size     INTEGER,
     digest   TEXT,
     metadata TEXT,
-    ts       REAL NOT NULL
+    ts       REAL NOT NULL,
+    -- The blob in the artifact store holding the bytes (sha256:<hex>), if stored there.
+    blob     TEXT
 );
 CREATE INDEX IF NOT EXISTS artifacts_run ON artifacts(run, seq);
 CREATE TABLE IF NOT EXISTS metric_chunks (

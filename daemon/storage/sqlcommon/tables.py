@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import numpy as np
 
-from tracklog.protocol.events import MetricsData
+from tracklog.protocol.events import ExperimentData, MetricsData
 
 from ... import projections as p
 from .dialect import SQLITE, Connection, Dialect
@@ -30,7 +30,7 @@ _msgpack_encode = msgspec.msgpack.Encoder().encode
 #: How many metric series keep their open chunk in memory between transactions.
 MAX_CACHED_SERIES: Final = 2048
 _RUN_COLUMNS: Final = frozenset(
-    {"name", "pipeline", "notes", "parent", "user", "host", "session", "started", "deleted"}
+    {"name", "pipeline", "notes", "parent", "user", "host", "session", "started", "deleted", "experiment"}
 )
 
 
@@ -299,7 +299,17 @@ class Tables:
                 self._search_docs.append((seq, "item", run, *p.item_search_document(item)))
             case p.AddArtifact(seq, run, ts, art):
                 self._artifacts.append(
-                    (seq, run, art.kind, art.path, art.size, art.digest, json_text(art.metadata), ts)
+                    (
+                        seq,
+                        run,
+                        art.kind,
+                        art.path,
+                        art.size,
+                        art.digest,
+                        json_text(art.metadata),
+                        ts,
+                        art.blob,
+                    )
                 )
                 self._counters[run][4] += 1
                 self._search_docs.append((seq, "artifact", run, *p.artifact_search_document(art)))
@@ -323,6 +333,16 @@ class Tables:
                 )
                 conn.executemany("DELETE FROM run_tags WHERE run = ? AND tag = ?", [(run, t) for t in remove])
                 self._search_runs.add(run)
+            case p.SetTagValues(run, values):
+                # Standard SQL upsert (SQLite 3.24+ and PostgreSQL alike).
+                conn.executemany(
+                    "INSERT INTO run_tags(run, tag, value) VALUES (?, ?, ?)"
+                    " ON CONFLICT (run, tag) DO UPDATE SET value = excluded.value",
+                    [(run, tag, value) for tag, value in values.items()],
+                )
+                self._search_runs.add(run)
+            case p.ApplyExperiment(seq, ts, exp):
+                self._apply_experiment(seq, ts, exp)
             case p.FinishRun(run, status, error, finished):
                 conn.execute(
                     "UPDATE runs SET status = ?, error = ?, finished = ? WHERE run = ?",
@@ -366,6 +386,43 @@ class Tables:
             case _:
                 raise TypeError(f"unknown change {change!r}")
 
+    def _apply_experiment(self, seq: int, ts: float, exp: ExperimentData) -> None:
+        """Create the experiment (name defaulting to its id, active) or change what the event gives."""
+        conn = self.conn
+        conn.execute(
+            "INSERT INTO experiments(experiment, name, lifecycle, artifact_location, created, updated,"
+            " created_seq, updated_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (experiment) DO UPDATE SET"
+            " name = COALESCE(?, experiments.name),"
+            " lifecycle = COALESCE(?, experiments.lifecycle),"
+            " artifact_location = COALESCE(?, experiments.artifact_location),"
+            " updated = excluded.updated, updated_seq = excluded.updated_seq",
+            (
+                exp.experiment,
+                exp.name if exp.name is not None else exp.experiment,
+                exp.lifecycle or "active",
+                exp.artifact_location,
+                ts,
+                ts,
+                seq,
+                seq,
+                exp.name,
+                exp.lifecycle,
+                exp.artifact_location,
+            ),
+        )
+        if exp.tags:
+            conn.executemany(
+                "INSERT INTO experiment_tags(experiment, tag, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (experiment, tag) DO UPDATE SET value = excluded.value",
+                [(exp.experiment, tag, value) for tag, value in exp.tags.items()],
+            )
+        if exp.remove_tags:
+            conn.executemany(
+                "DELETE FROM experiment_tags WHERE experiment = ? AND tag = ?",
+                [(exp.experiment, tag) for tag in exp.remove_tags],
+            )
+
     def flush(self) -> None:
         """Write what was gathered since the last flush (inside the open transaction)."""
         conn = self.conn
@@ -378,8 +435,8 @@ class Tables:
             self._items.clear()
         if self._artifacts:
             conn.executemany(
-                "INSERT INTO artifacts(seq, run, kind, path, size, digest, metadata, ts)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO artifacts(seq, run, kind, path, size, digest, metadata, ts, blob)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self._artifacts,
             )
             self._artifacts.clear()

@@ -1,0 +1,298 @@
+"""The real `mlflow` client (mlflow-skinny) against the MLflow handlers, through a test-only
+HTTP front (bridge.py) until the daemon's HTTP layer mounts them; then the same runs read
+back through tracklog's own queries.
+
+Each test runs against tracklog (`[tracklog]`) and, when `$TRACKLOG_MLFLOW_SERVER` names an
+`mlflow` command (the full `mlflow` package, which has the server), against a real
+`mlflow server` too (`[mlflow-server]`), so the tests show they describe MLflow's behaviour
+and not only ours. The checks of what tracklog itself holds run only in the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tracklog.daemon.artifacts import ArtifactStore
+from tracklog.daemon.mlflow import MlflowContext
+from tracklog.daemon.server import Daemon, Settings
+from tracklog.protocol.messages import Query
+
+from .bridge import Bridge
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+_T = TypeVar("_T")
+WAIT = 120.0
+SERVER_START_TIMEOUT = 120.0
+
+
+class Target:
+    """Where the client logs: tracklog (with its daemon, to look inside) or an MLflow server."""
+
+    def __init__(self, uri: str, daemon: Daemon | None) -> None:
+        self.uri = uri
+        self.daemon = daemon
+
+    async def tracklog_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run as tracklog's `run` query has it (None against an MLflow server)."""
+        if self.daemon is None:
+            return None
+        row: dict[str, Any] = (await self.daemon.readers.query(Query(q="run", run=run_id))).rows[0]
+        return row
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`mlflow server` on a free loopback port with an SQLite store, once it answers /health."""
+    command = os.environ["TRACKLOG_MLFLOW_SERVER"]
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            command,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "mlflow-artifacts"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # Its own process group: the server's workers are stopped with it.
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while True:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=5) as reply:
+                if reply.status == 200:
+                    return proc, uri
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop_server(proc)
+            raise RuntimeError("mlflow server did not start")
+        # Polling a condition (the server answering), bounded by the deadline above.
+        time.sleep(0.2)
+
+
+def _stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's process group, SIGKILL if it has not gone within 30 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(params=["tracklog", "mlflow-server"])
+async def target(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Target]:
+    server: subprocess.Popen[bytes] | None = None
+    bridge: Bridge | None = None
+    daemon: Daemon | None = None
+    if request.param == "tracklog":
+        daemon = Daemon(Settings(db=tmp_path / "m.db", port=0, host="127.0.0.1"))
+        await daemon.start()
+        artifacts_dir = daemon.writer.backend.artifacts_dir
+        assert artifacts_dir is not None
+        context = MlflowContext(daemon.writer, daemon.readers, artifacts=ArtifactStore(artifacts_dir))
+        bridge = Bridge(context, asyncio.get_running_loop()).__enter__()
+        uri = bridge.url
+    else:
+        if not os.environ.get("TRACKLOG_MLFLOW_SERVER"):
+            pytest.skip("set TRACKLOG_MLFLOW_SERVER to an `mlflow` command to run against a real server")
+        server, uri = await asyncio.to_thread(_mlflow_server, tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(uri)
+    # The fluent API remembers the experiment set last, across tests: start each on none.
+    # (set_experiment also sets MLFLOW_EXPERIMENT_ID in the environment.)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    try:
+        yield Target(uri, daemon)
+    finally:
+        if mlflow.active_run() is not None:
+            await asyncio.to_thread(mlflow.end_run)
+        if bridge is not None:
+            bridge.__exit__(None, None, None)
+        if server is not None:
+            await asyncio.to_thread(_stop_server, server)
+        if daemon is not None:
+            await asyncio.wait_for(daemon.stop(), WAIT)
+
+
+async def off_loop(fn: Callable[..., _T], *args: Any) -> _T:
+    """Run blocking client code in a thread: the handlers need the event loop free."""
+    return await asyncio.wait_for(asyncio.to_thread(fn, *args), WAIT)
+
+
+async def test_the_fluent_api_logs_a_run_that_tracklog_sees(target: Target) -> None:
+    def fluent() -> str:
+        mlflow.set_experiment("fluent")
+        with mlflow.start_run(run_name="first") as run:
+            mlflow.log_param("lr", 0.01)
+            mlflow.log_params({"bs": 32, "opt": "adam"})
+            for step in range(3):
+                mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+            mlflow.log_metrics({"acc": 0.5, "f1": 0.4}, step=2)
+            mlflow.set_tags({"team": "nlp", "stage": "dev"})
+            mlflow.set_tag("note", "x")
+            run_id: str = run.info.run_id
+        return run_id
+
+    run_id = await off_loop(fluent)
+    client = MlflowClient()
+    run = await off_loop(client.get_run, run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "first"
+    assert run.data.params == {"lr": "0.01", "bs": "32", "opt": "adam"}
+    assert run.data.metrics == {"loss": 1.0 / 3, "acc": 0.5, "f1": 0.4}
+    assert run.data.tags["team"] == "nlp" and run.data.tags["mlflow.runName"] == "first"
+    history = await off_loop(client.get_metric_history, run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
+
+    tracklog_run = await target.tracklog_run(run_id)
+    if target.daemon is None:
+        return
+    assert tracklog_run is not None
+    assert tracklog_run["status"] == "completed" and tracklog_run["name"] == "first"
+    assert tracklog_run["config"] == {"lr": "0.01", "bs": "32", "opt": "adam"}
+    assert tracklog_run["metrics"]["loss"]["count"] == 3
+    experiment = (await target.daemon.readers.query(Query(q="experiments", names=["fluent"]))).rows[0]
+    assert tracklog_run["experiment"] == experiment["id"]
+
+
+async def test_asynchronous_logging_delivers_every_metric(target: Target) -> None:
+    def fluent_async() -> str:
+        with mlflow.start_run() as run:
+            for step in range(200):
+                mlflow.log_metric("m", float(step), step=step, synchronous=False)
+            mlflow.flush_async_logging()
+            run_id: str = run.info.run_id
+        return run_id
+
+    run_id = await off_loop(fluent_async)
+    tracklog_run = await target.tracklog_run(run_id)
+    if tracklog_run is not None:
+        summary = tracklog_run["metrics"]["m"]
+        assert summary["count"] == 200 and summary["max"] == 199.0 and summary["max_step"] == 199
+    # Batches may arrive out of order; MLflow's latest value is the highest step's, not the last sent.
+    run = await off_loop(MlflowClient().get_run, run_id)
+    assert run.data.metrics == {"m": 199.0}
+    history = await off_loop(MlflowClient().get_metric_history, run_id, "m")
+    assert sorted(m.step for m in history) == list(range(200))
+
+
+async def test_the_client_api_creates_logs_searches_and_deletes(target: Target) -> None:
+    client = MlflowClient()
+
+    def scenario() -> None:
+        experiment_id = client.create_experiment("client-api", tags={"k": "v"})
+        with pytest.raises(MlflowException) as info:
+            client.create_experiment("client-api")
+        assert info.value.error_code == "RESOURCE_ALREADY_EXISTS"
+        ids = []
+        for i in range(5):
+            run = client.create_run(experiment_id, run_name=f"r{i}", tags={"i": str(i)})
+            client.log_batch(
+                run.info.run_id,
+                metrics=[Metric("acc", i / 10, 1_767_225_600_000 + i, 0)],
+                params=[Param("lr", str(i))],
+                tags=[RunTag("parity", "even" if i % 2 == 0 else "odd")],
+            )
+            client.set_terminated(run.info.run_id, "FINISHED" if i < 4 else "FAILED")
+            ids.append(run.info.run_id)
+        found = client.search_runs([experiment_id], "metrics.acc > 0.15 and tags.parity = 'even'")
+        assert [r.info.run_name for r in found] == ["r4", "r2"]
+        ordered = client.search_runs([experiment_id], order_by=["metrics.acc ASC"], max_results=2)
+        assert [r.info.run_name for r in ordered] == ["r0", "r1"] and ordered.token
+        rest = client.search_runs(
+            [experiment_id], order_by=["metrics.acc ASC"], max_results=2, page_token=ordered.token
+        )
+        assert [r.info.run_name for r in rest] == ["r2", "r3"]
+        failed = client.search_runs([experiment_id], "attributes.status = 'FAILED'")
+        assert [r.info.run_id for r in failed] == [ids[4]]
+        client.delete_run(ids[0])
+        assert client.get_run(ids[0]).info.lifecycle_stage == "deleted"
+        assert len(client.search_runs([experiment_id])) == 4
+        client.restore_run(ids[0])
+        assert len(client.search_runs([experiment_id])) == 5
+        with pytest.raises(MlflowException) as info:
+            client.log_param(ids[1], "lr", "changed")
+        assert info.value.error_code == "INVALID_PARAMETER_VALUE"
+        with pytest.raises(MlflowException) as info:
+            client.get_run("f" * 32)
+        assert info.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+        assert client.get_experiment_by_name("nope") is None
+        assert client.get_experiment(experiment_id).tags == {"k": "v"}
+
+    await off_loop(scenario)
+
+
+async def test_log_artifact_log_dict_and_load_dict_go_through_the_artifact_store(
+    target: Target, tmp_path: Path
+) -> None:
+    source = tmp_path / "weights.bin"
+    source.write_bytes(bytes(range(256)) * 1000)
+
+    def artifacts() -> tuple[str, str]:
+        with mlflow.start_run() as run:
+            mlflow.log_artifact(str(source), artifact_path="model")
+            mlflow.log_dict({"lr": 0.1, "layers": [1, 2]}, "config/params.json")
+            uri: str = run.info.artifact_uri
+            loaded = mlflow.artifacts.load_dict(uri + "/config/params.json")
+            assert loaded == {"lr": 0.1, "layers": [1, 2]}
+            listed = MlflowClient().list_artifacts(run.info.run_id)
+            assert [(f.path, f.is_dir) for f in listed] == [("config", True), ("model", True)]
+            inner = MlflowClient().list_artifacts(run.info.run_id, "model")
+            assert [(f.path, f.file_size) for f in inner] == [("model/weights.bin", 256_000)]
+            out = mlflow.artifacts.download_artifacts(
+                uri + "/model/weights.bin", dst_path=str(tmp_path / "dl")
+            )
+            with open(out, "rb") as handle:
+                assert handle.read() == source.read_bytes()
+            return run.info.run_id, uri
+
+    run_id, uri = await off_loop(artifacts)
+    assert uri.startswith("mlflow-artifacts:/0/") or target.daemon is None
+    if target.daemon is None:
+        return
+    rows = (await target.daemon.readers.query(Query(q="artifacts", run=run_id))).rows
+    sizes = {r["path"]: r["size"] for r in rows if r["kind"] == "mlflow"}
+    assert (
+        sizes.keys() == {"model/weights.bin", "config/params.json"} and sizes["model/weights.bin"] == 256_000
+    )
+    assert all(r["blob"].startswith("sha256:") and r["digest"] == r["blob"] for r in rows)
