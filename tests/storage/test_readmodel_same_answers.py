@@ -304,6 +304,8 @@ def queries() -> Iterator[Query]:
         yield Query(q="artifacts", run=run)
     for key in ("short", "forever", "gone", "absent"):
         yield Query(q="cache", key=key)
+    for fields in [{}, {"limit": 1}, {"experiments": ["none"]}, {"experiments": []}]:
+        yield Query(q="experiments", **fields)
     for fields in [
         {},
         {"from_seq": 3000, "limit": 50},
