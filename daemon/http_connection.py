@@ -439,7 +439,7 @@ class HttpConnection(ServerConnection):
             async with asyncio.timeout(OPEN_TIMEOUT):
                 await super().handshake(None, process_response, server_header)
             return
-        await self._linger()
+        await self._linger(service)
 
     async def _serve_http(self, service: HttpService) -> bool:
         """Requests, one after another (pipelined ones too); True to go on as a WebSocket."""
@@ -602,19 +602,27 @@ class HttpConnection(ServerConnection):
         await self.send_piece(payload)
         await self.send_end()
 
-    async def _linger(self) -> None:
-        """End an HTTP connection without losing its last answer: stop sending (FIN),
-        drop what the client still sends, and wait (bounded) for it to close. websockets
-        aborts the socket after, which would drop unsent bytes."""
+    async def _linger(self, service: HttpService) -> None:
+        """End an HTTP connection without losing its last answer (websockets aborts the
+        socket after this, which would drop unsent bytes).
+
+        When the client may still be sending (a body not read, requests not answered),
+        the daemon stops sending (FIN), drops what still comes and waits for the client
+        to close: closing at once would answer its bytes with a reset, which can destroy
+        the answer before the client reads it. Otherwise, or at shutdown, it closes once
+        the answer is out. Either way the wait is bounded.
+        """
+        http = self.h11
+        unread = http is not None and (
+            http.their_state not in (h11.DONE, h11.IDLE, h11.CLOSED) or bool(http.trailing_data[0])
+        )
         self._discarding = True
         self._resume_reading()
         transport = self.transport
         if not transport.is_closing():
-            if self._eof:
-                transport.close()  # the client is done sending: close once the answer is out
-            elif transport.can_write_eof():
+            if unread and not self._eof and not service.closing and transport.can_write_eof():
                 transport.write_eof()
-            else:  # pragma: no cover (TLS)
+            else:
                 transport.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.connection_lost_waiter), LINGER_TIMEOUT)
