@@ -35,7 +35,7 @@ import msgspec
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 
 from tracklog.protocol import errors
 from tracklog.protocol.limits import MAX_FRAME_BYTES
@@ -192,8 +192,11 @@ class HttpRequest:
         self.body = body
 
     def handshake_bytes(self) -> bytes:
-        """The request head again, as bytes for websockets' handshake parser."""
-        return Request(self.path, self.headers, self.method, self.protocol).serialize()
+        """The request head again, byte for byte as far as websockets' handshake parser
+        reads it (header values were decoded as ISO-8859-1, as websockets does)."""
+        lines = [f"{self.method} {self.path} {self.protocol}"]
+        lines += [f"{name}: {value}" for name, value in self.headers.raw_items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 # -- answers ---------------------------------------------------------------------------------

@@ -359,14 +359,23 @@ async def test_a_method_a_route_does_not_take_is_405_with_allow(daemon: Daemon, 
         assert json.loads(body)["error"] == "method_not_allowed"
 
 
-async def test_a_malformed_request_is_400_and_closed(daemon: Daemon) -> None:
-    client = await RawClient.open(daemon.port)
-    try:
-        await client.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n")
-        data = await asyncio.wait_for(client.reader.read(), WAIT)
-        assert data.startswith(b"HTTP/1.1 400 ") and b"bad HTTP request" in data
-    finally:
-        await client.close()
+async def test_a_request_the_parser_cannot_read_is_answered_with_its_status_and_closed(
+    daemon: Daemon,
+) -> None:
+    for raw, status in (
+        (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+        (head("GET", "/healthz", "X-Big: " + "b" * 300_000), 431),
+    ):
+        client = await RawClient.open(daemon.port)
+        try:
+            await client.send(raw)
+            data = await asyncio.wait_for(client.reader.read(), WAIT)
+            assert data.startswith(b"HTTP/1.1 %d " % status), data[:100]
+            body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+            assert body["error"] == "bad_request" and body["message"].startswith("bad HTTP request: ")
+        finally:
+            await client.close()
 
 
 # -- the WebSocket on the same port ---------------------------------------------------------------
