@@ -14,9 +14,9 @@ Extension points (for new APIs such as MLflow's, in daemon/mlflow/):
   GET handler, its body dropped. The Host/Origin and token checks run before any route.
 - A handler is `async def handler(args, params, request) -> Answer`: `params` reads the
   query string (`Params.text/texts/integer`, errors name the parameter), `request` is the
-  `HttpRequest` (method, path, headers, body). Answer with `json_response(status, body)`,
-  `bytes_response(status, payload, content_type, extra_headers)`, or a `StreamedResponse` for a
-  download produced on a thread.
+  `HttpRequest` of daemon/http_connection.py (method, path, headers, body). Answer with
+  `json_response(status, body)`, `bytes_response(status, payload, content_type, headers)`,
+  or a `StreamedResponse` for a download produced on a thread.
 - Bodies: `await request.body.json(limit)` (413 over the limit, 400 naming the problem if
   not JSON), `await request.body.read(limit)`, `async for piece in
   request.body.chunks(limit)`, or `await request.body.save(path, limit)` for uploads
@@ -52,33 +52,13 @@ from tracklog.protocol.messages import Append, Query
 
 from .exports import EXPORT_TYPES, EXPORTERS, export
 from .filter_grammar import parse_run_query
-from .http_connection import (
-    OPEN_TIMEOUT,
-    Answer,
-    HttpConnection,
-    HttpRequest,
-    HttpService,
-    StreamedResponse,
-    StreamStopped,
-)
+from .http_connection import Answer, HttpRequest, StreamedResponse
 from .prometheus import PROMETHEUS_TYPE, prometheus_text
 from .storage.readmodel import MAX_ITEMS, MAX_RUNS, open_read_model
 from .webconsole import console_response, is_console_path
 
 _json = msgspec.json.Encoder()
 log = structlog.get_logger("tracklog.http")
-
-__all__ = [
-    "OPEN_TIMEOUT",
-    "Answer",
-    "HttpApi",
-    "HttpConnection",
-    "HttpRequest",
-    "HttpService",
-    "Route",
-    "StreamStopped",
-    "StreamedResponse",
-]
 
 
 class BadParameter(errors.BadQuery):

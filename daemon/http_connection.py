@@ -433,16 +433,18 @@ class HttpConnection(ServerConnection):
         then websockets' opening handshake. `process_request` is the HttpService."""
         service: HttpService = process_request
         self._server_header = server_header
+        # In the set until the connection is websockets' or closed, so shutdown can
+        # close or abort it at any point of its HTTP life, lingering included.
         service.connections.add(self)
         try:
             upgrade = await self._serve_http(service)
+            if not upgrade:
+                await self._linger(service)
+                return
         finally:
             service.connections.discard(self)
-        if upgrade:
-            async with asyncio.timeout(OPEN_TIMEOUT):
-                await super().handshake(None, process_response, server_header)
-            return
-        await self._linger(service)
+        async with asyncio.timeout(OPEN_TIMEOUT):
+            await super().handshake(None, process_response, server_header)
 
     async def _serve_http(self, service: HttpService) -> bool:
         """Requests, one after another (pipelined ones too); True to go on as a WebSocket."""

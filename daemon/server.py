@@ -40,7 +40,8 @@ from tracklog.protocol.messages import Append, Check, Codec, Query, Subscribe, U
 from tracklog.protocol.version import __version__
 
 from . import logs
-from .http import HttpApi, HttpConnection, HttpRequest, HttpService, StreamedResponse, method_not_allowed
+from .http import HttpApi, method_not_allowed
+from .http_connection import HttpConnection, HttpRequest, HttpService, StreamedResponse
 from .hub import Filter, Hub, Subscription
 from .liveness import RUNNING, lost_event
 from .notify import Notifier

@@ -22,8 +22,8 @@ import h11
 import pytest
 from websockets.asyncio.client import connect
 
-from tracklog.daemon.http import HttpRequest, Params, Route, json_response
-from tracklog.daemon.http_connection import BodyIncomplete
+from tracklog.daemon.http import Params, Route, json_response
+from tracklog.daemon.http_connection import BodyIncomplete, HttpRequest
 from tracklog.daemon.server import Daemon, Settings
 
 WAIT = 30.0
