@@ -518,7 +518,7 @@ class HttpConnection(ServerConnection):
         if http.their_state is not h11.SEND_BODY:
             return None
         if http.client_is_waiting_for_100_continue:
-            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+            await self._send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
         try:
             event = await self._next_event(OPEN_TIMEOUT)
         except TimeoutError:

@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import json
 import re
+import shutil
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from pathlib import Path
@@ -28,7 +29,7 @@ from tracklog.daemon.server import Daemon, Settings
 
 WAIT = 30.0
 ECHO_LIMIT = 1000
-UPLOAD_LIMIT = 1_000_000
+UPLOAD_LIMIT = 2_000_000
 
 
 class AddedRoutes:
@@ -280,6 +281,39 @@ async def test_expect_100_continue_is_answered_when_the_handler_reads_the_body(
         await client.close()
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_curl_uploads_with_expect_100_continue_and_chunked_and_reuses_the_connection(
+    daemon: Daemon, routes: AddedRoutes, tmp_path: Path
+) -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB: curl asks `Expect: 100-continue` above 1 MiB
+    data += b"tail"
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    base = f"http://127.0.0.1:{daemon.port}"
+    curl = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-v", "--fail",
+        "-T", str(source), f"{base}/test/upload/a",
+        "--next", "-sS", "-H", "Transfer-Encoding: chunked", "-T", str(source), f"{base}/test/upload/b",
+        "--next", "-sS", "-H", "Content-Type: application/json", "--data", '{"n": 3}', f"{base}/test/echo",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(curl.communicate(), WAIT)
+    log = err.decode()
+    assert curl.returncode == 0, log
+    assert "Expect: 100-continue" in log and "HTTP/1.1 100 Continue" in log
+    assert "Transfer-Encoding: chunked" in log
+    assert log.count("Re-using existing connection") + log.count("Reusing existing") >= 2, log
+    digest = hashlib.sha256(data).hexdigest()
+    answers = out.decode().replace("}{", "}\n{").splitlines()
+    assert [json.loads(a) for a in answers] == [
+        {"size": len(data), "sha256": digest},
+        {"size": len(data), "sha256": digest},
+        {"method": "POST", "body": {"n": 3}},
+    ]
+    assert (routes.folder / "a").read_bytes() == data == (routes.folder / "b").read_bytes()
+
+
 # -- keep-alive, pipelining, HEAD, methods --------------------------------------------------------
 
 
@@ -348,6 +382,26 @@ async def test_head_has_the_headers_of_get_and_no_body(daemon: Daemon) -> None:
             assert (status, body) == (get_status, b"") and get_body
             assert headers["content-length"] == str(len(get_body)) == get_headers["content-length"]
             assert headers["content-type"] == get_headers["content-type"]
+    finally:
+        await client.close()
+
+
+async def test_head_of_a_streamed_export_sends_its_headers_only_and_closes(daemon: Daemon) -> None:
+    async with connect(f"ws://127.0.0.1:{daemon.port}/ws", compression=None) as ws:
+        await ws.send(json.dumps({"op": "hello", "protocol": 1}))
+        await asyncio.wait_for(ws.recv(), WAIT)
+        event = {"type": "metrics", "run": "r", "data": {"values": {"x": 1.0}, "step": 1}}
+        await ws.send(json.dumps({"op": "append", "ref": 1, "events": [event]}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), WAIT))["accepted"] == 1
+    client = await RawClient.open(daemon.port)
+    try:
+        await client.send(head("HEAD", "/api/runs/r/export/csv"))
+        client.expect_request("HEAD", "/api/runs/r/export/csv")
+        status, headers, body = await client.response()
+        assert (status, body) == (200, b"")
+        assert headers["transfer-encoding"] == "chunked" and headers["connection"] == "close"
+        assert headers["content-disposition"].startswith("attachment")
+        assert await client.closed()
     finally:
         await client.close()
 
