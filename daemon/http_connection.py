@@ -97,7 +97,7 @@ class RequestBody:
         #: Content-Length, or None for a chunked body.
         self.length = length
         self._started = False
-        self._done = False
+        #: Bytes of the body read so far.
         self.received = 0
 
     def _start(self, limit: int) -> None:
@@ -114,7 +114,6 @@ class RequestBody:
         while True:
             piece = await self._connection._read_body_piece()
             if piece is None:
-                self._done = True
                 return
             self.received += len(piece)
             if self.received > limit:
