@@ -54,6 +54,14 @@ class BenchDaemon:
                     return int(line.split()[1])
         return 0
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the daemon has used so far: a cost less moved by other
+        work on the machine than a rate is."""
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)

@@ -2,6 +2,7 @@
 loopback, end to end until acked, beside raw sqlite3 inserting the same rows.
 
     python bench/ingest.py [--events 500000] [--batch 1000] [--inflight 8] [--durability normal]
+    python bench/ingest.py --python /other/venv/bin/python   # another build of the daemon
 
 Frames are encoded before the clock starts, so the figure is the daemon's (decode,
 validate, dedup by id, log append, projections, commit, ack), not the client's.
@@ -129,13 +130,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--inflight", type=int, default=8)
     parser.add_argument("--durability", choices=["normal", "full"], default="normal")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter that runs the daemon")
     args = parser.parse_args()
     events = make_events(args.events)
     with tempfile.TemporaryDirectory(prefix="tracklog-bench-") as tmp:
         raw_plain = raw_sqlite(Path(tmp) / "raw-plain.db", events, args.batch, with_schema=False)
         raw_schema = raw_sqlite(Path(tmp) / "raw-schema.db", events, args.batch, with_schema=True)
-        with BenchDaemon(Path(tmp) / "tracklog.db", "--durability", args.durability) as daemon:
+        with BenchDaemon(
+            Path(tmp) / "tracklog.db", "--durability", args.durability, python=args.python
+        ) as daemon:
+            cpu = daemon.cpu_seconds()
             elapsed, latencies = asyncio.run(run_client(daemon.url, events, args.batch, args.inflight))
+            cpu = daemon.cpu_seconds() - cpu
     rate = len(events) / elapsed
     lat = sorted(latencies)
     p50 = statistics.median(lat) * 1e3
@@ -150,6 +156,7 @@ def main() -> None:
         f" appends of {args.batch}, {args.inflight} in flight)"
     )
     print(f"ack latency per append    p50 {p50:.1f} ms   p99 {p99:.1f} ms")
+    print(f"daemon CPU per event      {cpu / len(events) * 1e6:.2f} us   (daemon: {args.python})")
     print(f"raw sqlite3, plain table  {raw_plain:>12,.0f} rows/s     -> tracklog at {rate / raw_plain:.0%}")
     print(f"raw sqlite3, log schema   {raw_schema:>12,.0f} rows/s     -> tracklog at {rate / raw_schema:.0%}")
 

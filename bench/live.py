@@ -2,6 +2,7 @@
 subscriber's effect on ingest and on the daemon's memory.
 
     python bench/live.py [--subscribers 100] [--events 200000] [--paced-rate 5000] [--seconds 10]
+    python bench/live.py --python /other/venv/bin/python   # another build of the daemon
 
 Phases, each against a fresh daemon on loopback:
   1. ingest alone: one writer, appends of 1,000, 8 in flight, no subscriber;
@@ -126,12 +127,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--paced-rate", type=int, default=5_000, help="events/s the writer sends in phase 2")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--python", default=sys.executable, help="the interpreter that runs the daemon")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    print(f"command: python bench/live.py --subscribers {args.subscribers} --events {args.events} "
-          f"--paced-rate {args.paced_rate} --seconds {args.seconds}")
+    print(
+        f"command: python bench/live.py --subscribers {args.subscribers} --events {args.events} "
+        f"--paced-rate {args.paced_rate} --seconds {args.seconds}"
+    )
     with tempfile.TemporaryDirectory(prefix="tracklog-live-") as tmp:
-        with BenchDaemon(Path(tmp) / "a.db") as d:
+        with BenchDaemon(Path(tmp) / "a.db", python=args.python) as d:
             rate_alone = args.events / asyncio.run(run_client(d.url, make_events(args.events), 1000, 8))[0]
             rss_alone = d.rss_kib()
         print(
@@ -139,31 +143,37 @@ def main() -> None:
             f"   daemon RSS {rss_alone / 1024:.0f} MiB"
         )
 
-        with BenchDaemon(Path(tmp) / "b.db") as d:
+        with BenchDaemon(Path(tmp) / "b.db", python=args.python) as d:
+            cpu = d.cpu_seconds()
             sent, lat, counts = asyncio.run(
                 with_subscribers(d.url, args.subscribers, paced_writer(d.url, args.paced_rate, args.seconds))
             )
+            cpu = d.cpu_seconds() - cpu
         delivered = sum(counts)
         print(
             f"2. fan-out to {args.subscribers} subscribers, writer at {args.paced_rate:,}/s:"
             f" delivered {delivered:,} of "
             f"{int(sent) * args.subscribers:,} ({delivered / args.seconds:,.0f} events/s in total); "
-            f"commit-to-delivery p50 {pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms"
+            f"commit-to-delivery p50 {pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms; "
+            f"daemon CPU {cpu / max(delivered, 1) * 1e6:.2f} us per delivery"
         )
 
-        with BenchDaemon(Path(tmp) / "c.db") as d:
+        with BenchDaemon(Path(tmp) / "c.db", python=args.python) as d:
             events = make_events(args.events)
+            cpu = d.cpu_seconds()
             (elapsed_lat, _), _, counts = asyncio.run(
                 with_subscribers(d.url, args.subscribers, run_client(d.url, events, 1000, 8))
             )
+            cpu = d.cpu_seconds() - cpu
             rate_fan = args.events / elapsed_lat
         print(
             f"3. ingest with {args.subscribers} subscribers reading  {rate_fan:>10,.0f} events/s   "
             f"({rate_fan / rate_alone:.0%} of phase 1;"
-            f" every subscriber got {min(counts):,} to {max(counts):,} events)"
+            f" every subscriber got {min(counts):,} to {max(counts):,} events); "
+            f"daemon CPU {cpu / max(sum(counts), 1) * 1e6:.2f} us per delivery"
         )
 
-        with BenchDaemon(Path(tmp) / "d.db") as d:
+        with BenchDaemon(Path(tmp) / "d.db", python=args.python) as d:
             rate_stalled, before, after = asyncio.run(stalled(d.url, make_events(args.events), d))
         print(
             f"4. ingest with a stalled subscriber {rate_stalled:>10,.0f} events/s"

@@ -1,30 +1,50 @@
 """HTTP on the daemon's port: routing of the REST API, streamed run exports, and `/metrics`.
 
-Served from the websockets server's `process_request` hook (no second server). Every
-answer that reads the database runs on the Readers pool, so the event loop never waits
-on SQLite; parameters are checked here and turned into the same `Query` the WebSocket
-protocol uses, so both paths share one implementation and one set of errors.
+Requests arrive through daemon/http_connection.py (h11 in front of the WebSocket on the
+one port). Every answer that reads the database runs on the Readers pool, so the event
+loop never waits on SQLite; parameters are checked here and turned into the same `Query`
+the WebSocket protocol uses, so both paths share one implementation and one set of errors.
+
+Extension points (for new APIs such as MLflow's, in daemon/mlflow/):
+
+- A route is `Route(pattern, {"METHOD": handler, ...})` appended to `HttpApi.routes`; the
+  pattern is matched whole against the path (no query string), its named groups are
+  URL-decoded into `args` (a group named `run` is resolved to a run id first, 404 if
+  unknown). A method the route does not list is a 405 with `Allow`; HEAD is served by the
+  GET handler, its body dropped. The Host/Origin and token checks run before any route.
+- A handler is `async def handler(args, params, request) -> Answer`: `params` reads the
+  query string (`Params.text/texts/integer`, errors name the parameter), `request` is the
+  `HttpRequest` of daemon/http_connection.py (method, path, headers, body). Answer with
+  `json_response(status, body)`, `bytes_response(status, payload, content_type, headers)`,
+  or a `StreamedResponse` for a download produced on a thread.
+- Bodies: `await request.body.json(limit)` (413 over the limit, 400 naming the problem if
+  not JSON), `await request.body.read(limit)`, `async for piece in
+  request.body.chunks(limit)`, or `await request.body.save(path, limit)` for uploads
+  (streamed to a hidden file renamed into place when whole, with its sha256; a broken
+  upload raises and leaves no file). Each body is read once; an unread body is skipped by
+  closing the connection after the answer. `Expect: 100-continue` is answered when the
+  handler starts reading, so a body refused for its Content-Length is never sent.
+- Errors: raise a `tracklog.protocol.errors.ProtocolError` (NotFound 404, BadQuery and
+  BadMessage 400, TooLarge 413, Unauthorized 401, Forbidden 403) and `error_response`
+  answers `{"error": code, "message": ...}`; an API with another error shape catches in
+  its handler and answers with its own `json_response`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import re
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import msgspec
 import structlog
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 
 from tracklog.protocol import errors
 from tracklog.protocol.events import RunDeleted, RunRestored, finite_floats_as_strings
@@ -32,6 +52,7 @@ from tracklog.protocol.messages import Append, Query
 
 from .exports import EXPORT_TYPES, EXPORTERS, export
 from .filter_grammar import parse_run_query
+from .http_connection import Answer, HttpRequest, StreamedResponse
 from .prometheus import PROMETHEUS_TYPE, prometheus_text
 from .storage import is_postgres_url
 from .storage.readmodel import MAX_ITEMS, MAX_RUNS, open_read_model
@@ -40,9 +61,6 @@ from .webconsole import console_response, is_console_path
 _json = msgspec.json.Encoder()
 log = structlog.get_logger("tracklog.http")
 
-#: Seconds for a request to arrive and be answered, or for a WebSocket handshake.
-OPEN_TIMEOUT: Final = 10.0
-
 
 class BadParameter(errors.BadQuery):
     """A URL parameter that is not what the endpoint takes (400)."""
@@ -50,10 +68,10 @@ class BadParameter(errors.BadQuery):
 
 def json_response(status: HTTPStatus, body: Any) -> Response:
     payload = _json.encode(finite_floats_as_strings(msgspec.to_builtins(body)))
-    return _response(status, payload, "application/json")
+    return bytes_response(status, payload, "application/json")
 
 
-def _response(
+def bytes_response(
     status: HTTPStatus, payload: bytes, content_type: str, extra: Sequence[tuple[str, str]] = ()
 ) -> Response:
     headers = Headers(
@@ -72,6 +90,10 @@ def error_response(exc: errors.ProtocolError) -> Response:
         errors.NOT_FOUND: HTTPStatus.NOT_FOUND,
         errors.BAD_QUERY: HTTPStatus.BAD_REQUEST,
         errors.BAD_MESSAGE: HTTPStatus.BAD_REQUEST,
+        errors.BAD_FRAME: HTTPStatus.BAD_REQUEST,
+        errors.TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        errors.UNAUTHORIZED: HTTPStatus.UNAUTHORIZED,
+        errors.FORBIDDEN: HTTPStatus.FORBIDDEN,
     }.get(exc.code, HTTPStatus.INTERNAL_SERVER_ERROR)
     return json_response(status, {"error": exc.code, "message": exc.message})
 
@@ -156,162 +178,11 @@ def content_disposition(run: str, fmt: str) -> str:
     return f"attachment; filename=\"run-{safe}.{fmt}\"; filename*=UTF-8''{encoded}"
 
 
-# -- streamed answers --------------------------------------------------------------------
-
-#: Pieces an export may have waiting between its reading thread and the socket.
-STREAM_PIECES: Final = 4
-#: Seconds a finished download waits for the client to close before the socket is dropped.
-STREAM_CLOSE_TIMEOUT: Final = 10.0
-
-
-class StreamStopped(Exception):
-    """A download cut short by the daemon's shutdown."""
-
-
-class StreamedResponse:
-    """An answer whose body is produced piece by piece (chunked), never whole in memory.
-
-    websockets' `process_request` can only return a `Response` with its whole body, so
-    `HttpConnection` sends this kind itself, on the connection's transport, with the
-    transport's flow control: the reading thread blocks while STREAM_PIECES pieces wait.
-    """
-
-    def __init__(
-        self, headers: Sequence[tuple[str, str]], produce: Callable[[], Iterator[bytes]], api: HttpApi
-    ) -> None:
-        self.headers = headers
-        self.produce = produce
-        self.api = api
-        self._stopped = threading.Event()
-        self._slots = threading.Semaphore(STREAM_PIECES)
-        self._connection: ServerConnection | None = None
-
-    def stop(self, abort: bool = False) -> None:
-        """Stop producing (daemon shutdown); with abort, drop the connection now."""
-        self._stopped.set()
-        self._slots.release(STREAM_PIECES)
-        if abort and self._connection is not None:
-            self._connection.transport.abort()
-
-    def _run_producer(
-        self, loop: asyncio.AbstractEventLoop, pieces: asyncio.Queue[bytes | BaseException | None]
-    ) -> None:
-        """On its own thread: read the export, handing each piece to the event loop.
-
-        It always ends by handing over None (done) or an exception (failed or stopped),
-        which the sender waits for.
-        """
-        end: BaseException | None = None
-        try:
-            iterator = self.produce()
-            try:
-                for piece in iterator:
-                    self._slots.acquire()
-                    if self._stopped.is_set():
-                        end = StreamStopped("the daemon is stopping")
-                        break
-                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
-            finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    close()
-        except BaseException as exc:
-            end = exc
-        with contextlib.suppress(RuntimeError):  # the loop may be closed at shutdown
-            loop.call_soon_threadsafe(pieces.put_nowait, end)
-
-    async def send(self, connection: ServerConnection, server_header: str | None) -> None:
-        """Write the status line, the headers and the chunked body, then close."""
-        self._connection = connection
-        self.api.streams.add(self)
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-        transport = connection.transport
-        head = [
-            "HTTP/1.1 200 OK",
-            *(f"{name}: {value}" for name, value in self.headers),
-            "Transfer-Encoding: chunked",
-            "Connection: close",
-        ]
-        if server_header:
-            head.append(f"Server: {server_header}")
-        producer = threading.Thread(
-            target=self._run_producer, args=(loop, pieces), name="tracklog-export", daemon=True
-        )
-        try:
-            transport.write(("\r\n".join(head) + "\r\n\r\n").encode())
-            producer.start()
-            while True:
-                piece = await pieces.get()
-                if piece is None:
-                    break
-                if isinstance(piece, BaseException):
-                    if not isinstance(piece, StreamStopped):
-                        log.error("export failed", error=repr(piece))
-                    transport.abort()  # an incomplete chunked body: the client sees the failure
-                    return
-                if transport.is_closing():
-                    return
-                transport.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                self._slots.release()
-                await connection.drain()
-            transport.write(b"0\r\n\r\n")
-            if transport.can_write_eof():
-                transport.write_eof()
-            # The body must be read before the socket goes (websockets aborts it after).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.shield(connection.connection_lost_waiter), STREAM_CLOSE_TIMEOUT
-                )
-        finally:
-            self.stop()
-            self.api.streams.discard(self)
-
-
-class HttpConnection(ServerConnection):
-    """A websockets connection that can also answer with a `StreamedResponse`.
-
-    The opening handshake is websockets' own; only when `process_request` answers with a
-    StreamedResponse does this send it. websockets' `open_timeout` would cut a long
-    download, so the server runs with none and this applies OPEN_TIMEOUT to the handshake
-    itself (the request and `process_request`, then websockets' response), not to a body.
-    """
-
-    async def handshake(
-        self, process_request: Any = None, process_response: Any = None, server_header: str | None = None
-    ) -> None:
-        async with asyncio.timeout(OPEN_TIMEOUT):
-            await asyncio.wait(
-                [self.request_rcvd, self.connection_lost_waiter], return_when=asyncio.FIRST_COMPLETED
-            )
-            if self.request is None or process_request is None:
-                answer = None
-            else:
-                try:
-                    answer = process_request(self, self.request)
-                    if isinstance(answer, Awaitable):
-                        answer = await answer
-                except Exception:
-                    log.exception("process_request failed")
-                    answer = self.protocol.reject(
-                        HTTPStatus.INTERNAL_SERVER_ERROR, "Failed to answer; see the daemon's log.\n"
-                    )
-        if isinstance(answer, StreamedResponse):
-            await answer.send(self, server_header)
-            return
-
-        def decided(_connection: ServerConnection, _request: Request) -> Any:
-            return answer
-
-        async with asyncio.timeout(OPEN_TIMEOUT):
-            await super().handshake(decided, process_response, server_header)
-
-
 # -- the router ---------------------------------------------------------------------------
 
-Answer = Response | StreamedResponse
-#: A route's handler: the path's named parts (URL-decoded) and the query parameters.
-Handler = Callable[[dict[str, str], "Params"], Awaitable[Answer]]
+#: A route's handler: the path's named parts (URL-decoded), the query parameters, and
+#: the request (headers, body).
+Handler = Callable[[dict[str, str], "Params", HttpRequest], Awaitable[Answer]]
 
 
 @dataclass(frozen=True)
@@ -327,7 +198,7 @@ def method_not_allowed(method: str, allowed: Iterable[str]) -> Response:
     payload = _json.encode(
         {"error": "method_not_allowed", "message": f"{method[:20]} not allowed; allowed: {allow}"}
     )
-    return _response(HTTPStatus.METHOD_NOT_ALLOWED, payload, "application/json", [("Allow", allow)])
+    return bytes_response(HTTPStatus.METHOD_NOT_ALLOWED, payload, "application/json", [("Allow", allow)])
 
 
 class HttpApi:
@@ -355,13 +226,13 @@ class HttpApi:
         for stream in list(self.streams):
             stream.stop(abort)
 
-    async def respond(self, request: Request) -> Answer:
+    async def respond(self, request: HttpRequest) -> Answer:
         parts = urlsplit(request.path)
         path = parts.path
         try:
             params = Params(parts.query)
             if is_console_path(path):
-                if request.method != "GET":
+                if request.method not in ("GET", "HEAD"):
                     return method_not_allowed(request.method, ["GET"])
                 page = console_response(path, params.text("token"), params.text("v"), request.headers)
                 if page is not None:
@@ -371,6 +242,8 @@ class HttpApi:
                 if match is None:
                     continue
                 handler = route.methods.get(request.method)
+                if handler is None and request.method == "HEAD":
+                    handler = route.methods.get("GET")  # the same answer; its body is dropped
                 if handler is None:
                     return method_not_allowed(request.method, route.methods)
                 args = {name: unquote(value) for name, value in match.groupdict().items()}
@@ -378,38 +251,38 @@ class HttpApi:
                     # An id prefix or a name works too (daemon/runref.py); an unknown run is a 404.
                     resolved = await self.daemon.readers.query(Query(q="resolve", run=args["run"]))
                     args["run"] = resolved.rows[0]["id"]
-                return await handler(args, params)
+                return await handler(args, params, request)
         except errors.ProtocolError as exc:
             return error_response(exc)
         return json_response(
             HTTPStatus.NOT_FOUND, {"error": "not_found", "message": f"no such path: {path[:200]}"}
         )
 
-    async def _prometheus(self, _args: dict[str, str], _params: Params) -> Answer:
+    async def _prometheus(self, _args: dict[str, str], _params: Params, _request: HttpRequest) -> Answer:
         size = None
         if is_postgres_url(self.daemon.settings.db):  # SQLite's file is measured without a reader
             size = await self.daemon.readers.call(lambda model: model.database_bytes())
-        return _response(HTTPStatus.OK, prometheus_text(self.daemon, size).encode(), PROMETHEUS_TYPE)
+        return bytes_response(HTTPStatus.OK, prometheus_text(self.daemon, size).encode(), PROMETHEUS_TYPE)
 
-    async def _stats(self, _args: dict[str, str], _params: Params) -> Answer:
+    async def _stats(self, _args: dict[str, str], _params: Params, _request: HttpRequest) -> Answer:
         result = await self.daemon.readers.query(Query(q="stats"))
         row = dict(result.rows[0])
         row["daemon"] = self.daemon_stats()
         return json_response(HTTPStatus.OK, row)
 
-    async def _runs(self, _args: dict[str, str], params: Params) -> Answer:
+    async def _runs(self, _args: dict[str, str], params: Params, _request: HttpRequest) -> Answer:
         result = await self.daemon.readers.query(runs_query(params))
         return json_response(HTTPStatus.OK, {"seq": result.seq, "total": result.total, "runs": result.rows})
 
-    async def _run(self, args: dict[str, str], _params: Params) -> Answer:
+    async def _run(self, args: dict[str, str], _params: Params, _request: HttpRequest) -> Answer:
         result = await self.daemon.readers.query(Query(q="run", run=args["run"]))
         return json_response(HTTPStatus.OK, {"seq": result.seq, "run": result.rows[0]})
 
-    async def _delete(self, args: dict[str, str], _params: Params) -> Answer:
+    async def _delete(self, args: dict[str, str], _params: Params, _request: HttpRequest) -> Answer:
         """`DELETE /api/runs/RUN`: append `run.deleted` (the run is hidden from queries, kept in the log)."""
         return await self._mark(args["run"], deleted=True)
 
-    async def _restore(self, args: dict[str, str], _params: Params) -> Answer:
+    async def _restore(self, args: dict[str, str], _params: Params, _request: HttpRequest) -> Answer:
         """`POST /api/runs/RUN/restore`: append `run.restored` (its status is kept)."""
         return await self._mark(args["run"], deleted=False)
 
@@ -424,11 +297,11 @@ class HttpApi:
             {"seq": result.ack.last_seq, "run": found["id"], "name": found["name"], "deleted": deleted},
         )
 
-    async def _run_stats(self, args: dict[str, str], _params: Params) -> Answer:
+    async def _run_stats(self, args: dict[str, str], _params: Params, _request: HttpRequest) -> Answer:
         result = await self.daemon.readers.query(Query(q="stats", run=args["run"]))
         return json_response(HTTPStatus.OK, {"seq": result.seq, "stats": result.rows[0]})
 
-    async def _metrics(self, args: dict[str, str], params: Params) -> Answer:
+    async def _metrics(self, args: dict[str, str], params: Params, _request: HttpRequest) -> Answer:
         q = Query(
             q="metrics",
             run=args["run"],
@@ -440,7 +313,7 @@ class HttpApi:
         result = await self.daemon.readers.query(q)
         return json_response(HTTPStatus.OK, {"seq": result.seq, "metrics": result.rows})
 
-    async def _items(self, args: dict[str, str], params: Params) -> Answer:
+    async def _items(self, args: dict[str, str], params: Params, _request: HttpRequest) -> Answer:
         run = args["run"]
         readers = self.daemon.readers
         await readers.query(Query(q="artifacts", run=run))  # 404 for an unknown run
@@ -455,7 +328,7 @@ class HttpApi:
         result = await readers.query(q)
         return json_response(HTTPStatus.OK, {"seq": result.seq, "total": result.total, "items": result.rows})
 
-    async def _export(self, args: dict[str, str], _params: Params) -> Answer:
+    async def _export(self, args: dict[str, str], _params: Params, _request: HttpRequest) -> Answer:
         run, fmt = args["run"], args["format"]
         if fmt not in EXPORTERS:
             raise BadParameter(
@@ -478,7 +351,7 @@ class HttpApi:
             ("Cache-Control", "no-store"),
             ("Content-Disposition", content_disposition(run, fmt)),
         ]
-        return StreamedResponse(headers, produce, self)
+        return StreamedResponse(headers, produce, self.streams)
 
     # -- metrics ----------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 
 from tracklog.protocol import errors
 from tracklog.protocol.connection import AppendFrame, Close, Greeted, Send
@@ -44,7 +44,8 @@ from tracklog.protocol.version import __version__
 from . import logs
 from .auth import OPEN_GRANT, READ, Grant, TokenSet, grant, http_scope
 from .guard import ConnectionGuard, Limits
-from .http import HttpApi, HttpConnection, StreamedResponse, method_not_allowed
+from .http import HttpApi, method_not_allowed
+from .http_connection import HttpConnection, HttpRequest, HttpService, StreamedResponse
 from .hub import Filter, Hub, Subscription
 from .liveness import RUNNING, lost_event
 from .notify import Notifier
@@ -173,6 +174,8 @@ class Daemon:
         readers = backend.settings.pool_size if isinstance(backend, PgBackend) else READERS
         self.readers = Readers(lambda: open_read_model(db_url), readers)
         self.http = HttpApi(self)
+        #: HTTP/1.1 on the port (h11), handing `/ws` requests to websockets' handshake.
+        self.http_service = HttpService(self._process_request)
         self.started_at = time.time()
         self.port = settings.port
         self.connections = 0
@@ -251,9 +254,10 @@ class Daemon:
             self._handle,
             self.settings.host,
             self.settings.port,
-            # A StreamedResponse never reaches websockets: HttpConnection sends it.
-            process_request=self._process_request,  # type: ignore[arg-type]
-            # Downloads are streamed by HttpConnection, which bounds the handshake itself.
+            # Not a websockets `process_request`: HttpConnection.handshake gets it and runs
+            # the connection's HTTP/1.1 (h11) until a request for /ws, then websockets' handshake.
+            process_request=self.http_service,  # type: ignore[arg-type]
+            # HttpConnection bounds each request head and the WebSocket handshake itself.
             create_connection=HttpConnection,
             open_timeout=None,
             max_size=self.settings.limits.max_frame_bytes,
@@ -313,6 +317,7 @@ class Daemon:
         """
         assert self._server is not None
         self.http.stop_streams()
+        self.http_service.close_idle()
         self._server.close(close_connections=True)
         closing = asyncio.ensure_future(self._server.wait_closed())
         try:
@@ -323,6 +328,7 @@ class Daemon:
             for connection in stuck:
                 connection.transport.abort()
             self.http.stop_streams(abort=True)
+            self.http_service.abort()
             await closing
 
     async def run(self) -> None:
@@ -390,7 +396,7 @@ class Daemon:
         addressed = split_host(host) if host else None
         return addressed is not None and addressed[0] == name
 
-    def _refusal(self, request: Request) -> Response | None:
+    def _refusal(self, request: HttpRequest) -> Response | None:
         """403 for a Host that may be DNS rebinding, or an Origin of another web page."""
         host = request.headers.get("Host")
         if not self._host_ok(host):
@@ -410,8 +416,10 @@ class Daemon:
         return None
 
     async def _process_request(
-        self, connection: ServerConnection, request: Request
+        self, connection: ServerConnection, request: HttpRequest
     ) -> Response | StreamedResponse | None:
+        """The answer to an HTTP request; None for a `/ws` request that may go on to the
+        WebSocket handshake."""
         response = await self._route_request(connection, request)
         if isinstance(response, Response) and response.status_code in (401, 403):
             log.info(
@@ -424,13 +432,15 @@ class Daemon:
         return response
 
     async def _route_request(
-        self, connection: ServerConnection, request: Request
+        self, connection: ServerConnection, request: HttpRequest
     ) -> Response | StreamedResponse | None:
         refused = self._refusal(request)
         if refused is not None:
             return refused
         path = request.path.split("?", 1)[0]
-        if path in ("/ws", "/healthz") and request.method != "GET":
+        if path == "/ws" and request.method != "GET":
+            return method_not_allowed(request.method, ["GET"])
+        if path == "/healthz" and request.method not in ("GET", "HEAD"):
             return method_not_allowed(request.method, ["GET"])
         if path == "/ws":
             if self.settings.tokens:
