@@ -154,3 +154,10 @@ def test_a_dropped_connection_fails_one_question_then_reconnects(pg_model: PgRea
 def test_a_value_postgresql_cannot_hold_is_bad_query(pg_model: PgReadModel) -> None:
     with pytest.raises(errors.BadQuery):
         answer(pg_model, Query(q="runs", filter="name = 'a\u0000b'"))
+
+
+def test_a_transaction_a_failure_left_open_does_not_spoil_the_next_question(pg_model: PgReadModel) -> None:
+    pg_model.conn.execute("BEGIN")
+    with pytest.raises(Exception, match="division by zero"):
+        pg_model.conn.execute("SELECT 1 / 0")
+    assert [r["id"] for r in answer(pg_model, Query(q="runs")).rows] == ["aaa111", "aab222"]

@@ -61,30 +61,27 @@ def translate(exc: psycopg.Error | OverflowError, what: str) -> errors.TracklogE
 
 
 class _Snapshot:
-    """One REPEATABLE READ READ ONLY transaction (joined when one is open already)."""
+    """One REPEATABLE READ READ ONLY transaction. A transaction some failure left open on
+    the connection is rolled back first, so one failure never spoils the next question."""
 
-    __slots__ = ("model", "opened", "what")
+    __slots__ = ("model", "what")
 
     def __init__(self, model: PgReadModel, what: str) -> None:
         self.model = model
         self.what = what
-        self.opened = False
 
     def __enter__(self) -> None:
         conn = self.model.connection()
-        if conn.in_transaction:
-            return
         try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         except psycopg.Error as exc:
             raise translate(exc, self.what) from exc
-        self.opened = True
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        if not self.opened:
-            return
         conn = self.model.conn
         try:
             conn.execute("COMMIT" if exc is None else "ROLLBACK")
