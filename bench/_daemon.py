@@ -8,7 +8,9 @@ import platform
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import IO
 
 
 class BenchDaemon:
@@ -40,7 +42,16 @@ class BenchDaemon:
                 break
         else:
             raise RuntimeError("daemon did not start")
+        # Keep reading its log: a pipe nobody reads fills up (64 KiB) and the daemon then
+        # blocks on its next log line, its event loop with it.
+        self._drain = threading.Thread(target=self._read_log, args=(self.proc.stderr,), daemon=True)
+        self._drain.start()
         return self
+
+    @staticmethod
+    def _read_log(stream: IO[str]) -> None:
+        for _ in stream:
+            pass
 
     @property
     def url(self) -> str:
