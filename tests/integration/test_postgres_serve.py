@@ -66,11 +66,3 @@ async def test_a_live_subscriber_gets_what_its_daemon_commits(
     await writer.append([metric(0), metric(1)])
     got = await watcher.recv()
     assert got["op"] == "events" and [e["seq"] for e in got["events"]] == [1, 2]
-
-
-async def test_queries_answer_with_an_error_until_the_read_model_is_built(
-    two_daemons: tuple[DaemonProcess, DaemonProcess],
-) -> None:
-    client, _ = await open_client(two_daemons[0].url)
-    reply = await client.query("runs")
-    assert reply["op"] == "error" and "StorageError" in reply["message"]
