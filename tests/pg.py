@@ -22,6 +22,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,18 @@ PG_CTL_TIMEOUT: Final = 60
 TEST_SETTINGS: Final = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 _databases = itertools.count(1)
+
+#: The watchdog (see PgServer._watch): argv is pg_ctl, the data dir, the root dir, uid, gid.
+_WATCHDOG: Final = """
+import os, shutil, subprocess, sys
+pg_ctl, data, root, uid, gid = sys.argv[1:6]
+sys.stdin.buffer.read()
+if os.path.exists(os.path.join(data, "postmaster.pid")):
+    user = {"user": int(uid), "group": int(gid), "extra_groups": []} if int(uid) >= 0 else {}
+    stop = [pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"]
+    subprocess.run(stop, capture_output=True, cwd=root, **user)
+shutil.rmtree(root, ignore_errors=True)
+"""
 
 
 class PostgresMissing(RuntimeError):
@@ -79,6 +92,7 @@ class PgServer:
         self.port = 0
         self.superuser = "postgres"
         self._run_as: dict[str, Any] = {}
+        self._watchdog: subprocess.Popen[bytes] | None = None
         if os.geteuid() == 0:
             import pwd
 
@@ -121,11 +135,26 @@ class PgServer:
                     f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 {options}",
                     "start",
                 )  # fmt: skip
-                return self
+                break
             except RuntimeError:
                 if attempt == 2:
                     raise
+        self._watch()
         return self
+
+    def _watch(self) -> None:
+        """A watchdog process that stops the server and deletes its directory once this
+        process is gone, however it ends (a `timeout`'s SIGTERM, a SIGKILL: no teardown
+        runs then). It waits for the end of a pipe only this process holds."""
+        uid, gid = self._run_as.get("user", -1), self._run_as.get("group", -1)
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(self.bin_dir / "pg_ctl"), str(self.data), str(self.root),
+             str(uid), str(gid)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not killed with this process's group
+        )  # fmt: skip
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{database}"
@@ -154,6 +183,11 @@ class PgServer:
                 self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+            if self._watchdog is not None:
+                assert self._watchdog.stdin is not None
+                self._watchdog.stdin.close()  # it finds nothing left to do, and ends
+                self._watchdog.wait(PG_CTL_TIMEOUT)
+                self._watchdog = None
 
     def __enter__(self) -> PgServer:
         return self.start()

@@ -142,6 +142,25 @@ class EventLogContract:
         log.append_events([ev.RunDeleted(run="r")])
         assert [e.type for e in log.read(after=4)] == ["run.deleted"]
 
+    def test_a_run_marked_lost_in_a_group_is_resumed_by_a_later_append_of_that_group(
+        self, log: EventLog
+    ) -> None:
+        log.append_events([metrics("r", 0), metrics("s", 0), liveness.lost_event("s")])
+        group = [
+            Append(events=[metrics("s", 1)], ref=1),
+            Append(events=[liveness.lost_event("r")], ref=2),
+            Append(events=[metrics("r", 1), metrics("s", 2)], ref=3),
+        ]
+        log.append_group(group)
+        assert [(e.type, e.run) for e in log.read(after=3)] == [
+            ("run.updated", "s"),
+            ("metrics", "s"),
+            ("run.finished", "r"),
+            ("run.updated", "r"),
+            ("metrics", "r"),
+            ("metrics", "s"),
+        ]
+
     def test_a_check_records_a_new_text_and_finds_it_the_second_time(self, log: EventLog) -> None:
         check = Check(namespace="docs", kind="hash", text="hello", run="r", item="i1", ref=1)
         first, second = log.append_group([check, Check(namespace="docs", kind="hash", text="hello", ref=2)])

@@ -3,6 +3,12 @@ never skips), and gives each test a database of its own."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import psycopg
 import pytest
 
@@ -30,3 +36,31 @@ def test_each_test_gets_an_empty_database_of_its_own(pg_server: pg.PgServer, pg_
             assert conn.execute("SELECT to_regclass('mine')").fetchone() == (None,)
     finally:
         pg_server.drop_database(other)
+
+
+def test_a_server_whose_test_process_is_killed_is_stopped_and_deleted() -> None:
+    """No teardown runs after a SIGKILL (or a `timeout`'s SIGTERM): the watchdog stops it."""
+    script = (
+        "import sys; sys.path.insert(0, '.'); from tests.pg import PgServer; s = PgServer().start();"
+        " print(s.root, (s.data / 'postmaster.pid').read_text().split()[0], flush=True);"
+        " sys.stdin.read()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        root, pid = proc.stdout.readline().split()
+        assert Path(root).is_dir() and pid_alive(int(pid))
+        proc.kill()
+    deadline = time.monotonic() + 60
+    while Path(root).exists() or pid_alive(int(pid)):
+        assert time.monotonic() < deadline, "the server outlived its test process"
+        time.sleep(0.05)  # polling a condition, with a deadline
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -22,7 +22,7 @@ from tracklog.protocol.messages import Append, Check, StoredEvent
 
 from ... import ingest, liveness
 from ...projections import LoggedEvent
-from ..eventlog import AppendResult, CheckResult, EventLog, LogRequest
+from ..eventlog import AppendResult, CheckResult, EventLog, LogRequest, WriteResult
 from .dedup_entries import SqlDedupEntries
 from .dialect import Connection, Dialect
 from .schema import PROJECTION_TABLES, PROJECTION_VERSION
@@ -60,6 +60,8 @@ class SqlEventLog(EventLog):
         self.disk_full: str | None = None
         self.disk_full_episodes = 0
         self.disk_full_refusals = 0
+        #: While a group is applied: which runs it writes to are lost (read at its start).
+        self._lost: set[str] = set()
 
     # -- hooks the backend supplies ---------------------------------------------------
 
@@ -219,18 +221,37 @@ class SqlEventLog(EventLog):
             result.events[:0] = resumed
         return result
 
+    def _apply_requests(self, requests: Sequence[LogRequest], publish: bool) -> list[WriteResult]:
+        """Read once which of the group's runs are lost (one query, not one per append: a
+        round trip counts on a server), then follow their status through the group's rows."""
+        runs: set[str] = set()
+        for request in requests:
+            if request.__class__ is Append:
+                runs |= liveness.resumable_runs(request.events)
+        self._lost = self._lost_among(runs)
+        try:
+            return super()._apply_requests(requests, publish)
+        finally:
+            self._lost = set()
+
+    def _lost_among(self, runs: set[str]) -> set[str]:
+        """Which of these runs the runs table has as lost."""
+        lost: set[str] = set()
+        names = sorted(runs)
+        for start in range(0, len(names), _ID_LOOKUP_CHUNK):
+            chunk = names[start : start + _ID_LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            lost.update(
+                r
+                for (r,) in self.conn.execute(
+                    f"SELECT run FROM runs WHERE status = '{liveness.LOST}' AND run IN ({marks})", chunk
+                )
+            )
+        return lost
+
     def _resume_lost_runs(self, append: Append, publish: bool) -> list[StoredEvent]:
         """Append `run.updated {status: running}` for each lost run this append writes to."""
-        runs = liveness.resumable_runs(append.events)
-        if not runs:
-            return []
-        marks = ",".join("?" * len(runs))
-        lost = [
-            r
-            for (r,) in self.conn.execute(
-                f"SELECT run FROM runs WHERE status = '{liveness.LOST}' AND run IN ({marks})", list(runs)
-            )
-        ]
+        lost = self._lost.intersection(liveness.resumable_runs(append.events))
         if not lost:
             return []
         return self._append_new(Append(events=liveness.resume_events(lost)), publish).events
@@ -287,6 +308,12 @@ class SqlEventLog(EventLog):
                 apply_event(LoggedEvent(seq, type_, run, ts, recorded, data, event_id))
                 if dedup_loaded and isinstance(data, DedupClearedData):
                     self.dedup.clear(data.namespace, data.kind)
+                if run is not None:  # a run marked lost, or back, within the group
+                    before = liveness.LOST if run in self._lost else liveness.RUNNING
+                    if liveness.status_after(before, type_, data) == liveness.LOST:
+                        self._lost.add(run)
+                    else:
+                        self._lost.discard(run)
 
     def _known_ids(self, ids: list[str]) -> dict[str, int]:
         """Seqs of the ids already in the log (including earlier in this transaction)."""
