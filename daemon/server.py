@@ -52,7 +52,7 @@ from .notify import Notifier
 from .queries import READERS, Readers
 from .ratelimit import ConnectionLimiter, RatePolicy, TokenBuckets, http_query
 from .service import Supervisor, load_reloadable
-from .storage import Durability, PgBackend, is_postgres_url, open_backend
+from .storage import Durability, PgBackend, open_backend
 from .storage.eventlog import AppendResult, CheckResult
 from .storage.readmodel import open_read_model
 from .webconsole import console_token
@@ -232,16 +232,9 @@ class Daemon:
     async def start(self) -> None:
         replayed = await self.writer.start()
         self.hub.published_seq = self.writer.head
-        try:
-            self.hub.pipeline_of, self.hub.status_of = await self.readers.call(
-                lambda model: model.run_pipelines()
-            )
-        except errors.StorageError as exc:
-            if not is_postgres_url(self.settings.db):
-                raise
-            # Until PostgreSQL has its read model: appends, acks and live subscriptions
-            # work; queries, catch-up and run liveness answer with this error.
-            log.warning("queries are not available on this database", reason=str(exc))
+        self.hub.pipeline_of, self.hub.status_of = await self.readers.call(
+            lambda model: model.run_pipelines()
+        )
         # Runs left running by the last daemon have no writer yet: each gets the grace
         # period for one to come back, like a run whose writers just disconnected.
         for run, status in self.hub.status_of.items():
