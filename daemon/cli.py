@@ -134,6 +134,10 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--db", default=None, help="database: a path or sqlite:///PATH")
     b.set_defaults(handler=_backup)
 
+    from .cli_ops import add_ops_commands
+
+    add_ops_commands(sub, needs, _default_db)
+
 
 def missing_dependencies() -> list[str]:
     """The distributions of the `daemon` extra that are not installed, read from the

@@ -35,6 +35,11 @@ class Backend(ABC):
     def open_log(self) -> EventLog:
         """The event log, opened for writing (the caller closes it)."""
 
+    def open_reader(self) -> EventLog:
+        """The event log opened for reading only, beside a daemon that writes to it (exports,
+        a migration's source); appends through it are refused. By default `open_log`."""
+        return self.open_log()
+
     @abstractmethod
     def exists(self) -> bool:
         """Whether there is a database there already (offline commands refuse to make one)."""
@@ -70,6 +75,11 @@ class SqliteBackend(Backend):
         from .sqlite.eventlog import SqliteEventLog
 
         return SqliteEventLog(self.path, self.durability)
+
+    def open_reader(self) -> EventLog:
+        from .sqlite.eventlog import SqliteEventLog
+
+        return SqliteEventLog(self.path, readonly=True)
 
     def exists(self) -> bool:
         return self.path.exists()

@@ -13,3 +13,19 @@ from .eventlog_suite import NOW, EventLogContract
 class TestSqliteEventLog(EventLogContract):
     def open_log(self, tmp_path: Path) -> EventLog:
         return SqliteEventLog(tmp_path / "log.db", clock=lambda: NOW)
+
+
+def test_an_advanced_head_survives_a_reopen_and_a_rebuild(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    log = SqliteEventLog(path, clock=lambda: NOW)
+    log.catch_up()
+    log.append_events([])
+    log.advance_head(5)
+    log.close()
+    again = SqliteEventLog(path, clock=lambda: NOW)
+    try:
+        assert again.catch_up() == 0 and (again.head, again.applied_seq) == (5, 5)
+        again.rebuild()
+        assert again.applied_seq == 5
+    finally:
+        again.close()

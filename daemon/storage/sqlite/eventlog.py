@@ -46,6 +46,9 @@ from .tables import Tables
 log = structlog.get_logger("tracklog.store")
 
 _ID_LOOKUP_CHUNK: Final = 500
+#: The meta key of a head kept past the last event (`advance_head`).
+HEAD_FLOOR: Final = "head_floor"
+_DEDUP_TYPES: Final = frozenset({"dedup.recorded", "dedup.cleared"})
 _REPLAY_BATCH: Final = 5_000
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -66,9 +69,12 @@ class SqliteEventLog(EventLog):
         path: str | os.PathLike[str],
         durability: Durability = "normal",
         clock: Callable[[], float] = time.time,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path)
-        self.conn = connect(path, durability)
+        #: Opened read-only (`open_reader`): reads while a daemon writes, never a write.
+        self.readonly = readonly
+        self.conn = connect(path, durability, readonly=readonly)
         self.clock = clock
         self.tables = Tables(self.conn)
         #: The dedup projection read through the write connection (between transactions).
@@ -80,12 +86,16 @@ class SqliteEventLog(EventLog):
         self.disk_full_episodes = 0
         self.disk_full_refusals = 0
         try:
-            self.conn.executescript(LOG_DDL)
+            if not readonly:
+                self.conn.executescript(LOG_DDL)
             self.head = self._read_head()
         except sqlite3.Error as exc:
             raise errors.StorageError(f"cannot prepare {path}: {exc}") from exc
 
     def close(self) -> None:
+        if self.readonly:
+            self.conn.close()
+            return
         with contextlib.suppress(sqlite3.Error):  # a log that cannot checkpoint still closes
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()
@@ -154,8 +164,9 @@ class SqliteEventLog(EventLog):
         return DedupRuntime(self, executor, loop, files)
 
     def _read_head(self) -> int:
+        """The last event's seq, or the head a purge kept (`advance_head`) if higher."""
         row = self.conn.execute("SELECT max(seq) FROM events").fetchone()
-        return int(row[0] or 0)
+        return max(int(row[0] or 0), int(self.meta(HEAD_FLOOR) or 0))
 
     def meta(self, key: str) -> Any:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -214,6 +225,11 @@ class SqliteEventLog(EventLog):
                 (position, to_seq, _REPLAY_BATCH),
             ).fetchall()
             if not rows:
+                # The head is past the last event (a purge removed the last ones): the
+                # projections are level with it all the same.
+                self.conn.execute("BEGIN IMMEDIATE")
+                self._set_meta("applied_seq", to_seq)
+                self.conn.execute("COMMIT")
                 break
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -287,6 +303,97 @@ class SqliteEventLog(EventLog):
             self.disk_full = f"the disk holding {self.path} is full: appends are refused until space returns"
             self.disk_full_episodes += 1
             log.error("disk full: appends are refused until space returns", db=str(self.path), error=str(exc))
+
+    # -- stored events ----------------------------------------------------------
+
+    def append_stored(self, events: Sequence[StoredEvent]) -> int:
+        if not events:
+            return 0
+        rows, blobs = self._stored_rows(events)
+        if int(self.meta("applied_seq") or 0) != self.head or self.meta("projection_version") is None:
+            self.catch_up()  # project onto tables level with the log, never onto stale ones
+        head = self.head
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany(
+                "INSERT INTO events(seq, id, type, run, ts, recorded, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r[0], r[1], r[2], r[3], r[4], r[5], blob) for r, blob in zip(rows, blobs, strict=True)],
+            )
+            self.head = rows[-1][0]
+            self._project(rows)
+            self.tables.flush()
+            self._set_meta("applied_seq", self.head)
+            self.conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            self._rollback()
+            self.head = head
+            raise errors.StorageError(
+                self._id_conflict(events) or f"cannot append stored events: {exc}"
+            ) from exc
+        except sqlite3.Error as exc:
+            self._rollback()
+            self.head = head
+            raise errors.StorageError(f"cannot append stored events to {self.path}: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            self.head = head
+            raise
+        self.dedup.commit()
+        if self.dedup.loaded and any(r[2] in _DEDUP_TYPES for r in rows):
+            self.dedup.reset()  # the indexes load again from the table at the next check
+        return len(rows)
+
+    def _stored_rows(self, events: Sequence[StoredEvent]) -> tuple[list[ingest.Row], list[bytes]]:
+        """Stored events as rows with typed data (for the projections) and their blobs as
+        given (so the log holds exactly what was read); StorageError naming a bad seq."""
+        rows: list[ingest.Row] = []
+        blobs: list[bytes] = []
+        last = self.head
+        for event in events:
+            if event.seq <= last:
+                raise errors.StorageError(
+                    f"seq {event.seq}: stored events must come in rising seqs past the head ({last})"
+                )
+            blob = _encode(event.data)
+            try:
+                data = decode_data(event.type, blob)
+            except KeyError:
+                raise errors.StorageError(f"seq {event.seq}: unknown event type {event.type!r}") from None
+            except msgspec.ValidationError as exc:
+                raise errors.StorageError(f"seq {event.seq}: {event.type} data: {exc}") from None
+            rows.append((event.seq, event.id, event.type, event.run, event.ts, event.recorded, data))
+            blobs.append(blob)
+            last = event.seq
+        return rows, blobs
+
+    def _id_conflict(self, events: Sequence[StoredEvent]) -> str | None:
+        """Which stored event's id the log (or the batch itself) already holds, said."""
+        ids = [e.id for e in events if e.id is not None]
+        known = self._known_ids(ids)
+        seen: dict[str, int] = {}
+        for event in events:
+            if event.id is None:
+                continue
+            other = known.get(event.id, seen.get(event.id))
+            if other is not None:
+                return f"seq {event.seq}: id {event.id!r} is in the log already, at seq {other}"
+            seen[event.id] = event.seq
+        return None
+
+    def advance_head(self, seq: int) -> None:
+        if seq <= self.head:
+            return
+        if int(self.meta("applied_seq") or 0) != self.head:
+            self.catch_up()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._set_meta(HEAD_FLOOR, seq)
+            self._set_meta("applied_seq", seq)
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise errors.StorageError(f"cannot set the head of {self.path}: {exc}") from exc
+        self.head = seq
 
     # -- near-duplicate checks --------------------------------------------------
 
