@@ -31,6 +31,8 @@ from ..projections import AnyChange, LoggedEvent, project
 from .eventlog import AppendResult, CheckResult, EventLog, LogRequest, WriteResult
 
 log = structlog.get_logger("tracklog.storage.memory")
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder().decode
 
 
 class MemoryEventLog(EventLog):
@@ -190,8 +192,9 @@ class MemoryEventLog(EventLog):
                 break
             if (run is not None and run_ != run) or (wanted is not None and type_ not in wanted):
                 continue
-            # The stored form, as the SQLite log reads it back: plain JSON-like values.
-            out.append(StoredEvent(seq, type_, msgspec.to_builtins(data), recorded, ts, event_id, run_))
+            # The stored form, as the SQLite log reads it back: its MessagePack decoded
+            # (bytes stay bytes, NaN stays a float).
+            out.append(StoredEvent(seq, type_, _unpack(_pack(data)), recorded, ts, event_id, run_))
             if len(out) >= limit:
                 break
         return out
