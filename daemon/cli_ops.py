@@ -49,6 +49,24 @@ def add_ops_commands(sub: Any, needs: str, default_db: Any) -> None:
     m.add_argument("dst", help=DB_HELP)
     m.set_defaults(handler=_migrate)
 
+    p = sub.add_parser(
+        "purge",
+        help="remove for good the runs deleted more than DAYS days ago (daemon stopped)" + needs,
+        description="Remove the events and rows of runs deleted (tracklog delete) more than DAYS"
+        " days ago and not restored: a new generation of the log is written without them (seqs"
+        " and ids of the other events kept), verified, and swapped in; the old generation is"
+        " removed once the new one verifies in place. Needs the daemon stopped.",
+    )
+    p.add_argument(
+        "--older-than", type=float, required=True, metavar="DAYS", help="deleted more than DAYS ago"
+    )
+    p.add_argument("--db", default=None, help=DB_HELP)
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the runs a purge would remove, remove nothing"
+    )
+    p.add_argument("--keep-old", action="store_true", help="keep the old generation aside (DB.previous)")
+    p.set_defaults(handler=lambda args: _purge(args, default_db))
+
 
 def _not_installed(command: str, exc: ImportError) -> int:
     print(
@@ -85,3 +103,15 @@ def _migrate(args: argparse.Namespace) -> int:
         return _not_installed("migrate", exc)
 
     return ops_commands.migrate(args.src, args.dst)
+
+
+def _purge(args: argparse.Namespace, default_db: Any) -> int:
+    try:
+        from tracklog.daemon import ops_commands
+    except ImportError as exc:
+        return _not_installed("purge", exc)
+    if args.older_than < 0:
+        print("tracklog purge: --older-than: expected 0 or more days", file=sys.stderr)
+        return 2
+    db = args.db if args.db is not None else default_db()
+    return ops_commands.purge(db, args.older_than, keep_old=args.keep_old, dry_run=args.dry_run)

@@ -18,6 +18,7 @@ from tracklog.protocol import errors
 from . import logops
 from .dblock import DatabaseLocked
 from .logfile import BadLine
+from .purge import purge as purge_log
 from .storage import open_backend
 
 Database = str | os.PathLike[str]
@@ -141,3 +142,40 @@ def _progress(verb: str, out: TextIO) -> logops.Progress:
             print(f"{verb} up to seq {head}", file=out, flush=True)
 
     return report
+
+
+def purge(
+    db: Database,
+    older_than_days: float,
+    keep_old: bool = False,
+    dry_run: bool = False,
+    now: float | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Remove the events and rows of runs deleted more than N days ago: a new generation
+    of the log without them, checked, swapped in; needs the daemon stopped."""
+    try:
+        backend = open_backend(db)
+        if not backend.exists():
+            print(f"tracklog purge: no database at {backend}", file=sys.stderr)
+            return 2
+        done = purge_log(backend, older_than_days, now=now, out=out, keep_old=keep_old, dry_run=dry_run)
+    except DatabaseLocked as exc:
+        print(f"tracklog purge: {exc}. A purge needs the daemon stopped.", file=sys.stderr)
+        return 2
+    except errors.StorageError as exc:
+        print(f"tracklog purge: {exc}", file=sys.stderr)
+        return 1
+    if not done.runs:
+        print(f"nothing to purge: no run was deleted more than {older_than_days:g} days ago", file=out)
+    elif dry_run:
+        print(f"would purge {len(done.runs)} runs: {', '.join(done.runs)}", file=out)
+    else:
+        print(
+            f"purged {len(done.runs)} runs ({done.events} events; {done.kept} kept, head {done.head}):"
+            f" {', '.join(done.runs)}",
+            file=out,
+        )
+        if done.aside is not None:
+            print(f"the old generation is kept at {done.aside}; remove it when no longer needed", file=out)
+    return 0

@@ -157,9 +157,14 @@ class EventLog(ABC):
         used, so a subscriber that saw one never misses the event that would reuse it."""
 
     def stream(
-        self, after: int = 0, to_seq: int | None = None, run: str | None = None, batch: int = 5000
+        self,
+        after: int = 0,
+        to_seq: int | None = None,
+        run: str | None = None,
+        batch: int = 5000,
+        types: Sequence[str] | None = None,
     ) -> Iterator[StoredEvent]:
-        """Events with after < seq <= to_seq (of one run), oldest first, read a batch at a
+        """Events with after < seq <= to_seq (of one run, of some types), oldest first, read a batch at a
         time so that a log of any size streams in constant memory.
 
         Reads in separate short reads: consistent up to `to_seq` because events at or
@@ -168,7 +173,7 @@ class EventLog(ABC):
         """
         position = after
         while True:
-            events = self.read(after=position, limit=batch, run=run, to_seq=to_seq)
+            events = self.read(after=position, limit=batch, run=run, types=types, to_seq=to_seq)
             if not events:
                 return
             yield from events

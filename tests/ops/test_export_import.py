@@ -92,7 +92,7 @@ def test_a_file_that_disagrees_with_the_log_is_refused_naming_the_first_seq(sour
     lines[4] = json.dumps(changed).encode() + b"\n"
     extra = json.loads(lines[-1]) | {"seq": head + 1, "id": "new"}
     lines.append(json.dumps(extra).encode() + b"\n")
-    with pytest.raises(Conflict, match="seq 5: .*ts differ"):
+    with pytest.raises(Conflict, match=r"seq 5: .*ts differ"):
         import_log(log, io.BytesIO(b"".join(lines)))
     assert log.head == head  # nothing after the conflict was appended
     err = io.StringIO()

@@ -80,7 +80,7 @@ def test_a_target_holding_another_log_is_refused_naming_the_seq(source: Path, tm
     migrate(log, target)
     first = log.read(limit=3)
     other = sqlite_log(tmp_path / "other.db")
-    other.append_stored(first[:2] + [StoredEvent(3, "run.deleted", {}, 1.0, 1.0, None, "x")])
+    other.append_stored([*first[:2], StoredEvent(3, "run.deleted", {}, 1.0, 1.0, None, "x")])
     with pytest.raises(Conflict, match="seq 3: the target holds a different event there"):
         migrate(log, other)
     # A target that lacks an event the source holds at or below its head (or holds one
