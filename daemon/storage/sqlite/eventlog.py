@@ -189,6 +189,17 @@ class SqliteEventLog(EventLog):
             # The FTS5 index `search` is not compared by verify, but it is a projection too.
             missing = [t for t in (*PROJECTION_TABLES, "search") if t not in present]
             if version != PROJECTION_VERSION or missing:
+                if version is not None or self.head:
+                    # An upgrade (or a table lost): said once, since it takes as long as
+                    # `tracklog rebuild` and the daemon listens only after it.
+                    log.warning(
+                        "rebuilding every projection table from the log",
+                        db=str(self.path),
+                        projection_version=version,
+                        expected=PROJECTION_VERSION,
+                        missing=missing or None,
+                        events=self.head,
+                    )
                 return self.rebuild()
             applied = int(self.meta("applied_seq") or 0)
             if applied >= self.head:
