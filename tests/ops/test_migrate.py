@@ -116,3 +116,9 @@ def test_a_migration_into_a_served_database_is_refused(source: Path, tmp_path: P
     with exclusive(target):
         assert ops_commands.migrate(source, target, out=io.StringIO()) == 2
     assert not target.exists()
+
+
+def test_a_migration_to_memory_is_a_dry_run_that_copies_projects_and_verifies(source: Path) -> None:
+    out = io.StringIO()
+    assert ops_commands.migrate(source, "memory:", out=out) == 0, out.getvalue()
+    assert "copied" in out.getvalue() and "memory: is at seq" in out.getvalue()
