@@ -35,7 +35,9 @@ def build(path: Path, events: int) -> None:
         for i in range(RUN_EVENTS - 1):
             if i % 10 == 9:
                 batch.append(
-                    ev.Item(id=f"{run}-{i}", run=run, data=ev.ItemData(item=str(i), data={"text": f"item {i} ✓"}))
+                    ev.Item(
+                        id=f"{run}-{i}", run=run, data=ev.ItemData(item=str(i), data={"text": f"item {i} ✓"})
+                    )
                 )
             else:
                 values = {"loss": 1.0 / (i + 1), "acc": i / RUN_EVENTS}
@@ -61,40 +63,58 @@ def timed(*args: str, stdin: Path | None = None, stdout: Path | None = None) -> 
     return time.perf_counter() - started, usage.ru_maxrss / 1024
 
 
-def bench(events: int, workdir: Path) -> None:
+COMMANDS = ("export", "import", "reimport", "migrate", "purge")
+
+
+def bench(events: int, workdir: Path, only: tuple[str, ...] = COMMANDS) -> None:
     db = workdir / f"log-{events}.db"
     started = time.perf_counter()
     build(db, events)
     built = time.perf_counter() - started
     size = db.stat().st_size / 1e6
     dump = workdir / f"log-{events}.jsonl"
-    t_export, m_export = timed("log", "export", str(db), stdout=dump)
-    t_import, m_import = timed("log", "import", str(workdir / f"imported-{events}.db"), stdin=dump)
-    t_reimport, m_reimport = timed("log", "import", str(workdir / f"imported-{events}.db"), stdin=dump)
-    t_migrate, m_migrate = timed("migrate", str(db), str(workdir / f"migrated-{events}.db"))
-    t_purge, m_purge = timed("purge", "--older-than", "0", "--db", str(db))
-    print(
-        f"{events:,} events ({size:.0f} MB database, built in {built:.0f} s; export {dump.stat().st_size / 1e6:.0f} MB)"
-    )
-    for name, seconds, peak in [
-        ("log export", t_export, m_export),
-        ("log import (empty target)", t_import, m_import),
-        ("log import (again: all checked)", t_reimport, m_reimport),
-        ("migrate (incl. verify)", t_migrate, m_migrate),
-        ("purge 1/4 of the runs", t_purge, m_purge),
-    ]:
-        print(f"  {name:34s} {seconds:7.1f} s  {events / seconds:9,.0f} events/s  peak RSS {peak:5.0f} MB")
+    imported = str(workdir / f"imported-{events}.db")
+    runs = {
+        "export": ("log export", lambda: timed("log", "export", str(db), stdout=dump)),
+        "import": ("log import (empty target)", lambda: timed("log", "import", imported, stdin=dump)),
+        "reimport": ("log import (again: all checked)", lambda: timed("log", "import", imported, stdin=dump)),
+        "migrate": (
+            "migrate (incl. verify)",
+            lambda: timed("migrate", str(db), str(workdir / f"migrated-{events}.db")),
+        ),
+        "purge": ("purge 1/4 of the runs", lambda: timed("purge", "--older-than", "0", "--db", str(db))),
+    }
+    print(f"{events:,} events ({size:.0f} MB database, built in {built:.0f} s)", flush=True)
+    for key, (name, run) in runs.items():
+        if key not in only and not (key == "export" and {"import", "reimport"} & set(only)):
+            continue
+        if key == "reimport" and "import" not in only:
+            run = runs["import"][1]  # the first import, not timed, so that this one checks
+            run()
+        seconds, peak = run()
+        print(
+            f"  {name:34s} {seconds:7.1f} s  {events / seconds:9,.0f} events/s  peak RSS {peak:5.0f} MB",
+            flush=True,
+        )
     for path in workdir.iterdir():
         path.unlink()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, action="append", help="log sizes (default 250,000 and 1,000,000)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--events", type=int, action="append", help="log sizes (default 250,000 and 1,000,000)"
+    )
+    parser.add_argument(
+        "--only", default=",".join(COMMANDS), help=f"commands to time, of {','.join(COMMANDS)}"
+    )
     args = parser.parse_args()
+    only = tuple(args.only.split(","))
     with tempfile.TemporaryDirectory(prefix="tracklog-logops-") as tmp:
         for events in args.events or [250_000, 1_000_000]:
-            bench(events, Path(tmp))
+            bench(events, Path(tmp), only)
 
 
 if __name__ == "__main__":

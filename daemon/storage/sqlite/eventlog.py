@@ -49,6 +49,8 @@ _ID_LOOKUP_CHUNK: Final = 500
 #: The meta key of a head kept past the last event (`advance_head`).
 HEAD_FLOOR: Final = "head_floor"
 _DEDUP_TYPES: Final = frozenset({"dedup.recorded", "dedup.cleared"})
+#: The page cache of a log opened read-only, in KiB.
+_READER_CACHE_KIB: Final = 8192
 _REPLAY_BATCH: Final = 5_000
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -86,7 +88,11 @@ class SqliteEventLog(EventLog):
         self.disk_full_episodes = 0
         self.disk_full_refusals = 0
         try:
-            if not readonly:
+            if readonly:
+                # A reader streams the log once (exports, a migration's source): a small
+                # page cache, so its memory does not grow with the log up to the writer's.
+                self.conn.execute(f"PRAGMA cache_size = -{_READER_CACHE_KIB}")
+            else:
                 self.conn.executescript(LOG_DDL)
             self.head = self._read_head()
         except sqlite3.Error as exc:
