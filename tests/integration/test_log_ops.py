@@ -72,6 +72,9 @@ async def test_an_import_or_a_migration_into_a_served_database_is_refused_naming
     assert tracklog("log", "import", str(source), stdin=exported).returncode == 0
     migrating = tracklog("migrate", str(source), str(db_path))
     assert migrating.returncode == 2 and b"needs the target's daemon stopped" in migrating.stderr
+    purging = tracklog("purge", "--older-than", "0", "--db", str(db_path))
+    assert purging.returncode == 2 and b"needs the daemon stopped" in purging.stderr
+    assert f"in use by process {daemon.proc.pid}".encode() in purging.stderr  # type: ignore[union-attr]
     # The daemon's own database can be the source of a migration while it runs.
     copied = tracklog("migrate", str(db_path), str(tmp_path / "copy.db"))
     assert copied.returncode == 0, copied.stdout + copied.stderr
