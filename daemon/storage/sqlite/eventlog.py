@@ -140,6 +140,8 @@ class SqliteEventLog(EventLog):
             verification.snapshot(self.path, Path(target))
             with closing(sqlite3.connect(target)) as conn:
                 conn.execute("DELETE FROM events WHERE seq > ?", (to_seq,))
+                # A head a purge kept past the last event holds only up to to_seq too.
+                conn.execute("UPDATE meta SET value = min(value, ?) WHERE key = ?", (to_seq, HEAD_FLOOR))
                 conn.commit()
             replayed = SqliteEventLog(target)
             try:
