@@ -121,7 +121,16 @@ def purge(
     """Remove the events of runs deleted more than `older_than_days` ago (see the module).
 
     Raises DatabaseLocked while a daemon serves the database, StorageError when the new
-    generation does not check out (the database is then as it was)."""
+    generation does not check out (the database is then as it was), or before anything
+    is read or written on a backend without generations (PostgreSQL, for now: see
+    docs/operations.md)."""
+    if not backend.has_generations:
+        raise errors.StorageError(
+            f"{backend}: purge is not supported on this backend yet (it writes a new generation of"
+            " the log and swaps it in, which only SQLite databases can do for now); nothing was"
+            " read or changed. To purge a PostgreSQL log: `tracklog migrate` it to SQLite, purge"
+            " that, and migrate it back into an empty database"
+        )
     cutoff = (time.time() if now is None else now) - older_than_days * DAY
     with backend.exclusive():
         stale = backend.aside()

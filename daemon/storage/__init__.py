@@ -14,7 +14,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import ClassVar, Final
 
 from tracklog.protocol import errors
 
@@ -40,6 +40,8 @@ class Backend(ABC):
 
     #: The URL the backend was chosen by (for messages and logs).
     url: str
+    #: Whether `new_generation` and `swap_in` work here (a purge needs them).
+    has_generations: ClassVar[bool] = False
 
     @abstractmethod
     def open_log(self) -> EventLog:
@@ -99,6 +101,8 @@ class Backend(ABC):
 
 class SqliteBackend(Backend):
     """One SQLite database file, in WAL mode."""
+
+    has_generations: ClassVar[bool] = True
 
     def __init__(self, path: str | os.PathLike[str], durability: Durability = "normal") -> None:
         self.path = Path(path)
