@@ -1,4 +1,5 @@
-"""The daemon's commands on the `tracklog` command line: serve, rebuild, verify, replay, backup.
+"""The daemon's commands on the `tracklog` command line: serve, rebuild, verify, replay, backup,
+log export|import, migrate, purge.
 
 The client's command line (client/cli.py) never imports the daemon. It finds this module
 through the `tracklog.commands` entry point group (pyproject.toml) and calls
@@ -137,6 +138,8 @@ def add_commands(sub: Any) -> None:
     b.add_argument("dest", help="path of the copy (must not exist)")
     b.add_argument("--db", default=None, help="database: a path, sqlite:///PATH or postgresql://...")
     b.set_defaults(handler=_backup)
+
+    add_ops_commands(sub, needs)
 
 
 #: serve's limits: option, Limits field, and what it bounds (each also $TRACKLOG_<FIELD>).
@@ -347,3 +350,106 @@ def _replay(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return _not_installed("replay", exc)
     return commands.replay(_db(args), args.to, args.out)
+
+
+# -- operations: log export|import, migrate, purge (docs/operations.md) ----------------
+
+OPS_DB_HELP = "database: a path, sqlite:///PATH or memory:"
+
+
+def add_ops_commands(sub: Any, needs: str) -> None:
+    """Add `log export|import`, `migrate` and `purge` to the `tracklog` subparsers `sub`."""
+    lg = sub.add_parser("log", help="the event log as JSON Lines: export, import" + needs)
+    log_sub = lg.add_subparsers(dest="log_command", required=True, metavar="{export,import}")
+    e = log_sub.add_parser(
+        "export",
+        help="write the event log as JSON Lines to stdout (safe while the daemon runs)",
+        description="Write the event log as JSON Lines, one stored event per line (seq, id, type,"
+        " run, ts, recorded, data), to stdout. Read-only: a running daemon goes on writing;"
+        " the export holds the log up to the head it had when it began.",
+    )
+    e.add_argument("db", nargs="?", default=None, help=OPS_DB_HELP + " (default: the daemon's)")
+    e.add_argument("--from-seq", type=int, default=0, metavar="N", help="only events after seq N")
+    e.add_argument("--to-seq", type=int, default=None, metavar="N", help="only events up to seq N")
+    e.add_argument("--run", default=None, metavar="R", help="only the events of run R (a full id)")
+    e.set_defaults(handler=_log_export)
+    i = log_sub.add_parser(
+        "import",
+        help="append the events of a JSON Lines export from stdin (daemon stopped)",
+        description="Append the events of a `tracklog log export` read from stdin, with their seqs"
+        " and ids. Idempotent: events the log holds already are checked, not appended again; a"
+        " file that disagrees with the log is refused naming the first seq that differs."
+        " Needs the daemon stopped.",
+    )
+    i.add_argument("db", nargs="?", default=None, help=OPS_DB_HELP + " (default: the daemon's)")
+    i.set_defaults(handler=_log_import)
+
+    m = sub.add_parser(
+        "migrate",
+        help="copy the log from one database to another, seqs and ids kept, then verify" + needs,
+        description="Copy the event log of SRC into DST (any two backends) with seqs and ids kept,"
+        " from where DST's head is, after checking that what DST holds agrees with SRC; then"
+        " verify DST. Run it again to resume. SRC may be served by a running daemon, DST not.",
+    )
+    m.add_argument("src", help=OPS_DB_HELP)
+    m.add_argument("dst", help=OPS_DB_HELP)
+    m.set_defaults(handler=_migrate)
+
+    p = sub.add_parser(
+        "purge",
+        help="remove for good the runs deleted more than DAYS days ago (daemon stopped)" + needs,
+        description="Remove the events and rows of runs deleted (tracklog delete) more than DAYS"
+        " days ago and not restored: a new generation of the log is written without them (seqs"
+        " and ids of the other events kept), verified, and swapped in; the old generation is"
+        " removed once the new one verifies in place. Needs the daemon stopped.",
+    )
+    p.add_argument(
+        "--older-than", type=float, required=True, metavar="DAYS", help="deleted more than DAYS ago"
+    )
+    p.add_argument("--db", default=None, help=OPS_DB_HELP)
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the runs a purge would remove, remove nothing"
+    )
+    p.add_argument("--keep-old", action="store_true", help="keep the old generation aside (DB.previous)")
+    p.set_defaults(handler=_purge)
+
+
+def _log_export(args: argparse.Namespace) -> int:
+    try:
+        from tracklog.daemon import ops_commands
+    except ImportError as exc:
+        return _not_installed("log export", exc)
+
+    db = _db(args)
+    return ops_commands.log_export(db, sys.stdout.buffer, args.from_seq, args.to_seq, args.run)
+
+
+def _log_import(args: argparse.Namespace) -> int:
+    try:
+        from tracklog.daemon import ops_commands
+    except ImportError as exc:
+        return _not_installed("log import", exc)
+
+    db = _db(args)
+    return ops_commands.log_import(db, sys.stdin.buffer)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    try:
+        from tracklog.daemon import ops_commands
+    except ImportError as exc:
+        return _not_installed("migrate", exc)
+
+    return ops_commands.migrate(args.src, args.dst)
+
+
+def _purge(args: argparse.Namespace) -> int:
+    try:
+        from tracklog.daemon import ops_commands
+    except ImportError as exc:
+        return _not_installed("purge", exc)
+    if args.older_than < 0:
+        print("tracklog purge: --older-than: expected 0 or more days", file=sys.stderr)
+        return 2
+    db = _db(args)
+    return ops_commands.purge(db, args.older_than, keep_old=args.keep_old, dry_run=args.dry_run)

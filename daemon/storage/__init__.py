@@ -14,7 +14,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import ClassVar, Final
 
 from tracklog.protocol import errors
 
@@ -40,10 +40,17 @@ class Backend(ABC):
 
     #: The URL the backend was chosen by (for messages and logs).
     url: str
+    #: Whether `new_generation` and `swap_in` work here (a purge needs them).
+    has_generations: ClassVar[bool] = False
 
     @abstractmethod
     def open_log(self) -> EventLog:
         """The event log, opened for writing (the caller closes it)."""
+
+    def open_reader(self) -> EventLog:
+        """The event log opened for reading only, beside a daemon that writes to it (exports,
+        a migration's source); appends through it are refused. By default `open_log`."""
+        return self.open_log()
 
     @abstractmethod
     def exists(self) -> bool:
@@ -69,12 +76,33 @@ class Backend(ABC):
         """Copy the database to dest while a daemon may write to it; the seq the copy holds."""
         raise errors.StorageError(f"{self.url}: backup is not supported by this backend")
 
+    def new_generation(self) -> Backend:
+        """An empty database beside this one, for a new generation of its log (a purge
+        writes it); one left by a purge that did not finish is removed first."""
+        raise errors.StorageError(f"{self.url}: a new log generation is not supported by this backend")
+
+    def swap_in(self, generation: Backend) -> str:
+        """Make `generation` (from `new_generation`, closed, verified) this database, the
+        old one kept aside under the name returned until `drop_aside`. Atomic: at every
+        moment this database is one whole generation or the other. Held under `exclusive`."""
+        raise errors.StorageError(f"{self.url}: a new log generation is not supported by this backend")
+
+    def aside(self) -> str | None:
+        """The old generation a swap kept aside, if one is there."""
+        return None
+
+    def drop_aside(self) -> None:
+        """Remove the old generation a swap kept aside (and its derived files)."""
+        return None
+
     def __str__(self) -> str:
         return self.url
 
 
 class SqliteBackend(Backend):
     """One SQLite database file, in WAL mode."""
+
+    has_generations: ClassVar[bool] = True
 
     def __init__(self, path: str | os.PathLike[str], durability: Durability = "normal") -> None:
         self.path = Path(path)
@@ -85,6 +113,11 @@ class SqliteBackend(Backend):
         from .sqlite.eventlog import SqliteEventLog
 
         return SqliteEventLog(self.path, self.durability)
+
+    def open_reader(self) -> EventLog:
+        from .sqlite.eventlog import SqliteEventLog
+
+        return SqliteEventLog(self.path, readonly=True)
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -108,6 +141,29 @@ class SqliteBackend(Backend):
         from .sqlite.backup import backup
 
         return backup(self.path, dest)
+
+    def new_generation(self) -> Backend:
+        from .sqlite.generations import new_generation
+
+        return SqliteBackend(new_generation(self.path), self.durability)
+
+    def swap_in(self, generation: Backend) -> str:
+        from .sqlite.generations import swap_in
+
+        if not isinstance(generation, SqliteBackend):
+            raise errors.StorageError(f"{generation}: not an SQLite generation")
+        return str(swap_in(self.path, generation.path))
+
+    def aside(self) -> str | None:
+        from .sqlite.generations import aside_path
+
+        path = aside_path(self.path)
+        return str(path) if path.exists() else None
+
+    def drop_aside(self) -> None:
+        from .sqlite.generations import drop_aside
+
+        drop_aside(self.path)
 
 
 class MemoryBackend(Backend):

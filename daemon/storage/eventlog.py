@@ -202,6 +202,50 @@ class EventLog(ABC):
     ) -> list[StoredEvent]:
         """Events with after < seq <= to_seq (of one run, of some types), oldest first."""
 
+    def append_stored(self, events: Sequence[StoredEvent]) -> int:
+        """Append events in stored form as they are, with their projections, in one
+        transaction (imports, migrations, purges); returns how many were appended.
+
+        Each keeps its seq, id, ts, recorded and data. Seqs must rise strictly from past
+        the head; gaps are allowed (a purged log has them, and so has a copy of it). An
+        event id already in the log, an unknown type or data its type does not accept
+        fails the whole call with StorageError naming the seq, and nothing is appended.
+
+        Not abstract, so that a backend without it still serves; every backend of
+        tests/storage/eventlog_suite.py must have it.
+        """
+        raise errors.StorageError(f"{type(self).__name__}: appending stored events is not supported")
+
+    def advance_head(self, seq: int) -> None:
+        """Make the head at least `seq` though no event holds it, durably: the next
+        append takes seq + 1. A purge that removed the last events keeps their seqs
+        used, so a subscriber that saw one never misses the event that would reuse it."""
+        if seq > self.head:
+            raise errors.StorageError(f"{type(self).__name__}: advancing the head is not supported")
+
+    def stream(
+        self,
+        after: int = 0,
+        to_seq: int | None = None,
+        run: str | None = None,
+        batch: int = 5000,
+        types: Sequence[str] | None = None,
+    ) -> Iterator[StoredEvent]:
+        """Events with after < seq <= to_seq (of one run, of some types), oldest first, read a batch at a
+        time so that a log of any size streams in constant memory.
+
+        Reads in separate short reads: consistent up to `to_seq` because events at or
+        below the head never change while a daemon appends (fix `to_seq` at the head
+        first). Subclasses may read through a snapshot instead.
+        """
+        position = after
+        while True:
+            events = self.read(after=position, limit=batch, run=run, types=types, to_seq=to_seq)
+            if not events:
+                return
+            yield from events
+            position = events[-1].seq
+
     @abstractmethod
     def catch_up(self) -> int:
         """Bring the projections level with the log; returns how many events were applied."""

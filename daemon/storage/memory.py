@@ -1,6 +1,7 @@
 """The event log held in memory: the same behaviour as the SQLite log, for fast tests.
 
-Events are a list (seq n at index n - 1), ids a dict; the projection kept here is what
+Events are a list in seq order (seq n at index n - 1 until a purge or a copy of a purged
+log leaves gaps; reads find their place by bisection), ids a dict; the projection kept here is what
 the log itself needs and what `verify` can compare: every run's status (for lost-run
 resumption) and the row changes `projections.project` gives for each event. A group is
 all or nothing: on an error the lists, dicts and dedup indexes go back to where the group
@@ -12,6 +13,7 @@ rebuild leaves the dedup indexes as they are (they already hold what the log rec
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
@@ -19,13 +21,16 @@ from typing import TextIO
 import msgspec
 
 from tracklog.protocol import errors
-from tracklog.protocol.events import DedupClearedData
+from tracklog.protocol.events import DATA_CLASSES, DedupClearedData
 from tracklog.protocol.messages import Append, Check, StoredEvent
 
 from .. import dedup as dd
 from .. import ingest, liveness
 from ..projections import AnyChange, LoggedEvent, project
 from .eventlog import AppendResult, CheckResult, EventLog
+
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder().decode
 
 
 class MemoryEventLog(EventLog):
@@ -104,18 +109,57 @@ class MemoryEventLog(EventLog):
     def _write(self, rows: list[ingest.Row]) -> None:
         for row in rows:
             seq, event_id, data = row[0], row[1], row[6]
-            if seq != len(self.rows) + 1:
-                raise errors.StorageError(f"seq {seq} does not follow the head {len(self.rows)}")
+            if seq <= self.head:
+                raise errors.StorageError(f"seq {seq} does not follow the head {self.head}")
             if event_id is not None:
                 if event_id in self.ids:
                     raise errors.StorageError(f"id {event_id!r} is in the log already")
                 self.ids[event_id] = seq
             self.rows.append(row)
+            self.head = seq
             self._project(row)
             if isinstance(data, DedupClearedData):
                 self.dedup.clear(data.namespace, data.kind)
-        if rows:
-            self.head = rows[-1][0]
+
+    def append_stored(self, events: Sequence[StoredEvent]) -> int:
+        rows: list[ingest.Row] = []
+        last = self.head
+        seen: set[str] = set()
+        for event in events:
+            if event.seq <= last:
+                raise errors.StorageError(
+                    f"seq {event.seq}: stored events must come in rising seqs past the head ({last})"
+                )
+            if event.id is not None and (event.id in self.ids or event.id in seen):
+                where = self.ids.get(event.id)
+                raise errors.StorageError(
+                    f"seq {event.seq}: id {event.id!r} is in the log already"
+                    + (f", at seq {where}" if where is not None else "")
+                )
+            cls = DATA_CLASSES.get(event.type)
+            if cls is None:
+                raise errors.StorageError(f"seq {event.seq}: unknown event type {event.type!r}")
+            try:
+                data = msgspec.convert(event.data, cls)
+            except msgspec.ValidationError as exc:
+                raise errors.StorageError(f"seq {event.seq}: {event.type} data: {exc}") from None
+            rows.append((event.seq, event.id, event.type, event.run, event.ts, event.recorded, data))
+            if event.id is not None:
+                seen.add(event.id)
+            last = event.seq
+        mark = (len(self.rows), self.head, len(self.changes), dict(self.run_status))
+        try:
+            self._write(rows)
+        except BaseException:
+            self._roll_back(*mark)
+            raise
+        self._applied = self.head
+        self.dedup.commit()
+        return len(rows)
+
+    def advance_head(self, seq: int) -> None:
+        if seq > self.head:
+            self.head = self._applied = seq
 
     def _project(self, row: ingest.Row) -> None:
         seq, event_id, type_, run, ts, recorded, data = row
@@ -136,11 +180,15 @@ class MemoryEventLog(EventLog):
         last = self.head if to_seq is None else min(to_seq, self.head)
         wanted = set(types) if types else None
         out: list[StoredEvent] = []
-        for seq, event_id, type_, run_, ts, recorded, data in self.rows[max(after, 0) : last]:
+        start = bisect.bisect_right(self.rows, after, key=lambda row: row[0])
+        for seq, event_id, type_, run_, ts, recorded, data in self.rows[start:]:
+            if seq > last:
+                break
             if (run is not None and run_ != run) or (wanted is not None and type_ not in wanted):
                 continue
-            # The stored form, as the SQLite log reads it back: plain JSON-like values.
-            out.append(StoredEvent(seq, type_, msgspec.to_builtins(data), recorded, ts, event_id, run_))
+            # The stored form, as the SQLite log reads it back: its MessagePack decoded
+            # (bytes stay bytes, NaN stays a float).
+            out.append(StoredEvent(seq, type_, _unpack(_pack(data)), recorded, ts, event_id, run_))
             if len(out) >= limit:
                 break
         return out
@@ -153,7 +201,9 @@ class MemoryEventLog(EventLog):
     def _rebuilt(self, to_seq: int) -> tuple[list[AnyChange], dict[str, str]]:
         changes: list[AnyChange] = []
         status: dict[str, str] = {}
-        for seq, event_id, type_, run, ts, recorded, data in self.rows[:to_seq]:
+        for seq, event_id, type_, run, ts, recorded, data in self.rows:
+            if seq > to_seq:
+                break
             changes.extend(project(LoggedEvent(seq, type_, run, ts, recorded, data, event_id)))
             if run is not None:
                 status[run] = liveness.status_after(status.get(run), type_, data)

@@ -20,7 +20,7 @@ from tracklog.daemon import liveness
 from tracklog.daemon.storage.eventlog import AppendResult, CheckResult, EventLog
 from tracklog.protocol import errors
 from tracklog.protocol import events as ev
-from tracklog.protocol.messages import Append, Check, Codec, Duplicate
+from tracklog.protocol.messages import Append, Check, Codec, Duplicate, StoredEvent
 
 #: The log's clock in these tests: fixed, so `recorded` never depends on timing.
 NOW = 1_000_000_000.0
@@ -198,3 +198,56 @@ class EventLogContract:
         # Its ids were not remembered: once it can be committed, it is.
         monkeypatch.setattr(liveness, "resumable_runs", real)
         assert ack_of(log.append_group([group[1]])[0]).accepted == 2
+
+    # -- stored events: imports, migrations, purges ---------------------------------
+
+    def test_stored_events_are_appended_as_they_are_with_their_seqs_and_projected(
+        self, log: EventLog
+    ) -> None:
+        stored = [
+            StoredEvent(3, "run.started", {"name": "n", "tags": ["t"]}, 5.0, 4.0, "s-1", "a"),
+            StoredEvent(4, "metrics", {"values": {"loss": 0.5}, "step": 1}, 6.0, 4.5, None, "a"),
+            StoredEvent(9, "run.finished", {"status": "completed"}, 7.0, 6.5, "s-2", "a"),
+        ]
+        assert log.append_stored(stored) == 3
+        assert (log.head, log.applied_seq) == (9, 9)
+        assert log.read() == stored
+        assert [e.seq for e in log.read(after=3, to_seq=8)] == [4]
+        assert log.verify(io.StringIO()) == 0
+        # The next append follows the head; an id sent again names its stored seq.
+        ack = log.append_events([metrics("a", 2, "s-1"), metrics("a", 3)])
+        assert (ack.first_seq, ack.duplicates) == (10, [Duplicate(0, 3)])
+
+    def test_a_stored_event_at_or_below_the_head_or_with_a_known_id_is_refused_whole(
+        self, log: EventLog
+    ) -> None:
+        log.append_events([metrics("r", 0, "x")])
+        with pytest.raises(errors.StorageError, match="seq 1:"):
+            log.append_stored([StoredEvent(1, "metrics", {"values": {"a": 1.0}}, 1.0, 1.0, None, "r")])
+        with pytest.raises(errors.StorageError, match="seq 3: id 'x' is in the log already"):
+            log.append_stored(
+                [
+                    StoredEvent(2, "metrics", {"values": {"a": 1.0}}, 1.0, 1.0, "y", "r"),
+                    StoredEvent(3, "metrics", {"values": {"a": 2.0}}, 1.0, 1.0, "x", "r"),
+                ]
+            )
+        with pytest.raises(errors.StorageError, match="seq 2: unknown event type 'nope'"):
+            log.append_stored([StoredEvent(2, "nope", {}, 1.0, 1.0, None, None)])
+        with pytest.raises(errors.StorageError, match="seq 2: metrics data"):
+            log.append_stored([StoredEvent(2, "metrics", {"values": "many"}, 1.0, 1.0, None, "r")])
+        assert log.head == 1 and [e.id for e in log.read()] == ["x"]
+        assert log.verify(io.StringIO()) == 0
+
+    def test_an_advanced_head_is_where_the_next_append_goes_on(self, log: EventLog) -> None:
+        log.append_events([metrics("r", 0)])
+        log.advance_head(7)
+        log.advance_head(3)  # never backwards
+        assert (log.head, log.applied_seq) == (7, 7)
+        assert log.verify(io.StringIO()) == 0
+        assert log.append_events([metrics("r", 1)]).first_seq == 8
+        assert [e.seq for e in log.read()] == [1, 8]
+
+    def test_a_stream_reads_a_range_in_batches(self, log: EventLog) -> None:
+        log.append_events([metrics("a" if i % 2 else "b", i) for i in range(25)])
+        assert [e.seq for e in log.stream(after=3, to_seq=20, batch=4)] == list(range(4, 21))
+        assert [e.seq for e in log.stream(run="a", batch=3)] == list(range(2, 26, 2))

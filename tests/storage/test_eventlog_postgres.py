@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import psycopg.errors
 import pytest
 
 from tracklog.daemon.storage.eventlog import EventLog
 from tracklog.daemon.storage.postgres.eventlog import PgEventLog
 from tracklog.protocol import errors
-from tracklog.protocol.messages import Append
+from tracklog.protocol.messages import Append, StoredEvent
 
 from .eventlog_suite import NOW, EventLogContract, metrics
 
@@ -52,3 +54,31 @@ def test_a_full_disk_refuses_the_whole_group_as_disk_full_until_space_returns(
         assert log.disk_full is None
     finally:
         log.close()
+
+
+def test_stored_events_and_an_advanced_head_are_checked_against_the_head_read_under_the_lock(
+    pg_url: str,
+) -> None:
+    """Another daemon appended since this log last looked: stored events at seqs it took are
+    refused whole (the head is read under the log's lock, not this log's stale one), those
+    past it go in, and a head advanced to below the real one stays where it is."""
+    mine = PgEventLog(pg_url, clock=lambda: NOW)
+    other = PgEventLog(pg_url, clock=lambda: NOW)
+    try:
+        mine.catch_up()
+        other.append_events([metrics("r", 0), metrics("r", 1)])
+        assert mine.head == 0  # not seen yet
+        stored = StoredEvent(1, "metrics", {"values": {"a": 1.0}}, NOW, NOW, "s-1", "r")
+        with pytest.raises(errors.StorageError, match=r"seq 1: .*past the head \(2\)"):
+            mine.append_stored([stored])
+        assert [e.seq for e in mine.read()] == [1, 2] and mine.verify(io.StringIO()) == 0
+        assert mine.append_stored([msgspec.structs.replace(stored, seq=3)]) == 1
+        other.advance_head(2)  # stale (other saw 2, the log is at 3): a no-op
+        mine.advance_head(2)
+        assert (mine.head, other.append_events([metrics("r", 2)]).first_seq) == (3, 4)
+        other.advance_head(6)
+        assert mine.append_events([metrics("r", 3)]).first_seq == 7
+        assert mine.verify(io.StringIO()) == 0
+    finally:
+        mine.close()
+        other.close()

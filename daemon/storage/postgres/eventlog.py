@@ -37,7 +37,7 @@ from tracklog.protocol.events import DedupClearedData, DedupRecordedData
 from ... import dedup as dd
 from ...projections import LoggedEvent
 from ..sqlcommon.dialect import POSTGRES
-from ..sqlcommon.eventlog import SqlEventLog, decode_data, log_batches
+from ..sqlcommon.eventlog import HEAD_FLOOR, SqlEventLog, decode_data, log_batches
 from ..sqlcommon.schema import LOG_DDL
 from ..sqlcommon.tables import Tables
 from ..sqlcommon.verify import compare_tables
@@ -200,7 +200,14 @@ class PgEventLog(SqlEventLog):
         try:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             live_schema = one(conn, "SELECT current_schema()")
-            head = int(one(conn, "SELECT coalesce(max(seq), 0) FROM events"))
+            # The head, as `_read_head` has it: past the last event when a purge kept it so.
+            head = int(
+                one(
+                    conn,
+                    "SELECT greatest((SELECT coalesce(max(seq), 0) FROM events),"
+                    f" (SELECT coalesce(max(value), 0) FROM meta WHERE key = '{HEAD_FLOOR}'))",
+                )
+            )
             applied = conn.execute("SELECT value FROM meta WHERE key = 'applied_seq'").fetchone()
             if applied is None or int(applied[0] or 0) != head:
                 print(f"live tables are at seq {applied and applied[0]}, the log at {head}", file=out)
@@ -237,6 +244,13 @@ class PgEventLog(SqlEventLog):
             raise errors.StorageError(f"{target}: cannot replay into this backend")
         try:
             copy_events(self.conn, replayed, to_seq)
+            # A head a purge kept past the last event holds only up to to_seq in the copy.
+            floor = min(to_seq, int(self.meta(HEAD_FLOOR) or 0))
+            if floor > replayed.head:
+                replayed._begin_write()
+                replayed._set_meta(HEAD_FLOOR, floor)
+                replayed.conn.execute("COMMIT")
+                replayed.head = floor
             return replayed.rebuild()
         except psycopg.Error as exc:
             raise errors.StorageError(f"replay failed: {exc}") from exc

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Final
 
 import msgspec
+import structlog
 
 from tracklog.protocol import errors
 from tracklog.protocol.events import DATA_CLASSES, DedupClearedData, MetricsData
@@ -28,7 +29,12 @@ from .dialect import Connection, Dialect
 from .schema import PROJECTION_TABLES, PROJECTION_VERSION
 from .tables import Tables
 
+log = structlog.get_logger("tracklog.store")
+
 _ID_LOOKUP_CHUNK: Final = 500
+#: The meta key of a head kept past the last event (`advance_head`).
+HEAD_FLOOR: Final = "head_floor"
+_DEDUP_TYPES: Final = frozenset({"dedup.recorded", "dedup.cleared"})
 _REPLAY_BATCH: Final = 5_000
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -99,8 +105,9 @@ class SqlEventLog(EventLog):
             raise errors.StorageError(f"cannot read the log of {self}: {exc}") from exc
 
     def _read_head(self) -> int:
+        """The last event's seq, or the head a purge kept (`advance_head`) if higher."""
         row = self.conn.execute("SELECT max(seq) FROM events").fetchone()
-        return int(row[0] or 0)
+        return max(int(row[0] or 0), int(self.meta(HEAD_FLOOR) or 0))
 
     def meta(self, key: str) -> Any:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -122,6 +129,17 @@ class SqlEventLog(EventLog):
             present = self._present_tables()
             missing = [t for t in PROJECTION_TABLES if t not in present]
             if version is None or int(version) != PROJECTION_VERSION or missing:
+                if version is not None or self.head:
+                    # An upgrade (or a table lost): said once, since it takes as long as
+                    # `tracklog rebuild` and the daemon listens only after it.
+                    log.warning(
+                        "rebuilding every projection table from the log",
+                        db=str(self),
+                        projection_version=version,
+                        expected=PROJECTION_VERSION,
+                        missing=missing or None,
+                        events=self.head,
+                    )
                 return self.rebuild()
             applied = int(self.meta("applied_seq") or 0)
             if applied >= self.head:
@@ -152,6 +170,7 @@ class SqlEventLog(EventLog):
 
     def _replay(self, after: int, to_seq: int) -> int:
         applied = 0
+        position = after
         for rows in log_batches(self.conn, after, to_seq):
             if self.batch_transactions:
                 self._begin_write()
@@ -168,6 +187,15 @@ class SqlEventLog(EventLog):
                 self._rollback()
                 raise
             applied += len(rows)
+            position = rows[-1][0]
+        if position < to_seq:
+            # The head is past the last event (a purge removed the last ones): the
+            # projections are level with it all the same.
+            if self.batch_transactions:
+                self._begin_write()
+            self._set_meta("applied_seq", to_seq)
+            if self.batch_transactions:
+                self.conn.execute("COMMIT")
         return applied
 
     def _rollback(self) -> None:
@@ -191,6 +219,112 @@ class SqlEventLog(EventLog):
 
     def _rollback_group(self) -> None:
         self._rollback()
+
+    # -- stored events: imports, migrations, purges ------------------------------------
+
+    def append_stored(self, events: Sequence[StoredEvent]) -> int:
+        """As `EventLog.append_stored`. The seqs are checked against the head read inside the
+        write transaction (on PostgreSQL, under the log's lock: another daemon may have
+        appended since), and the data is stored as given, so the log holds exactly what was
+        read."""
+        if not events:
+            return 0
+        rows, blobs = self._stored_rows(events)
+        try:
+            if int(self.meta("applied_seq") or 0) != self.head or self.meta("projection_version") is None:
+                self.catch_up()  # project onto tables level with the log, never onto stale ones
+        except self.db_errors as exc:
+            raise errors.StorageError(f"cannot append stored events to {self}: {exc}") from exc
+        head = self.head
+        try:
+            self._begin_write()
+            if rows[0][0] <= self.head:
+                raise errors.StorageError(
+                    f"seq {rows[0][0]}: stored events must come in rising seqs past the head ({self.head})"
+                )
+            self._insert_events(
+                [(r[0], r[1], r[2], r[3], r[4], r[5], blob) for r, blob in zip(rows, blobs, strict=True)]
+            )
+            self.head = rows[-1][0]
+            self._project(rows)
+            self.tables.flush()
+            self._set_meta("applied_seq", self.head)
+            self.conn.execute("COMMIT")
+        except self.db_errors as exc:
+            self._rollback()
+            self.head = head
+            conflict = self._id_conflict(events)
+            raise errors.StorageError(conflict or f"cannot append stored events to {self}: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            self.head = head
+            raise
+        self._group_committed()
+        if self.dedup.loaded and any(r[2] in _DEDUP_TYPES for r in rows):
+            self.dedup.reset()  # the indexes load again from the table at the next check
+        return len(rows)
+
+    def _stored_rows(self, events: Sequence[StoredEvent]) -> tuple[list[ingest.Row], list[bytes]]:
+        """Stored events as rows with typed data (for the projections) and their blobs as
+        given; StorageError naming the first bad seq (one not past the head this log last
+        saw or not rising, an unknown type, data its type does not accept)."""
+        rows: list[ingest.Row] = []
+        blobs: list[bytes] = []
+        last = self.head
+        for event in events:
+            if event.seq <= last:
+                raise errors.StorageError(
+                    f"seq {event.seq}: stored events must come in rising seqs past the head ({last})"
+                )
+            blob = _encode(event.data)
+            try:
+                data = decode_data(event.type, blob)
+            except KeyError:
+                raise errors.StorageError(f"seq {event.seq}: unknown event type {event.type!r}") from None
+            except msgspec.ValidationError as exc:
+                raise errors.StorageError(f"seq {event.seq}: {event.type} data: {exc}") from None
+            rows.append((event.seq, event.id, event.type, event.run, event.ts, event.recorded, data))
+            blobs.append(blob)
+            last = event.seq
+        return rows, blobs
+
+    def _id_conflict(self, events: Sequence[StoredEvent]) -> str | None:
+        """Which stored event's id the log (or the batch itself) already holds, said (None
+        when none does, or the log cannot be read: the caller's error stands then)."""
+        try:
+            known = self._known_ids([e.id for e in events if e.id is not None])
+        except self.db_errors:
+            return None
+        finally:
+            self._abort()  # the lookup's implicit transaction, if the driver opened one
+        seen: dict[str, int] = {}
+        for event in events:
+            if event.id is None:
+                continue
+            other = known.get(event.id, seen.get(event.id))
+            if other is not None:
+                return f"seq {event.seq}: id {event.id!r} is in the log already, at seq {other}"
+            seen[event.id] = event.seq
+        return None
+
+    def advance_head(self, seq: int) -> None:
+        """As `EventLog.advance_head`: kept in meta as `head_floor`, set under the write
+        transaction (on PostgreSQL, the log's lock), never lowered."""
+        if seq <= self.head:
+            return
+        try:
+            if int(self.meta("applied_seq") or 0) != self.head:
+                self.catch_up()
+            self._begin_write()
+            if seq > self.head:
+                self._set_meta(HEAD_FLOOR, seq)
+                self._set_meta("applied_seq", seq)
+            self.conn.execute("COMMIT")
+        except self.db_errors as exc:
+            self._rollback()
+            raise errors.StorageError(f"cannot set the head of {self}: {exc}") from exc
+        self.head = max(self.head, seq)
+        self._group_committed()
 
     # -- near-duplicate checks --------------------------------------------------
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
-from typing import ClassVar, TextIO
+from typing import ClassVar, Final, TextIO
 
 import msgspec
 
@@ -29,12 +29,14 @@ from ... import ingest
 from ...dedup_persist import DedupRuntime
 from ..sqlcommon.dedup_entries import SqlDedupEntries
 from ..sqlcommon.dialect import SQLITE
-from ..sqlcommon.eventlog import SqlEventLog, decode_data, read_events
+from ..sqlcommon.eventlog import HEAD_FLOOR, SqlEventLog, decode_data, read_events
 from ..sqlcommon.schema import LOG_DDL
 from . import verify as verification
 from .connect import Durability, connect, is_disk_full
 
 _encode = msgspec.msgpack.Encoder().encode
+#: The page cache of a log opened read-only, in KiB.
+_READER_CACHE_KIB: Final = 8192
 
 __all__ = ["SqliteEventLog", "decode_data", "read_events"]
 
@@ -50,13 +52,21 @@ class SqliteEventLog(SqlEventLog):
         path: str | os.PathLike[str],
         durability: Durability = "normal",
         clock: Callable[[], float] = time.time,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path)
-        super().__init__(connect(path, durability), SQLITE, clock)
+        #: Opened read-only (`open_reader`): reads while a daemon writes, never a write.
+        self.readonly = readonly
+        super().__init__(connect(path, durability, readonly=readonly), SQLITE, clock)
         #: The near-duplicate indexes, in memory; loaded by `load_dedup` (or the first check).
         self.dedup = dd.DedupIndexes(None if str(path) == ":memory:" else Path(os.fspath(path) + ".dedup"))
         try:
-            self.conn.executescript(LOG_DDL)
+            if readonly:
+                # A reader streams the log once (exports, a migration's source): a small
+                # page cache, so its memory does not grow with the log up to the writer's.
+                self.conn.execute(f"PRAGMA cache_size = -{_READER_CACHE_KIB}")
+            else:
+                self.conn.executescript(LOG_DDL)
             self.head = self._read_head()
         except sqlite3.Error as exc:
             raise errors.StorageError(f"cannot prepare {path}: {exc}") from exc
@@ -65,6 +75,9 @@ class SqliteEventLog(SqlEventLog):
         return str(self.path)
 
     def close(self) -> None:
+        if self.readonly:
+            self.conn.close()
+            return
         with contextlib.suppress(sqlite3.Error):  # a log that cannot checkpoint still closes
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()
@@ -99,6 +112,8 @@ class SqliteEventLog(SqlEventLog):
             verification.snapshot(self.path, Path(target))
             with closing(sqlite3.connect(target)) as conn:
                 conn.execute("DELETE FROM events WHERE seq > ?", (to_seq,))
+                # A head a purge kept past the last event holds only up to to_seq too.
+                conn.execute("UPDATE meta SET value = min(value, ?) WHERE key = ?", (to_seq, HEAD_FLOOR))
                 conn.commit()
             replayed = SqliteEventLog(target)
             try:
