@@ -152,7 +152,7 @@ async def test_a_run_written_through_one_daemon_is_not_marked_lost_by_the_other(
 
     # b looks twice: once within the lease a took when it wrote, once on the lease a
     # renews for a connected writer that writes nothing more.
-    for checks in range(2):  # noqa: B007 (read by b_checked)
+    for checks in range(2):
         await until(b_checked, f"b's check number {checks + 1} of the run")
     reader, _ = await open_client(b.url)
     assert (await reader.query("run", run="r"))["rows"][0]["status"] == "running"
@@ -169,3 +169,144 @@ async def test_a_run_written_through_one_daemon_is_not_marked_lost_by_the_other(
 
 async def _is(value: Any, expected: Any) -> bool:
     return bool(await value == expected)
+
+
+class RawWriter:
+    """Appends batches of events with ids through raw connections, until stopped. A batch
+    is sent again (the same ids) until acked: after `overloaded`, or through the other
+    daemon when its connection drops. Records what was acked."""
+
+    def __init__(self, name: str, urls: list[str]) -> None:
+        self.name = name
+        self.urls = urls
+        self.acked: set[str] = set()
+        self.resends = 0
+        self.stopping = False
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        at = 0
+        client: Client | None = None
+        batch_no = 0
+        while not self.stopping:
+            batch = [metric(self.name, batch_no * 10 + i, f"{self.name}-{batch_no}-{i}") for i in range(10)]
+            while True:
+                try:
+                    if client is None:
+                        client, _ = await open_client(self.urls[at % len(self.urls)])
+                    reply = await client.append(batch)
+                except Exception as exc:  # the connection failed, one way or another
+                    if isinstance(exc, AssertionError):
+                        raise
+                    client, at = None, at + 1  # the daemon went away: the other one
+                    self.resends += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                if reply.get("op") == "ack":
+                    assert not reply.get("rejected"), reply
+                    self.acked.update(e["id"] for e in batch)
+                    break
+                assert reply.get("code") == "overloaded", reply
+                self.resends += 1
+                await asyncio.sleep(0.05)
+            batch_no += 1
+
+
+def thin_writer(
+    url: str, run_id: str, stop: threading.Event, spool: Path, done: list[dict[str, Any]]
+) -> None:
+    """A thin client (tracklog.connect) logging metrics to one run until `stop`, then
+    flushing; appends its stats, with the steps it logged, to `done`."""
+    tracker = tracklog.connect(url, spool_dir=spool, backoff_max=0.3)
+    try:
+        run = tracker.start_run(run_id=run_id)
+        step = 0
+        while not stop.is_set():
+            run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+            step += 1
+            if step % 10 == 0:
+                stop.wait(0.01)  # pace the load over the faults (not a wait for anything)
+        run.finish()
+        assert tracker.flush(timeout=WAIT), tracker.stats()
+        done.append({**tracker.stats(), "run": run_id, "steps": step})
+    finally:
+        tracker.close(timeout=10)
+
+
+def log_rows(url: str) -> list[tuple[int, str | None, str | None, str]]:
+    with psycopg.connect(url) as conn:
+        return list(conn.execute("SELECT seq, id, run, type FROM events ORDER BY seq"))
+
+
+async def test_kill_of_a_daemon_and_a_postgres_restart_under_load_lose_nothing_acked(
+    daemons: Callable[..., DaemonProcess], pg_server: PgServer, pg_url: str, tmp_path: Path
+) -> None:
+    port_a = free_port()
+    a = daemons("--port", str(port_a))
+    b = daemons()
+    subs = {"a": await Subscriber.open(a.url), "b": await Subscriber.open(b.url)}
+    raw = [RawWriter("raw-a", [a.url, b.url]), RawWriter("raw-b", [b.url, a.url])]
+    thin_done: list[dict[str, Any]] = []
+    stop_thin = threading.Event()
+    threads = [
+        threading.Thread(
+            target=thin_writer, args=(url, f"thin-{n}", stop_thin, tmp_path / f"spool-{n}", thin_done)
+        )
+        for n, url in (("a", a.url), ("b", b.url))
+    ]
+    for thread in threads:
+        thread.start()
+
+    def acked() -> int:
+        return sum(len(w.acked) for w in raw)
+
+    await until(lambda: acked() >= 300, "appends before the kill")
+    a.kill()
+    subs["a"].close()
+    a_seen = list(subs["a"].seqs)
+    before = acked()
+    await until(lambda: acked() >= before + 200, "appends through b while a is down")
+    a.start()  # on its port again: its thin client reconnects to it
+    resumed, _ = await open_client(a.url)
+    reply = await resumed.request({"op": "subscribe", "from_seq": a_seen[-1] if a_seen else 0})
+    subs["a2"] = Subscriber(resumed, reply["sub"])
+    before = acked()
+    await until(lambda: acked() >= before + 200, "appends after a came back")
+    await asyncio.to_thread(pg_server.restart)
+    before = acked()
+    await until(lambda: acked() >= before + 300, "appends after PostgreSQL restarted")
+    for writer in raw:
+        writer.stopping = True
+    stop_thin.set()
+    await asyncio.gather(*(w.task for w in raw))
+    for thread in threads:
+        await asyncio.to_thread(thread.join, WAIT)
+        assert not thread.is_alive(), "a thin client did not finish"
+    assert len(thin_done) == 2
+
+    rows = await asyncio.to_thread(log_rows, pg_url)
+    head = len(rows)
+    assert [r[0] for r in rows] == list(range(1, head + 1)), "seqs are not gapless"
+    ids = [r[1] for r in rows if r[1] is not None]
+    assert len(ids) == len(set(ids)), "an event is in the log twice"
+    assert set().union(*(w.acked for w in raw)) <= set(ids), "an acked event is missing"
+    for stats in thin_done:
+        metrics = [r for r in rows if r[2] == stats["run"] and r[3] == "metrics"]
+        assert len(metrics) == stats["steps"], stats
+    # Every subscriber: the whole log once, in order (a's across its resubscription).
+    await until(lambda: len(subs["b"].seqs) >= head, "b's subscriber to get everything")
+    assert subs["b"].seqs == list(range(1, head + 1))
+    await until(lambda: len(a_seen) + len(subs["a2"].seqs) >= head, "a's subscriber to get everything")
+    assert a_seen + subs["a2"].seqs == list(range(1, head + 1))
+    for sub in subs.values():
+        sub.close()
+    verify = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "tracklog", "verify", "--db", pg_url],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert sum(w.resends for w in raw) > 0, "the faults were not seen"
+    print(json.dumps({"head": head, "resends": [w.resends for w in raw], "thin": thin_done}))
