@@ -664,7 +664,10 @@ class Daemon:
                     return
                 mark = LostMark(events=[lost_event(run)], daemon=daemon_id, lost_after=lost_after)
                 result = await (await self.writer.submit(mark))
-                if isinstance(result, AppendResult) and result.ack.accepted == 0 and self.watcher is not None:
+                if isinstance(result, errors.ProtocolError):  # not committed (the database is away)
+                    log.warning("marking a run lost failed; trying again later", run=run, error=str(result))
+                    continue
+                if result.ack.accepted == 0 and self.watcher is not None:
                     log.debug("run written through another daemon: not lost", run=run)
                     continue
                 log.info("run lost: no writer came back", run=run, after=lost_after)
