@@ -65,6 +65,10 @@ HELLO_TIMEOUT: Final = 30.0
 #: they are aborted. Also the bound for stopping subscriptions.
 CLOSE_TIMEOUT: Final = 2.0
 _json = msgspec.json.Encoder()
+#: A subscription's read of a shared database is tried this many times, this far apart,
+#: before it fails (a PostgreSQL restart takes seconds).
+READ_RETRIES: Final = 300
+READ_RETRY_SECONDS: Final = 0.2
 
 
 def default_db_path() -> Path:
@@ -609,10 +613,21 @@ class Daemon:
             await ws.send(frame, text=not binary)
 
         async def read_log(after: int, limit: int, f: Filter) -> tuple[list[Any], int, int]:
-            result: tuple[list[Any], int, int] = await self.readers.call(
-                lambda model: model.scan_events(after, limit, f.runs, f.types, f.pipelines)
-            )
-            return result
+            # On a shared PostgreSQL database, a read that fails while the server restarts
+            # is tried again (the reader reconnects) rather than ending the subscription.
+            for attempt in itertools.count():
+                try:
+                    result: tuple[list[Any], int, int] = await self.readers.call(
+                        lambda model: model.scan_events(after, limit, f.runs, f.types, f.pipelines)
+                    )
+                    return result
+                except errors.TracklogError:
+                    if self.watcher is None or attempt >= READ_RETRIES or self._stopping.is_set():
+                        raise
+                    if attempt == 0:
+                        log.warning("a subscription's read of the log failed; trying again", after=after)
+                    await asyncio.sleep(READ_RETRY_SECONDS)
+            raise AssertionError("unreachable")  # pragma: no cover
 
         # `subscribed` goes out before the subscription's task can send anything.
         state, frame = conn.subscribed(msg, self.hub.next_id(), self.hub.published_seq)

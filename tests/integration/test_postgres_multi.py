@@ -310,3 +310,26 @@ async def test_kill_of_a_daemon_and_a_postgres_restart_under_load_lose_nothing_a
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert sum(w.resends for w in raw) > 0, "the faults were not seen"
     print(json.dumps({"head": head, "resends": [w.resends for w in raw], "thin": thin_done}))
+
+
+async def test_a_catch_up_read_while_postgres_is_down_waits_for_it_rather_than_ending(
+    daemons: Callable[..., DaemonProcess], pg_server: PgServer
+) -> None:
+    a = daemons()
+    writer, _ = await open_client(a.url)
+    await writer.append([metric("r", i) for i in range(3)])
+    await asyncio.to_thread(pg_server.pause)
+    try:
+        watcher, _ = await open_client(a.url)
+        reply = await watcher.request({"op": "subscribe", "from_seq": 0})
+        assert reply["op"] == "subscribed"
+        await until(
+            lambda: any("subscription failed" in line or "read of the log failed" in line for line in a.log),
+            "the catch-up read to fail",
+        )
+    finally:
+        await asyncio.to_thread(pg_server.resume)
+    sub = Subscriber(watcher, reply["sub"])
+    await until(lambda: sub.seqs == [1, 2, 3], "the catch-up once PostgreSQL is back")
+    assert "subscription failed" not in "".join(a.log)
+    sub.close()
