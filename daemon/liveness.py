@@ -21,6 +21,7 @@ from tracklog.protocol.events import (
     RunUpdated,
     RunUpdatedData,
 )
+from tracklog.protocol.messages import Append
 
 RUNNING: Final = "running"
 LOST: Final = "lost"
@@ -34,6 +35,17 @@ STATUS_TYPES: Final = frozenset({"run.finished", "run.updated"})
 def lost_event(run: str) -> RunFinished:
     """The event that marks a run whose writers are all gone."""
     return RunFinished(run=run, data=RunFinishedData(status=LOST))
+
+
+class LostMark(Append, tag="append"):
+    """The daemon's own append of `lost_event`s. A backend several daemons share appends
+    each only while no other daemon still serves a writer of its run (PostgreSQL's writer
+    leases, decided under the log's lock); elsewhere it is a plain append."""
+
+    #: The daemon marking, whose own leases do not count against its mark.
+    daemon: str = ""
+    #: Seconds a run may go without a writer: leases renewed within them still count.
+    lost_after: float = 0.0
 
 
 def resumable_runs(events: Iterable[Event]) -> set[str]:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Final, assert_never
+from typing import TYPE_CHECKING, Any, Final, assert_never
 from urllib.parse import urlsplit
 
 import msgspec
@@ -38,16 +38,17 @@ from tracklog.protocol import errors
 from tracklog.protocol.connection import AppendFrame, Close, Greeted, Send
 from tracklog.protocol.connection import ServerConnection as Connection
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
-from tracklog.protocol.messages import Append, Check, Codec, Query, Subscribe, Unsubscribe
+from tracklog.protocol.messages import Check, Codec, Query, Subscribe, Unsubscribe
 from tracklog.protocol.version import __version__
 
 from . import logs
 from .auth import OPEN_GRANT, READ, Grant, TokenSet, grant, http_scope
+from .follow import Sequencer
 from .guard import ConnectionGuard, Limits
 from .http import HttpApi, method_not_allowed
 from .http_connection import HttpConnection, HttpRequest, HttpService, StreamedResponse
 from .hub import Filter, Hub, Subscription
-from .liveness import RUNNING, lost_event
+from .liveness import RUNNING, LostMark, lost_event
 from .notify import Notifier
 from .queries import READERS, Readers
 from .ratelimit import ConnectionLimiter, RatePolicy, TokenBuckets, http_query
@@ -55,6 +56,9 @@ from .service import Supervisor, load_reloadable
 from .storage import Durability, PgBackend, open_backend
 from .storage.eventlog import AppendResult, CheckResult
 from .storage.readmodel import open_read_model
+
+if TYPE_CHECKING:
+    from .storage.postgres.follow import LogWatcher
 from .webconsole import console_token
 from .writer import Writer
 
@@ -67,6 +71,10 @@ HELLO_TIMEOUT: Final = 30.0
 #: they are aborted. Also the bound for stopping subscriptions.
 CLOSE_TIMEOUT: Final = 2.0
 _json = msgspec.json.Encoder()
+#: A subscription's read of a shared database is tried this many times, this far apart,
+#: before it fails (a PostgreSQL restart takes seconds).
+READ_RETRIES: Final = 300
+READ_RETRY_SECONDS: Final = 0.2
 
 
 def default_db_path() -> Path:
@@ -166,6 +174,7 @@ class Daemon:
         #: Requests the guard refused, by error code (forbidden, rate_limited, too_large).
         self.refused: collections.Counter[str] = collections.Counter()
         backend = open_backend(settings.db, settings.durability)
+        self.backend = backend
         self.writer = Writer(backend, self.codec)
         #: The database as logs name it (a URL without its password).
         self.db_name = str(backend)
@@ -189,6 +198,9 @@ class Daemon:
         self._lost_timers: dict[str, asyncio.Task[None]] = {}
         self.notifier = Notifier()
         self.supervisor = Supervisor(self, self.notifier)
+        #: On a database other daemons share: what follows their commits (see `follow.py`).
+        self.sequencer: Sequencer | None = None
+        self.watcher: LogWatcher | None = None
 
     def _with_reloaded(self, settings: Settings) -> Settings:
         """Settings with the tokens and log level read from the files again; TracklogError
@@ -240,7 +252,10 @@ class Daemon:
         for run, status in self.hub.status_of.items():
             if status == RUNNING:
                 self._lost_timers[run] = asyncio.create_task(self._mark_lost_later(run))
-        self.writer.listeners.append(self.hub.publish)
+        if isinstance(self.backend, PgBackend):
+            self._follow_log(self.backend)
+        else:
+            self.writer.listeners.append(self.hub.publish)
         if replayed:
             log.info("projections caught up from the log", events=replayed)
         self._server = await serve(
@@ -274,6 +289,29 @@ class Daemon:
             head=self.writer.head,
         )
 
+    def _follow_log(self, backend: PgBackend) -> None:
+        """Publish every daemon's commits in seq order: this one's from the writer, the
+        others' read from the log when notified (and at a bounded interval)."""
+        from .storage.postgres.follow import LogWatcher
+
+        loop = asyncio.get_running_loop()
+        hub = self.hub
+
+        def deliver(events: list[Any]) -> None:
+            loop.call_soon_threadsafe(sequencer.from_log, events)
+
+        watcher = LogWatcher(
+            backend.conn_url,
+            backend.daemon_id,
+            lambda: hub.published_seq,
+            deliver,
+            renew_seconds=min(30.0, max(0.05, self.settings.lost_after / 4)),
+        )
+        sequencer = Sequencer(hub, watcher.poke)
+        self.watcher, self.sequencer = watcher, sequencer
+        self.writer.listeners.append(sequencer.from_writer)
+        watcher.start()
+
     async def stop(self) -> None:
         """Stop accepting, commit and ack what is queued, close connections, checkpoint."""
         self._stopping.set()
@@ -296,6 +334,8 @@ class Daemon:
         await self.hub.close(CLOSE_TIMEOUT)
         if self._server is not None:
             await self._close_connections()
+        if self.watcher is not None:
+            await asyncio.to_thread(self.watcher.stop)
         await self.writer.stop()
         self.readers.close()
         self.notifier.close()
@@ -656,10 +696,21 @@ class Daemon:
             await ws.send(frame, text=not binary)
 
         async def read_log(after: int, limit: int, f: Filter) -> tuple[list[Any], int, int]:
-            result: tuple[list[Any], int, int] = await self.readers.call(
-                lambda model: model.scan_events(after, limit, f.runs, f.types, f.pipelines)
-            )
-            return result
+            # On a shared PostgreSQL database, a read that fails while the server restarts
+            # is tried again (the reader reconnects) rather than ending the subscription.
+            for attempt in itertools.count():
+                try:
+                    result: tuple[list[Any], int, int] = await self.readers.call(
+                        lambda model: model.scan_events(after, limit, f.runs, f.types, f.pipelines)
+                    )
+                    return result
+                except errors.TracklogError:
+                    if self.watcher is None or attempt >= READ_RETRIES or self._stopping.is_set():
+                        raise
+                    if attempt == 0:
+                        log.warning("a subscription's read of the log failed; trying again", after=after)
+                    await asyncio.sleep(READ_RETRY_SECONDS)
+            raise AssertionError("unreachable")  # pragma: no cover
 
         # `subscribed` goes out before the subscription's task can send anything.
         state, frame = conn.subscribed(msg, self.hub.next_id(), self.hub.published_seq)
@@ -682,6 +733,8 @@ class Daemon:
             timer = self._lost_timers.pop(run, None)
             if timer is not None:
                 timer.cancel()
+        if self.watcher is not None:
+            self.watcher.leased_runs = frozenset(self._run_writers)
 
     def _forget_writer(self, conn_id: int, written: set[str]) -> None:
         for run in written:
@@ -693,14 +746,30 @@ class Daemon:
                 del self._run_writers[run]
                 if not self._stopping.is_set() and run not in self._lost_timers:
                     self._lost_timers[run] = asyncio.create_task(self._mark_lost_later(run))
+        if self.watcher is not None:
+            self.watcher.leased_runs = frozenset(self._run_writers)
 
     async def _mark_lost_later(self, run: str) -> None:
+        """Mark `run` lost after `lost_after` without a writer. On a shared database the
+        store appends the mark only if no other daemon serves a writer of the run (its
+        lease, under the log's lock); if one does, this daemon looks again later."""
+        lost_after = self.settings.lost_after
+        daemon_id = getattr(self.backend, "daemon_id", "")
         try:
-            await asyncio.sleep(self.settings.lost_after)
-            if run in self._run_writers or self.hub.status_of.get(run) != RUNNING:
+            while True:
+                await asyncio.sleep(lost_after)
+                if run in self._run_writers or self.hub.status_of.get(run) != RUNNING:
+                    return
+                mark = LostMark(events=[lost_event(run)], daemon=daemon_id, lost_after=lost_after)
+                result = await (await self.writer.submit(mark))
+                if isinstance(result, errors.ProtocolError):  # not committed (the database is away)
+                    log.warning("marking a run lost failed; trying again later", run=run, error=str(result))
+                    continue
+                if result.ack.accepted == 0 and self.watcher is not None:
+                    log.debug("run written through another daemon: not lost", run=run)
+                    continue
+                log.info("run lost: no writer came back", run=run, after=lost_after)
                 return
-            log.info("run lost: no writer came back", run=run, after=self.settings.lost_after)
-            await self.writer.submit(Append(events=[lost_event(run)]))
         finally:
             if self._lost_timers.get(run) is asyncio.current_task():
                 del self._lost_timers[run]

@@ -176,6 +176,26 @@ class PgServer:
     def drop_database(self, url: str) -> None:
         self.admin(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
 
+    def restart(self) -> None:
+        """Restart the server on its port (`pg_ctl restart -m fast`: every connection is cut)."""
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-m", "fast", "-w",
+            "-t", str(PG_CTL_TIMEOUT), "restart",
+        )  # fmt: skip
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (`resume()` starts it again on its port)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", str(PG_CTL_TIMEOUT), "stop")
+
+    def resume(self) -> None:
+        options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w",
+            "-t", str(PG_CTL_TIMEOUT), "-o",
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 {options}",
+            "start",
+        )  # fmt: skip
+
     def stop(self) -> None:
         """Stop the server (immediately: nothing in it is kept) and delete its directory."""
         try:

@@ -189,15 +189,23 @@ class PgBackend(Backend):
 
     def __init__(self, url: str) -> None:
         from .postgres.connect import PgSettings, redact
+        from .postgres.eventlog import new_daemon_id
 
         self.settings = PgSettings.from_url(url)  # checks tracklog's parameters now
         self._url = url
         self.url = redact(url)
+        #: This daemon's name among those sharing the database (its writer leases).
+        self.daemon_id = new_daemon_id()
+
+    @property
+    def conn_url(self) -> str:
+        """The URL with its password, for the daemon's own connections."""
+        return self._url
 
     def open_log(self) -> EventLog:
         from .postgres.eventlog import PgEventLog
 
-        return PgEventLog(self._url)
+        return PgEventLog(self._url, daemon_id=self.daemon_id)
 
     def exists(self) -> bool:
         """Whether the database holds a tracklog log (the database itself must exist)."""

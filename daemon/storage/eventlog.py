@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("tracklog.store")
 
 DISK_FULL_MESSAGE: Final = "the daemon's disk is full: nothing was committed; send it again later"
+UNAVAILABLE_MESSAGE: Final = "the daemon cannot reach its database now: send it again later"
 
 
 class AppendResult(msgspec.Struct):
@@ -124,6 +125,11 @@ class EventLog(ABC):
             if self._is_disk_full(exc):
                 self._disk_full_refused(exc, len(requests))
                 return [errors.DiskFull(DISK_FULL_MESSAGE, r.ref) for r in requests]
+            if self._is_unavailable(exc):
+                # Retrying each request alone would fail alike: all are `overloaded`, which
+                # clients send again (with their ids: one that did commit is a duplicate).
+                log.warning("the database is unavailable; the group is refused", error=str(exc))
+                return [errors.Overloaded(UNAVAILABLE_MESSAGE, r.ref) for r in requests]
             if len(requests) == 1:
                 what = "append" if requests[0].__class__ is Append else "check"
                 log.error("commit failed", what=what, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
@@ -160,6 +166,11 @@ class EventLog(ABC):
 
     def _is_disk_full(self, exc: Exception) -> bool:
         """Whether the group failed because the storage is full (then nothing is retried)."""
+        return False
+
+    def _is_unavailable(self, exc: Exception) -> bool:
+        """Whether the group failed because the database cannot be reached (a lost
+        connection; then nothing is retried: the caller's clients send again later)."""
         return False
 
     def _disk_full_refused(self, exc: Exception, requests: int) -> None:

@@ -24,8 +24,11 @@ share one log:
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Final, TextIO
 
 import psycopg
@@ -33,14 +36,19 @@ import structlog
 
 from tracklog.protocol import errors
 from tracklog.protocol.events import DedupClearedData, DedupRecordedData
+from tracklog.protocol.messages import Ack, Append
 
 from ... import dedup as dd
+from ...liveness import LostMark
 from ...projections import LoggedEvent
+from ..eventlog import AppendResult, LogRequest, WriteResult
+from ..sqlcommon.dedup_entries import SqlDedupEntries
 from ..sqlcommon.dialect import POSTGRES
 from ..sqlcommon.eventlog import HEAD_FLOOR, SqlEventLog, decode_data, log_batches
 from ..sqlcommon.schema import LOG_DDL
 from ..sqlcommon.tables import Tables
 from ..sqlcommon.verify import compare_tables
+from . import leases
 from .connect import PgConnection, PgSettings, connect, is_disk_full, redact
 
 log = structlog.get_logger("tracklog.store")
@@ -52,6 +60,17 @@ VERIFY_SCHEMA: Final = "tracklog_verify"
 EVENT_COLUMNS: Final = ("seq", "id", "type", "run", "ts", "recorded", "data")
 #: The PostgreSQL types of the events columns, for COPY in binary.
 EVENT_TYPES: Final = ("int8", "text", "text", "text", "float8", "float8", "bytea")
+#: The channel every commit that appends notifies (payload: the new head), in its
+#: transaction: delivered to the listening daemons when it commits.
+CHANNEL: Final = "tracklog_log"
+#: Seconds a run's lease taken in a group commit counts as fresh enough not to renew it
+#: in the next ones (the daemon's periodic renewal keeps it alive meanwhile).
+LEASE_IN_GROUP_SECONDS: Final = 1.0
+
+
+def new_daemon_id() -> str:
+    """A name for this daemon among those sharing the database: host, pid and a nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class PgEventLog(SqlEventLog):
@@ -61,8 +80,16 @@ class PgEventLog(SqlEventLog):
     batch_transactions: ClassVar[bool] = False
     conn: PgConnection
 
-    def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, url: str, clock: Callable[[], float] = time.time, daemon_id: str | None = None
+    ) -> None:
         self.url = url
+        #: This daemon's name in the writer leases.
+        self.daemon_id = daemon_id or new_daemon_id()
+        #: Runs written in the open group, and when this log last leased each (monotonic).
+        self._group_runs: set[str] = set()
+        self._leased_at: dict[str, float] = {}
+        self._group_head = 0
         self.settings = PgSettings.from_url(url)
         super().__init__(PgConnection(connect(self.settings)), POSTGRES, clock)
         self.dedup = dd.DedupIndexes(None)
@@ -73,6 +100,7 @@ class PgEventLog(SqlEventLog):
             self.conn.execute("SELECT pg_advisory_xact_lock(?)", (LOG_LOCK,))
             for statement in POSTGRES.ddl(LOG_DDL):
                 self.conn.execute(statement)
+            self.conn.execute(leases.LEASES_DDL)
             self.head = self._seen = self._read_head()
             self.conn.execute("COMMIT")
         except psycopg.Error as exc:
@@ -113,6 +141,71 @@ class PgEventLog(SqlEventLog):
             self._rollback()
             raise
         self._seen = self.head
+
+    # -- several daemons: notifications, leases, reconnects ------------------------------
+
+    def append_group(self, requests: Sequence[LogRequest], publish: bool = False) -> list[WriteResult]:
+        """As the base's, on a connection opened again first if the last one was lost (a
+        restart of PostgreSQL): while none can be, every request is `overloaded`."""
+        raw = self.conn.raw
+        if (raw.closed or raw.broken) and not self._reconnect():
+            return [errors.Overloaded("the daemon cannot reach its database now", r.ref) for r in requests]
+        return super().append_group(requests, publish)
+
+    def _reconnect(self) -> bool:
+        """A new connection in place of a lost one; False (and the old one kept) if none."""
+        try:
+            raw = connect(self.settings)
+        except errors.StorageError as exc:
+            log.warning("cannot reconnect to the database", error=str(exc))
+            return False
+        with contextlib.suppress(psycopg.Error):
+            self.conn.close()
+        self.conn = PgConnection(raw)
+        self.tables = Tables(self.conn, POSTGRES)
+        self.dedup_entries = SqlDedupEntries(self.conn, self.db_errors)
+        self._leased_at.clear()
+        log.info("reconnected to the database", db=str(self))
+        return True
+
+    def _is_unavailable(self, exc: Exception) -> bool:
+        raw = self.conn.raw
+        return isinstance(exc, psycopg.OperationalError) and (raw.closed or raw.broken)
+
+    def _begin_group(self) -> None:
+        self._group_runs.clear()
+        super()._begin_group()
+        self._group_head = self.head
+
+    def _append_one(self, append: Append, publish: bool) -> AppendResult:
+        """As the base's; a daemon's lost mark keeps only the runs no other daemon serves."""
+        if isinstance(append, LostMark):
+            runs = {e.run for e in append.events if e.run is not None}
+            markable = leases.markable(self.conn, runs, append.daemon, append.lost_after)
+            kept = [e for e in append.events if e.run in markable]
+            if not kept:
+                return AppendResult(Ack(accepted=0, ref=append.ref), [])
+            append = Append(events=kept, ref=append.ref)
+        else:
+            self._group_runs.update(e.run for e in append.events if e.run is not None)
+        return super()._append_one(append, publish)
+
+    def _commit_group(self) -> None:
+        """Take this daemon's leases on the runs written, and notify the other daemons of
+        the new head, in the group's transaction (the notification goes out on commit)."""
+        now = time.monotonic()
+        due = [r for r in self._group_runs if now - self._leased_at.get(r, -1e9) > LEASE_IN_GROUP_SECONDS]
+        if due:
+            leases.renew(self.conn, self.daemon_id, due)
+            for run in due:
+                self._leased_at[run] = now
+        if self.head > self._group_head:
+            self.conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(self.head)))
+        super()._commit_group()
+
+    def _rollback_group(self) -> None:
+        super()._rollback_group()
+        self._leased_at.clear()  # leases taken in the group were undone with it
 
     def _level(self) -> None:
         """Under the lock: read the head, and bring this daemon's memory level with what
