@@ -18,9 +18,11 @@ first, so every read inside sees one state.
 from __future__ import annotations
 
 import contextlib
+import re
 import math
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -75,6 +77,8 @@ _RUN_FIELDS: Final = frozenset(
     {"name", "pipeline", "notes", "parent", "user", "host", "session", "started", "deleted", "experiment"}
 )
 NOT_AVAILABLE: Final = "not available on the memory backend"
+#: A word of a search document or text: letters and digits (the underscore is no letter).
+_WORD: Final = re.compile(r"[^\W_]+")
 
 
 class _Projection:
@@ -629,8 +633,9 @@ class MemoryReadModel(ReadModel):
         from SQLite's, and the snippet is the body's start."""
         limit, offset = search_page(q)
         assert q.text is not None
-        words = [(word.casefold(), prefix) for word, prefix in search_words(q.text)]
-        if not words:
+        # Each word is a phrase of tokens, as FTS5 reads `"doc-1"`: doc then 1.
+        phrases = [(tokens, prefix) for word, prefix in search_words(q.text) if (tokens := _tokens(word))]
+        if not phrases:
             return [], 0
         with self._state() as data:
             hits: list[tuple[float, int, dict[str, Any]]] = []
@@ -640,8 +645,8 @@ class MemoryReadModel(ReadModel):
                     continue
                 tokens = _tokens(f"{title} {body}")
                 score = 0
-                for word, prefix in words:
-                    found = sum(1 for t in tokens if (t.startswith(word) if prefix else t == word))
+                for phrase, prefix in phrases:
+                    found = _phrase_count(tokens, phrase, prefix)
                     if not found:
                         break
                     score += found
@@ -838,18 +843,25 @@ class MemoryReadModel(ReadModel):
 
 
 def _tokens(text: str) -> list[str]:
-    """Words as FTS5's unicode61 tokenizer roughly cuts them: runs of letters and digits, folded."""
+    """Words as FTS5's unicode61 tokenizer cuts them: runs of letters and digits, case
+    folded, diacritics taken off. No stemming (SQLite's index also applies porter)."""
     out: list[str] = []
-    word: list[str] = []
-    for ch in text:
-        if ch.isalnum():
-            word.append(ch)
-        elif word:
-            out.append("".join(word).casefold())
-            word = []
-    if word:
-        out.append("".join(word).casefold())
+    for word in _WORD.findall(text):
+        folded = unicodedata.normalize("NFKD", word.casefold())
+        out.append("".join(ch for ch in folded if not unicodedata.combining(ch)))
     return out
+
+
+def _phrase_count(tokens: list[str], phrase: list[str], prefix: bool) -> int:
+    """How many times the phrase occurs in tokens (its last token a prefix when `prefix`)."""
+    n = len(phrase)
+    count = 0
+    for start in range(len(tokens) - n + 1):
+        if tokens[start : start + n - 1] == phrase[:-1]:
+            last = tokens[start + n - 1]
+            if last.startswith(phrase[-1]) if prefix else last == phrase[-1]:
+                count += 1
+    return count
 
 
 def _stage_summaries(items: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
