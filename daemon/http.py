@@ -55,7 +55,7 @@ from .filter_grammar import parse_run_query
 from .http_connection import Answer, HttpRequest, StreamedResponse
 from .prometheus import PROMETHEUS_TYPE, prometheus_text
 from .storage import is_postgres_url
-from .storage.readmodel import MAX_ITEMS, MAX_RUNS, open_read_model
+from .storage.readmodel import MAX_ITEMS, MAX_RUNS
 from .webconsole import console_response, is_console_path
 
 _json = msgspec.json.Encoder()
@@ -335,12 +335,12 @@ class HttpApi:
                 f"format: '{fmt[:40]}' is not supported; expected one of {', '.join(EXPORTERS)}"
             )
         await self.daemon.readers.query(Query(q="artifacts", run=run))  # 404 for an unknown run
-        db = str(self.daemon.settings.db)
+        backend = self.daemon.backend
 
         def produce() -> Iterator[bytes]:
             # Read once, front to back, on a model of its own (not a reader's: a long
             # download must not hold a reader thread).
-            model = open_read_model(db, scan=True)
+            model = backend.open_read_model(scan=True)
             try:
                 yield from export(model, run, fmt)
             finally:

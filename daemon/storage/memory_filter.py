@@ -185,7 +185,9 @@ def config_value(config: dict[str, Any], key: str) -> Any:
     return value
 
 
-def order_runs(runs: list[Any], order: Sequence[OrderTerm], read: Callable[[Any, FieldRef], Any]) -> list[Any]:
+def order_runs(
+    runs: list[Any], order: Sequence[OrderTerm], read: Callable[[Any, FieldRef], Any]
+) -> list[Any]:
     """Runs sorted as `ORDER BY expr IS NULL, expr [DESC], ...`: nulls last, numbers before text.
     `runs` must already be in the tie-break order (created_seq, run)."""
     out = list(runs)

@@ -18,8 +18,8 @@ first, so every read inside sees one state.
 from __future__ import annotations
 
 import contextlib
-import re
 import math
+import re
 import threading
 import time
 import unicodedata
@@ -177,7 +177,17 @@ class _Projection:
                 self.docs[seq] = ("item", run, *p.item_search_document(item))
             case p.AddArtifact(seq, run, ts, art):
                 self.artifacts.append(
-                    (seq, run, art.kind, art.path, art.size, art.digest, json_text(art.metadata), ts, art.blob)
+                    (
+                        seq,
+                        run,
+                        art.kind,
+                        art.path,
+                        art.size,
+                        art.digest,
+                        json_text(art.metadata),
+                        ts,
+                        art.blob,
+                    )
                 )
                 self.runs[run]["n_artifacts"] += 1
                 self.docs[seq] = ("artifact", run, *p.artifact_search_document(art))
@@ -222,10 +232,10 @@ class _Projection:
                             found[name] = value
                     found["updated"] = ts
                     found["updated_seq"] = seq
-                tags = self.experiment_tags.setdefault(exp.experiment, {})
-                tags.update(exp.tags or {})
+                exp_tags = self.experiment_tags.setdefault(exp.experiment, {})
+                exp_tags.update(exp.tags or {})
                 for tag in exp.remove_tags or ():
-                    tags.pop(tag, None)
+                    exp_tags.pop(tag, None)
             case p.FinishRun(run, status, error, finished):
                 row = self.runs[run]
                 row["status"], row["error"], row["finished"] = status, error, finished
@@ -248,7 +258,9 @@ class _Projection:
         row = self.runs.get(run)
         if row is None:
             return
-        title, body = p.run_search_document(row["name"], row["notes"], row["pipeline"], sorted(self.tags[run]))
+        title, body = p.run_search_document(
+            row["name"], row["notes"], row["pipeline"], sorted(self.tags[run])
+        )
         self.docs[-row["created_seq"]] = ("run", run, title, body)
 
 
@@ -294,7 +306,9 @@ class MemoryReadModel(ReadModel):
 
     # -- run references -------------------------------------------------------------------
 
-    def _resolve(self, data: _Projection, ref: str | None, field: str = "run", ref_id: int | None = None) -> Resolved:
+    def _resolve(
+        self, data: _Projection, ref: str | None, field: str = "run", ref_id: int | None = None
+    ) -> Resolved:
         """As `runref.resolve`: an id, then a name (the latest), then a unique id prefix."""
         if not ref:
             raise errors.BadQuery(f"{field}: required (a run id, a unique id prefix or a run name)", ref_id)
@@ -308,8 +322,10 @@ class MemoryReadModel(ReadModel):
         # ORDER BY deleted, created_seq DESC, run DESC: the last tie-break by run descending.
         named_rows.sort(key=lambda r: r["run"], reverse=True)
         named_rows.sort(key=lambda r: (r["deleted"], -r["created_seq"]))
-        prefixed = sorted((r for r in data.runs.values() if r["run"] > ref and r["run"].startswith(ref)),
-                          key=lambda r: r["run"])[: MAX_CANDIDATES + 1]  # fmt: skip
+        prefixed = sorted(
+            (r for r in data.runs.values() if r["run"] > ref and r["run"].startswith(ref)),
+            key=lambda r: r["run"],
+        )[: MAX_CANDIDATES + 1]
         shown = repr(ref[:128])
 
         def describe(r: dict[str, Any]) -> str:
@@ -332,8 +348,9 @@ class MemoryReadModel(ReadModel):
         if prefixed:
             more = " and more" if len(prefixed) > MAX_CANDIDATES else ""
             listed = ", ".join(describe(r) for r in prefixed[:MAX_CANDIDATES])
+            count = len(prefixed[:MAX_CANDIDATES])
             raise errors.BadQuery(
-                f"{field}: {shown} is ambiguous: it is a prefix of {len(prefixed[:MAX_CANDIDATES])}{more} run ids: "
+                f"{field}: {shown} is ambiguous: it is a prefix of {count}{more} run ids: "
                 f"{listed}; give more characters",
                 ref_id,
             )
@@ -388,16 +405,12 @@ class MemoryReadModel(ReadModel):
             runs = [r for r in runs if not r["deleted"]]
         if parsed.condition is not None:
             condition = parsed.condition
-            runs = [
-                r
-                for r in runs
-                if evaluate(
-                    condition,
-                    lambda ref, r=r: self._field(data, r, ref),  # type: ignore[misc]
-                    lambda tag, r=r: tag in data.tags[r["run"]],  # type: ignore[misc]
-                )
-                is True
-            ]
+
+            def matches(row: dict[str, Any]) -> bool:
+                tags = data.tags[row["run"]]
+                return evaluate(condition, lambda ref: self._field(data, row, ref), tags.__contains__) is True
+
+            runs = [r for r in runs if matches(r)]
         if parsed.order:
             runs = order_runs(runs, parsed.order, lambda r, ref: self._field(data, r, ref)[0])
         return [r["run"] for r in runs]
@@ -500,8 +513,16 @@ class MemoryReadModel(ReadModel):
                     tiered = _downsample_from_tiers(chunks, q.max_points, q.step_from, q.step_to)
                 if tiered is not None:
                     series, points = tiered
-                    rows.append({"run": run, "name": name, "points": points, "downsampled": True,
-                                 **series.columns(), "summary": summary})  # fmt: skip
+                    rows.append(
+                        {
+                            "run": run,
+                            "name": name,
+                            "points": points,
+                            "downsampled": True,
+                            **series.columns(),
+                            "summary": summary,
+                        }
+                    )
                     continue
                 series = _read_series(chunks, q.step_from, q.step_to)
                 points = len(series)
@@ -509,8 +530,16 @@ class MemoryReadModel(ReadModel):
                     series = series.take(extremes_index(series.values, q.max_points))
                 elif points > MAX_SERIES_POINTS:
                     raise errors.BadQuery(f"metrics: {name} has {points} points; ask with max_points", q.ref)
-                rows.append({"run": run, "name": name, "points": points, "downsampled": len(series) < points,
-                             **series.columns(), "summary": summary})  # fmt: skip
+                rows.append(
+                    {
+                        "run": run,
+                        "name": name,
+                        "points": points,
+                        "downsampled": len(series) < points,
+                        **series.columns(),
+                        "summary": summary,
+                    }
+                )
             return rows, len(rows)
 
     def compare(self, q: Query) -> Rows:
@@ -566,7 +595,9 @@ class MemoryReadModel(ReadModel):
             if not candidates:
                 return [], 0
             # ORDER BY value, created_seq, run: the runs are in creation order already.
-            pick = min(candidates, key=lambda c: c[0]) if mode == "min" else max(candidates, key=lambda c: c[0])
+            pick = (
+                min(candidates, key=lambda c: c[0]) if mode == "min" else max(candidates, key=lambda c: c[0])
+            )
             value, run, series = pick
             assert series is not None
             summary = self._run_row(data, run)
@@ -589,8 +620,11 @@ class MemoryReadModel(ReadModel):
         with self._state() as data:
             run = None if q.run is None else self._resolve(data, q.run, "run", q.ref).id
             # Column indexes in ITEM_COLUMNS: run 1, stage 4, status 6, model 9, backend 10.
-            tests = [(i, v) for i, v in ((1, run), (4, q.stage), (6, q.status), (9, q.model), (10, q.backend))
-                     if v is not None]  # fmt: skip
+            tests = [
+                (i, v)
+                for i, v in ((1, run), (4, q.stage), (6, q.status), (9, q.model), (10, q.backend))
+                if v is not None
+            ]
             matched = [row for row in data.items if all(row[i] == v for i, v in tests)]
             return [item_row(row) for row in matched[offset : offset + limit]], len(matched)
 
@@ -652,7 +686,9 @@ class MemoryReadModel(ReadModel):
                     score += found
                 else:
                     snippet = body[:80] + ("..." if len(body) > 80 else "")
-                    hits.append((-score, doc, search_row(doc, kind, run, row["name"], title, snippet, float(score))))
+                    hits.append(
+                        (-score, doc, search_row(doc, kind, run, row["name"], title, snippet, float(score)))
+                    )
             hits.sort(key=lambda h: (h[0], h[1]))
             return [h[2] for h in hits[offset : offset + limit]], None
 
@@ -669,7 +705,7 @@ class MemoryReadModel(ReadModel):
                         "run": run,
                         "items": len(items),
                         "items_by_status": dict(sorted(by_status.items())),
-                        "stages": _stage_summaries(items),
+                        "stages": _stage_summaries(items, one_run=True),
                         "time": time.time(),
                     }
                 ], 1
@@ -692,7 +728,7 @@ class MemoryReadModel(ReadModel):
             top = sorted(tag_counts.items(), key=lambda t: (-t[1], t[0]))[:10]
             recent = sorted(live, key=lambda r: r["run"])
             recent.sort(key=lambda r: r["last_ts"], reverse=True)
-            row = {
+            summary = {
                 "head": head,
                 "events": head,
                 "runs": len(live),
@@ -717,7 +753,7 @@ class MemoryReadModel(ReadModel):
                 "ingest_rate": self._ingest_rate(head, now),
                 "time": now,
             }
-            return [row], 1
+            return [summary], 1
 
     def _ingest_rate(self, head: int, now: float, window: float = 60.0) -> float:
         rows = self.log.rows
@@ -782,7 +818,9 @@ class MemoryReadModel(ReadModel):
                 if types is not None and event.type not in types:
                     continue
                 if pipelines is not None and (
-                    event.run is None or event.run not in data.runs or data.runs[event.run]["pipeline"] not in pipelines
+                    event.run is None
+                    or event.run not in data.runs
+                    or data.runs[event.run]["pipeline"] not in pipelines
                 ):
                     continue
                 events.append(event)
@@ -864,26 +902,30 @@ def _phrase_count(tokens: list[str], phrase: list[str], prefix: bool) -> int:
     return count
 
 
-def _stage_summaries(items: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    """Items by (stage, kind): count, failed, durations' total, mean and "lower" quantiles."""
+def _stage_summaries(items: list[tuple[Any, ...]], *, one_run: bool = False) -> list[dict[str, Any]]:
+    """Items by (stage, kind): count, failed, durations' total, mean and "lower" quantiles.
+
+    The total is summed as each SQL answer sums it: over every run, in duration order (the
+    covering index `items_stage` is read in that order); for one run, with numpy over the
+    sorted durations (`stats.run_stage_summaries`)."""
     groups: dict[tuple[Any, Any], list[tuple[Any, ...]]] = {}
-    for row in items:
-        groups.setdefault((row[4], row[3]), []).append(row)
+    for item in items:
+        groups.setdefault((item[4], item[3]), []).append(item)
     out = []
-    for stage, kind in sorted(groups, key=lambda g: (g[0] is not None, g[0] or "", g[1] is not None, g[1] or "")):
+    for stage, kind in sorted(
+        groups, key=lambda g: (g[0] is not None, g[0] or "", g[1] is not None, g[1] or "")
+    ):
         group = groups[(stage, kind)]
-        durations = sorted(row[11] for row in group if row[11] is not None)
-        total = None
+        durations = sorted(item[11] for item in group if item[11] is not None)
+        total: float | None = None
         if durations:
-            total = 0.0
-            for row in group:  # summed in logging order, as the SQL sum() reads them
-                if row[11] is not None:
-                    total += row[11]
-        row = _stage_row(stage, kind, len(group), sum(1 for r in group if r[6] == "failed"), len(durations), total)
+            total = float(np.array(durations, np.float64).sum()) if one_run else sum(durations, 0.0)
+        failed = sum(1 for item in group if item[6] == "failed")
+        stage_row = _stage_row(stage, kind, len(group), failed, len(durations), total)
         for name, quantile in STAGE_QUANTILES:
             if durations:
-                row[name] = durations[int(quantile * (len(durations) - 1))]
-        out.append(row)
+                stage_row[name] = durations[int(quantile * (len(durations) - 1))]
+        out.append(stage_row)
     return out
 
 

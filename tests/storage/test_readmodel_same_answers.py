@@ -449,7 +449,9 @@ SEARCH_STEMMED = ["jump", "evaluating"]
 
 
 @pytest.mark.parametrize("q", list(queries()), ids=lambda q: msgspec.json.encode(q).decode()[:120])
-def test_memory_answers_every_question_as_sqlite(lite_and_memory: tuple[ReadModel, ReadModel], q: Query) -> None:
+def test_memory_answers_every_question_as_sqlite(
+    lite_and_memory: tuple[ReadModel, ReadModel], q: Query
+) -> None:
     lite, memory = lite_and_memory
     assert outcome(memory, q) == outcome(lite, q)
 
@@ -474,7 +476,9 @@ def test_memory_stats_answer_as_sqlite_but_for_the_sizes(
         assert {k for k in row} >= sizes and row["database_bytes"] == 0
 
 
-def test_memory_cache_expiry_is_as_sqlites_at_every_moment(lite_and_memory: tuple[ReadModel, ReadModel]) -> None:
+def test_memory_cache_expiry_is_as_sqlites_at_every_moment(
+    lite_and_memory: tuple[ReadModel, ReadModel],
+) -> None:
     lite, memory = lite_and_memory
     for now in (RECORDED, RECORDED + 9.99, RECORDED + 10, RECORDED + 1e9):
         q = Query(q="cache", key="short")
@@ -489,9 +493,22 @@ def _search_hits(model: ReadModel, text: str, deleted: bool | None) -> list[tupl
 
 @pytest.mark.parametrize(
     "text",
-    ["fox", "brown fox", "fo*", "a*", "jump*", "doc", "doc-1", "translate", "m.pt", "nothing-like-this", "RIVER",
-     "epsilon", "gpu"],
-)  # fmt: skip
+    [
+        "fox",
+        "brown fox",
+        "fo*",
+        "a*",
+        "jump*",
+        "doc",
+        "doc-1",
+        "translate",
+        "m.pt",
+        "nothing-like-this",
+        "RIVER",
+        "epsilon",
+        "gpu",
+    ],
+)
 def test_memory_search_finds_the_same_hits_compared_as_a_set(
     lite_and_memory: tuple[ReadModel, ReadModel], text: str
 ) -> None:
