@@ -275,14 +275,24 @@ class MemoryReadModel(ReadModel):
         self.log = log
         self._lock = threading.RLock()
         self._data = _Projection()
+        #: How many snapshots are open (nested): only the outermost catches up.
+        self._depth = 0
 
     # -- consistency ----------------------------------------------------------------------
 
     @contextlib.contextmanager
     def snapshot(self, what: str = "query") -> Iterator[None]:
+        """The state as the log's committed events left it when the outermost snapshot
+        began: a snapshot inside another (each question opens one) catches up with nothing,
+        so an export's reads, or a question and its `applied_seq`, see one state."""
         with self._lock:
-            self._catch_up()
-            yield
+            if self._depth == 0:
+                self._catch_up()
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
 
     def _catch_up(self) -> None:
         data = self._data

@@ -51,3 +51,18 @@ def test_the_model_follows_events_appended_after_it_was_made() -> None:
     assert isinstance(msg, Append)
     log.append_group([msg])
     assert model.applied_seq() == before + 1
+
+
+def test_a_snapshot_sees_one_state_while_the_log_goes_on() -> None:
+    """Questions inside one snapshot (an export's reads) do not see events appended meanwhile."""
+    log = fill_memory(EVENTS[:1])
+    model = MemoryReadModel(log)
+    msg = CODEC.decode(json.dumps({"op": "append", "events": [EVENTS[1]]}))
+    assert isinstance(msg, Append)
+    with model.snapshot("export"):
+        before = model.applied_seq()
+        runs_before = model.runs(Query(q="runs"))
+        log.append_group([msg])
+        assert model.applied_seq() == before
+        assert model.runs(Query(q="runs")) == runs_before
+    assert model.applied_seq() == before + 1
