@@ -54,7 +54,7 @@ from .exports import EXPORT_TYPES, EXPORTERS, export
 from .filter_grammar import parse_run_query
 from .http_connection import Answer, HttpRequest, StreamedResponse
 from .prometheus import PROMETHEUS_TYPE, prometheus_text
-from .storage import is_postgres_url
+from .storage import SqliteBackend
 from .storage.readmodel import MAX_ITEMS, MAX_RUNS
 from .webconsole import console_response, is_console_path
 
@@ -260,7 +260,7 @@ class HttpApi:
 
     async def _prometheus(self, _args: dict[str, str], _params: Params, _request: HttpRequest) -> Answer:
         size = None
-        if is_postgres_url(self.daemon.settings.db):  # SQLite's file is measured without a reader
+        if not isinstance(self.daemon.backend, SqliteBackend):  # SQLite's file is measured without a reader
             size = await self.daemon.readers.call(lambda model: model.database_bytes())
         return bytes_response(HTTPStatus.OK, prometheus_text(self.daemon, size).encode(), PROMETHEUS_TYPE)
 

@@ -1,7 +1,7 @@
 """Storage: the event log and the read model behind one interface, chosen by URL.
 
 `open_backend(url)` is the one place a database is named: a plain path or
-`sqlite:///PATH` is SQLite, `memory:` a log held in memory (tests), and
+`sqlite:///PATH` is SQLite, `memory:` a log and read model held in memory, and
 `postgresql://...` (or `postgres://...`) is PostgreSQL, which several daemons can share.
 The writer, the commands and
 the dedup loader get their `EventLog` from the backend, never from a path.

@@ -314,6 +314,9 @@ class MemoryReadModel(ReadModel):
     def close(self) -> None:
         pass
 
+    def database_bytes(self) -> int | None:
+        return 0  # no database: `/metrics` reports 0, as `stats` does
+
     # -- run references -------------------------------------------------------------------
 
     def _resolve(

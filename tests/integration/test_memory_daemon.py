@@ -60,6 +60,13 @@ async def test_a_memory_daemon_answers_questions_about_what_it_was_sent() -> Non
         body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=30).read())
         lines = [json.loads(line) for line in body.decode().splitlines()]
         assert lines and any("loss" in json.dumps(line) for line in lines)
+        # No database to measure: /metrics and stats say 0.
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"{daemon.http}/metrics", timeout=30).read().decode()
+        )
+        assert "\ntracklog_database_bytes 0\n" in text
+        stats = await client.query("stats")
+        assert stats["rows"][0]["database_bytes"] == 0 and stats["rows"][0]["runs"] == 1
     finally:
         assert daemon.stop() == 0
 
