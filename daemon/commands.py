@@ -18,7 +18,7 @@ from . import logs
 from .artifacts import ArtifactStore, artifacts_dir_for, check_blobs, copy_blobs
 from .dblock import DatabaseLocked
 from .server import Daemon, Settings
-from .storage import Backend, Durability, PgBackend, SqliteBackend, open_backend
+from .storage import Backend, Durability, PgBackend, open_backend
 from .storage.readmodel import open_read_model
 from .storage.sqlcommon.schema import PROJECTION_TABLES
 
@@ -31,9 +31,6 @@ def serve(settings: Settings, log_level: str | None = None) -> int:
         settings = replace(settings, log_level=log_level)
     try:
         backend = open_backend(settings.db, settings.durability)
-        if not isinstance(backend, (SqliteBackend, PgBackend)):
-            # The queries read SQLite or PostgreSQL (a read model in memory is not built).
-            raise errors.StorageError(f"{backend}: serve needs an SQLite or PostgreSQL database")
         daemon = Daemon(settings)
     except errors.TracklogError as exc:
         print(f"tracklog serve: {exc}", file=sys.stderr)

@@ -54,8 +54,8 @@ from .exports import EXPORT_TYPES, EXPORTERS, export
 from .filter_grammar import parse_run_query
 from .http_connection import Answer, HttpRequest, StreamedResponse
 from .prometheus import PROMETHEUS_TYPE, prometheus_text
-from .storage import is_postgres_url
-from .storage.readmodel import MAX_ITEMS, MAX_RUNS, open_read_model
+from .storage import SqliteBackend
+from .storage.readmodel import MAX_ITEMS, MAX_RUNS
 from .webconsole import console_response, is_console_path
 
 _json = msgspec.json.Encoder()
@@ -260,7 +260,7 @@ class HttpApi:
 
     async def _prometheus(self, _args: dict[str, str], _params: Params, _request: HttpRequest) -> Answer:
         size = None
-        if is_postgres_url(self.daemon.settings.db):  # SQLite's file is measured without a reader
+        if not isinstance(self.daemon.backend, SqliteBackend):  # SQLite's file is measured without a reader
             size = await self.daemon.readers.call(lambda model: model.database_bytes())
         return bytes_response(HTTPStatus.OK, prometheus_text(self.daemon, size).encode(), PROMETHEUS_TYPE)
 
@@ -335,12 +335,12 @@ class HttpApi:
                 f"format: '{fmt[:40]}' is not supported; expected one of {', '.join(EXPORTERS)}"
             )
         await self.daemon.readers.query(Query(q="artifacts", run=run))  # 404 for an unknown run
-        db = str(self.daemon.settings.db)
+        backend = self.daemon.backend
 
         def produce() -> Iterator[bytes]:
             # Read once, front to back, on a model of its own (not a reader's: a long
             # download must not hold a reader thread).
-            model = open_read_model(db, scan=True)
+            model = backend.open_read_model(scan=True)
             try:
                 yield from export(model, run, fmt)
             finally:

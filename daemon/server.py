@@ -55,7 +55,6 @@ from .ratelimit import ConnectionLimiter, RatePolicy, TokenBuckets, http_query
 from .service import Supervisor, load_reloadable
 from .storage import Durability, PgBackend, open_backend
 from .storage.eventlog import AppendResult, CheckResult
-from .storage.readmodel import open_read_model
 
 if TYPE_CHECKING:
     from .storage.postgres.follow import LogWatcher
@@ -174,14 +173,14 @@ class Daemon:
         #: Requests the guard refused, by error code (forbidden, rate_limited, too_large).
         self.refused: collections.Counter[str] = collections.Counter()
         backend = open_backend(settings.db, settings.durability)
+        #: Where the log lives; readers and exports open their read models through it.
         self.backend = backend
         self.writer = Writer(backend, self.codec)
         #: The database as logs name it (a URL without its password).
         self.db_name = str(backend)
-        db_url = str(settings.db)
         # On PostgreSQL, `pool_size` (a URL setting) is how many reader connections to keep.
         readers = backend.settings.pool_size if isinstance(backend, PgBackend) else READERS
-        self.readers = Readers(lambda: open_read_model(db_url), readers)
+        self.readers = Readers(backend.open_read_model, readers)
         self.http = HttpApi(self)
         #: HTTP/1.1 on the port (h11), handing `/ws` requests to websockets' handshake.
         self.http_service = HttpService(self._process_request)

@@ -1,7 +1,7 @@
 """Storage: the event log and the read model behind one interface, chosen by URL.
 
 `open_backend(url)` is the one place a database is named: a plain path or
-`sqlite:///PATH` is SQLite, `memory:` a log held in memory (tests), and
+`sqlite:///PATH` is SQLite, `memory:` a log and read model held in memory, and
 `postgresql://...` (or `postgres://...`) is PostgreSQL, which several daemons can share.
 The writer, the commands and
 the dedup loader get their `EventLog` from the backend, never from a path.
@@ -19,6 +19,7 @@ from typing import ClassVar, Final
 from tracklog.protocol import errors
 
 from .eventlog import EventLog
+from .readmodel import ReadModel
 from .sqlite.connect import Durability
 
 __all__ = [
@@ -55,6 +56,17 @@ class Backend(ABC):
     @abstractmethod
     def exists(self) -> bool:
         """Whether there is a database there already (offline commands refuse to make one)."""
+
+    def open_read_model(self, *, scan: bool = False) -> ReadModel:
+        """A read model on this backend's store (the caller closes it); `scan` as in
+        `readmodel.open_read_model`."""
+        from .readmodel import open_read_model
+
+        return open_read_model(self._read_url, scan=scan)
+
+    @property
+    def _read_url(self) -> str:
+        return self.url
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -167,15 +179,26 @@ class SqliteBackend(Backend):
 
 
 class MemoryBackend(Backend):
-    """A log held in memory: gone when the process ends. For tests and trials."""
+    """A log held in memory: gone when the process ends. For tests and trials.
+
+    The backend holds one log: `open_log` gives it (every time), and each read model it
+    opens reads that log's events (`MemoryReadModel`), so a daemon on `memory:` answers
+    questions about what it was sent. No other process can reach it.
+    """
 
     def __init__(self) -> None:
-        self.url = MEMORY_URL
-
-    def open_log(self) -> EventLog:
         from .memory import MemoryEventLog
 
-        return MemoryEventLog()
+        self.url = MEMORY_URL
+        self.log = MemoryEventLog()
+
+    def open_log(self) -> EventLog:
+        return self.log
+
+    def open_read_model(self, *, scan: bool = False) -> ReadModel:
+        from .memory_readmodel import MemoryReadModel
+
+        return MemoryReadModel(self.log)
 
     def exists(self) -> bool:
         return False
@@ -201,6 +224,10 @@ class PgBackend(Backend):
     def conn_url(self) -> str:
         """The URL with its password, for the daemon's own connections."""
         return self._url
+
+    @property
+    def _read_url(self) -> str:
+        return self._url  # with its password
 
     def open_log(self) -> EventLog:
         from .postgres.eventlog import PgEventLog

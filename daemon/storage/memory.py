@@ -7,8 +7,9 @@ resumption) and the row changes `projections.project` gives for each event. A gr
 all or nothing: on an error the lists, dicts and dedup indexes go back to where the group
 began, and the requests are retried one by one, as in SQLite.
 
-Not kept: the read model's tables (queries need the SQLite backend for now), and a
-rebuild leaves the dedup indexes as they are (they already hold what the log recorded).
+The read model's tables are not kept here: `MemoryReadModel` (memory_readmodel.py)
+projects the committed events itself. A rebuild leaves the dedup indexes as they are
+(they already hold what the log recorded).
 """
 
 from __future__ import annotations

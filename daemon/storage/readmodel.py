@@ -179,8 +179,18 @@ def open_read_model(url: str, *, scan: bool = False) -> ReadModel:
 
     With `scan`, the model is set up to read once, front to back (an export): on SQLite a
     small page cache, since a large one would only hold memory.
+
+    `memory:` is refused: a log in memory belongs to the process holding it, so its read
+    model comes from that `MemoryBackend` (`backend.open_read_model()`), not from a URL.
     """
-    from . import is_postgres_url
+    from . import MEMORY_URL, is_postgres_url
+
+    if url == MEMORY_URL:
+        from tracklog.protocol import errors
+
+        raise errors.StorageError(
+            "memory: a log held in memory has no URL another reader can open; ask the backend holding it"
+        )
 
     if is_postgres_url(url):
         from .postgres.readmodel import PgReadModel

@@ -95,17 +95,6 @@ def test_offline_commands_take_an_sqlite_url(tmp_path: Path, capsys: pytest.Capt
     assert "cannot connect to postgresql://nowhere.invalid/db" in capsys.readouterr().err
 
 
-def test_serve_refuses_the_memory_backend_which_queries_cannot_read(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from tracklog.daemon import commands
-    from tracklog.daemon.server import Settings
-
-    monkeypatch.setattr(commands.logs, "configure", lambda level: None)  # leave logging as the tests set it
-    assert commands.serve(Settings(db=Path("memory:")), "error") == 2
-    assert "serve needs an SQLite or PostgreSQL database" in capsys.readouterr().err
-
-
 def test_offline_commands_take_a_postgresql_url(
     pg_server: PgServer, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,6 +5,13 @@ pages, references, downsampling, errors...) is asked of both and the answers com
 What cannot be the same is left out and said so: a search hit's score and snippet (bm25
 with FTS5's snippet, against ts_rank with ts_headline), the sizes in `stats`, and the
 `sql` and `schema` questions (each database's own SQL and catalog).
+
+The in-memory read model (`MemoryReadModel`, over a `MemoryEventLog` fed the same events)
+is compared with SQLite the same way, without PostgreSQL (the `memory_` tests): every
+question exactly, `stats` but for the sizes (0 in memory), the daemon's own reads
+exactly; `search` as a set of hits (its ranking and snippets are its own), and only for
+texts where no stemming is involved (SQLite's index stems with porter, the memory model
+matches whole tokens: `SEARCH_STEMMED` lists texts whose hits differ for that reason).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import pytest
 
 from tracklog.daemon.queries import answer
 from tracklog.daemon.storage.eventlog import AppendResult, EventLog
+from tracklog.daemon.storage.memory import MemoryEventLog
+from tracklog.daemon.storage.memory_readmodel import MemoryReadModel
 from tracklog.daemon.storage.postgres.eventlog import PgEventLog
 from tracklog.daemon.storage.readmodel import ReadModel, open_read_model
 from tracklog.daemon.storage.sqlite.eventlog import SqliteEventLog
@@ -150,6 +159,21 @@ def models(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterator
         lite.close()
         pg.close()
         pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def lite_and_memory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ReadModel, ReadModel]]:
+    """SQLite's read model and the in-memory one, over the same events."""
+    path = tmp_path_factory.mktemp("same-memory") / "t.db"
+    fill(SqliteEventLog(path, clock=lambda: RECORDED))
+    log = MemoryEventLog(clock=lambda: RECORDED)
+    fill(log)
+    lite, memory = open_read_model(str(path)), MemoryReadModel(log)
+    try:
+        yield lite, memory
+    finally:
+        lite.close()
+        memory.close()
 
 
 def outcome(model: ReadModel, q: Query, now: float = RECORDED) -> Any:
@@ -415,6 +439,102 @@ def daemon_reads(model: ReadModel) -> list[Any]:
 def test_the_daemons_own_reads_are_the_same(models: tuple[ReadModel, ReadModel]) -> None:
     lite, pg = models
     assert daemon_reads(pg) == daemon_reads(lite)
+
+
+# -- the in-memory read model against SQLite -------------------------------------------------
+
+#: Search texts whose hits differ between SQLite (porter stemming) and the memory model
+#: (whole tokens): "jump*" is the same (a prefix), "jump" alone finds "jumps" only in SQLite.
+SEARCH_STEMMED = ["jump", "evaluating"]
+
+
+@pytest.mark.parametrize("q", list(queries()), ids=lambda q: msgspec.json.encode(q).decode()[:120])
+def test_memory_answers_every_question_as_sqlite(
+    lite_and_memory: tuple[ReadModel, ReadModel], q: Query
+) -> None:
+    lite, memory = lite_and_memory
+    assert outcome(memory, q) == outcome(lite, q)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"deleted": True}, *({"run": run} for run in ("aaa111", "beta", "bcd555", "bbb444", "ccc666"))],
+)
+def test_memory_stats_answer_as_sqlite_but_for_the_sizes(
+    lite_and_memory: tuple[ReadModel, ReadModel], fields: dict[str, Any]
+) -> None:
+    sizes = {"database_bytes", "wal_bytes", "log_bytes", "log_bytes_exact", "time"}
+
+    def without_sizes(model: ReadModel) -> Any:
+        (row,) = answer(model, Query(q="stats", **fields), clock=lambda: RECORDED).rows
+        return {k: v for k, v in row.items() if k not in sizes}
+
+    lite, memory = lite_and_memory
+    assert without_sizes(memory) == without_sizes(lite)
+    if not fields.get("run"):
+        row = answer(memory, Query(q="stats")).rows[0]
+        assert {k for k in row} >= sizes and row["database_bytes"] == 0
+
+
+def test_memory_cache_expiry_is_as_sqlites_at_every_moment(
+    lite_and_memory: tuple[ReadModel, ReadModel],
+) -> None:
+    lite, memory = lite_and_memory
+    for now in (RECORDED, RECORDED + 9.99, RECORDED + 10, RECORDED + 1e9):
+        q = Query(q="cache", key="short")
+        assert outcome(memory, q, now) == outcome(lite, q, now)
+
+
+def _search_hits(model: ReadModel, text: str, deleted: bool | None) -> list[tuple[Any, ...]]:
+    """A search's hits as a sorted set (ranking and snippets left out)."""
+    rows = answer(model, Query(q="search", text=text, deleted=deleted)).rows
+    return sorted((r["kind"], r["run"], r["run_name"], r["title"], r.get("seq")) for r in rows)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "fox",
+        "brown fox",
+        "fo*",
+        "a*",
+        "jump*",
+        "doc",
+        "doc-1",
+        "translate",
+        "m.pt",
+        "nothing-like-this",
+        "RIVER",
+        "epsilon",
+        "gpu",
+    ],
+)
+def test_memory_search_finds_the_same_hits_compared_as_a_set(
+    lite_and_memory: tuple[ReadModel, ReadModel], text: str
+) -> None:
+    lite, memory = lite_and_memory
+    for deleted in (None, True):
+        assert _search_hits(memory, text, deleted) == _search_hits(lite, text, deleted)
+    for row in answer(memory, Query(q="search", text=text)).rows:
+        assert row["score"] > 0 and set(row) >= {"kind", "run", "run_name", "title", "snippet", "score"}
+
+
+@pytest.mark.parametrize("text", SEARCH_STEMMED)
+def test_memory_search_does_not_stem(lite_and_memory: tuple[ReadModel, ReadModel], text: str) -> None:
+    """A known difference, kept visible: SQLite's porter stemmer finds more for these."""
+    lite, memory = lite_and_memory
+    assert set(_search_hits(memory, text, True)) < set(_search_hits(lite, text, True))
+
+
+def test_memory_daemons_own_reads_are_as_sqlites(lite_and_memory: tuple[ReadModel, ReadModel]) -> None:
+    lite, memory = lite_and_memory
+    assert daemon_reads(memory) == daemon_reads(lite)
+
+
+def test_memory_sql_and_schema_are_bad_query(lite_and_memory: tuple[ReadModel, ReadModel]) -> None:
+    _, memory = lite_and_memory
+    for q in (Query(q="sql", text="SELECT 1"), Query(q="schema")):
+        assert outcome(memory, q) == ("BadQuery", f"{q.q}: not available on the memory backend")
 
 
 def test_the_comparison_covers_every_question(models: tuple[ReadModel, ReadModel]) -> None:
