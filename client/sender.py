@@ -63,6 +63,9 @@ from .spool import Spool
 from .tls import connect_options
 
 log = logging.getLogger("tracklog")
+#: Jitter from a generator of our own: the global `random` state is the user's (a seeded
+#: training run must not see the sender thread draw from it).
+_jitter = random.Random()
 
 #: Batches above this many bytes are split, well under the daemon's frame limit.
 MAX_BATCH_BYTES: Final = 4 * 1024 * 1024
@@ -606,7 +609,7 @@ class Sender:
         """Capped exponential backoff with jitter, so many clients do not come back in step."""
         o = self.options
         delay = min(o.backoff_max, o.backoff_base * 2.0 ** min(attempt - 1, 30))
-        return delay * random.uniform(0.5, 1.0)
+        return delay * _jitter.uniform(0.5, 1.0)
 
     async def _open(self) -> tuple[ClientConnection, Connection]:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None

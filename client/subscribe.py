@@ -36,6 +36,9 @@ from .tls import connect_options
 
 BACKOFF_START: Final = 0.05
 BACKOFF_MAX: Final = 5.0
+#: Jitter from a generator of our own: the global `random` state is the user's (a seeded
+#: training run must not see a tracker thread draw from it).
+_jitter = random.Random()
 _RETRYABLE = (ConnectionClosed, OSError, InvalidHandshake, TimeoutError)
 
 
@@ -103,7 +106,7 @@ def _backoff(attempt: int) -> float:
     """Seconds to wait before reconnect attempt `attempt`: doubling up to BACKOFF_MAX,
     jittered. The exponent is capped, so a daemon away for hours (thousands of attempts)
     does not overflow the float."""
-    return min(BACKOFF_MAX, BACKOFF_START * 2.0 ** min(attempt, 32)) * random.uniform(0.5, 1.0)
+    return min(BACKOFF_MAX, BACKOFF_START * 2.0 ** min(attempt, 32)) * _jitter.uniform(0.5, 1.0)
 
 
 class Subscription:

@@ -571,6 +571,8 @@ async def test_the_runs_table_sorts_by_a_metric_minimum_and_a_config_key_and_kee
     page = await open_console(browser, daemon.http + "/#runs?cols=name,mn:loss,mx:acc,c:lr&sort=mn:loss:asc")
     await page.wait_for_function(f"{rows} === {','.join(by_min)!r}")
     cell = f'#runs tr[data-run="{by_min[0]}"] td[data-col="mn:loss"]'
+    # The rows may be in order before the metric summaries fill their cells: wait for the text.
+    await page.wait_for_function(f"() => document.querySelector({cell!r})?.textContent.trim() !== ''")
     assert float(await page.inner_text(cell)) == pytest.approx(lowest[by_min[0]], rel=1e-3)
     assert await page.inner_text('#runs th[data-col="mn:loss"]') == "loss min \u25b2"
     # A new lowest value of the last run moves it to the top, pushed live.
