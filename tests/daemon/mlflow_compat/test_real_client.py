@@ -1,6 +1,6 @@
-"""The real `mlflow` client (mlflow-skinny) against the MLflow handlers, through a test-only
-HTTP front (bridge.py) until the daemon's HTTP layer mounts them; then the same runs read
-back through tracklog's own queries.
+"""The real `mlflow` client (mlflow-skinny) against the daemon's own port (MLflow's APIs
+mounted on its HTTP layer); then the same runs read back through tracklog's own client and
+REST API, which must agree with what MLflow's client reads.
 
 Each test runs against tracklog (`[tracklog]`) and, when `$TRACKLOG_MLFLOW_SERVER` names an
 `mlflow` command (the full `mlflow` package, which has the server), against a real
@@ -24,12 +24,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tracklog.daemon.artifacts import ArtifactStore
-from tracklog.daemon.mlflow import MlflowContext
 from tracklog.daemon.server import Daemon, Settings
 from tracklog.protocol.messages import Query
-
-from .bridge import Bridge
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
@@ -121,16 +117,11 @@ async def target(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Target]:
     server: subprocess.Popen[bytes] | None = None
-    bridge: Bridge | None = None
     daemon: Daemon | None = None
     if request.param == "tracklog":
         daemon = Daemon(Settings(db=tmp_path / "m.db", port=0, host="127.0.0.1"))
         await daemon.start()
-        artifacts_dir = daemon.writer.backend.artifacts_dir
-        assert artifacts_dir is not None
-        context = MlflowContext(daemon.writer, daemon.readers, artifacts=ArtifactStore(artifacts_dir))
-        bridge = Bridge(context, asyncio.get_running_loop()).__enter__()
-        uri = bridge.url
+        uri = f"http://127.0.0.1:{daemon.port}"
     else:
         if not os.environ.get("TRACKLOG_MLFLOW_SERVER"):
             pytest.skip("set TRACKLOG_MLFLOW_SERVER to an `mlflow` command to run against a real server")
@@ -147,8 +138,6 @@ async def target(
     finally:
         if mlflow.active_run() is not None:
             await asyncio.to_thread(mlflow.end_run)
-        if bridge is not None:
-            bridge.__exit__(None, None, None)
         if server is not None:
             await asyncio.to_thread(_stop_server, server)
         if daemon is not None:
