@@ -24,6 +24,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 import structlog
+from websockets.datastructures import Headers
+from websockets.http11 import Response
 
 from tracklog.protocol import errors
 
@@ -41,6 +43,29 @@ MAX_MLFLOW_BODY: Final = 8 * 1024 * 1024
 MLFLOW_METHODS: Final = ("GET", "POST", "PATCH", "DELETE", "PUT")
 TRACKING_PATTERN: Final = re.compile(r"/(?:ajax-)?api/2\.0/mlflow/.*")
 ARTIFACTS_PATTERN: Final = re.compile(r"/(?:ajax-)?api/2\.0/mlflow-artifacts/artifacts(?:/.*)?")
+
+
+#: MLflow's error code for each refusal the daemon makes before any route (auth, Host/Origin,
+#: rate limits): the codes of MLflow's own auth (`mlflow/server/auth`) and rate limits.
+REFUSAL_CODES: Final = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 429: "REQUEST_LIMIT_EXCEEDED"}
+
+
+def is_mlflow_path(path: str) -> bool:
+    return TRACKING_PATTERN.fullmatch(path) is not None or ARTIFACTS_PATTERN.fullmatch(path) is not None
+
+
+def mlflow_refusal(response: Response) -> Response:
+    """A refusal of the daemon's checks (`{"error", "message"}`) in MLflow's shape, so MLflow's
+    client shows its code and message; its status and headers are kept."""
+    try:
+        message = msgspec.json.decode(bytes(response.body)).get("message", "")
+    except (msgspec.DecodeError, AttributeError):
+        message = ""
+    code = REFUSAL_CODES.get(response.status_code, "INTERNAL_ERROR")
+    payload = msgspec.json.encode({"error_code": code, "message": message})
+    headers = Headers([(k, v) for k, v in response.headers.raw_items() if k.lower() != "content-length"])
+    headers["Content-Length"] = str(len(payload))
+    return Response(response.status_code, response.reason_phrase, headers, payload)
 
 
 def _mlflow_error(status: HTTPStatus, code: str, message: str) -> Answer:

@@ -47,7 +47,7 @@ from .auth import OPEN_GRANT, READ, Grant, TokenSet, grant, http_scope
 from .guard import ConnectionGuard, Limits
 from .http import HttpApi, method_not_allowed
 from .http_connection import HttpConnection, HttpRequest, HttpService, StreamedResponse
-from .http_mlflow import MlflowRoutes
+from .http_mlflow import REFUSAL_CODES, MlflowRoutes, is_mlflow_path, mlflow_refusal
 from .hub import Filter, Hub, Subscription
 from .liveness import RUNNING, lost_event
 from .mlflow import MlflowContext
@@ -444,6 +444,12 @@ class Daemon:
         """The answer to an HTTP request; None for a `/ws` request that may go on to the
         WebSocket handshake."""
         response = await self._route_request(connection, request)
+        if (
+            isinstance(response, Response)
+            and response.status_code in REFUSAL_CODES
+            and is_mlflow_path(request.path.split("?", 1)[0])
+        ):
+            response = mlflow_refusal(response)  # in MLflow's shape, for MLflow's client
         if isinstance(response, Response) and response.status_code in (401, 403):
             log.info(
                 "request refused",
