@@ -46,6 +46,7 @@ from .artifacts import ArtifactStore
 from .auth import OPEN_GRANT, READ, Grant, TokenSet, grant, http_scope
 from .guard import ConnectionGuard, Limits
 from .http import HttpApi, method_not_allowed
+from .http_blobs import BlobRoutes
 from .http_connection import HttpConnection, HttpRequest, HttpService, StreamedResponse
 from .http_mlflow import REFUSAL_CODES, MlflowRoutes, is_mlflow_path, mlflow_refusal
 from .hub import Filter, Hub, Subscription
@@ -186,6 +187,8 @@ class Daemon:
         #: MLflow's tracking and artifact APIs on this port (daemon/http_mlflow.py).
         self.mlflow = MlflowContext(self.writer, self.readers, artifacts=self.artifacts)
         self.http.routes += MlflowRoutes(self.mlflow, self.http.streams).routes()
+        #: tracklog's own uploads and downloads of blobs (daemon/http_blobs.py).
+        self.http.routes += BlobRoutes(self, self.artifacts, self.http.streams).routes()
         #: HTTP/1.1 on the port (h11), handing `/ws` requests to websockets' handshake.
         self.http_service = HttpService(self._process_request)
         self.started_at = time.time()
