@@ -1,6 +1,6 @@
 """The same MLflow client code against an `mlflow server` (SQLite store) and against tracklog.
 
-    python bench/mlflow_compat.py [--mlflow PATH/TO/mlflow] [--async-metrics 2000] [--batches 10]
+    python bench/mlflow_compat.py [--mlflow PATH/TO/mlflow] [--async-metrics 1000] [--batches 5]
 
 Two workloads, each timed end to end (from the first call until every metric is stored,
 then checked by reading the history back):
@@ -160,8 +160,8 @@ def main() -> int:
     parser.add_argument(
         "--mlflow", default=os.environ.get("TRACKLOG_MLFLOW_SERVER") or shutil.which("mlflow")
     )
-    parser.add_argument("--async-metrics", type=int, default=2000)
-    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--async-metrics", type=int, default=1000)
+    parser.add_argument("--batches", type=int, default=5)
     args = parser.parse_args()
 
     print(f"machine: {machine()}")
