@@ -173,17 +173,33 @@ class Run:
         size: int | None = None,
         digest: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        upload: bool = False,
     ) -> None:
-        """Queue a reference to an artifact (a checkpoint, a plot): its kind and path or URI."""
+        """Queue a reference to an artifact (a checkpoint, a plot): its kind and path or URI.
+
+        With `upload=True`, `path` is a local file whose bytes are first stored in the
+        daemon's artifact store (an HTTP PUT streamed from the file, checked against its
+        SHA-256, stored once whatever how often it is uploaded): this call waits for that,
+        and raises ArtifactTransferError when the daemon refuses it or cannot be reached.
+        The event then names the blob (`blob`, `digest`, `size`), so
+        `Tracker.download_artifact` and the console can fetch the file back.
+        """
         wire.check_name("artifact kind", kind)
         if size is not None:
             size = _coerce_int("size", size)
+        blob = None
+        if upload:
+            from .blobs import http_base, upload_file
+
+            blob, size = upload_file(http_base(self._tracker.url), self._sender.token, path)
+            digest = blob
         body = ArtifactData(
             kind=kind,
             path=os.fspath(path),
             size=size,
             digest=digest,
             metadata=dict(metadata) if metadata is not None else None,
+            blob=blob,
         )
         ts = _time()
         self._put_checked(
@@ -570,6 +586,24 @@ class Tracker:
     def artifacts(self, run: str | Run) -> Rows:
         """A run's artifacts."""
         return self._questions().artifacts(_run_id(run))
+
+    def download_artifact(
+        self, run: str | Run, path: str | os.PathLike[str], dest: str | os.PathLike[str]
+    ) -> Path:
+        """Fetch the bytes of a run's stored artifact (the latest one logged at `path` with
+        `upload=True`, or by MLflow's `log_artifact`) into the file `dest` (a folder: the
+        file keeps its name there). Streamed, checked against its digest, written whole or
+        not at all. NotFound when the run has no stored artifact at that path."""
+        from .blobs import download_blob, http_base
+
+        wanted = os.fspath(path)
+        stored = [row for row in self.artifacts(run) if row.get("path") == wanted and row.get("blob")]
+        if not stored:
+            raise codes.NotFound(f"no stored artifact at {wanted[:200]} in run {_run_id(run)}")
+        target = Path(dest)
+        if target.is_dir():
+            target = target / Path(wanted).name
+        return download_blob(http_base(self.url), self._sender.token, stored[-1]["blob"], target)
 
     def search(self, text: str, limit: int | None = None, deleted: bool | None = None) -> Rows:
         """Runs, items and artifacts matching the words of text (stemmed), best first, with snippets."""

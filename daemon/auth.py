@@ -53,6 +53,10 @@ OP_SCOPES: Final[dict[str, str]] = {
 QUERY_SCOPES: Final[dict[str, str]] = {"sql": ADMIN, "schema": ADMIN}
 #: HTTP paths any valid token may read, whatever its scopes (as before scopes existed).
 ANY_TOKEN_PATHS: Final = frozenset({"/healthz", "/metrics"})
+#: MLflow's tracking endpoints that only read but are called with POST (their fields in a
+#: JSON body): they need `read`, as a GET does. Every other POST of MLflow's writes.
+MLFLOW_POST_READS: Final = frozenset({"experiments/search", "runs/search", "logged-models/search"})
+_MLFLOW_TRACKING: Final = re.compile(r"/(?:ajax-)?api/2\.0/mlflow/(?P<endpoint>.*?)/?")
 
 
 class TokenFileError(errors.TracklogError):
@@ -167,10 +171,15 @@ def op_scope(op: str, q: str | None = None) -> str | None:
 
 def http_scope(method: str, path: str) -> str | None:
     """The scope an HTTP request needs: None (any valid token) for /healthz and /metrics,
-    `read` for reads (GET, HEAD), `append` for what writes (deleting, restoring runs)."""
+    `read` for reads (GET, HEAD, and MLflow's searches, which are POSTs), `append` for what
+    writes (deleting, restoring runs; MLflow's POST, PATCH, PUT and DELETE: logging, creating
+    runs and experiments, artifact uploads)."""
     if path in ANY_TOKEN_PATHS:
         return None
     if method in ("GET", "HEAD"):
+        return READ
+    mlflow = _MLFLOW_TRACKING.fullmatch(path)
+    if mlflow is not None and method == "POST" and mlflow["endpoint"] in MLFLOW_POST_READS:
         return READ
     return APPEND
 

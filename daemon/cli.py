@@ -88,6 +88,15 @@ def add_commands(sub: Any) -> None:
     )
     _add_security_options(s)
     s.add_argument(
+        "--artifacts-dir",
+        type=Path,
+        default=os.environ.get("TRACKLOG_ARTIFACTS_DIR") or None,
+        metavar="PATH",
+        help="the artifact store's folder (default: DB.artifacts beside an SQLite database; a PostgreSQL"
+        " database has none unless this is set, and artifact uploads are refused; also"
+        " $TRACKLOG_ARTIFACTS_DIR)",
+    )
+    s.add_argument(
         "--env-file",
         type=Path,
         default=None,
@@ -315,6 +324,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         log_format=args.log_format,
         slow_request_seconds=args.slow_ms / 1000,
+        artifacts_dir=args.artifacts_dir,
         **security,
     )
     return commands.serve(settings)

@@ -209,7 +209,8 @@ class StreamStopped(Exception):
 
 
 class StreamedResponse:
-    """A 200 whose body is produced piece by piece (chunked), never whole in memory.
+    """A 200 whose body is produced piece by piece (chunked, or with `length` as its
+    Content-Length when it is known, as for a stored blob), never whole in memory.
 
     `produce` runs on a thread of its own and blocks while STREAM_PIECES pieces wait for
     the socket, which is written with the connection's flow control. `registry` holds the
@@ -221,8 +222,11 @@ class StreamedResponse:
         headers: Sequence[tuple[str, str]],
         produce: Callable[[], Iterator[bytes]],
         registry: set[StreamedResponse],
+        length: int | None = None,
     ) -> None:
         self.headers = headers
+        #: The body's size when known (sent as Content-Length; else chunked).
+        self.length = length
         self.produce = produce
         self.registry = registry
         self._stopped = threading.Event()
@@ -269,7 +273,12 @@ class StreamedResponse:
         self._connection = connection
         self.registry.add(self)
         try:
-            headers = [*self.headers, ("Transfer-Encoding", "chunked"), ("Connection", "close")]
+            framing = (
+                ("Transfer-Encoding", "chunked")
+                if self.length is None
+                else ("Content-Length", str(self.length))
+            )
+            headers = [*self.headers, framing, ("Connection", "close")]
             await connection.send_head(HTTPStatus.OK, headers)
             if head_only:
                 await connection.send_end()

@@ -42,13 +42,17 @@ from tracklog.protocol.messages import Check, Codec, Query, Subscribe, Unsubscri
 from tracklog.protocol.version import __version__
 
 from . import logs
+from .artifacts import ArtifactStore
 from .auth import OPEN_GRANT, READ, Grant, TokenSet, grant, http_scope
 from .follow import Sequencer
 from .guard import ConnectionGuard, Limits
 from .http import HttpApi, method_not_allowed
+from .http_blobs import BlobRoutes
 from .http_connection import HttpConnection, HttpRequest, HttpService, StreamedResponse
+from .http_mlflow import REFUSAL_CODES, MlflowRoutes, is_mlflow_path, mlflow_refusal
 from .hub import Filter, Hub, Subscription
 from .liveness import RUNNING, LostMark, lost_event
+from .mlflow import MlflowContext
 from .notify import Notifier
 from .queries import READERS, Readers
 from .ratelimit import ConnectionLimiter, RatePolicy, TokenBuckets, http_query
@@ -115,6 +119,9 @@ class Settings:
     #: A certificate chain and its key (PEM): serve wss:// and https:// instead.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: The artifact store's folder (`--artifacts-dir`); None: beside an SQLite database
+    #: (`<db>.artifacts/`), and none at all on PostgreSQL (artifact uploads are refused).
+    artifacts_dir: Path | None = None
 
 
 #: The names a loopback daemon answers to in `Host` (any port): others may be DNS rebinding.
@@ -182,6 +189,14 @@ class Daemon:
         readers = backend.settings.pool_size if isinstance(backend, PgBackend) else READERS
         self.readers = Readers(backend.open_read_model, readers)
         self.http = HttpApi(self)
+        artifacts_root = settings.artifacts_dir or backend.artifacts_dir
+        #: The content-addressed artifact store (None: uploads are refused, see --artifacts-dir).
+        self.artifacts = ArtifactStore(artifacts_root) if artifacts_root is not None else None
+        #: MLflow's tracking and artifact APIs on this port (daemon/http_mlflow.py).
+        self.mlflow = MlflowContext(self.writer, self.readers, artifacts=self.artifacts)
+        self.http.routes += MlflowRoutes(self.mlflow, self.http.streams).routes()
+        #: tracklog's own uploads and downloads of blobs (daemon/http_blobs.py).
+        self.http.routes += BlobRoutes(self, self.artifacts, self.http.streams).routes()
         #: HTTP/1.1 on the port (h11), handing `/ws` requests to websockets' handshake.
         self.http_service = HttpService(self._process_request)
         self.started_at = time.time()
@@ -241,6 +256,17 @@ class Daemon:
     # -- life cycle -------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.artifacts is not None:
+            # Uploads a crash left half-written, removed before any new one can start.
+            cleared = await asyncio.to_thread(self.artifacts.clear_tmp)
+            if cleared:
+                log.info("removed unfinished artifact uploads", uploads=cleared)
+        else:
+            log.warning(
+                "no artifact store: artifact uploads (MLflow's log_artifact, tracklog's upload=True)"
+                " are refused; set --artifacts-dir or $TRACKLOG_ARTIFACTS_DIR",
+                db=self.db_name,
+            )
         replayed = await self.writer.start()
         self.hub.published_seq = self.writer.head
         self.hub.pipeline_of, self.hub.status_of = await self.readers.call(
@@ -453,6 +479,12 @@ class Daemon:
         """The answer to an HTTP request; None for a `/ws` request that may go on to the
         WebSocket handshake."""
         response = await self._route_request(connection, request)
+        if (
+            isinstance(response, Response)
+            and response.status_code in REFUSAL_CODES
+            and is_mlflow_path(request.path.split("?", 1)[0])
+        ):
+            response = mlflow_refusal(response)  # in MLflow's shape, for MLflow's client
         if isinstance(response, Response) and response.status_code in (401, 403):
             log.info(
                 "request refused",

@@ -91,7 +91,12 @@ async def handle_artifacts(
     file, GET without a file path lists `?path=`."""
     store = context.artifacts
     if store is None:
-        return 503, {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "this daemon has no artifact store"}
+        # 503, as MLflow's server answers when it serves no artifacts (`--no-serve-artifacts`).
+        message = (
+            "Artifact uploads and downloads are refused: this tracklog daemon has no artifact store"
+            " (its database is not a file). Start it with --artifacts-dir or $TRACKLOG_ARTIFACTS_DIR."
+        )
+        return 503, {"error_code": "TEMPORARILY_UNAVAILABLE", "message": message}
     try:
         relative = _safe(_relative(path))
         method = method.upper()

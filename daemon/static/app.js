@@ -1294,10 +1294,28 @@
     $("item-count").textContent = "(" + (open.itemsTotal || open.items.length) + (open.items.length > ITEMS_SHOWN ? ", " + ITEMS_SHOWN + " shown" : "") + ")";
   }
 
+  // A stored artifact (its bytes in the daemon's artifact store) downloads from the daemon.
+  // With a token, the link fetches with it (a plain link cannot send a header) and saves the bytes.
+  function storedLink(a) {
+    const name = String(a.path || "artifact").split("/").pop() || "artifact";
+    const link = el("a", { href: "/api/blobs/" + encodeURIComponent(a.blob), download: name, "data-blob": a.blob }, a.path);
+    if (token) link.onclick = async (e) => {
+      e.preventDefault();
+      const res = await fetch(link.getAttribute("href"), { headers: { Authorization: "Bearer " + token } });
+      if (!res.ok) { link.title = "download failed: " + res.status; return; }
+      const url = URL.createObjectURL(await res.blob());
+      const save = el("a", { href: url, download: name });
+      document.body.append(save); save.click(); save.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+    };
+    return link;
+  }
+
   function renderArtifacts(open) {
     $("artifacts").tBodies[0].replaceChildren(...open.artifacts.map((a) => {
-      // Artifacts stored at a web address download from there; a local path is shown to copy.
-      const link = /^https?:\/\//i.test(a.path || "") ? el("a", { href: a.path, download: "", rel: "noopener" }, a.path) : el("code", {}, a.path);
+      // Stored in the daemon: a download from it; at a web address: from there; a local path is shown to copy.
+      const link = typeof a.blob === "string" && a.blob.startsWith("sha256:") ? storedLink(a)
+        : /^https?:\/\//i.test(a.path || "") ? el("a", { href: a.path, download: "", rel: "noopener" }, a.path) : el("code", {}, a.path);
       return el("tr", {}, el("td", {}, a.kind), el("td", {}, link), el("td", { class: "num" }, a.size != null ? fmt(a.size) : ""));
     }));
   }

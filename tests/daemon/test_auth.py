@@ -125,6 +125,17 @@ def test_every_op_maps_to_the_scope_it_needs(op: str, q: str | None, scope: str 
         ("GET", "/", READ),
         ("DELETE", "/api/runs/r1", APPEND),
         ("POST", "/api/runs/r1/restore", APPEND),
+        # MLflow: its searches are POSTs that only read; every other POST, PUT, DELETE writes.
+        ("POST", "/api/2.0/mlflow/runs/search", READ),
+        ("POST", "/ajax-api/2.0/mlflow/experiments/search", READ),
+        ("POST", "/api/2.0/mlflow/logged-models/search/", READ),
+        ("GET", "/api/2.0/mlflow/runs/get", READ),
+        ("POST", "/api/2.0/mlflow/runs/log-batch", APPEND),
+        ("POST", "/api/2.0/mlflow/experiments/create", APPEND),
+        ("POST", "/api/2.0/mlflow/runs/searchx", APPEND),
+        ("PUT", "/api/2.0/mlflow-artifacts/artifacts/0/r/artifacts/f.txt", APPEND),
+        ("GET", "/api/2.0/mlflow-artifacts/artifacts/0/r/artifacts/f.txt", READ),
+        ("DELETE", "/api/2.0/mlflow-artifacts/artifacts/0/r/artifacts/f.txt", APPEND),
     ],
 )
 def test_every_http_request_maps_to_the_scope_it_needs(method: str, path: str, scope: str | None) -> None:

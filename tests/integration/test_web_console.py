@@ -220,6 +220,11 @@ async def test_the_page_shows_a_run_as_it_starts_and_its_chart_grows_as_metrics_
                 "run": "r-web",
                 "data": {"kind": "plot", "path": "https://example.org/p.png"},
             },
+            {
+                "type": "artifact",
+                "run": "r-web",
+                "data": {"kind": "file", "path": "out/model.bin", "size": 3, "blob": "sha256:" + "ab" * 32},
+            },
             {"type": "run.finished", "run": "r-web", "data": {"status": "failed", "error": "diverged"}},
         ]
     )
@@ -229,7 +234,10 @@ async def test_the_page_shows_a_run_as_it_starts_and_its_chart_grows_as_metrics_
     assert "/ckpt/40.pt" in await page.inner_text("#artifacts")
     # Stored at a web address: a download link; a local path is only shown.
     await page.wait_for_selector('#artifacts a[download][href="https://example.org/p.png"]')
-    assert await page.locator("#artifacts a").count() == 1
+    # Stored in the daemon's artifact store: a download from the daemon, named as the file.
+    stored = '#artifacts a[download="model.bin"][href="/api/blobs/sha256%3A' + "ab" * 32 + '"]'
+    await page.wait_for_selector(stored)
+    assert await page.locator("#artifacts a").count() == 2
     assert '"lr": 0.01' in await page.inner_text("#config")
 
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)

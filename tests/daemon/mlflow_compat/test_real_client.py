@@ -1,6 +1,6 @@
-"""The real `mlflow` client (mlflow-skinny) against the MLflow handlers, through a test-only
-HTTP front (bridge.py) until the daemon's HTTP layer mounts them; then the same runs read
-back through tracklog's own queries.
+"""The real `mlflow` client (mlflow-skinny) against the daemon's own port (MLflow's APIs
+mounted on its HTTP layer); then the same runs read back through tracklog's own client and
+REST API, which must agree with what MLflow's client reads.
 
 Each test runs against tracklog (`[tracklog]`) and, when `$TRACKLOG_MLFLOW_SERVER` names an
 `mlflow` command (the full `mlflow` package, which has the server), against a real
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -24,12 +25,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tracklog.daemon.artifacts import ArtifactStore
-from tracklog.daemon.mlflow import MlflowContext
 from tracklog.daemon.server import Daemon, Settings
 from tracklog.protocol.messages import Query
-
-from .bridge import Bridge
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
@@ -121,16 +118,11 @@ async def target(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Target]:
     server: subprocess.Popen[bytes] | None = None
-    bridge: Bridge | None = None
     daemon: Daemon | None = None
     if request.param == "tracklog":
         daemon = Daemon(Settings(db=tmp_path / "m.db", port=0, host="127.0.0.1"))
         await daemon.start()
-        artifacts_dir = daemon.writer.backend.artifacts_dir
-        assert artifacts_dir is not None
-        context = MlflowContext(daemon.writer, daemon.readers, artifacts=ArtifactStore(artifacts_dir))
-        bridge = Bridge(context, asyncio.get_running_loop()).__enter__()
-        uri = bridge.url
+        uri = f"http://127.0.0.1:{daemon.port}"
     else:
         if not os.environ.get("TRACKLOG_MLFLOW_SERVER"):
             pytest.skip("set TRACKLOG_MLFLOW_SERVER to an `mlflow` command to run against a real server")
@@ -147,8 +139,6 @@ async def target(
     finally:
         if mlflow.active_run() is not None:
             await asyncio.to_thread(mlflow.end_run)
-        if bridge is not None:
-            bridge.__exit__(None, None, None)
         if server is not None:
             await asyncio.to_thread(_stop_server, server)
         if daemon is not None:
@@ -296,3 +286,151 @@ async def test_log_artifact_log_dict_and_load_dict_go_through_the_artifact_store
         sizes.keys() == {"model/weights.bin", "config/params.json"} and sizes["model/weights.bin"] == 256_000
     )
     assert all(r["blob"].startswith("sha256:") and r["digest"] == r["blob"] for r in rows)
+
+
+async def test_tracklog_client_and_rest_read_the_same_runs_mlflow_logged(
+    target: Target, tmp_path: Path
+) -> None:
+    """What MLflow's client logs and reads back, tracklog's own client and REST API read the same."""
+    if target.daemon is None:
+        pytest.skip("reads tracklog's own API")
+    client = MlflowClient()
+
+    def log() -> tuple[str, list[str]]:
+        experiment_id = client.create_experiment("agree")
+        ids = []
+        for i in range(3):
+            run = client.create_run(experiment_id, run_name=f"a{i}", tags={"team": "cv"})
+            client.log_batch(
+                run.info.run_id,
+                metrics=[Metric("loss", 1.0 / (s + 1 + i), 1_767_225_600_000 + s, s) for s in range(4)],
+                params=[Param("lr", f"0.{i + 1}"), Param("depth", str(i))],
+            )
+            client.set_terminated(run.info.run_id, "FINISHED" if i else "KILLED")
+            ids.append(run.info.run_id)
+        return experiment_id, ids
+
+    experiment_id, ids = await off_loop(log)
+    mlflow_runs = {r.info.run_id: r for r in await off_loop(client.search_runs, [experiment_id])}
+    assert mlflow_runs.keys() == set(ids)
+    url = f"ws://127.0.0.1:{target.uri.rsplit(':', 1)[1]}/ws"
+
+    def tracklog_reads() -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        import tracklog
+
+        with tracklog.connect(url, spool_dir=tmp_path / "spool") as tl:
+            rows = tl.runs(filter="experiment_name = 'agree'")
+            one = tl.get_run(ids[1])
+            history = tl.metrics(ids[1], names=["loss"])
+        return rows, one, dict(history)
+
+    rows, one, history = await off_loop(tracklog_reads)
+    statuses = {"FINISHED": "completed", "KILLED": "killed"}
+    assert {row["id"] for row in rows} == set(ids)
+    for row in rows:
+        run = mlflow_runs[row["id"]]
+        assert row["name"] == run.info.run_name
+        assert row["status"] == statuses[run.info.status]
+    assert one["config"] == mlflow_runs[ids[1]].data.params == {"lr": "0.2", "depth": "1"}
+    assert one["metrics"]["loss"]["last"] == mlflow_runs[ids[1]].data.metrics["loss"]
+    assert "team" in one["tags"]
+    mlflow_history = await off_loop(client.get_metric_history, ids[1], "loss")
+    assert history["loss"]["steps"] == [m.step for m in mlflow_history]
+    assert history["loss"]["values"] == [m.value for m in mlflow_history]
+    assert [round(t * 1000) for t in history["loss"]["ts"]] == [m.timestamp for m in mlflow_history]
+
+    def rest() -> dict[str, Any]:
+        with urllib.request.urlopen(f"{target.uri}/api/runs/{ids[2]}", timeout=30) as reply:
+            body: dict[str, Any] = json.loads(reply.read())
+        return body
+
+    run_rest = (await off_loop(rest))["run"]
+    mlflow_run = mlflow_runs[ids[2]]
+    assert run_rest["config"] == mlflow_run.data.params
+    assert run_rest["started"] * 1000 == pytest.approx(mlflow_run.info.start_time, abs=1)
+    assert run_rest["finished"] * 1000 == pytest.approx(mlflow_run.info.end_time, abs=1)
+    assert run_rest["experiment"] == mlflow_run.info.experiment_id
+
+
+TOKENS = """\
+writer  append
+reader  read
+both    read,append
+boss
+"""
+
+
+async def test_mlflow_tracking_token_is_checked_with_its_scopes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLFLOW_TRACKING_TOKEN reaches the daemon as `Authorization: Bearer`: no token or a bad
+    one is 401, a `read` token reads but cannot log (403), an `append` one logs."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(TOKENS)
+    daemon = Daemon(Settings(db=tmp_path / "t.db", port=0, host="127.0.0.1", tokens_file=tokens))
+    await daemon.start()
+    uri = f"http://127.0.0.1:{daemon.port}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+
+    def as_token(token: str | None) -> MlflowClient:
+        if token is None:
+            os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
+        else:
+            os.environ["MLFLOW_TRACKING_TOKEN"] = token
+        return MlflowClient(tracking_uri=uri)
+
+    def scenario() -> None:
+        for token in (None, "nope"):
+            with pytest.raises(MlflowException, match="UNAUTHENTICATED"):
+                as_token(token).search_experiments()
+        run = as_token("writer").create_run("0", run_name="guarded")
+        as_token("writer").log_metric(run.info.run_id, "m", 1.0)
+        source = tmp_path / "a.txt"
+        source.write_text("artifact")
+        # log_artifact reads the run first (its artifact URI), then uploads: both scopes.
+        as_token("both").log_artifact(run.info.run_id, str(source))
+        # A search is a POST that only reads: `read` is enough, `append` is not.
+        assert [r.info.run_id for r in as_token("reader").search_runs(["0"])] == [run.info.run_id]
+        with pytest.raises(MlflowException, match=r"PERMISSION_DENIED: .*scope"):
+            as_token("writer").search_runs(["0"])
+        with pytest.raises(MlflowException, match=r"PERMISSION_DENIED: .*scope"):
+            as_token("reader").log_metric(run.info.run_id, "m", 2.0)
+        # The artifact repository raises requests' HTTPError, with the answer's text.
+        with pytest.raises(Exception, match=r"PERMISSION_DENIED.*'append' scope"):
+            as_token("reader").log_artifact(run.info.run_id, str(source))
+        assert as_token("boss").get_run(run.info.run_id).data.metrics == {"m": 1.0}
+        listed = as_token("reader").list_artifacts(run.info.run_id)
+        assert [(f.path, f.file_size) for f in listed] == [("a.txt", 8)]
+
+    try:
+        await off_loop(scenario)
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
+        await asyncio.wait_for(daemon.stop(), WAIT)
+
+
+async def test_artifacts_go_to_the_artifacts_dir_when_one_is_set(tmp_path: Path) -> None:
+    """`--artifacts-dir` (Settings.artifacts_dir) places the store: where a PostgreSQL daemon keeps blobs."""
+    store = tmp_path / "blobs-here"
+    daemon = Daemon(Settings(db=tmp_path / "d.db", port=0, host="127.0.0.1", artifacts_dir=store))
+    leftover = store / "tmp" / "crashed.part"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half")
+    await daemon.start()
+    assert not leftover.exists()  # cleared at start
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{daemon.port}")
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"x" * 1000)
+
+    def upload() -> None:
+        run = client.create_run("0")
+        client.log_artifact(run.info.run_id, str(source))
+
+    try:
+        await off_loop(upload)
+        blobs = [p for p in (store / "blobs").rglob("*") if p.is_file()]
+        assert len(blobs) == 1 and blobs[0].read_bytes() == b"x" * 1000
+        assert not (tmp_path / "d.db.artifacts").exists()
+    finally:
+        await asyncio.wait_for(daemon.stop(), WAIT)
