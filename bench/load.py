@@ -330,12 +330,18 @@ def run_load(
     rate: float,
     queriers: int = 1,
     on_sample: Callable[[Sample], None] | None = None,
+    on_daemon: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Any], list[Sample]]:
-    """Run one load against a fresh daemon; the summary and the per-second samples."""
+    """Run one load against a fresh daemon; the summary and the per-second samples.
+
+    `on_daemon` is called with the daemon's PID once it listens (to signal it).
+    """
     with tempfile.TemporaryDirectory(prefix="tracklog-load-") as tmp:
         db = Path(tmp) / "tracklog.db"
         with BenchDaemon(db) as daemon:
             assert daemon.proc is not None
+            if on_daemon is not None:
+                on_daemon(daemon.proc.pid)
             sampler = Sampler(daemon.proc.pid, on_sample=on_sample)
             sampling = threading.Thread(target=sampler.run, daemon=True)
             sampling.start()
