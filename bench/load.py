@@ -282,8 +282,10 @@ def _expect_ready(procs: list[subprocess.Popen[str]]) -> None:
             raise RuntimeError(f"a worker did not start: {line!r}")
 
 
-def _finish(proc: subprocess.Popen[str], line: str = "") -> Any:
-    out, _ = proc.communicate(line, timeout=FINAL_TIMEOUT + 120)
+def _finish(proc: subprocess.Popen[str], line: str = "", working: float = 0.0) -> Any:
+    """A worker's JSON result, once it ends: after `working` seconds of work still to do
+    and its final flush or drain (a writer's timeout starts at its `go`, not at its end)."""
+    out, _ = proc.communicate(line, timeout=working + FINAL_TIMEOUT + 120)
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -370,7 +372,7 @@ def run_load(
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
             window = [sampler.now(), 0.0]
-            writer_results = [_finish(proc) for proc in writer_procs]
+            writer_results = [_finish(proc, working=seconds) for proc in writer_procs]
             elapsed = time.monotonic() - began
             window[1] = sampler.now()
             query_results = [_finish(proc, "stop\n") for proc in query_procs]
