@@ -282,8 +282,10 @@ def _expect_ready(procs: list[subprocess.Popen[str]]) -> None:
             raise RuntimeError(f"a worker did not start: {line!r}")
 
 
-def _finish(proc: subprocess.Popen[str], line: str = "") -> Any:
-    out, _ = proc.communicate(line, timeout=FINAL_TIMEOUT + 120)
+def _finish(proc: subprocess.Popen[str], line: str = "", working: float = 0.0) -> Any:
+    """A worker's JSON result, once it ends: after `working` seconds of work still to do
+    and its final flush or drain (a writer's timeout starts at its `go`, not at its end)."""
+    out, _ = proc.communicate(line, timeout=working + FINAL_TIMEOUT + 120)
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -330,12 +332,18 @@ def run_load(
     rate: float,
     queriers: int = 1,
     on_sample: Callable[[Sample], None] | None = None,
+    on_daemon: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Any], list[Sample]]:
-    """Run one load against a fresh daemon; the summary and the per-second samples."""
+    """Run one load against a fresh daemon; the summary and the per-second samples.
+
+    `on_daemon` is called with the daemon's PID once it listens (to signal it).
+    """
     with tempfile.TemporaryDirectory(prefix="tracklog-load-") as tmp:
         db = Path(tmp) / "tracklog.db"
         with BenchDaemon(db) as daemon:
             assert daemon.proc is not None
+            if on_daemon is not None:
+                on_daemon(daemon.proc.pid)
             sampler = Sampler(daemon.proc.pid, on_sample=on_sample)
             sampling = threading.Thread(target=sampler.run, daemon=True)
             sampling.start()
@@ -364,7 +372,7 @@ def run_load(
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
             window = [sampler.now(), 0.0]
-            writer_results = [_finish(proc) for proc in writer_procs]
+            writer_results = [_finish(proc, working=seconds) for proc in writer_procs]
             elapsed = time.monotonic() - began
             window[1] = sampler.now()
             query_results = [_finish(proc, "stop\n") for proc in query_procs]

@@ -200,6 +200,15 @@ class Hub:
         """Subscriptions whose send waits for the client's socket to take a frame."""
         return sum(1 for s in self._all.values() if s.sending)
 
+    @property
+    def live_count(self) -> int:
+        """Subscriptions delivered to from memory (the others read the log)."""
+        return len(self._live)
+
+    def buffered_events(self) -> int:
+        """Events waiting in memory over all subscriptions."""
+        return sum(s.buffered for s in self._all.values())
+
     def lag(self) -> int:
         """The largest number of events a subscriber has waiting in memory."""
         return max((s.buffered for s in self._all.values()), default=0)

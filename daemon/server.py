@@ -41,7 +41,7 @@ from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
 from tracklog.protocol.messages import Check, Codec, Query, Subscribe, Unsubscribe
 from tracklog.protocol.version import __version__
 
-from . import logs
+from . import logs, memdebug
 from .artifacts import ArtifactStore
 from .auth import OPEN_GRANT, READ, Grant, TokenSet, grant, http_scope
 from .follow import Sequencer
@@ -389,6 +389,21 @@ class Daemon:
             self.http_service.abort()
             await closing
 
+    def memory_sizes(self) -> dict[str, int]:
+        """The sizes of the daemon's per-connection and per-run structures: every one of the
+        per-connection ones is back to 0 when no client is connected (memdebug, tests)."""
+        return {
+            "connections": self.connections,
+            "pending_acks": len(self._pending_acks),
+            "run_writers": len(self._run_writers),
+            "lost_timers": len(self._lost_timers),
+            "subscriptions": self.hub.subscribers,
+            "subscriptions_live": self.hub.live_count,
+            "subscription_buffered_events": self.hub.buffered_events(),
+            "runs_known_to_hub": len(self.hub.status_of),
+            "writer_unanswered": self.writer.unanswered,
+        }
+
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then shut down cleanly; SIGHUP reloads.
 
@@ -400,6 +415,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        memdebug.install(loop, self.memory_sizes)
         await self.start()
         supervisor: asyncio.Task[None] | None = None
         try:

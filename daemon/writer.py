@@ -137,6 +137,11 @@ class Writer:
         return 0.0
 
     @property
+    def unanswered(self) -> int:
+        """Requests submitted and not yet answered (queued or being written)."""
+        return len(self._submitted)
+
+    @property
     def queued(self) -> int:
         return self._queue.qsize()
 

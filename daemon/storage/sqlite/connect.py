@@ -16,6 +16,12 @@ from tracklog.protocol import errors
 Durability = Literal["normal", "full"]
 #: SQLite's result code for "database or disk is full" (SQLITE_FULL).
 SQLITE_FULL: Final = 13
+#: Each connection's page cache bound, in KiB (SQLite's negative `cache_size`): 64 MiB.
+#: The daemon keeps the writer's and its readers' (queries.READERS) connections open for
+#: its life, so up to (1 + READERS) x 64 MiB = 192 MiB of its RSS is page cache once they
+#: have touched that many pages: under a steady load its RSS climbs to that and stays
+#: (bench/soak.py, README "Soak"). Short-lived connections that scan once use less.
+PAGE_CACHE_KIB: Final = 65536
 
 
 def connect(
@@ -34,7 +40,7 @@ def connect(
             # Fewer, larger checkpoints: the writer commits often.
             conn.execute("PRAGMA wal_autocheckpoint = 4000")
         conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA cache_size = -65536")
+        conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
         conn.execute("PRAGMA temp_store = MEMORY")
     except sqlite3.Error as exc:
         raise errors.StorageError(f"cannot open {path}: {exc}") from exc
