@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
@@ -44,14 +44,14 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
         await asyncio.wait_for(d.stop(), WAIT)
 
 
-async def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Wait until `condition` holds; fail naming `what` after WAIT seconds."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while not condition():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"not within {WAIT} s: {what}") from None
+async def all_done(tasks: Iterable[asyncio.Task[None]], what: str) -> None:
+    """Wait until these tasks have ended (the daemon's own: its connection handlers, its
+    lost-run timers); fail naming `what` after WAIT seconds."""
+    pending = set(tasks)
+    if not pending:
+        return
+    _, still = await asyncio.wait(pending, timeout=WAIT)
+    assert not still, f"not within {WAIT} s: {what}"
 
 
 async def test_connections_with_appends_and_subscriptions_leave_nothing_behind(daemon: Daemon) -> None:
@@ -79,12 +79,14 @@ async def test_connections_with_appends_and_subscriptions_leave_nothing_behind(d
                 client.ws.transport.abort()
             else:
                 await client.ws.close()
-        await wait_for(lambda: daemon.memory_sizes()["connections"] == 0, "connections closed")
-        await wait_for(
-            lambda: all(daemon.memory_sizes()[name] == 0 for name in PER_CONNECTION), "per-connection state"
-        )
+        # The daemon's handler of each connection ends: its clean-up has run.
+        assert daemon._server is not None
+        await all_done(daemon._server.handler_tasks, "connection handlers")
+        sizes = daemon.memory_sizes()
+        assert {name: sizes[name] for name in PER_CONNECTION} == dict.fromkeys(PER_CONNECTION, 0)
         # Every run lost its writer: its timer fires and goes (lost_after is short here).
-        await wait_for(lambda: daemon.memory_sizes()["lost_timers"] == 0, "lost timers")
+        await all_done(daemon._lost_timers.values(), "lost timers")
+        assert daemon.memory_sizes()["lost_timers"] == 0
     assert daemon.memory_sizes()["runs_known_to_hub"] == 2 * CONNECTIONS  # one entry per run, by design
 
 
@@ -103,12 +105,17 @@ async def test_memdebug_dumps_the_memory_and_the_sizes_on_sigusr1(
     monkeypatch.setenv(memdebug.ENV_FRAMES, "0")  # numbers only, no tracemalloc
     monkeypatch.setenv(memdebug.ENV_DIR, str(tmp_path))
     loop = asyncio.get_running_loop()
-    assert memdebug.install(loop, lambda: {"connections": 3})
+    asked = asyncio.Event()
+
+    def sizes() -> dict[str, int]:
+        asked.set()  # the dump asks for the sizes, then writes its file in the same callback
+        return {"connections": 3}
+
+    assert memdebug.install(loop, sizes)
     try:
         os.kill(os.getpid(), signal.SIGUSR1)
-        dump = tmp_path / "memory-001.json"
-        await wait_for(dump.exists, "the dump")
-        report = json.loads(dump.read_text())
+        await asyncio.wait_for(asked.wait(), WAIT)
+        report = json.loads((tmp_path / "memory-001.json").read_text())
     finally:
         loop.remove_signal_handler(signal.SIGUSR1)
     assert report["sizes"] == {"connections": 3}

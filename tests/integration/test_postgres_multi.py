@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import subprocess
 import sys
 import threading
@@ -66,17 +67,61 @@ def daemons(pg_url: str) -> Iterator[Callable[..., DaemonProcess]]:
                     proc.kill()
 
 
+class Progress:
+    """Wakes every `until` when something it may be waiting for happened in this process:
+    an ack, a frame to a subscriber, the end of a fault the test injected."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def changed(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        await asyncio.wait_for(self._event.wait(), timeout)
+
+
+progress: Progress | None = None
+
+
+@pytest.fixture(autouse=True)
+def _progress() -> Iterator[None]:
+    global progress
+    progress = Progress()
+    yield
+    progress = None
+
+
+def changed() -> None:
+    if progress is not None:
+        progress.changed()
+
+
 async def until(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Poll `condition` (sync or async) until it is truthy; fail naming `what` after `timeout`."""
+    """Check `condition` each time this process sees progress, until it is truthy; fail
+    naming `what` after `timeout`."""
+    assert progress is not None
     deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        try:
+            await progress.wait(deadline - time.monotonic())
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}") from None
+    return value
+
+
+async def until_line(proc: DaemonProcess, match: Callable[[str], bool], what: str) -> str:
+    """Read the daemon's log as it comes until a line matches; fail naming `what` after WAIT."""
+    deadline = time.monotonic() + WAIT
     while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+        try:
+            line = await asyncio.to_thread(proc.lines.get, True, max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"timed out waiting for {what}") from None
+        assert line, f"the daemon exited while waiting for {what}"
+        if match(line):
+            return line
 
 
 class Subscriber:
@@ -86,6 +131,7 @@ class Subscriber:
         self.client = client
         self.sub = sub
         self.seqs: list[int] = []
+        self.types: list[str] = []
         self.lives: list[int] = []
         self.task = asyncio.create_task(self._read())
 
@@ -101,8 +147,10 @@ class Subscriber:
             msg = await self.client.recv(timeout=3600)
             if msg.get("op") == "events" and msg["sub"] == self.sub:
                 self.seqs.extend(e["seq"] for e in msg["events"])
+                self.types.extend(e["type"] for e in msg["events"])
             elif msg.get("op") == "live":
                 self.lives.append(msg["seq"])
+            changed()
 
     def close(self) -> None:
         self.task.cancel()
@@ -140,41 +188,33 @@ async def test_a_run_written_through_one_daemon_is_not_marked_lost_by_the_other(
     b = daemons("--lost-after", "0.3", "--log-level", "debug")
     # The run's writer starts on b and moves to a (a load balancer's failover): b's
     # timer for the run starts when its connection leaves.
+    watcher = await Subscriber.open(a.url)  # sees the lost mark, whichever daemon writes it
     first, _ = await open_client(b.url)
     await first.append([{"type": "run.started", "run": "r", "data": {}}, metric("r", 0)])
     moved, _ = await open_client(a.url)
     await moved.append([metric("r", 1)])
     await first.ws.close()
-    checks = 0
-
-    def b_checked() -> bool:
-        return sum("written through another daemon" in line for line in b.log) > checks
-
     # b looks twice: once within the lease a took when it wrote, once on the lease a
     # renews for a connected writer that writes nothing more.
-    for checks in range(2):
-        await until(b_checked, f"b's check number {checks + 1} of the run")
+    for check in range(2):
+        await until_line(
+            b, lambda line: "written through another daemon" in line, f"b's check number {check + 1}"
+        )
     reader, _ = await open_client(b.url)
     assert (await reader.query("run", run="r"))["rows"][0]["status"] == "running"
     # The writer leaves a too: now the run is lost (a's timer, or b's, marks it once).
     await moved.ws.close()
 
-    async def status() -> str:
-        return str((await reader.query("run", run="r"))["rows"][0]["status"])
-
-    await until(lambda: _is(status(), "lost"), "the run to be marked lost")
+    await until(lambda: "run.finished" in watcher.types, "the run to be marked lost")
+    assert (await reader.query("run", run="r"))["rows"][0]["status"] == "lost"
     types = [e["type"] for e in (await reader.query("events", from_seq=0))["rows"]]
     assert types.count("run.finished") == 1
 
 
-async def _is(value: Any, expected: Any) -> bool:
-    return bool(await value == expected)
-
-
 class RawWriter:
     """Appends batches of events with ids through raw connections, until stopped. A batch
-    is sent again (the same ids) until acked: after `overloaded`, or through the other
-    daemon when its connection drops. Records what was acked."""
+    is sent again (the same ids) until acked: at once after `overloaded`, or through the
+    other daemon when its connection drops. Records what was acked."""
 
     def __init__(self, name: str, urls: list[str]) -> None:
         self.name = name
@@ -198,17 +238,18 @@ class RawWriter:
                 except Exception as exc:  # the connection failed, one way or another
                     if isinstance(exc, AssertionError):
                         raise
-                    client, at = None, at + 1  # the daemon went away: the other one
+                    client, at = None, at + 1  # the daemon went away: the other one, at once
                     self.resends += 1
-                    await asyncio.sleep(0.05)
                     continue
                 if reply.get("op") == "ack":
                     assert not reply.get("rejected"), reply
                     self.acked.update(e["id"] for e in batch)
+                    changed()
                     break
+                # The daemon cannot reach PostgreSQL (a restart): send again at once, as a
+                # client with no backoff would; each try is a round trip, so it never spins idle.
                 assert reply.get("code") == "overloaded", reply
                 self.resends += 1
-                await asyncio.sleep(0.05)
             batch_no += 1
 
 
@@ -323,8 +364,9 @@ async def test_a_catch_up_read_while_postgres_is_down_waits_for_it_rather_than_e
         watcher, _ = await open_client(a.url)
         reply = await watcher.request({"op": "subscribe", "from_seq": 0})
         assert reply["op"] == "subscribed"
-        await until(
-            lambda: any("subscription failed" in line or "read of the log failed" in line for line in a.log),
+        await until_line(
+            a,
+            lambda line: "subscription failed" in line or "read of the log failed" in line,
             "the catch-up read to fail",
         )
     finally:

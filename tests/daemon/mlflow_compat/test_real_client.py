@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -80,25 +82,36 @@ def _mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
             str(tmp_path / "mlflow-artifacts"),
         ],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         # Its own process group: the server's workers are stopped with it.
         start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
+    # The server says when it listens ("Uvicorn running on http://127.0.0.1:PORT", or
+    # gunicorn's "Listening at: ..."): wait for that line, read by a thread that keeps the
+    # pipe drained for as long as the server runs. None: its output ended (it exited).
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        with proc.stdout:  # closed here, at the end of the output, not left to the collector
+            for raw in proc.stdout:
+                lines.put(raw.decode(errors="replace"))
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while True:
         try:
-            with urllib.request.urlopen(uri + "/health", timeout=5) as reply:
-                if reply.status == 200:
-                    return proc, uri
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            line = None
+        if line is None:
             _stop_server(proc)
             raise RuntimeError("mlflow server did not start")
-        # Polling a condition (the server answering), bounded by the deadline above.
-        time.sleep(0.2)
+        if f"127.0.0.1:{port}" in line:
+            return proc, uri
 
 
 def _stop_server(proc: subprocess.Popen[bytes]) -> None:
