@@ -52,7 +52,7 @@ from .readmodel import (
 )
 from .sqlcommon.events import SCAN_WINDOW
 from .sqlcommon.items import FACET_COLUMNS
-from .sqlcommon.metrics import MAX_SERIES_POINTS
+from .sqlcommon.metrics import MAX_SERIES_POINTS, series_of_chunks
 from .sqlcommon.rows import (
     RUN_SUMMARY_NAMES,
     artifact_row,
@@ -68,7 +68,7 @@ from .sqlcommon.rows import (
 from .sqlcommon.runref import MAX_CANDIDATES, Resolved
 from .sqlcommon.schema import NO_EPOCH
 from .sqlcommon.stats import ITEM_STATUSES, STAGE_QUANTILES, _stage_row
-from .sqlcommon.tables import Series, json_text, tier_row
+from .sqlcommon.tables import Series, item_table_row, json_text, tier_row
 
 _msgpack_decode: Final = msgspec.msgpack.Decoder().decode
 _json_decode: Final = msgspec.json.Decoder().decode
@@ -152,24 +152,7 @@ class _Projection:
                     else:
                         chunks.append(series.chunk_row())
             case p.AddItem(seq, run, ts, item):
-                self.items.append(
-                    (
-                        seq,
-                        run,
-                        item.item,
-                        item.kind,
-                        item.stage,
-                        item.iteration,
-                        item.status,
-                        json_text(item.data),
-                        item.path,
-                        item.model,
-                        item.backend,
-                        item.duration,
-                        item.error,
-                        ts,
-                    )
-                )
+                self.items.append(item_table_row(seq, run, ts, item))
                 row = self.runs[run]
                 row["n_items"] += 1
                 if item.status == "failed":
@@ -947,25 +930,7 @@ def _read_series(chunks: list[tuple[Any, ...]], step_from: int | None, step_to: 
     kept = [
         c for c in chunks if (step_from is None or c[5] >= step_from) and (step_to is None or c[4] <= step_to)
     ]
-    if not kept:
-        empty_i = np.empty(0, np.int64)
-        empty_f = np.empty(0, np.float64)
-        return ColumnSeries(empty_i, empty_f, empty_i, empty_f)
-    series = ColumnSeries(
-        np.frombuffer(b"".join(c[6] for c in kept), np.int64),
-        np.frombuffer(b"".join(c[7] for c in kept), np.float64),
-        np.frombuffer(b"".join(c[8] for c in kept), np.int64),
-        np.frombuffer(b"".join(c[9] for c in kept), np.float64),
-    )
-    if step_from is not None or step_to is not None:
-        keep = np.ones(len(series), dtype=bool)
-        if step_from is not None:
-            keep &= series.steps >= step_from
-        if step_to is not None:
-            keep &= series.steps <= step_to
-        if not keep.all():
-            series = series.take(np.flatnonzero(keep))
-    return series
+    return series_of_chunks([c[6:10] for c in kept], step_from, step_to)
 
 
 def _downsample_from_tiers(

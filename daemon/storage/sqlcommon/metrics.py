@@ -10,7 +10,7 @@ downsampling itself is pure numpy (`daemon/series.py`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -159,16 +159,23 @@ def read_series(
         sql += " AND step_min <= ?"
         args.append(step_to)
     sql += " ORDER BY chunk"
-    rows = conn.execute(sql, args).fetchall()
-    if not rows:
+    return series_of_chunks(conn.execute(sql, args).fetchall(), step_from, step_to)
+
+
+def series_of_chunks(
+    blobs: Sequence[Sequence[bytes]], step_from: int | None = None, step_to: int | None = None
+) -> Series:
+    """One series from its chunks' (steps, vals, epochs, ts) blobs in logging order, cut to
+    [step_from, step_to] (the chunks may reach past it at either end)."""
+    if not blobs:
         empty_i = np.empty(0, np.int64)
         empty_f = np.empty(0, np.float64)
         return Series(empty_i, empty_f, empty_i, empty_f)
     series = Series(
-        np.frombuffer(b"".join(r[0] for r in rows), np.int64),
-        np.frombuffer(b"".join(r[1] for r in rows), np.float64),
-        np.frombuffer(b"".join(r[2] for r in rows), np.int64),
-        np.frombuffer(b"".join(r[3] for r in rows), np.float64),
+        np.frombuffer(b"".join(b[0] for b in blobs), np.int64),
+        np.frombuffer(b"".join(b[1] for b in blobs), np.float64),
+        np.frombuffer(b"".join(b[2] for b in blobs), np.int64),
+        np.frombuffer(b"".join(b[3] for b in blobs), np.float64),
     )
     if step_from is not None or step_to is not None:
         keep = np.ones(len(series), dtype=bool)

@@ -54,6 +54,26 @@ def tier_row(chunk: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def item_table_row(seq: int, run: str, ts: float, item: Any) -> tuple[Any, ...]:
+    """An item event's row of the items table, in its column order."""
+    return (
+        seq,
+        run,
+        item.item,
+        item.kind,
+        item.stage,
+        item.iteration,
+        item.status,
+        json_text(item.data),
+        item.path,
+        item.model,
+        item.backend,
+        item.duration,
+        item.error,
+        ts,
+    )
+
+
 def json_text(value: Any) -> str | None:
     """Canonical JSON text for a free-form value (keys sorted), or None."""
     if value is None:
@@ -274,24 +294,7 @@ class Tables:
                     series.add(step, epoch, value, ts)
                 self._counters[run][1] += len(values)
             case p.AddItem(seq, run, ts, item):
-                self._items.append(
-                    (
-                        seq,
-                        run,
-                        item.item,
-                        item.kind,
-                        item.stage,
-                        item.iteration,
-                        item.status,
-                        json_text(item.data),
-                        item.path,
-                        item.model,
-                        item.backend,
-                        item.duration,
-                        item.error,
-                        ts,
-                    )
-                )
+                self._items.append(item_table_row(seq, run, ts, item))
                 counter = self._counters[run]
                 counter[2] += 1
                 if item.status == "failed":
