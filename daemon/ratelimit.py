@@ -14,12 +14,18 @@ decide time and depend on none.
 Once a connection's append is refused, its later appends are refused too until the
 `retry_after` it was told has passed: the appends a client had already sent behind the
 refused one cannot overtake it, so a client that waits and sends them again keeps their order.
+
+A connection's own buckets outlive it for as long as they still hold less than a full
+burst: the peer's next connection (same address, same token) starts from where they were,
+so closing and reopening a connection cannot buy a fresh burst. At most
+`MAX_REMEMBERED_CLOSED` closed connections are remembered (the oldest forgotten first).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -28,6 +34,8 @@ from tracklog.protocol import errors
 
 #: Floor of `retry_after`: a client never spins on a zero wait.
 MIN_RETRY_AFTER: Final = 0.001
+#: Closed connections whose buckets are kept for their peer's next connection.
+MAX_REMEMBERED_CLOSED: Final = 4096
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,11 @@ class TokenBucket:
         self._refill(now)
         self.tokens -= cost
 
+    def full(self, now: float) -> bool:
+        """Whether the bucket is back to a whole burst (a new one would be the same)."""
+        self._refill(now)
+        return self.tokens >= self.burst
+
 
 @dataclass(frozen=True)
 class RatePolicy:
@@ -102,15 +115,59 @@ class RatePolicy:
         return self.conn_events is not None or self.token_events is not None
 
 
+#: Who a connection's own buckets are remembered for: the peer's address and token name.
+PeerKey = tuple[str, str | None]
+
+
+@dataclass
+class _Closed:
+    """What a closed connection leaves for its peer's next one."""
+
+    events: TokenBucket | None
+    queries: TokenBucket | None
+    appends_blocked_until: float
+
+    def spent(self, now: float) -> bool:
+        """Whether anything here differs from a new connection's fresh buckets."""
+        if now < self.appends_blocked_until:
+            return True
+        return any(b is not None and not b.full(now) for b in (self.events, self.queries))
+
+
 class TokenBuckets:
     """The per-token buckets, shared by every connection of a token (kept while the daemon runs;
-    there are as many as configured tokens, so this cannot grow without bound)."""
+    there are as many as configured tokens, so this cannot grow without bound), and the own
+    buckets of recently closed connections, for their peer's next connection."""
 
     def __init__(self, policy: RatePolicy, clock: Callable[[], float]) -> None:
         self.policy = policy
         self.clock = clock
         self._events: dict[str, TokenBucket] = {}
         self._queries: dict[str, TokenBucket] = {}
+        self._closed: OrderedDict[PeerKey, _Closed] = OrderedDict()
+
+    def keep(self, peer: PeerKey, limiter: ConnectionLimiter) -> None:
+        """Remember a closing connection's own buckets for `peer`'s next connection, unless
+        they are as good as new."""
+        closed = _Closed(limiter.own_events, limiter.own_queries, limiter.appends_blocked_until)
+        self._closed.pop(peer, None)
+        if not closed.spent(self.clock()):
+            return
+        self._closed[peer] = closed
+        while len(self._closed) > MAX_REMEMBERED_CLOSED:
+            self._closed.popitem(last=False)
+
+    def resume(self, peer: PeerKey) -> _Closed | None:
+        """What `peer`'s last closed connection left, taken (None: start afresh)."""
+        closed = self._closed.pop(peer, None)
+        if closed is None or not closed.spent(self.clock()):
+            return None
+        return closed
+
+    @property
+    def remembered(self) -> int:
+        """How many closed connections' buckets are kept (for the memory report and tests)."""
+        return len(self._closed)
 
     def events(self, token: str) -> TokenBucket | None:
         limit = self.policy.token_events
@@ -154,31 +211,45 @@ def _retry_after(seconds: float) -> float:
 
 class ConnectionLimiter:
     """The rate limits of one connection: its own buckets and its token's (`token`: the
-    grant's name; None when there are no tokens, then only the connection's limits apply)."""
+    grant's name; None when there are no tokens, then only the connection's limits apply).
+    `peer`: the connection's address, whose last closed connection's buckets it takes on
+    (None: fresh buckets); call `close` when the connection ends."""
 
     def __init__(
-        self, policy: RatePolicy, shared: TokenBuckets, token: str | None, clock: Callable[[], float]
+        self,
+        policy: RatePolicy,
+        shared: TokenBuckets,
+        token: str | None,
+        clock: Callable[[], float],
+        peer: str | None = None,
     ) -> None:
         now = clock()
         self.clock = clock
+        self._shared = shared
+        self._peer: PeerKey | None = (peer, token) if peer is not None else None
+        before = shared.resume(self._peer) if self._peer is not None else None
+        self.own_events = TokenBucket(policy.conn_events, now) if policy.conn_events else None
+        self.own_queries = TokenBucket(policy.conn_queries, now) if policy.conn_queries else None
+        #: Appends are refused until then, once one was (see the module's docstring).
+        self.appends_blocked_until = -math.inf
+        if before is not None:
+            self.own_events = before.events if before.events is not None else self.own_events
+            self.own_queries = before.queries if before.queries is not None else self.own_queries
+            self.appends_blocked_until = before.appends_blocked_until
         self._event_buckets = [
-            b
-            for b in (
-                TokenBucket(policy.conn_events, now) if policy.conn_events else None,
-                shared.events(token) if token is not None else None,
-            )
-            if b is not None
+            b for b in (self.own_events, shared.events(token) if token is not None else None) if b is not None
         ]
         self._query_buckets = [
             b
-            for b in (
-                TokenBucket(policy.conn_queries, now) if policy.conn_queries else None,
-                shared.queries(token) if token is not None else None,
-            )
+            for b in (self.own_queries, shared.queries(token) if token is not None else None)
             if b is not None
         ]
-        #: Appends are refused until then, once one was (see the module's docstring).
-        self.appends_blocked_until = -math.inf
+
+    def close(self) -> None:
+        """The connection ended: its own buckets stay with its peer for the next one."""
+        if self._peer is not None:
+            self._shared.keep(self._peer, self)
+            self._peer = None
 
     @property
     def limits_events(self) -> bool:

@@ -619,13 +619,16 @@ class Daemon:
 
         return authorize
 
-    def _guard(self, found: Grant) -> ConnectionGuard:
-        """What the connection of a token may do (OPEN_GRANT: no tokens are configured)."""
+    def _guard(self, found: Grant, ws: ServerConnection) -> ConnectionGuard:
+        """What the connection of a token may do (OPEN_GRANT: no tokens are configured). Its
+        rate limits start where its address's last connection with that token left them."""
         rates = self.settings.rates
         limiter = None
         if rates.enabled:
             token = found.name if found is not OPEN_GRANT else None
-            limiter = ConnectionLimiter(rates, self.token_buckets, token, self.clock)
+            address = ws.remote_address
+            peer = str(address[0]) if address else None
+            limiter = ConnectionLimiter(rates, self.token_buckets, token, self.clock, peer)
         return ConnectionGuard(found, self.settings.limits, limiter)
 
     async def _hello(self, ws: ServerConnection, granted: list[Grant] | None = None) -> Connection | None:
@@ -654,7 +657,7 @@ class Daemon:
         conn = await self._hello(ws, granted)
         if conn is None:
             return
-        guard = self._guard(granted[0] if granted else OPEN_GRANT)
+        guard = self._guard(granted[0] if granted else OPEN_GRANT, ws)
         binary = conn.binary
         stats = _connection_stats.get() or ConnectionStats()
         acks: asyncio.Queue[PendingAck | None] = asyncio.Queue(MAX_INFLIGHT_APPENDS)
@@ -715,6 +718,8 @@ class Daemon:
                         assert_never(received)
         finally:
             conn.close()
+            if guard.limiter is not None:
+                guard.limiter.close()
             await self.hub.unsubscribe(subscriptions.values())
             await acks.put(None)
             # Acks for appends already handed to the writer are still sent if the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tracklog.daemon.ratelimit import (
+    MAX_REMEMBERED_CLOSED,
     ConnectionLimiter,
     Rate,
     RatePolicy,
@@ -117,6 +118,52 @@ def test_a_request_is_charged_only_when_every_bucket_holds_it() -> None:
     # The connection's own bucket was not charged for the refused append: 5 are left.
     clock.now += 0.5
     assert limiter.append(5) is None
+
+
+def test_reconnecting_does_not_buy_a_fresh_burst() -> None:
+    """A peer that drained its connection's buckets and reconnects starts where it was; an
+    address or token of its own starts afresh, and so does the same peer once refilled."""
+    clock = Clock()
+    policy = RatePolicy(conn_events=Rate(100, 100), conn_queries=Rate(2, 2))
+    shared = TokenBuckets(policy, clock)
+    first = ConnectionLimiter(policy, shared, None, clock, peer="10.0.0.1")
+    assert first.append(100) is None and first.query("query") is None and first.query("query") is None
+    refused = first.append(50)
+    assert isinstance(refused, errors.RateLimited)
+    first.close()
+    again = ConnectionLimiter(policy, shared, None, clock, peer="10.0.0.1")
+    still = again.append(1)
+    assert isinstance(still, errors.RateLimited)  # behind the append it was told to retry
+    assert still.retry_after == pytest.approx(refused.retry_after)
+    assert isinstance(again.query("query"), errors.RateLimited)
+    assert ConnectionLimiter(policy, shared, None, clock, peer="10.0.0.2").append(100) is None
+    assert ConnectionLimiter(policy, shared, "token:x", clock, peer="10.0.0.1").append(100) is None
+    clock.now += 0.5  # the retry_after: 50 events' worth refilled
+    assert again.append(50) is None
+    again.close()
+    clock.now += 1.0  # full again: nothing left to remember
+    assert shared.remembered == 1
+    fresh = ConnectionLimiter(policy, shared, None, clock, peer="10.0.0.1")
+    assert fresh.append(100) is None
+    assert shared.remembered == 0
+
+
+def test_a_connection_that_closes_unspent_is_not_remembered_and_memory_is_bounded() -> None:
+    clock = Clock()
+    policy = RatePolicy(conn_events=Rate(10, 10))
+    shared = TokenBuckets(policy, clock)
+    ConnectionLimiter(policy, shared, None, clock, peer="10.0.0.1").close()
+    assert shared.remembered == 0
+    for i in range(MAX_REMEMBERED_CLOSED + 10):
+        limiter = ConnectionLimiter(policy, shared, None, clock, peer=f"host-{i}")
+        assert limiter.append(10) is None
+        limiter.close()
+    assert shared.remembered == MAX_REMEMBERED_CLOSED
+    # The oldest were forgotten first: host-0 starts afresh, the newest does not.
+    assert ConnectionLimiter(policy, shared, None, clock, peer="host-0").append(10) is None
+    newest = f"host-{MAX_REMEMBERED_CLOSED + 9}"
+    refused = ConnectionLimiter(policy, shared, None, clock, peer=newest).append(10)
+    assert isinstance(refused, errors.RateLimited)
 
 
 def test_no_policy_means_no_limit() -> None:

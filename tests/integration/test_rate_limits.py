@@ -112,6 +112,25 @@ async def test_queries_over_the_connection_rate_get_rate_limited(
     assert (await client.query("stats"))["op"] == "result"
 
 
+async def test_a_reconnect_starts_where_the_closed_connection_left_its_rate(
+    conn_limited: Daemon, clock: FrozenClock
+) -> None:
+    """Closing and opening a connection again does not refill its bucket: the burst spent
+    stays spent for the same address until the rate has refilled it."""
+    client, _ = await open_client(url(conn_limited))
+    assert (await client.append([metric(i) for i in range(5)]))["op"] == "ack"  # the burst
+    await client.ws.close()
+    assert conn_limited._server is not None
+    handlers = set(conn_limited._server.handler_tasks)
+    _, pending = await asyncio.wait(handlers, timeout=WAIT)
+    assert not pending, "the closed connection's handler did not end"
+    again, _ = await open_client(url(conn_limited))
+    refused = await again.append([metric(5)])
+    assert refused["code"] == "rate_limited" and refused["retry_after"] == pytest.approx(0.1)
+    clock.now += 0.1
+    assert (await again.append([metric(5)]))["op"] == "ack"
+
+
 async def test_a_tokens_rate_is_shared_by_its_connections(tmp_path: Path, clock: FrozenClock) -> None:
     rates = RatePolicy(token_events=Rate(100, 10))
     settings = Settings(db=tmp_path / "t.db", port=0, tokens=("alpha", "beta"), rates=rates)
