@@ -199,7 +199,9 @@ class Daemon:
         #: tracklog's own uploads and downloads of blobs (daemon/http_blobs.py).
         self.http.routes += BlobRoutes(self, self.artifacts, self.http.streams).routes()
         #: HTTP/1.1 on the port (h11), handing `/ws` requests to websockets' handshake.
-        self.http_service = HttpService(self._process_request)
+        self.http_service = HttpService(
+            self._process_request, limits.max_http_connections, limits.http_head_timeout
+        )
         self.started_at = time.time()
         self.port = settings.port
         self.connections = 0
@@ -300,6 +302,11 @@ class Daemon:
             self.writer.listeners.append(self.hub.publish)
         if replayed:
             log.info("projections caught up from the log", events=replayed)
+        limits = self.settings.limits
+        # A TLS handshake comes before HTTP: bounded like a request head.
+        tls_options: dict[str, Any] = (
+            {"ssl_handshake_timeout": limits.http_head_timeout} if self.certificates is not None else {}
+        )
         self._server = await serve(
             self._handle,
             self.settings.host,
@@ -313,6 +320,7 @@ class Daemon:
             max_size=self.settings.limits.max_frame_bytes,
             max_queue=64,
             ssl=self.certificates.listening if self.certificates is not None else None,
+            **tls_options,
             compression=None,
             ping_interval=20,
             ping_timeout=60,
