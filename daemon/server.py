@@ -420,6 +420,7 @@ class Daemon:
         per-connection ones is back to 0 when no client is connected (memdebug, tests)."""
         return {
             "connections": self.connections,
+            "http_connections": len(self.http_service.connections) + len(self.http_service.refusing),
             "pending_acks": len(self._pending_acks),
             "run_writers": len(self._run_writers),
             "lost_timers": len(self._lost_timers),
