@@ -704,7 +704,8 @@ class HttpConnection(ServerConnection):
         the daemon stops sending (FIN), drops what still comes and waits for the client
         to close: closing at once would answer its bytes with a reset, which can destroy
         the answer before the client reads it. Otherwise, or at shutdown, it closes once
-        the answer is out. Either way the wait is bounded.
+        the answer is out. Either way the wait is bounded (`timeout`). `unread`: the client
+        may be sending what was never read (a connection answered before its request).
         """
         http = self.h11
         unread = unread or (

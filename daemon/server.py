@@ -302,11 +302,6 @@ class Daemon:
             self.writer.listeners.append(self.hub.publish)
         if replayed:
             log.info("projections caught up from the log", events=replayed)
-        limits = self.settings.limits
-        # A TLS handshake comes before HTTP: bounded like a request head.
-        tls_options: dict[str, Any] = (
-            {"ssl_handshake_timeout": limits.http_head_timeout} if self.certificates is not None else {}
-        )
         self._server = await serve(
             self._handle,
             self.settings.host,
@@ -320,7 +315,6 @@ class Daemon:
             max_size=self.settings.limits.max_frame_bytes,
             max_queue=64,
             ssl=self.certificates.listening if self.certificates is not None else None,
-            **tls_options,
             compression=None,
             ping_interval=20,
             ping_timeout=60,
