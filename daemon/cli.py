@@ -155,7 +155,16 @@ def add_commands(sub: Any) -> None:
 LIMIT_OPTIONS = (
     ("--max-frame-bytes", "max_frame_bytes", "bytes in one WebSocket frame (default 16 MiB)"),
     ("--max-events-per-append", "max_events_per_append", "events in one append (default 10000)"),
-    ("--max-connections", "max_connections", "connections served at once (default 1000; 0: no limit)"),
+    (
+        "--max-connections",
+        "max_connections",
+        "WebSocket connections served at once (default 1000; 0: no limit)",
+    ),
+    (
+        "--max-http-connections",
+        "max_http_connections",
+        "connections still speaking HTTP at once; one more is answered 503 (default 256; 0: no limit)",
+    ),
     ("--max-subscriptions", "max_subscriptions", "subscriptions open on one connection (default 100)"),
     ("--max-query-rows", "max_query_rows", "rows one query may ask for or answer with (default 10000)"),
     ("--max-depth", "max_depth", "nesting levels of free-form values (default 64)"),
@@ -164,7 +173,16 @@ LIMIT_OPTIONS = (
         "max_field_chars",
         "characters of any string in an event's data (default: no limit)",
     ),
+    (
+        "--http-head-timeout",
+        "http_head_timeout",
+        "seconds an HTTP connection has to send a whole request head, then it is closed (default 10)",
+    ),
 )
+#: The limits that are seconds (the others are counts).
+SECONDS_LIMITS = frozenset({"http_head_timeout"})
+#: The limits that 0, none or off turn off.
+OPTIONAL_LIMITS = frozenset({"max_connections", "max_http_connections", "max_field_chars"})
 #: serve's rate limits: option, RatePolicy field, what is counted (each also $TRACKLOG_<FIELD>).
 RATE_OPTIONS = (
     ("--rate-conn-events", "conn_events", "events per second appended on one connection"),
@@ -193,7 +211,8 @@ def _add_security_options(s: argparse.ArgumentParser) -> None:
     )
     for option, name, what in LIMIT_OPTIONS:
         variable = "TRACKLOG_" + name.upper()
-        s.add_argument(option, dest=name, default=env(variable), metavar="N", help=f"{what}; ${variable}")
+        metavar = "SECONDS" if name in SECONDS_LIMITS else "N"
+        s.add_argument(option, dest=name, default=env(variable), metavar=metavar, help=f"{what}; ${variable}")
     for option, name, what in RATE_OPTIONS:
         variable = "TRACKLOG_RATE_" + name.upper()
         s.add_argument(
@@ -210,21 +229,19 @@ def _security_settings(args: argparse.Namespace) -> dict[str, Any]:
     from tracklog.daemon.guard import Limits
     from tracklog.daemon.ratelimit import RatePolicy, parse_rate
 
-    limits: dict[str, int | None] = {}
+    limits: dict[str, float | None] = {}
     for option, name, _ in LIMIT_OPTIONS:
         value = getattr(args, name)
         if value is None or value == "":
             continue
-        if str(value).strip().lower() in ("none", "off", "0") and name in (
-            "max_connections",
-            "max_field_chars",
-        ):
+        if str(value).strip().lower() in ("none", "off", "0") and name in OPTIONAL_LIMITS:
             limits[name] = None
             continue
         try:
-            limits[name] = int(value)
+            limits[name] = float(value) if name in SECONDS_LIMITS else int(value)
         except ValueError:
-            raise ValueError(f"{option}: expected an integer, got {value!r}") from None
+            kind = "a number of seconds" if name in SECONDS_LIMITS else "an integer"
+            raise ValueError(f"{option}: expected {kind}, got {value!r}") from None
     rates = {}
     for option, name, _ in RATE_OPTIONS:
         value = getattr(args, "rate_" + name)

@@ -27,6 +27,11 @@ from .ratelimit import ConnectionLimiter
 DEFAULT_MAX_CONNECTIONS: Final = 1000
 #: Subscriptions one connection may hold open unless configured otherwise.
 DEFAULT_MAX_SUBSCRIPTIONS: Final = 100
+#: Connections still speaking HTTP (not yet a WebSocket) the daemon keeps at once unless
+#: configured otherwise: a browser opens about 6, a dashboard or a script a few.
+DEFAULT_MAX_HTTP_CONNECTIONS: Final = 256
+#: Seconds an HTTP connection has for a whole request head unless configured otherwise.
+DEFAULT_HTTP_HEAD_TIMEOUT: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,13 @@ class Limits:
 
     `max_field_chars` None: a string's length is bounded by the frame (and, for ids, run
     ids and names, by the protocol's own limits); `max_connections` None: no limit.
+
+    `max_connections` counts WebSocket connections, `max_http_connections` the connections
+    still speaking HTTP (every accepted one until it becomes a WebSocket or closes): apart,
+    so that a flood of HTTP connections cannot lock the writers out, nor many writers the
+    console; together they bound every connection the daemon holds.
+    `http_head_timeout`: seconds for a whole request head (the first, or the next on a
+    kept-alive connection), so a client sending it a byte at a time cannot keep its place.
     """
 
     max_frame_bytes: int = MAX_FRAME_BYTES
@@ -44,6 +56,8 @@ class Limits:
     max_query_rows: int = MAX_QUERY_LIMIT
     max_depth: int = MAX_DEPTH
     max_field_chars: int | None = None
+    max_http_connections: int | None = DEFAULT_MAX_HTTP_CONNECTIONS
+    http_head_timeout: float = DEFAULT_HTTP_HEAD_TIMEOUT
 
     def __post_init__(self) -> None:
         for name in (
@@ -54,12 +68,15 @@ class Limits:
             "max_query_rows",
             "max_depth",
             "max_field_chars",
+            "max_http_connections",
         ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}: expected 1 or more, got {value}")
         if self.max_frame_bytes < 1024:
             raise ValueError(f"max_frame_bytes: expected 1024 or more, got {self.max_frame_bytes}")
+        if not 0 < self.http_head_timeout < float("inf"):
+            raise ValueError(f"http_head_timeout: expected seconds above 0, got {self.http_head_timeout}")
 
     def told(self) -> tuple[int | None, int | None]:
         """The frame and append limits a `welcome` tells clients: each only when it is not

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import os
 import threading
 import uuid
@@ -42,8 +43,8 @@ from tracklog.protocol.limits import MAX_FRAME_BYTES
 
 log = structlog.get_logger("tracklog.http")
 
-#: Seconds for a request head to arrive (the first, or the next on a kept-alive
-#: connection), for the WebSocket handshake, and the longest pause inside a body.
+#: Seconds for the WebSocket handshake, the longest pause inside a body, and the
+#: default for a whole request head to arrive (`HttpService.head_timeout`).
 OPEN_TIMEOUT: Final = 10.0
 #: Bytes a request head may take (request line and headers).
 MAX_HEAD_BYTES: Final = 64 * 1024
@@ -54,6 +55,11 @@ MAX_JSON_BODY: Final = MAX_FRAME_BYTES
 LINGER_TIMEOUT: Final = 10.0
 #: Bytes `RequestBody.save` gathers before each write to the file.
 SAVE_BATCH: Final = 1024 * 1024
+#: Seconds a connection refused for being one too many waits for the client to read its
+#: 503 and close (short: such connections come when the daemon is busy already).
+REFUSED_LINGER_TIMEOUT: Final = 2.0
+#: Seconds a client refused with 503 is told to wait (`Retry-After`).
+RETRY_AFTER_SECONDS: Final = 1
 
 
 class BodyTooLarge(errors.TooLarge):
@@ -318,16 +324,44 @@ Responder = Callable[["HttpConnection", HttpRequest], Awaitable[Answer | None]]
 class HttpService:
     """What the HTTP side of every connection shares: the function that answers a request,
     and the connections still speaking HTTP, so shutdown can close the idle ones at once
-    and abort the rest at its deadline.
+    and abort the rest at its deadline, and so there are at most `max_connections` of them.
 
     It is passed to `serve()` as `process_request`: websockets hands that to
     `HttpConnection.handshake`, which is where each connection's HTTP loop runs.
     """
 
-    def __init__(self, respond: Responder) -> None:
+    def __init__(
+        self, respond: Responder, max_connections: int | None = None, head_timeout: float = OPEN_TIMEOUT
+    ) -> None:
         self.respond = respond
+        #: Connections speaking HTTP at once (`max_http_connections`; None: no limit).
+        self.max_connections = max_connections
+        #: Seconds a connection has for a whole request head.
+        self.head_timeout = head_timeout
         self.connections: set[HttpConnection] = set()
+        #: Connections refused for being one too many, still sending their 503.
+        self.refusing: set[HttpConnection] = set()
+        #: Connections refused for being one too many, since the daemon started.
+        self.refused = 0
+        #: When a refusal was last logged (at most one line a second: refusals come in floods).
+        self._refusal_logged_at = -math.inf
         self.closing = False
+
+    def note_refusal(self, now: float) -> None:
+        """Count a connection refused for being one too many; log it, a line a second at most."""
+        self.refused += 1
+        if now - self._refusal_logged_at >= 1.0:
+            self._refusal_logged_at = now
+            log.warning(
+                "HTTP connection refused",
+                reason=f"too many HTTP connections (max_http_connections={self.max_connections})",
+                refused=self.refused,
+            )
+
+    def full(self) -> bool:
+        """Whether one more connection would be one too many."""
+        limit = self.max_connections
+        return limit is not None and len(self.connections) >= limit
 
     def close_idle(self) -> None:
         """From now on every answer closes its connection; connections waiting for a
@@ -337,7 +371,7 @@ class HttpService:
             connection._stop_waiting()
 
     def abort(self) -> None:
-        for connection in list(self.connections):
+        for connection in [*self.connections, *self.refusing]:
             connection.transport.abort()
 
 
@@ -409,11 +443,11 @@ class HttpConnection(ServerConnection):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    async def _next_event(self, timeout: float) -> Any:
+    async def _next_event(self, timeout: float | None) -> Any:
         """The next h11 event, reading from the socket only when h11 needs more bytes.
 
-        TimeoutError when nothing arrives for `timeout` seconds; h11.RemoteProtocolError
-        for a request h11 cannot read.
+        TimeoutError when nothing arrives for `timeout` seconds (None: the caller bounds
+        the wait); h11.RemoteProtocolError for a request h11 cannot read.
         """
         http = self.h11
         assert http is not None
@@ -441,6 +475,9 @@ class HttpConnection(ServerConnection):
         then websockets' opening handshake. `process_request` is the HttpService."""
         service: HttpService = process_request
         self._server_header = server_header
+        if service.full():
+            await self._refuse_one_too_many(service)
+            return
         # In the set until the connection is websockets' or closed, so shutdown can
         # close or abort it at any point of its HTTP life, lingering included.
         service.connections.add(self)
@@ -463,7 +500,10 @@ class HttpConnection(ServerConnection):
             try:
                 if service.closing:
                     return False
-                event = await self._next_event(OPEN_TIMEOUT)
+                # The whole head within the deadline, not each piece of it: a client
+                # sending a byte now and then (slowloris) does not keep its place.
+                async with asyncio.timeout(service.head_timeout):
+                    event = await self._next_event(None)
             except (TimeoutError, _Closing):
                 return False  # no request came (an idle keep-alive connection, or shutdown)
             except h11.RemoteProtocolError as exc:
@@ -615,7 +655,48 @@ class HttpConnection(ServerConnection):
         await self.send_piece(payload)
         await self.send_end()
 
-    async def _linger(self, service: HttpService) -> None:
+    async def _refuse_one_too_many(self, service: HttpService) -> None:
+        """A connection over `max_http_connections`: 503 with Retry-After at once, without
+        reading its request, then closed. The refused ones still sending their answer are
+        bounded too: past as many again, a connection is dropped without an answer."""
+        service.note_refusal(self.loop.time())
+        if len(service.refusing) >= (service.max_connections or 0):
+            self.transport.abort()
+            return
+        service.refusing.add(self)
+        try:
+            limit = service.max_connections
+            payload = msgspec.json.encode(
+                {
+                    "error": errors.OVERLOADED,
+                    "message": f"too many HTTP connections (max_http_connections={limit}); try again later",
+                    "limit": "max_http_connections",
+                    "retry_after": RETRY_AFTER_SECONDS,
+                }
+            )
+            self._closing_after = True
+            with contextlib.suppress(_ClientGone, h11.LocalProtocolError):
+                # h11 lets a server answer before the request (as with 408): nothing is read.
+                await self.send_head(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    [
+                        ("Content-Type", "application/json"),
+                        ("Content-Length", str(len(payload))),
+                        ("Cache-Control", "no-store"),
+                        ("Retry-After", str(RETRY_AFTER_SECONDS)),
+                    ],
+                )
+                await self.send_piece(payload)
+                await self.send_end()
+            # The request it sent is unread: half-close and drop what comes, so the 503 is
+            # not destroyed by a reset before the client reads it.
+            await self._linger(service, unread=True, timeout=REFUSED_LINGER_TIMEOUT)
+        finally:
+            service.refusing.discard(self)
+
+    async def _linger(
+        self, service: HttpService, unread: bool = False, timeout: float = LINGER_TIMEOUT
+    ) -> None:
         """End an HTTP connection without losing its last answer (websockets aborts the
         socket after this, which would drop unsent bytes).
 
@@ -623,11 +704,13 @@ class HttpConnection(ServerConnection):
         the daemon stops sending (FIN), drops what still comes and waits for the client
         to close: closing at once would answer its bytes with a reset, which can destroy
         the answer before the client reads it. Otherwise, or at shutdown, it closes once
-        the answer is out. Either way the wait is bounded.
+        the answer is out. Either way the wait is bounded (`timeout`). `unread`: the client
+        may be sending what was never read (a connection answered before its request).
         """
         http = self.h11
-        unread = http is not None and (
-            http.their_state not in (h11.DONE, h11.IDLE, h11.CLOSED) or bool(http.trailing_data[0])
+        unread = unread or (
+            http is not None
+            and (http.their_state not in (h11.DONE, h11.IDLE, h11.CLOSED) or bool(http.trailing_data[0]))
         )
         self._discarding = True
         self._resume_reading()
@@ -638,4 +721,4 @@ class HttpConnection(ServerConnection):
             else:
                 transport.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.connection_lost_waiter), LINGER_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(self.connection_lost_waiter), timeout)

@@ -18,7 +18,6 @@ import itertools
 import math
 import os
 import signal
-import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -44,6 +43,7 @@ from tracklog.protocol.version import __version__
 from . import logs, memdebug
 from .artifacts import ArtifactStore
 from .auth import OPEN_GRANT, READ, Grant, TokenSet, grant, http_scope
+from .certificates import CertificateSwitch, load_certificate
 from .follow import Sequencer
 from .guard import ConnectionGuard, Limits
 from .http import HttpApi, method_not_allowed
@@ -176,7 +176,8 @@ class Daemon:
         self.codec = Codec(limits.max_events_per_append, limits.max_depth, limits.max_field_chars)
         self.tokens = TokenSet(settings.grants)
         self.token_buckets = TokenBuckets(settings.rates, clock)
-        self.tls = server_tls(settings)
+        #: The TLS certificate, swapped on SIGHUP (None: plain ws:// and http://).
+        self.certificates = server_tls(settings)
         #: Requests the guard refused, by error code (forbidden, rate_limited, too_large).
         self.refused: collections.Counter[str] = collections.Counter()
         backend = open_backend(settings.db, settings.durability)
@@ -198,7 +199,9 @@ class Daemon:
         #: tracklog's own uploads and downloads of blobs (daemon/http_blobs.py).
         self.http.routes += BlobRoutes(self, self.artifacts, self.http.streams).routes()
         #: HTTP/1.1 on the port (h11), handing `/ws` requests to websockets' handshake.
-        self.http_service = HttpService(self._process_request)
+        self.http_service = HttpService(
+            self._process_request, limits.max_http_connections, limits.http_head_timeout
+        )
         self.started_at = time.time()
         self.port = settings.port
         self.connections = 0
@@ -232,9 +235,11 @@ class Daemon:
         )
 
     def reload(self) -> bool:
-        """SIGHUP: re-read tokens and log level. New tokens apply to connections opened
-        from now on; on an error the old settings stay and the error is logged."""
+        """SIGHUP: re-read tokens, log level and the TLS certificate. New tokens and the
+        new certificate apply to connections opened from now on; on an error the old
+        settings (or the old certificate) stay and the error is logged."""
         self.notifier.reloading()
+        certificate_ok = self._reload_certificate()
         try:
             settings = self._with_reloaded(self.settings)
             if self.tokens.configured and not settings.grants:
@@ -251,6 +256,20 @@ class Daemon:
         log.info("reloaded", tokens=len(settings.tokens), log_level=settings.log_level)
         log.debug("reload read", tokens_file=str(settings.tokens_file), env_file=str(settings.env_file))
         self.notifier.ready(self.supervisor.status())
+        return certificate_ok
+
+    def _reload_certificate(self) -> bool:
+        """Load `--tls-cert`/`--tls-key` again for the handshakes from now on (renewed
+        certificates need no restart); on an error the old certificate goes on serving."""
+        switch, cert, key = self.certificates, self.settings.tls_cert, self.settings.tls_key
+        if switch is None or cert is None or key is None:
+            return True
+        try:
+            loaded = switch.reload(cert, key)
+        except errors.TracklogError as exc:
+            log.error("TLS certificate reload failed; the old certificate stays", error=str(exc))
+            return False
+        log.info("TLS certificate loaded", cert=str(loaded.cert), not_after=loaded.not_after)
         return True
 
     # -- life cycle -------------------------------------------------------------
@@ -295,7 +314,7 @@ class Daemon:
             open_timeout=None,
             max_size=self.settings.limits.max_frame_bytes,
             max_queue=64,
-            ssl=self.tls,
+            ssl=self.certificates.listening if self.certificates is not None else None,
             compression=None,
             ping_interval=20,
             ping_timeout=60,
@@ -310,6 +329,7 @@ class Daemon:
             host=self.settings.host,
             port=self.port,
             tls=self.settings.tls_cert is not None,
+            tls_not_after=self.certificates.current.not_after if self.certificates is not None else None,
             db=self.db_name,
             head=self.writer.head,
         )
@@ -394,6 +414,7 @@ class Daemon:
         per-connection ones is back to 0 when no client is connected (memdebug, tests)."""
         return {
             "connections": self.connections,
+            "http_connections": len(self.http_service.connections) + len(self.http_service.refusing),
             "pending_acks": len(self._pending_acks),
             "run_writers": len(self._run_writers),
             "lost_timers": len(self._lost_timers),
@@ -1015,22 +1036,14 @@ def _json_reason(body: bytes) -> str | None:
     return message if isinstance(message, str) else None
 
 
-def server_tls(settings: Settings) -> ssl.SSLContext | None:
-    """The TLS context of `--tls-cert`/`--tls-key` (None: plain ws:// and http://).
+def server_tls(settings: Settings) -> CertificateSwitch | None:
+    """The TLS certificate of `--tls-cert`/`--tls-key` (None: plain ws:// and http://).
     Raises TracklogError naming the file when it cannot be loaded."""
     if settings.tls_cert is None and settings.tls_key is None:
         return None
     if settings.tls_cert is None or settings.tls_key is None:
         raise errors.TracklogError("TLS needs both --tls-cert and --tls-key")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise errors.TracklogError(
-            f"cannot load the TLS certificate {settings.tls_cert} or key {settings.tls_key}: {exc}"
-        ) from exc
-    return context
+    return CertificateSwitch(load_certificate(settings.tls_cert, settings.tls_key))
 
 
 def _bearer(headers: Headers) -> str | None:

@@ -25,6 +25,7 @@ CONNECTIONS = 12
 #: The structures that hold something per connection (or per subscription, per request).
 PER_CONNECTION = (
     "connections",
+    "http_connections",
     "pending_acks",
     "run_writers",
     "subscriptions",

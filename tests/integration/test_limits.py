@@ -5,14 +5,17 @@ field length and nesting. A limit hit is answered with an error naming the limit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h11
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -154,6 +157,8 @@ async def test_connections_are_limited(tmp_path: Path) -> None:
         (["--max-depth", "deep"], "--max-depth: expected an integer, got 'deep'"),
         (["--max-events-per-append", "0"], "max_events_per_append: expected 1 or more, got 0"),
         (["--rate-conn-events", "fast"], "--rate-conn-events: expected RATE or RATE:BURST"),
+        (["--max-http-connections", "-1"], "max_http_connections: expected 1 or more, got -1"),
+        (["--http-head-timeout", "soon"], "--http-head-timeout: expected a number of seconds, got 'soon'"),
     ],
 )
 def test_serve_refuses_bad_limits_naming_the_option(tmp_path: Path, args: list[str], message: str) -> None:
@@ -201,5 +206,124 @@ async def test_a_daemon_with_the_default_limits_tells_none(tmp_path: Path) -> No
     try:
         _, welcome = await open_client(daemon.url)
         assert "max_events_per_append" not in welcome and "max_frame_bytes" not in welcome
+    finally:
+        stop_quietly(daemon)
+
+
+# -- HTTP connections ------------------------------------------------------------------------
+
+
+class HttpClient:
+    """One kept-alive HTTP connection to the daemon, read with h11."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def open(cls, port: int) -> HttpClient:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def get(self, target: str) -> tuple[int, dict[str, str], bytes]:
+        """Send a GET and read its answer: status, headers (lowercase names), body."""
+        request = h11.Request(method="GET", target=target, headers=[("Host", "127.0.0.1")])
+        self.writer.write(self.h11.send(request) + self.h11.send(h11.EndOfMessage()))
+        await self.writer.drain()
+        response = await self._next()
+        assert isinstance(response, h11.Response), response
+        body = b""
+        while not isinstance(part := await self._next(), h11.EndOfMessage):
+            body += part.data
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+        headers = {name.decode(): value.decode() for name, value in response.headers}
+        return response.status_code, headers, body
+
+    async def _next(self) -> object:
+        while (event := self.h11.next_event()) is h11.NEED_DATA:
+            self.h11.receive_data(await asyncio.wait_for(self.reader.read(65536), 30))
+        return event
+
+    async def closed_by_daemon(self) -> bool:
+        """Whether the daemon closes the connection (EOF after what it sent) within 30 s."""
+        while data := await asyncio.wait_for(self.reader.read(65536), 30):
+            self.h11.receive_data(data)
+        return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+async def test_http_connections_are_limited_with_503_and_a_place_comes_free(tmp_path: Path) -> None:
+    # A long head timeout: the kept-alive connections hold their places for the whole test.
+    daemon = DaemonProcess(
+        tmp_path / "t.db", "--max-http-connections", "3", "--http-head-timeout", "600"
+    ).start()
+    clients: list[HttpClient] = []
+    try:
+        # A WebSocket is no longer an HTTP connection once upgraded: it takes no place.
+        ws, _ = await open_client(daemon.url)
+        for _ in range(3):
+            client = await HttpClient.open(daemon.port)
+            clients.append(client)
+            assert (await client.get("/healthz"))[0] == 200  # served, and kept alive
+        one_too_many = await HttpClient.open(daemon.port)
+        status, headers, body = await one_too_many.get("/healthz")
+        assert status == 503 and headers["retry-after"] == "1"
+        assert headers["content-type"] == "application/json" and headers["connection"] == "close"
+        answer = json.loads(body)
+        assert answer["error"] == "overloaded" and answer["limit"] == "max_http_connections"
+        assert "max_http_connections=3" in answer["message"]
+        assert await one_too_many.closed_by_daemon()
+        await one_too_many.close()
+        # The kept-alive ones are still served.
+        assert (await clients[0].get("/healthz"))[0] == 200
+        # A place is free once the daemon has seen one close: try until it has.
+        await clients.pop().close()
+        deadline = time.monotonic() + 60
+        while True:
+            client = await HttpClient.open(daemon.port)
+            status, _, _ = await client.get("/healthz")
+            if status == 200:
+                clients.append(client)
+                break
+            await client.close()
+            assert status == 503 and time.monotonic() < deadline, "no place came free"
+        # The WebSocket went on all along.
+        assert (await ws.query("stats"))["op"] == "result"
+        await ws.ws.close()
+    finally:
+        for client in clients:
+            await client.close()
+        stop_quietly(daemon)
+
+
+async def test_a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_head_timeout(tmp_path: Path) -> None:
+    """Slowloris: a client that never finishes its request head loses the connection after
+    --http-head-timeout, however often it sends a byte; so does one that sends nothing."""
+    daemon = DaemonProcess(tmp_path / "t.db", "--http-head-timeout", "0.5").start()
+    try:
+        silent = await HttpClient.open(daemon.port)
+        slow = await HttpClient.open(daemon.port)
+        slow.writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        deadline = time.monotonic() + 60
+        closed = False
+        while not closed:
+            assert time.monotonic() < deadline, "the daemon kept a head that never ended"
+            # One more header line now and then (more often than the head timeout), until
+            # the daemon closes: reading for a moment both paces the client and sees the EOF.
+            try:
+                slow.writer.write(b"X-Slow: 1\r\n")
+                await slow.writer.drain()
+                closed = await asyncio.wait_for(slow.reader.read(65536), 0.1) == b""
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                closed = True
+        await slow.close()
+        assert await asyncio.wait_for(silent.reader.read(65536), 30) == b""
+        await silent.close()
     finally:
         stop_quietly(daemon)
