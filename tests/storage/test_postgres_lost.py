@@ -159,7 +159,8 @@ def test_a_writer_reconnecting_after_the_mark_resumes_its_run(
     assert mark(survivor, "r") == 1
     survivor.append_events([metrics("r", 1)])
     assert status(survivor, "r") == "running"
-    assert [e.type for e in survivor.read() if e.run == "r"][-3:] == ["run.finished", "run.updated", "metrics"]
+    types = [e.type for e in survivor.read() if e.run == "r"]
+    assert types[-3:] == ["run.finished", "run.updated", "metrics"]
     assert leases.unserved(survivor.conn, LOST_AFTER) == []  # the survivor's lease is fresh
 
 
@@ -187,7 +188,7 @@ def test_stale_leases_of_ended_runs_are_released_and_those_of_running_runs_kept(
     dead, survivor = logs(), logs()
     start(dead, "ended")
     start(dead, "running")
-    dead.append_events([ev.RunFinished(run="ended", data=ev.RunFinishedData(status="finished"))])
+    dead.append_events([ev.RunFinished(run="ended", data=ev.RunFinishedData(status="completed"))])
     age_leases(pg_url, dead.daemon_id)
     leases.release_stale(survivor.conn, LOST_AFTER)
     assert lease_rows(pg_url) == {("running", dead.daemon_id)}  # the scan finds the run by it
