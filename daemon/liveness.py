@@ -42,7 +42,8 @@ class LostMark(Append, tag="append"):
     each only while no other daemon still serves a writer of its run (PostgreSQL's writer
     leases, decided under the log's lock); elsewhere it is a plain append."""
 
-    #: The daemon marking, whose own leases do not count against its mark.
+    #: The daemon marking, whose own leases do not count against its mark; empty: every
+    #: daemon's count (the mark of runs whose daemon is gone, found by a lease scan).
     daemon: str = ""
     #: Seconds a run may go without a writer: leases renewed within them still count.
     lost_after: float = 0.0

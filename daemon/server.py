@@ -78,6 +78,8 @@ _json = msgspec.json.Encoder()
 #: before it fails (a PostgreSQL restart takes seconds).
 READ_RETRIES: Final = 300
 READ_RETRY_SECONDS: Final = 0.2
+#: Runs named in the log line of one mark of runs whose daemon is gone (the rest counted).
+MARKED_RUNS_LOGGED: Final = 20
 
 
 def default_db_path() -> Path:
@@ -213,6 +215,8 @@ class Daemon:
         #: Which connections have written to each run (for `lost` runs), and the timers.
         self._run_writers: dict[str, set[int]] = {}
         self._lost_timers: dict[str, asyncio.Task[None]] = {}
+        #: On a shared database: the mark of runs whose daemon is gone, while one is queued.
+        self._unserved_mark: asyncio.Task[None] | None = None
         self.notifier = Notifier()
         self.supervisor = Supervisor(self, self.notifier)
         #: On a database other daemons share: what follows their commits (see `follow.py`).
@@ -345,12 +349,17 @@ class Daemon:
         def deliver(events: list[Any]) -> None:
             loop.call_soon_threadsafe(sequencer.from_log, events)
 
+        def unserved(runs: list[str]) -> None:
+            loop.call_soon_threadsafe(self._mark_unserved, runs)
+
         watcher = LogWatcher(
             backend.conn_url,
             backend.daemon_id,
             lambda: hub.published_seq,
             deliver,
             renew_seconds=min(30.0, max(0.05, self.settings.lost_after / 4)),
+            lost_after=self.settings.lost_after,
+            unserved=unserved,
         )
         sequencer = Sequencer(hub, watcher.poke)
         self.watcher, self.sequencer = watcher, sequencer
@@ -369,6 +378,8 @@ class Daemon:
                 break
             await asyncio.sleep(0.01)
         timers = list(self._lost_timers.values())
+        if self._unserved_mark is not None:
+            timers.append(self._unserved_mark)
         for task in timers:
             task.cancel()
         for task in timers:
@@ -846,6 +857,36 @@ class Daemon:
         finally:
             if self._lost_timers.get(run) is asyncio.current_task():
                 del self._lost_timers[run]
+
+    def _mark_unserved(self, runs: list[str]) -> None:
+        """Mark lost the runs the log watcher found with no lease renewed for `lost_after`
+        (their daemon is gone), except those this daemon serves or times itself. One mark
+        at a time: a scan while one is queued is dropped (the next finds the runs again)."""
+        if self._stopping.is_set() or (self._unserved_mark is not None and not self._unserved_mark.done()):
+            return
+        runs = [r for r in runs if r not in self._run_writers and r not in self._lost_timers]
+        if runs:
+            self._unserved_mark = asyncio.create_task(self._mark_runs_of_gone_daemons(runs))
+
+    async def _mark_runs_of_gone_daemons(self, runs: list[str]) -> None:
+        """Append the lost marks, counting every daemon's leases (this one's too): of the
+        daemons that found the same runs, the first marks them, and the others' marks find
+        them no longer running, all decided under the log's lock."""
+        lost_after = self.settings.lost_after
+        mark = LostMark(events=[lost_event(run) for run in runs], daemon="", lost_after=lost_after)
+        result = await (await self.writer.submit(mark))
+        if isinstance(result, errors.ProtocolError):  # not committed: the next scan tries again
+            log.warning("marking runs of a gone daemon lost failed", runs=len(runs), error=str(result))
+        elif result.ack.accepted:
+            marked = sorted({e.run for e in result.events if e.type == "run.finished" and e.run})
+            log.info(
+                "runs lost: no daemon serves their writers any more",
+                runs=marked[:MARKED_RUNS_LOGGED],
+                marked=result.ack.accepted,
+                after=lost_after,
+            )
+        else:
+            log.debug("runs of a gone daemon already ended or served again: not marked", runs=runs)
 
     async def _send_acks(
         self,

@@ -3,6 +3,8 @@
 - a subscriber on either daemon gets every event appended through both, exactly once, in
   seq order, catch-up then live (LISTEN as the wake-up, the log as the truth);
 - a run written through one daemon is never marked `lost` by the other (writer leases);
+- a run whose daemon is killed (`kill -9`) is marked `lost` once by one of the survivors,
+  unless its writer reconnected to one of them;
 - under load from thin clients and raw clients on both daemons, a `kill -9` of one daemon
   (restarted on its port) and a restart of PostgreSQL lose nothing acked: afterwards
   every acked event is in the log once, seqs are gapless, `verify` passes, and every
@@ -132,6 +134,8 @@ class Subscriber:
         self.sub = sub
         self.seqs: list[int] = []
         self.types: list[str] = []
+        #: The run of each `run.finished` sent, in order.
+        self.finished: list[str] = []
         self.lives: list[int] = []
         self.task = asyncio.create_task(self._read())
 
@@ -148,6 +152,7 @@ class Subscriber:
             if msg.get("op") == "events" and msg["sub"] == self.sub:
                 self.seqs.extend(e["seq"] for e in msg["events"])
                 self.types.extend(e["type"] for e in msg["events"])
+                self.finished.extend(e["run"] for e in msg["events"] if e["type"] == "run.finished")
             elif msg.get("op") == "live":
                 self.lives.append(msg["seq"])
             changed()
@@ -209,6 +214,49 @@ async def test_a_run_written_through_one_daemon_is_not_marked_lost_by_the_other(
     assert (await reader.query("run", run="r"))["rows"][0]["status"] == "lost"
     types = [e["type"] for e in (await reader.query("events", from_seq=0))["rows"]]
     assert types.count("run.finished") == 1
+
+
+async def test_a_run_of_a_killed_daemon_is_marked_lost_once_by_one_of_the_survivors(
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    dead, *survivors = (daemons("--lost-after", "0.5") for _ in range(3))
+    watcher = await Subscriber.open(survivors[0].url)
+    await until(lambda: watcher.lives, "the subscription live")
+    writer, _ = await open_client(dead.url)
+    await writer.append([{"type": "run.started", "run": "r", "data": {}}, metric("r", 0)])
+    dead.kill()  # its writer's connection goes with it, and its leases are never renewed again
+
+    await until(lambda: "r" in watcher.finished, "a survivor to mark the run lost")
+    reader, _ = await open_client(survivors[1].url)
+    assert (await reader.query("run", run="r"))["rows"][0]["status"] == "lost"
+    types = [e["type"] for e in (await reader.query("events", from_seq=0))["rows"]]
+    assert types.count("run.finished") == 1
+    watcher.close()
+
+
+async def test_a_writer_that_moved_to_a_surviving_daemon_keeps_its_run(
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    dead = daemons("--lost-after", "0.5")
+    survivor = daemons("--lost-after", "0.5")
+    watcher = await Subscriber.open(survivor.url)
+    await until(lambda: watcher.lives, "the subscription live")
+    first, _ = await open_client(dead.url)
+    await first.append([{"type": "run.started", "run": "moved", "data": {}}, metric("moved", 0)])
+    await first.append([{"type": "run.started", "run": "left", "data": {}}, metric("left", 0)])
+    moved, _ = await open_client(survivor.url)  # the writer of `moved` reconnects to the survivor
+    await moved.append([metric("moved", 1)])
+    dead.kill()
+
+    # `left`, leased by the dead daemon only, is marked; `moved` has the survivor's lease.
+    await until(lambda: "left" in watcher.finished, "the survivor to mark `left` lost")
+    reader, _ = await open_client(survivor.url)
+    assert (await reader.query("run", run="moved"))["rows"][0]["status"] == "running"
+    # A writer of `left` that comes back late resumes it.
+    await moved.append([metric("left", 1)])
+    assert (await reader.query("run", run="left"))["rows"][0]["status"] == "running"
+    assert watcher.finished == ["left"]
+    watcher.close()
 
 
 class RawWriter:

@@ -178,9 +178,10 @@ class PgEventLog(SqlEventLog):
         self._group_head = self.head
 
     def _append_one(self, append: Append, publish: bool) -> AppendResult:
-        """As the base's; a daemon's lost mark keeps only the runs no other daemon serves."""
+        """As the base's; a daemon's lost mark keeps only the runs no other daemon serves
+        (and none written earlier in this group: their lease is taken as it commits)."""
         if isinstance(append, LostMark):
-            runs = {e.run for e in append.events if e.run is not None}
+            runs = {e.run for e in append.events if e.run is not None} - self._group_runs
             markable = leases.markable(self.conn, runs, append.daemon, append.lost_after)
             kept = [e for e in append.events if e.run in markable]
             if not kept:

@@ -9,7 +9,9 @@ Reads are plain statements in autocommit: every commit holds the log's lock unti
 visible, so any read sees a gapless prefix of the log.
 
 The same thread renews this daemon's writer leases (`leases.py`) for the runs its
-connections write to, every `renew_seconds`.
+connections write to, every `renew_seconds`, and then looks for runs no daemon has
+renewed a lease on for `lost_after` (`leases.unserved`: their daemon is gone), which it
+hands to `unserved` for the daemon to mark lost.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ FALLBACK_SECONDS: Final = 1.0
 SLICE_SECONDS: Final = 0.1
 #: Seconds between attempts to reconnect, at most.
 MAX_BACKOFF: Final = 2.0
-#: Leases not renewed for this long are deleted (they count for nothing long before).
-FORGET_LEASES_AFTER: Final = 86_400.0
+#: Leases of runs no longer running are deleted once not renewed for this long (they
+#: count for nothing from the moment their run ends; the margin spares nothing but churn).
+FORGET_LEASES_AFTER: Final = 600.0
 
 
 class LogWatcher:
@@ -62,6 +65,8 @@ class LogWatcher:
         deliver: Callable[[list[StoredEvent]], None],
         renew_seconds: float,
         fallback_seconds: float = FALLBACK_SECONDS,
+        lost_after: float | None = None,
+        unserved: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.settings = PgSettings.from_url(url)
         self.daemon_id = daemon_id
@@ -69,6 +74,11 @@ class LogWatcher:
         self.deliver = deliver
         self.renew_seconds = renew_seconds
         self.fallback_seconds = fallback_seconds
+        #: Seconds without a renewed lease after which a running run is handed to
+        #: `unserved` (called on this thread); None: no scan.
+        self.lost_after = lost_after
+        self.unserved = unserved
+        self.scans = 0
         #: The runs this daemon's connections write to (replaced whole by the daemon).
         self.leased_runs: frozenset[str] = frozenset()
         #: The last seq handed to `deliver` (reads go on from the later of it and position).
@@ -159,7 +169,14 @@ class LogWatcher:
                 return
 
     def _renew(self, conn: PgConnection) -> None:
+        """Renew this daemon's leases, forget stale ones of ended runs, and hand on the
+        running runs whose leases all went stale."""
         runs = self.leased_runs
         if runs:
             leases.renew(conn, self.daemon_id, runs)
         leases.release_stale(conn, FORGET_LEASES_AFTER)
+        if self.lost_after is not None and self.unserved is not None:
+            found = leases.unserved(conn, self.lost_after)
+            self.scans += 1
+            if found:
+                self.unserved(found)
