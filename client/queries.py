@@ -22,6 +22,7 @@ from tracklog.protocol.events import RunDeleted, RunRestored
 from tracklog.protocol.messages import Ack, Append, Error, Query, Result, ServerMessage
 
 from .ids import uuid7
+from .pings import SyncConnection
 from .requests import MIN_RATE_WAIT
 from .tls import connect_options
 
@@ -106,6 +107,7 @@ class QueryClient:
             max_size=None,
             additional_headers=headers,
             compression=None,
+            create_connection=SyncConnection,
             **connect_options(self.url),
         ) as ws:
             conn = ClientConnection(self.client_name, self.token)

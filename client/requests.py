@@ -27,6 +27,7 @@ from tracklog.protocol.limits import MAX_FRAME_BYTES
 from tracklog.protocol.messages import Append, Check, Error, Query
 
 from . import wire
+from .pings import SyncConnection
 from .tls import connect_options
 
 #: Seconds a check or a cache call waits for its answer unless told otherwise.
@@ -137,6 +138,7 @@ class Requests:
             compression=None,
             user_agent_header=self.client_name,
             proxy=None,
+            create_connection=SyncConnection,
             **connect_options(self.url),
         )
         # Held open across calls, so entered by hand (websockets >= 17.1 warns when a

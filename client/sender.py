@@ -59,6 +59,7 @@ from tracklog.protocol.limits import MAX_FRAME_BYTES
 from tracklog.protocol.messages import Ack, Error
 
 from . import wire
+from .pings import AsyncConnection
 from .spool import Spool
 from .tls import connect_options
 
@@ -620,6 +621,7 @@ class Sender:
             max_size=MAX_FRAME_BYTES,
             compression=None,
             user_agent_header=self.options.client_name,
+            create_connection=AsyncConnection,
             **connect_options(self.url),
         )
         conn = Connection(self.options.client_name, self.token, enc_hook=wire.enc_hook)

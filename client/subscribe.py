@@ -32,6 +32,7 @@ from tracklog.protocol.connection import (
 from tracklog.protocol.errors import error_for_code
 from tracklog.protocol.messages import Error, Subscribed
 
+from .pings import AsyncConnection, SyncConnection
 from .tls import connect_options
 
 BACKOFF_START: Final = 0.05
@@ -168,7 +169,12 @@ class Subscription:
     def _open(self) -> None:
         # Entered at once: a websockets connection used without `with` is deprecated.
         ws = sync_connect(
-            self.url, open_timeout=10, max_size=None, compression=None, **connect_options(self.url)
+            self.url,
+            open_timeout=10,
+            max_size=None,
+            compression=None,
+            create_connection=SyncConnection,
+            **connect_options(self.url),
         ).__enter__()
         try:
             ws.send(self.state.hello())
@@ -238,6 +244,7 @@ class AsyncSubscription:
                         open_timeout=10,
                         max_size=None,
                         compression=None,
+                        create_connection=AsyncConnection,
                         **connect_options(self.url),
                     )
                     try:

@@ -33,6 +33,7 @@ from tracklog.protocol.connection import (
 from tracklog.protocol.errors import RateLimited, TracklogError, error_for_code
 from tracklog.protocol.messages import Error, Query, Result
 
+from .pings import SyncConnection
 from .subscribe import _RETRYABLE, _backoff
 from .tls import add_ca_option, connect_options
 
@@ -311,7 +312,12 @@ class Feed:
         from websockets.sync.client import connect
 
         ws = connect(
-            self.url, open_timeout=10, max_size=None, compression=None, **connect_options(self.url)
+            self.url,
+            open_timeout=10,
+            max_size=None,
+            compression=None,
+            create_connection=SyncConnection,
+            **connect_options(self.url),
         ).__enter__()
         try:
             conn = ClientConnection("tracklog-watch", self.token)

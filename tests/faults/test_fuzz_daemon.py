@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import DaemonProcess
+from tracklog.pings import SyncConnection  # keepalive pings that leave the global random alone
 
 #: Examples per test: enough to reach the odd corners, few enough for about 30 s in all.
 STRUCTURED_EXAMPLES = 600
@@ -273,7 +274,7 @@ class Session:
 
     def _open(self) -> ClientConnection:
         # Entered by hand: the connection outlives this call and is closed by `close`.
-        ws = connect(self.url, max_size=None, open_timeout=30).__enter__()
+        ws = connect(self.url, max_size=None, open_timeout=30, create_connection=SyncConnection).__enter__()
         hello = {"op": "hello", "protocol": 1, "client": "fuzz"}
         ws.send(msgspec.msgpack.encode(hello) if self.binary else json.dumps(hello))
         assert self.decode(ws.recv(REPLY_TIMEOUT))["op"] == "welcome"
@@ -437,7 +438,7 @@ def test_a_fuzzed_first_frame_is_answered_and_the_daemon_stays_up(fuzz_daemon: D
             return
         for edit in edits:
             data = edit.apply(data)
-        with connect(fuzz_daemon.url, max_size=None, open_timeout=30) as ws:
+        with connect(fuzz_daemon.url, max_size=None, open_timeout=30, create_connection=SyncConnection) as ws:
             ws.send(as_frame(data, as_msgpack))
             try:
                 raw = ws.recv(REPLY_TIMEOUT)
