@@ -22,78 +22,27 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _daemon import BenchDaemon, machine
-
-SERVER_START_TIMEOUT = 180.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_healthy(uri: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("mlflow server exited at start")
-        with contextlib.suppress(OSError), urllib.request.urlopen(uri + "/health", timeout=5) as reply:
-            if reply.status == 200:
-                return
-        time.sleep(0.2)  # polling until the server answers, bounded by the deadline
-    raise RuntimeError("mlflow server did not answer /health in time")
+from _mlflow_server import start_mlflow_server, stop_mlflow_server
 
 
 @contextlib.contextmanager
 def mlflow_server(command: str, work: Path) -> Any:
-    """`mlflow server` with its SQLite store on a free loopback port; its URI."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            command,
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{work / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(work / "mlflow-artifacts"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
+    """`mlflow server` with its SQLite store on a free loopback port, once it says it
+    listens (bench/_mlflow_server.py, shared with the tests); its URI."""
+    proc, uri = start_mlflow_server(command, work)
     try:
-        _wait_healthy(uri, proc)
         yield uri
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(30)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_mlflow_server(proc)
 
 
 def client_workload(uri: str, async_metrics: int, batches: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ transactions, which is what lets `rebuild` reproduce the live tables byte for by
 from __future__ import annotations
 
 import math
+import struct
 from array import array
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
@@ -26,6 +27,9 @@ from .schema import CHUNK_POINTS, NO_EPOCH
 _json_encode = msgspec.json.Encoder(order="sorted").encode
 _json_decode = msgspec.json.Decoder().decode
 _msgpack_encode = msgspec.msgpack.Encoder().encode
+#: One value of a chunk's int64 and float64 columns (native byte order, as numpy writes them).
+_INT64: Final = struct.Struct("=q")
+_FLOAT64: Final = struct.Struct("=d")
 
 #: How many metric series keep their open chunk in memory between transactions.
 MAX_CACHED_SERIES: Final = 2048
@@ -35,20 +39,31 @@ _RUN_COLUMNS: Final = frozenset(
 
 
 def tier_row(chunk: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A chunk's lowest and highest value, with their index, step, epoch and ts (NaN skipped)."""
+    """A chunk's lowest and highest value, with their index, step, epoch and ts (NaN skipped).
+
+    The open chunk's row is rewritten at every commit that adds to it (a client logging one
+    point per append pays this each time), so the common case, no NaN, takes plain argmin
+    and argmax (the same first index) and reads the other columns at that index without
+    making arrays; with NaN, `np.nanargmin` and `np.nanargmax` decide, as they always have."""
     run, name, number, n, step_min, step_max, steps, vals, epochs, ts = chunk
     values = np.frombuffer(vals, np.float64)
-    if np.isnan(values).all():
+    # min and max are NaN when any value is; np.isnan(...).all() is true of an empty chunk.
+    clean = bool(values.size) and not (math.isnan(values.min()) or math.isnan(values.max()))
+    if clean:
+        positions = (int(values.argmin()), int(values.argmax()))
+    elif np.isnan(values).all():
         return (run, name, number, n, step_min, step_max, *(None,) * 10)
+    else:
+        positions = (int(np.nanargmin(values)), int(np.nanargmax(values)))
     out: list[Any] = [run, name, number, n, step_min, step_max]
-    for at in (int(np.nanargmin(values)), int(np.nanargmax(values))):
+    for at in positions:
         out.extend(
             (
                 float(values[at]),
                 at,
-                int(np.frombuffer(steps, np.int64, 1, at * 8)[0]),
-                int(np.frombuffer(epochs, np.int64, 1, at * 8)[0]),
-                float(np.frombuffer(ts, np.float64, 1, at * 8)[0]),
+                _INT64.unpack_from(steps, at * 8)[0],
+                _INT64.unpack_from(epochs, at * 8)[0],
+                _FLOAT64.unpack_from(ts, at * 8)[0],
             )
         )
     return tuple(out)

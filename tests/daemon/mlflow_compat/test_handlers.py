@@ -214,6 +214,61 @@ async def test_delete_and_restore_run_flip_its_lifecycle_and_a_deleted_run_takes
     assert (await api.get("runs/get", run_id=run_id))["run"]["info"]["lifecycle_stage"] == "active"
 
 
+def write_requests(run_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every write on a run, one request each (the checks before a write are what they share)."""
+    metric = {"key": "m", "value": 1.5, "timestamp": NOW_MS, "step": 1}
+    dataset = {"name": "d", "digest": "abc", "source_type": "local", "source": "/data"}
+    return [
+        ("runs/log-metric", {"run_id": run_id, **metric}),
+        ("runs/log-batch", {"run_id": run_id, "metrics": [metric]}),
+        ("runs/log-batch", {"run_id": run_id, "tags": [{"key": "t", "value": "v"}]}),
+        ("runs/log-batch", {"run_id": run_id, "params": [{"key": "p", "value": "1"}]}),
+        ("runs/log-parameter", {"run_id": run_id, "key": "p", "value": "1"}),
+        ("runs/set-tag", {"run_id": run_id, "key": "t", "value": "v"}),
+        ("runs/log-inputs", {"run_id": run_id, "datasets": [{"dataset": dataset}]}),
+        ("runs/update", {"run_id": run_id, "status": "FINISHED", "end_time": NOW_MS}),
+    ]
+
+
+async def test_a_write_to_an_unknown_id_an_id_prefix_or_a_run_name_is_not_found_and_logs_nothing(
+    api: Api, daemon: Daemon
+) -> None:
+    run_id = await new_run(api, run_name="named")
+    before = len(await events_of(daemon))
+    for ref in ("0" * 32, run_id[:8], "named"):
+        for endpoint, fields in [*write_requests(ref), ("runs/delete", {"run_id": ref})]:
+            status, body = await api.call("POST", endpoint, **fields)
+            assert (status, body) == (
+                404,
+                {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Run with id={ref} not found"},
+            ), (endpoint, ref)
+        status, _ = await api.call("POST", "runs/restore", run_id=ref)
+        assert status == 404
+    assert len(await events_of(daemon)) == before
+
+
+async def test_every_write_to_a_deleted_run_is_refused_until_it_is_restored(api: Api, daemon: Daemon) -> None:
+    run_id = await new_run(api)
+    await api.post("runs/delete", run_id=run_id)
+    await api.post("runs/delete", run_id=run_id)  # deleting a deleted run again is not an error
+    before = len(await events_of(daemon))
+    for endpoint, fields in write_requests(run_id):
+        status, body = await api.call("POST", endpoint, **fields)
+        assert (status, body) == (
+            400,
+            {
+                "error_code": "INVALID_PARAMETER_VALUE",
+                "message": f"The run {run_id} must be in the 'active' state. Current state is deleted.",
+            },
+        ), endpoint
+    assert len(await events_of(daemon)) == before
+    await api.post("runs/restore", run_id=run_id)
+    for endpoint, fields in write_requests(run_id):
+        await api.post(endpoint, **fields)
+    history = await api.get("metrics/get-history", run_id=run_id, metric_key="m")
+    assert [p["value"] for p in history["metrics"]] == [1.5, 1.5]
+
+
 # -- logging ----------------------------------------------------------------------------------------
 
 
@@ -270,6 +325,51 @@ async def test_log_batch_groups_metrics_by_time_and_step_into_events(api: Api, d
     data = (await api.get("runs/get", run_id=run_id))["run"]["data"]
     assert data["params"] == [{"key": "lr", "value": "0.1"}]
     assert {"key": "stage", "value": "dev"} in data["tags"]
+
+
+async def test_log_batch_reads_each_metrics_fields_in_every_json_spelling_and_names_a_bad_one(
+    api: Api, daemon: Daemon
+) -> None:
+    run_id = await new_run(api)
+    metrics = [
+        {"key": "a", "value": 1.5, "timestamp": NOW_MS, "step": 0},
+        {"key": "a", "value": 2, "timestamp": str(NOW_MS + 1), "step": "1"},  # int64 as strings
+        {"key": "a", "value": "Infinity", "timestamp": float(NOW_MS + 2)},  # no step: step 0
+        {"key": "b", "value": "-1e3", "timestamp": NOW_MS + 3, "step": 3.0},
+    ]
+    await api.post("runs/log-batch", run_id=run_id, metrics=metrics)
+    history = (await api.get("metrics/get-history", run_id=run_id, metric_key="a"))["metrics"]
+    assert [(m["value"], m["timestamp"], m["step"]) for m in history] == [
+        (1.5, NOW_MS, 0),
+        (2.0, NOW_MS + 1, 1),
+        ("Infinity", NOW_MS + 2, 0),
+    ]
+    assert (await api.get("metrics/get-history", run_id=run_id, metric_key="b"))["metrics"][0][
+        "value"
+    ] == -1000
+    good = {"key": "a", "value": 1.0, "timestamp": NOW_MS, "step": 0}
+    before = len(await events_of(daemon))
+    for bad, message in (
+        ({"key": "a/../b"}, "Invalid value \"a/../b\" for parameter 'metrics[2].key' supplied: Names may be"),
+        ({"key": ""}, "Missing value for required parameter 'metrics[2].key'."),
+        ({"key": 7}, "Missing value for required parameter 'metrics[2].key'."),
+        ({"key": ["a"]}, "Missing value for required parameter 'metrics[2].key'."),
+        ({"value": True}, "Invalid value true for parameter 'metrics[2].value' supplied."),
+        ({"value": "abc"}, "Invalid value \"abc\" for parameter 'metrics[2].value' supplied: Please"),
+        ({"timestamp": None}, "Missing value for required parameter 'timestamp'."),
+        ({"timestamp": "soon"}, "Invalid value \"soon\" for parameter 'timestamp' supplied: Hint"),
+        ({"step": 1.5}, "Invalid value 1.5 for parameter 'step' supplied: Hint"),
+    ):
+        batch = [good, good, {**good, **bad}]
+        status, body = await api.call("POST", "runs/log-batch", run_id=run_id, metrics=batch)
+        assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", bad
+        assert body["message"].startswith(message), (bad, body["message"])
+    status, body = await api.call("POST", "runs/log-batch", run_id=run_id, metrics=[good, "not a metric"])
+    assert (status, body["message"]) == (
+        400,
+        "Invalid value \"not a metric\" for parameter 'metrics[1]' supplied.",
+    )
+    assert len(await events_of(daemon)) == before
 
 
 async def test_log_batch_refuses_more_than_mlflows_limits(api: Api) -> None:

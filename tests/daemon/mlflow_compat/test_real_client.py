@@ -11,15 +11,11 @@ and not only ours. The checks of what tracklog itself holds run only in the firs
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import importlib.util
 import json
 import os
-import queue
-import signal
-import socket
 import subprocess
-import threading
-import time
+import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -55,75 +51,32 @@ class Target:
         return row
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def _bench_mlflow_server() -> Any:
+    """bench/_mlflow_server.py, loaded by its path: bench/mlflow_compat.py starts its server
+    the same way (waiting for the line saying it listens)."""
+    path = Path(__file__).parents[3] / "bench" / "_mlflow_server.py"
+    spec = importlib.util.spec_from_file_location("bench_mlflow_server", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_servers = _bench_mlflow_server()
 
 
 def _mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`mlflow server` on a free loopback port with an SQLite store, once it answers /health."""
-    command = os.environ["TRACKLOG_MLFLOW_SERVER"]
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            command,
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "mlflow-artifacts"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        # Its own process group: the server's workers are stopped with it.
-        start_new_session=True,
+    """`mlflow server` ($TRACKLOG_MLFLOW_SERVER) on a free loopback port with an SQLite
+    store, once it says it listens."""
+    started: tuple[subprocess.Popen[bytes], str] = _servers.start_mlflow_server(
+        os.environ["TRACKLOG_MLFLOW_SERVER"], tmp_path, SERVER_START_TIMEOUT
     )
-    uri = f"http://127.0.0.1:{port}"
-    # The server says when it listens ("Uvicorn running on http://127.0.0.1:PORT", or
-    # gunicorn's "Listening at: ..."): wait for that line, read by a thread that keeps the
-    # pipe drained for as long as the server runs. None: its output ended (it exited).
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        with proc.stdout:  # closed here, at the end of the output, not left to the collector
-            for raw in proc.stdout:
-                lines.put(raw.decode(errors="replace"))
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while True:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            line = None
-        if line is None:
-            _stop_server(proc)
-            raise RuntimeError("mlflow server did not start")
-        if f"127.0.0.1:{port}" in line:
-            return proc, uri
+    return started
 
 
 def _stop_server(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's process group, SIGKILL if it has not gone within 30 s."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(30)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    _servers.stop_mlflow_server(proc)
 
 
 @pytest.fixture(params=["tracklog", "mlflow-server"])
