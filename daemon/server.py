@@ -37,12 +37,13 @@ from tracklog.protocol import errors
 from tracklog.protocol.connection import AppendFrame, Close, Greeted, Send
 from tracklog.protocol.connection import ServerConnection as Connection
 from tracklog.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
-from tracklog.protocol.messages import Check, Codec, Query, Subscribe, Unsubscribe
+from tracklog.protocol.messages import Check, Codec, Query, StoredEvent, Subscribe, Unsubscribe
 from tracklog.protocol.version import __version__
 
 from . import logs, memdebug
 from .artifacts import ArtifactStore
 from .auth import OPEN_GRANT, READ, Grant, TokenSet, grant, http_scope
+from .catchup import SharedPages
 from .certificates import CertificateSwitch, load_certificate
 from .follow import Sequencer
 from .guard import ConnectionGuard, Limits
@@ -212,6 +213,8 @@ class Daemon:
         self._conn_ids = itertools.count(1)
         self._pending_acks: dict[int, int] = {}
         self.hub = Hub(self.codec)
+        #: The log's pages, shared by the subscriptions catching up (daemon/catchup.py).
+        self.log_pages = SharedPages(self._scan_log, lambda: self.hub.published_seq)
         #: Which connections have written to each run (for `lost` runs), and the timers.
         self._run_writers: dict[str, set[int]] = {}
         self._lost_timers: dict[str, asyncio.Task[None]] = {}
@@ -780,26 +783,35 @@ class Daemon:
             await ws.send(frame, text=not binary)
 
         async def read_log(after: int, limit: int, f: Filter) -> tuple[list[Any], int, int]:
-            # On a shared PostgreSQL database, a read that fails while the server restarts
-            # is tried again (the reader reconnects) rather than ending the subscription.
-            for attempt in itertools.count():
-                try:
-                    result: tuple[list[Any], int, int] = await self.readers.call(
-                        lambda model: model.scan_events(after, limit, f.runs, f.types, f.pipelines)
-                    )
-                    return result
-                except errors.TracklogError:
-                    if self.watcher is None or attempt >= READ_RETRIES or self._stopping.is_set():
-                        raise
-                    if attempt == 0:
-                        log.warning("a subscription's read of the log failed; trying again", after=after)
-                    await asyncio.sleep(READ_RETRY_SECONDS)
-            raise AssertionError("unreachable")  # pragma: no cover
+            if f.everything:
+                return await self.log_pages.read(after, limit)
+            return await self._scan_log(after, limit, f)
 
         # `subscribed` goes out before the subscription's task can send anything.
         state, frame = conn.subscribed(msg, self.hub.next_id(), self.hub.published_seq)
         await self._send(ws, frame, binary)
         subscriptions[state.sub] = self.hub.subscribe(state, flt, send, read_log)
+
+    async def _scan_log(
+        self, after: int, limit: int, f: Filter | None = None
+    ) -> tuple[list[StoredEvent], int, int]:
+        """A subscription's read of the log (`ReadModel.scan_events`). On a shared PostgreSQL
+        database, a read that fails while the server restarts is tried again (the reader
+        reconnects) rather than ending the subscription. No `f`: every event."""
+        runs, types, pipelines = (f.runs, f.types, f.pipelines) if f is not None else (None, None, None)
+        for attempt in itertools.count():
+            try:
+                result: tuple[list[StoredEvent], int, int] = await self.readers.call(
+                    lambda model: model.scan_events(after, limit, runs, types, pipelines)
+                )
+                return result
+            except errors.TracklogError:
+                if self.watcher is None or attempt >= READ_RETRIES or self._stopping.is_set():
+                    raise
+                if attempt == 0:
+                    log.warning("a subscription's read of the log failed; trying again", after=after)
+                await asyncio.sleep(READ_RETRY_SECONDS)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- liveness: runs whose writers are all gone become `lost` -----------------------
 
