@@ -377,7 +377,13 @@ def run_load(
             window[1] = sampler.now()
             query_results = [_finish(proc, "stop\n") for proc in query_procs]
             head = _head(url)
-            sub_results = [state for proc in sub_procs for state in _finish(proc, f"stop {head}\n")]
+            # Every subscriber process is told the head before any is waited for: each
+            # has FINAL_TIMEOUT to reach it from then, all at once, not one after another.
+            for proc in sub_procs:
+                assert proc.stdin is not None
+                proc.stdin.write(f"stop {head}\n")
+                proc.stdin.flush()
+            sub_results = [state for proc in sub_procs for state in _finish(proc)]
             sampler.stop.set()
             sampling.join()
         logged = {r["run"]: r["logged"] for r in writer_results}
