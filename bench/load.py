@@ -112,7 +112,10 @@ async def _subscription(url: str, state: dict[str, Any], ready: asyncio.Event, s
     from websockets.asyncio.client import connect
 
     decode = msgspec.msgpack.Decoder(_Message).decode
-    async with connect(url, max_size=None, compression=None) as ws:
+    # No keepalive: a pong comes behind every frame already on its way, and ten
+    # subscriptions in a process at nice 10 on a saturated machine can be more than
+    # websockets' 20 s behind; the check is that they get everything, however late.
+    async with connect(url, max_size=None, compression=None, ping_interval=None) as ws:
         await ws.send(msgspec.msgpack.encode({"op": "hello", "protocol": 1, "client": "load-sub"}))
         await ws.recv()
         await ws.send(msgspec.msgpack.encode({"op": "subscribe", "ref": 1, "from_seq": 0}))
