@@ -26,12 +26,15 @@ class FakeLog:
         self.events = [StoredEvent(seq, "metrics", {"i": seq}, float(seq), float(seq)) for seq in seqs]
         self.published = max(seqs, default=0) if published is None else published
         self.reads = 0
+        #: Set when a read reaches the log; with `gate`, the read then waits for the test.
+        self.reached = asyncio.Event()
         self.gate: asyncio.Event | None = None
         self.fail = False
 
     async def scan(self, after: int, limit: int) -> tuple[list[StoredEvent], int, int]:
         """As `ReadModel.scan_events` without a filter (the window is wider than any read here)."""
         self.reads += 1
+        self.reached.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.fail:
@@ -62,8 +65,9 @@ async def test_subscribers_at_the_same_page_share_one_read() -> None:
     pages = SharedPages(log.scan, lambda: log.published, page_events=100)
     log.gate = asyncio.Event()
     reads = [asyncio.create_task(pages.read(after, 100)) for after in (0, 10, 50, 99) * 5]
-    while log.reads == 0:
-        await asyncio.sleep(0)  # the first read reaches the log; the others wait for it
+    # The first read reaches the log; the tasks behind it (run in the order they were
+    # created, before this one wakes) find its read under way and wait for it.
+    await log.reached.wait()
     log.gate.set()
     answers = await asyncio.gather(*reads)
     assert log.reads == 1
@@ -94,10 +98,8 @@ async def test_a_failed_page_read_fails_its_reader_and_leaves_the_others_to_read
     log.gate = asyncio.Event()
     log.fail = True
     first = asyncio.create_task(pages.read(0, 100))
-    while log.reads == 0:
-        await asyncio.sleep(0)
-    second = asyncio.create_task(pages.read(20, 100))
-    await asyncio.sleep(0)
+    second = asyncio.create_task(pages.read(20, 100))  # waits for the first's read
+    await log.reached.wait()
     log.gate.set()
     with pytest.raises(RuntimeError):
         await first

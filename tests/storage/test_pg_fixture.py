@@ -4,6 +4,7 @@ never skips), and gives each test a database of its own."""
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import time
@@ -42,20 +43,33 @@ def test_a_server_whose_test_process_is_killed_is_stopped_and_deleted() -> None:
     """No teardown runs after a SIGKILL (or a `timeout`'s SIGTERM): the watchdog stops it."""
     script = (
         "import sys; sys.path.insert(0, '.'); from tests.pg import PgServer; s = PgServer().start();"
-        " print(s.root, (s.data / 'postmaster.pid').read_text().split()[0], flush=True);"
+        " print(s.root, (s.data / 'postmaster.pid').read_text().split()[0], s._watchdog.pid, flush=True);"
         " sys.stdin.read()"
     )
     with subprocess.Popen(
         [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as proc:
         assert proc.stdout is not None
-        root, pid = proc.stdout.readline().split()
+        root, pid, watchdog = proc.stdout.readline().split()
         assert Path(root).is_dir() and pid_alive(int(pid))
+        exits = [exit_of(int(pid)), exit_of(int(watchdog))]  # before the kill: no pid reuse
         proc.kill()
+    # The watchdog stops the server (pg_ctl waits for it), deletes the directory, and ends.
     deadline = time.monotonic() + 60
-    while Path(root).exists() or pid_alive(int(pid)):
-        assert time.monotonic() < deadline, "the server outlived its test process"
-        time.sleep(0.05)  # polling a condition, with a deadline
+    for fd in exits:
+        if fd is not None:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            os.close(fd)
+            assert ready, "the server outlived its test process"
+    assert not Path(root).exists()
+
+
+def exit_of(pid: int) -> int | None:
+    """A descriptor that becomes readable when process `pid` ends (None: it has ended)."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
 
 
 def pid_alive(pid: int) -> bool:
