@@ -6,9 +6,7 @@ them, ids are idempotent across them, and dedup check-and-record is atomic acros
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -17,10 +15,8 @@ from tracklog.daemon.storage.postgres.eventlog import PgEventLog
 from tracklog.protocol import events as ev
 from tracklog.protocol.messages import Check, Duplicate
 
+from .at_once import all_at_once
 from .eventlog_suite import NOW, metrics
-
-#: Seconds a thread may take before the test gives up on it (never a wait for timing).
-JOIN_TIMEOUT = 120
 
 
 @pytest.fixture
@@ -36,30 +32,6 @@ def two(pg_url: str) -> Iterator[tuple[PgEventLog, PgEventLog]]:
         b.close()
 
 
-def both_at_once(first: Callable[[], Any], second: Callable[[], Any]) -> list[Any]:
-    """Run the two calls in two threads started together; their results, in order."""
-    barrier = threading.Barrier(2)
-    results: list[Any] = [None, None]
-    failures: list[BaseException] = []
-
-    def run(at: int, call: Callable[[], Any]) -> None:
-        barrier.wait(JOIN_TIMEOUT)
-        try:
-            results[at] = call()
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate((first, second))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-        assert not thread.is_alive(), "a log did not finish"
-    if failures:
-        raise failures[0]
-    return results
-
-
 def test_two_logs_appending_at_once_keep_seqs_gapless_and_every_event_once(
     two: tuple[PgEventLog, PgEventLog],
 ) -> None:
@@ -73,7 +45,7 @@ def test_two_logs_appending_at_once_keep_seqs_gapless_and_every_event_once(
 
         return append_all
 
-    both_at_once(appender("a", a), appender("b", b))
+    all_at_once(appender("a", a), appender("b", b))
     events = a.read(limit=10_000)
     assert [e.seq for e in events] == list(range(1, 2 * groups * size + 1))
     ids = [e.id for e in events]
@@ -120,7 +92,7 @@ def test_of_two_logs_checking_the_same_text_at_once_exactly_one_records_it(
             assert isinstance(result, CheckResult)
             return result
 
-        first, second = both_at_once(lambda: check(a), lambda: check(b))
+        first, second = all_at_once(lambda: check(a), lambda: check(b))
         recorded = [r for r in (first, second) if r.checked.recorded is not None]
         found = [r for r in (first, second) if r.checked.duplicate]
         assert len(recorded) == 1 and len(found) == 1, (first, second)
@@ -162,7 +134,7 @@ def test_two_logs_opening_an_empty_database_at_once_make_the_schema_once(pg_url:
         log.catch_up()
         return log
 
-    a, b = both_at_once(open_and_catch_up, open_and_catch_up)
+    a, b = all_at_once(open_and_catch_up, open_and_catch_up)
     try:
         a.append_events([metrics("r", 0)])
         assert b.append_events([metrics("r", 1)]).first_seq == 2

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import psycopg
 import pytest
@@ -23,6 +22,7 @@ from tracklog.daemon.storage.postgres.follow import LogWatcher
 from tracklog.protocol import events as ev
 from tracklog.protocol.messages import Append
 
+from .at_once import all_at_once
 from .eventlog_suite import NOW, metrics
 
 #: Seconds a thread or a condition may take before the test gives up (never a wait for timing).
@@ -82,30 +82,6 @@ def status(log: PgEventLog, run: str) -> str:
 
 def finished_events(log: PgEventLog, run: str) -> int:
     return sum(1 for e in log.read(limit=10_000) if e.type == "run.finished" and e.run == run)
-
-
-def all_at_once(*calls: Callable[[], Any]) -> list[Any]:
-    """Run the calls in threads started together; their results, in order."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-    failures: list[BaseException] = []
-
-    def run(at: int, call: Callable[[], Any]) -> None:
-        barrier.wait(JOIN_TIMEOUT)
-        try:
-            results[at] = call()
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-        assert not thread.is_alive(), "a log did not finish"
-    if failures:
-        raise failures[0]
-    return results
 
 
 def test_a_run_whose_daemon_stopped_renewing_is_unserved_and_marked_lost_once(
